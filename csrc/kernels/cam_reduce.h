@@ -1,0 +1,328 @@
+#pragma once
+
+// cam_reduce on one image, on raw pointers.
+//
+// Layouts: "channels-first" is A[k * pixels + p] (NCHW); "channels-last" is A[p * channels + k]
+// (NHWC). Arithmetic runs in opmath_t (float for half/bfloat16). The caller provides a workspace
+// of *_workspace_size() opmath elements, reused across images by one thread.
+
+#include "cam_method.h"
+#include "vec_helpers.h"
+
+#include <cstdint>
+
+namespace torchcam_ops::kernels {
+
+namespace cam_detail {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+template <typename T>
+inline Vec<T> relu(const Vec<T>& x) {
+  // maximum() propagates NaN like torch.relu.
+  return at::vec::maximum(x, Vec<T>(T(0)));
+}
+
+// Grad-CAM++ per-pixel weight: a * ReLU(G) with a = G^2 / (2 G^2 + S G^3 + eps).
+template <typename T>
+inline Vec<T> gradcam_pp_term(const Vec<T>& g, const Vec<T>& channel_sum) {
+  const Vec<T> g2 = g * g;
+  const Vec<T> den = Vec<T>(T(2)) * g2 + channel_sum * g2 * g + Vec<T>(T(kGradCAMPlusPlusEps));
+  return relu(g) * g2 / den;
+}
+
+// The per-pixel contribution of the element-wise methods.
+template <typename T>
+inline Vec<T> elementwise_term(CamMethod method, const Vec<T>& a, const Vec<T>& g) {
+  switch (method) {
+    case CamMethod::LayerCAM:
+      return relu(g) * a;
+    case CamMethod::HiResCAM:
+      return g * a;
+    default: // GradCAMElementwise
+      return relu(g * a);
+  }
+}
+
+// w_k of a channel-weighted method from the channel's rows of A and G (length `pixels`).
+template <typename T>
+inline T channel_weight(CamMethod method, const T* a, const T* g, int64_t pixels) {
+  switch (method) {
+    case CamMethod::GradCAM:
+      return vec_sum<T>(pixels, [](const Vec<T>& gv) { return gv; }, g) / static_cast<T>(pixels);
+    case CamMethod::AbsCAM:
+      return vec_sum<T>(pixels, [](const Vec<T>& gv) { return gv.abs(); }, g) / static_cast<T>(pixels);
+    case CamMethod::XGradCAM: {
+      const T weighted = vec_sum<T>(pixels, [](const Vec<T>& av, const Vec<T>& gv) { return av * gv; }, a, g);
+      const T activation_sum = vec_sum<T>(pixels, [](const Vec<T>& av) { return av; }, a);
+      return weighted / (activation_sum + static_cast<T>(kXGradCAMEps));
+    }
+    default: { // GradCAMPlusPlus
+      const Vec<T> activation_sum(vec_sum<T>(pixels, [](const Vec<T>& av) { return av; }, a));
+      return vec_sum<T>(pixels, [&](const Vec<T>& gv) { return gradcam_pp_term(gv, activation_sum); }, g);
+    }
+  }
+}
+
+} // namespace cam_detail
+
+inline int64_t cam_reduce_forward_workspace_size(int64_t channels, int64_t pixels, bool channels_last) {
+  // channels-first: cam accumulator + one converted row of A and of G;
+  // channels-last: weights + channel sums + one converted pixel row of A and of G, + cam accumulator.
+  return channels_last ? 4 * channels + pixels : 3 * pixels;
+}
+
+// cam[p] = sum_k w_k A[k, p] (channel-weighted methods) or sum_k f(A[k, p], G[k, p]).
+template <typename scalar_t>
+void cam_reduce_forward_channels_first(
+    const scalar_t* activations,
+    const scalar_t* gradients,
+    scalar_t* cam,
+    int64_t channels,
+    int64_t pixels,
+    CamMethod method,
+    opmath_t<scalar_t>* workspace) {
+  using T = opmath_t<scalar_t>;
+  using cam_detail::Vec;
+  T* acc = workspace;
+  T* a_scratch = workspace + pixels;
+  T* g_scratch = workspace + 2 * pixels;
+  std::fill(acc, acc + pixels, T(0));
+  for (int64_t k = 0; k < channels; ++k) {
+    const T* a = load_opmath(activations + k * pixels, pixels, a_scratch);
+    const T* g = load_opmath(gradients + k * pixels, pixels, g_scratch);
+    if (uses_channel_weights(method)) {
+      const Vec<T> weight(cam_detail::channel_weight(method, a, g, pixels));
+      vec_apply(pixels, acc, [&](const Vec<T>& l, const Vec<T>& av) { return l + weight * av; }, acc, a);
+    } else {
+      vec_apply(
+          pixels,
+          acc,
+          [&](const Vec<T>& l, const Vec<T>& av, const Vec<T>& gv) {
+            return l + cam_detail::elementwise_term(method, av, gv);
+          },
+          acc,
+          a,
+          g);
+    }
+  }
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    std::copy(acc, acc + pixels, cam);
+  } else {
+    at::vec::convert(acc, cam, pixels);
+  }
+}
+
+template <typename scalar_t>
+void cam_reduce_forward_channels_last(
+    const scalar_t* activations,
+    const scalar_t* gradients,
+    scalar_t* cam,
+    int64_t channels,
+    int64_t pixels,
+    CamMethod method,
+    opmath_t<scalar_t>* workspace) {
+  using T = opmath_t<scalar_t>;
+  using cam_detail::Vec;
+  T* weights = workspace;
+  T* channel_sums = workspace + channels;
+  T* a_scratch = workspace + 2 * channels;
+  T* g_scratch = workspace + 3 * channels;
+  T* acc = workspace + 4 * channels;
+  const auto a_row = [&](int64_t p) { return load_opmath(activations + p * channels, channels, a_scratch); };
+  const auto g_row = [&](int64_t p) { return load_opmath(gradients + p * channels, channels, g_scratch); };
+
+  if (uses_channel_weights(method)) {
+    std::fill(weights, weights + channels, T(0));
+    std::fill(channel_sums, channel_sums + channels, T(0));
+    const bool needs_channel_sums = method == CamMethod::XGradCAM || method == CamMethod::GradCAMPlusPlus;
+    if (needs_channel_sums) {
+      for (int64_t p = 0; p < pixels; ++p) {
+        vec_apply(channels, channel_sums, [](const Vec<T>& s, const Vec<T>& av) { return s + av; }, channel_sums,
+                  a_row(p));
+      }
+    }
+    for (int64_t p = 0; p < pixels; ++p) {
+      const T* g = g_row(p);
+      switch (method) {
+        case CamMethod::GradCAM:
+          vec_apply(channels, weights, [](const Vec<T>& w, const Vec<T>& gv) { return w + gv; }, weights, g);
+          break;
+        case CamMethod::AbsCAM:
+          vec_apply(channels, weights, [](const Vec<T>& w, const Vec<T>& gv) { return w + gv.abs(); }, weights, g);
+          break;
+        case CamMethod::XGradCAM:
+          vec_apply(
+              channels,
+              weights,
+              [](const Vec<T>& w, const Vec<T>& av, const Vec<T>& gv) { return w + av * gv; },
+              weights,
+              a_row(p),
+              g);
+          break;
+        default: // GradCAMPlusPlus
+          vec_apply(
+              channels,
+              weights,
+              [](const Vec<T>& w, const Vec<T>& gv, const Vec<T>& s) { return w + cam_detail::gradcam_pp_term(gv, s); },
+              weights,
+              g,
+              channel_sums);
+          break;
+      }
+    }
+    if (method == CamMethod::XGradCAM) {
+      const Vec<T> eps(static_cast<T>(kXGradCAMEps));
+      vec_apply(channels, weights, [&](const Vec<T>& w, const Vec<T>& s) { return w / (s + eps); }, weights,
+                channel_sums);
+    } else if (method != CamMethod::GradCAMPlusPlus) {
+      const Vec<T> scale(T(1) / static_cast<T>(pixels));
+      vec_apply(channels, weights, [&](const Vec<T>& w) { return w * scale; }, weights);
+    }
+    for (int64_t p = 0; p < pixels; ++p) {
+      acc[p] = vec_sum<T>(channels, [](const Vec<T>& w, const Vec<T>& av) { return w * av; }, weights, a_row(p));
+    }
+  } else {
+    for (int64_t p = 0; p < pixels; ++p) {
+      const T* a = a_row(p);
+      acc[p] = vec_sum<T>(
+          channels,
+          [&](const Vec<T>& av, const Vec<T>& gv) { return cam_detail::elementwise_term(method, av, gv); },
+          a,
+          g_row(p));
+    }
+  }
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    std::copy(acc, acc + pixels, cam);
+  } else {
+    at::vec::convert(acc, cam, pixels);
+  }
+}
+
+inline int64_t cam_reduce_backward_workspace_size(int64_t pixels) {
+  // grad_cam, rows of A and G, rows of grad_A and grad_G, all as opmath.
+  return 5 * pixels;
+}
+
+// Gradients of cam_reduce for one channels-first image, given grad_cam [pixels].
+template <typename scalar_t>
+void cam_reduce_backward_channels_first(
+    const scalar_t* grad_cam,
+    const scalar_t* activations,
+    const scalar_t* gradients,
+    scalar_t* grad_activations,
+    scalar_t* grad_gradients,
+    int64_t channels,
+    int64_t pixels,
+    CamMethod method,
+    opmath_t<scalar_t>* workspace) {
+  using T = opmath_t<scalar_t>;
+  using cam_detail::relu;
+  using cam_detail::Vec;
+  const T* grad_l = load_opmath(grad_cam, pixels, workspace);
+  T* a_scratch = workspace + pixels;
+  T* g_scratch = workspace + 2 * pixels;
+  T* ga_scratch = workspace + 3 * pixels;
+  T* gg_scratch = workspace + 4 * pixels;
+  const Vec<T> zero(T(0));
+  const Vec<T> inv_pixels(T(1) / static_cast<T>(pixels));
+
+  for (int64_t k = 0; k < channels; ++k) {
+    const int64_t offset = k * pixels;
+    const T* a = load_opmath(activations + offset, pixels, a_scratch);
+    const T* g = load_opmath(gradients + offset, pixels, g_scratch);
+    T* ga = opmath_target(grad_activations + offset, ga_scratch);
+    T* gg = opmath_target(grad_gradients + offset, gg_scratch);
+
+    if (uses_channel_weights(method)) {
+      // c_k = dLoss/dw_k = sum_p grad_cam[p] A[k, p]; every method passes w_k * grad_cam to A.
+      const Vec<T> c(vec_sum<T>(pixels, [](const Vec<T>& gl, const Vec<T>& av) { return gl * av; }, grad_l, a));
+      const Vec<T> w(cam_detail::channel_weight(method, a, g, pixels));
+      switch (method) {
+        case CamMethod::GradCAM:
+          vec_apply(pixels, ga, [&](const Vec<T>& gl) { return w * gl; }, grad_l);
+          vec_apply(pixels, gg, [&](const Vec<T>&) { return c * inv_pixels; }, g);
+          break;
+        case CamMethod::AbsCAM:
+          vec_apply(pixels, ga, [&](const Vec<T>& gl) { return w * gl; }, grad_l);
+          vec_apply(pixels, gg, [&](const Vec<T>& gv) { return (gv.gt(zero) - gv.lt(zero)) * c * inv_pixels; }, g);
+          break;
+        case CamMethod::XGradCAM: {
+          // w = sum(A G) / (S + eps), S = sum(A): dw/dA_p = (G_p - w) / (S + eps), dw/dG_p = A_p / (S + eps).
+          const Vec<T> den(vec_sum<T>(pixels, [](const Vec<T>& av) { return av; }, a) + static_cast<T>(kXGradCAMEps));
+          vec_apply(
+              pixels, ga, [&](const Vec<T>& gl, const Vec<T>& gv) { return w * gl + c * (gv - w) / den; }, grad_l, g);
+          vec_apply(pixels, gg, [&](const Vec<T>& av) { return c * av / den; }, a);
+          break;
+        }
+        default: { // GradCAMPlusPlus
+          // w = sum_p f(G_p, S), f = ReLU(G) G^2 / D, D = 2 G^2 + S G^3 + eps.
+          // df/dS = -ReLU(G) G^5 / D^2 reaches every A_p of the channel through S = sum(A);
+          // df/dG = (3 G^2 D - G^3 (4 G + 3 S G^2)) / D^2 for G > 0, and 0 for G < 0.
+          const Vec<T> s(vec_sum<T>(pixels, [](const Vec<T>& av) { return av; }, a));
+          const Vec<T> eps(static_cast<T>(kGradCAMPlusPlusEps));
+          const Vec<T> two(T(2)), three(T(3)), four(T(4));
+          const Vec<T> dw_ds(vec_sum<T>(
+              pixels,
+              [&](const Vec<T>& gv) {
+                const Vec<T> g2 = gv * gv;
+                const Vec<T> den = two * g2 + s * g2 * gv + eps;
+                return Vec<T>(T(0)) - relu(gv) * g2 * g2 * gv / (den * den);
+              },
+              g));
+          vec_apply(pixels, ga, [&](const Vec<T>& gl) { return w * gl + c * dw_ds; }, grad_l);
+          vec_apply(
+              pixels,
+              gg,
+              [&](const Vec<T>& gv) {
+                const Vec<T> g2 = gv * gv;
+                const Vec<T> g3 = g2 * gv;
+                const Vec<T> den = two * g2 + s * g3 + eps;
+                const Vec<T> df = (three * g2 * den - g3 * (four * gv + three * s * g2)) / (den * den);
+                return c * gv.gt(zero) * df;
+              },
+              g);
+          break;
+        }
+      }
+    } else {
+      switch (method) {
+        case CamMethod::LayerCAM:
+          vec_apply(pixels, ga, [&](const Vec<T>& gl, const Vec<T>& gv) { return relu(gv) * gl; }, grad_l, g);
+          vec_apply(
+              pixels,
+              gg,
+              [&](const Vec<T>& gl, const Vec<T>& av, const Vec<T>& gv) { return gv.gt(zero) * av * gl; },
+              grad_l,
+              a,
+              g);
+          break;
+        case CamMethod::HiResCAM:
+          vec_apply(pixels, ga, [](const Vec<T>& gl, const Vec<T>& gv) { return gv * gl; }, grad_l, g);
+          vec_apply(pixels, gg, [](const Vec<T>& gl, const Vec<T>& av) { return av * gl; }, grad_l, a);
+          break;
+        default: // GradCAMElementwise
+          vec_apply(
+              pixels,
+              ga,
+              [&](const Vec<T>& gl, const Vec<T>& av, const Vec<T>& gv) { return (gv * av).gt(zero) * gv * gl; },
+              grad_l,
+              a,
+              g);
+          vec_apply(
+              pixels,
+              gg,
+              [&](const Vec<T>& gl, const Vec<T>& av, const Vec<T>& gv) { return (gv * av).gt(zero) * av * gl; },
+              grad_l,
+              a,
+              g);
+          break;
+      }
+    }
+    store_opmath(ga, pixels, grad_activations + offset);
+    store_opmath(gg, pixels, grad_gradients + offset);
+  }
+}
+
+} // namespace torchcam_ops::kernels

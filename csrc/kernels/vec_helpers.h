@@ -1,0 +1,86 @@
+#pragma once
+
+// Small vectorised building blocks over raw arrays, shared by the CPU kernels.
+// Every loop runs whole Vectorized<T> lanes and finishes with one partial lane,
+// so the order of additions (and therefore the result) never depends on threads.
+
+#include <ATen/OpMathType.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace torchcam_ops::kernels {
+
+template <typename scalar_t>
+using opmath_t = at::opmath_type<scalar_t>;
+
+// out[i] = f(in[i]...) for i < n. `f` takes and returns Vectorized<T>; out may alias an input.
+template <typename T, typename F, typename... In>
+inline void vec_apply(int64_t n, T* out, const F& f, const In*... in) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t lanes = Vec::size();
+  int64_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    f(Vec::loadu(in + i)...).store(out + i);
+  }
+  if (i < n) {
+    const auto count = static_cast<int>(n - i);
+    f(Vec::loadu(in + i, count)...).store(out + i, count);
+  }
+}
+
+// sum_i f(in[i]...) for i < n, accumulated lane-wise then across lanes in a fixed order.
+template <typename T, typename F, typename... In>
+inline T vec_sum(int64_t n, const F& f, const In*... in) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t lanes = Vec::size();
+  Vec acc(T(0));
+  int64_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    acc += f(Vec::loadu(in + i)...);
+  }
+  if (i < n) {
+    const auto count = static_cast<int>(n - i);
+    // Padding lanes are loaded as zeros; `set` keeps only the real lanes of f's result.
+    acc += Vec::set(Vec(T(0)), f(Vec::loadu(in + i, count)...), count);
+  }
+  alignas(64) T parts[lanes];
+  acc.store(parts);
+  T total = 0;
+  for (int64_t lane = 0; lane < lanes; ++lane) {
+    total += parts[lane];
+  }
+  return total;
+}
+
+// A row as opmath values: the row itself when no conversion is needed, else a copy in `scratch`.
+template <typename scalar_t>
+inline const opmath_t<scalar_t>* load_opmath(const scalar_t* src, int64_t n, opmath_t<scalar_t>* scratch) {
+  if constexpr (std::is_same_v<scalar_t, opmath_t<scalar_t>>) {
+    return src;
+  } else {
+    at::vec::convert(src, scratch, n);
+    return scratch;
+  }
+}
+
+// Where a kernel should write opmath results that end up in `dst`: `dst` itself when no
+// conversion is needed, else `scratch` (followed by store_opmath).
+template <typename scalar_t>
+inline opmath_t<scalar_t>* opmath_target(scalar_t* dst, opmath_t<scalar_t>* scratch) {
+  if constexpr (std::is_same_v<scalar_t, opmath_t<scalar_t>>) {
+    return dst;
+  } else {
+    return scratch;
+  }
+}
+
+template <typename scalar_t>
+inline void store_opmath(const opmath_t<scalar_t>* src, int64_t n, scalar_t* dst) {
+  if constexpr (!std::is_same_v<scalar_t, opmath_t<scalar_t>>) {
+    at::vec::convert(src, dst, n);
+  }
+}
+
+} // namespace torchcam_ops::kernels

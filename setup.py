@@ -1,0 +1,102 @@
+"""Build torchcam_ops._C: C++ sources always, CUDA sources whenever a CUDA toolkit is usable.
+
+Environment switches:
+  TORCHCAM_OPS_DISABLE_CUDA=1       build without the CUDA kernels even where nvcc is present.
+  TORCHCAM_OPS_CPU_CAPABILITY=...   AVX2 or DEFAULT vector code for the CPU kernels (default: AVX2 on an
+                                    x86-64 machine whose CPU has it, else DEFAULT).
+  TORCH_CUDA_ARCH_LIST              CUDA architectures (default "9.0", the H100).
+  MAX_JOBS                          parallel compile jobs (ninja).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "csrc"
+VERSION = "0.1.0"
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _cuda_available_for_build() -> bool:
+    if _env_flag("TORCHCAM_OPS_DISABLE_CUDA"):
+        return False
+    if torch.version.cuda is None or CUDA_HOME is None:
+        return False
+    return (Path(CUDA_HOME) / "bin" / "nvcc").exists()
+
+
+def _cpu_capability() -> str:
+    requested = os.environ.get("TORCHCAM_OPS_CPU_CAPABILITY", "").strip().upper()
+    if requested in {"AVX2", "DEFAULT"}:
+        return requested
+    if requested:
+        raise ValueError(f"TORCHCAM_OPS_CPU_CAPABILITY must be AVX2 or DEFAULT, got {requested!r}")
+    if platform.machine().lower() in {"x86_64", "amd64"}:
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            flags = ""
+        if " avx2" in flags and " fma" in flags and " f16c" in flags:
+            return "AVX2"
+    return "DEFAULT"
+
+
+def source_hash(root: Path = CSRC) -> str:
+    """Hash of every C++/CUDA source, so an import can tell a build older than its sources."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.suffix in {".h", ".cpp", ".cu", ".cuh"}:
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _extension():
+    with_cuda = _cuda_available_for_build()
+    capability = _cpu_capability()
+    sources = sorted(str(p.relative_to(ROOT)) for p in (CSRC / "ops").glob("*.cpp"))
+    sources += sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cpu").glob("*.cpp"))
+    defines = [
+        f'-DTORCHCAM_OPS_VERSION="{VERSION}"',
+        f'-DTORCHCAM_OPS_SOURCE_HASH="{source_hash()}"',
+        f'-DTORCHCAM_OPS_TORCH_VERSION="{torch.__version__}"',
+        f'-DTORCHCAM_OPS_CPU_CAPABILITY="{capability}"',
+    ]
+    # -ffp-contract=off: no fused multiply-adds behind our back, so the scalar and vector paths of a
+    # kernel round identically (the backward of min-max relies on recomputing the same values).
+    cxx = ["-O3", "-ffp-contract=off", "-Wno-unknown-pragmas", *defines]
+    if capability == "AVX2":
+        cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    else:
+        cxx += ["-DCPU_CAPABILITY=DEFAULT"]
+    if not with_cuda:
+        return CppExtension("torchcam_ops._C", sources, extra_compile_args={"cxx": cxx})
+
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    sources += sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cuda").glob("*.cu"))
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-DTORCHCAM_OPS_WITH_CUDA", *defines]
+    return CUDAExtension(
+        "torchcam_ops._C",
+        sources,
+        extra_compile_args={"cxx": [*cxx, "-DTORCHCAM_OPS_WITH_CUDA"], "nvcc": nvcc},
+    )
+
+
+def _cmdclass():
+    use_ninja = shutil.which("ninja") is not None
+    return {"build_ext": BuildExtension.with_options(use_ninja=use_ninja)}
+
+
+setup(ext_modules=[_extension()], cmdclass=_cmdclass())
