@@ -10,7 +10,7 @@ Environment switches:
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import os
 import platform
 import shutil
@@ -53,14 +53,12 @@ def _cpu_capability() -> str:
     return "DEFAULT"
 
 
-def source_hash(root: Path = CSRC) -> str:
-    """Hash of every C++/CUDA source, so an import can tell a build older than its sources."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        if path.suffix in {".h", ".cpp", ".cu", ".cuh"}:
-            digest.update(path.relative_to(root).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+def _source_hash() -> str:
+    """Hash of the C++/CUDA sources, checked at import time to detect a stale build."""
+    spec = importlib.util.spec_from_file_location("_source_hash", ROOT / "torchcam_ops" / "_source_hash.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.source_hash(CSRC)
 
 
 def _extension():
@@ -68,12 +66,21 @@ def _extension():
     capability = _cpu_capability()
     sources = sorted(str(p.relative_to(ROOT)) for p in (CSRC / "ops").glob("*.cpp"))
     sources += sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cpu").glob("*.cpp"))
-    defines = [
-        f'-DTORCHCAM_OPS_VERSION="{VERSION}"',
-        f'-DTORCHCAM_OPS_SOURCE_HASH="{source_hash()}"',
-        f'-DTORCHCAM_OPS_TORCH_VERSION="{torch.__version__}"',
-        f'-DTORCHCAM_OPS_CPU_CAPABILITY="{capability}"',
-    ]
+    # Build facts go to a generated header that only csrc/ops/library.cpp includes, so a new
+    # source hash recompiles that file alone and the build stays incremental.
+    generated = ROOT / "build" / "generated"
+    generated.mkdir(parents=True, exist_ok=True)
+    build_info = (
+        "#pragma once\n"
+        f'#define TORCHCAM_OPS_VERSION "{VERSION}"\n'
+        f'#define TORCHCAM_OPS_SOURCE_HASH "{_source_hash()}"\n'
+        f'#define TORCHCAM_OPS_TORCH_VERSION "{torch.__version__}"\n'
+        f'#define TORCHCAM_OPS_CPU_CAPABILITY "{capability}"\n'
+    )
+    header = generated / "torchcam_ops_build_info.h"
+    if not header.exists() or header.read_text() != build_info:
+        header.write_text(build_info)
+    defines = [f"-I{generated}"]
     # -ffp-contract=off: no fused multiply-adds behind our back, so the scalar and vector paths of a
     # kernel round identically (the backward of min-max relies on recomputing the same values).
     cxx = ["-O3", "-ffp-contract=off", "-Wno-unknown-pragmas", *defines]

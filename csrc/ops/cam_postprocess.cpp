@@ -4,6 +4,8 @@
 #include "cam_postprocess.h"
 #include "checks.h"
 
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 namespace torchcam_ops {
@@ -26,6 +28,34 @@ void check_cam_postprocess_backward_args(const at::Tensor& grad_out, const at::T
                     ": grad_out must have shape [", cam.size(0), ", ", out_h, ", ", out_w, "], got ",
                     grad_out.sizes());
   check_same_dtype_device(op, "grad_out", grad_out, "cam", cam);
+}
+
+at::Tensor cam_postprocess_backward_composite(const at::Tensor& grad_out, const at::Tensor& cam, int64_t out_h,
+                                              int64_t out_w, bool relu, bool normalize) {
+  check_cam_postprocess_backward_args(grad_out, cam, out_h, out_w);
+  const auto opmath = at::toOpMathType(cam.scalar_type());
+  const at::Tensor source = cam.to(opmath).unsqueeze(1);
+  const at::Tensor rectified = relu ? at::relu(source) : source;
+  at::Tensor grad = grad_out.to(opmath).unsqueeze(1);
+  if (normalize) {
+    // y = (u - lo) / range, range = hi - lo + eps; ties at lo or hi share their gradient equally.
+    const at::Tensor resized = at::upsample_bilinear2d(rectified, {out_h, out_w}, /*align_corners=*/false);
+    const at::Tensor lo = at::amin(resized, {2, 3}, /*keepdim=*/true);
+    const at::Tensor hi = at::amax(resized, {2, 3}, /*keepdim=*/true);
+    const at::Tensor range = hi - lo + 1e-7;
+    const at::Tensor normalized = (resized - lo) / range;
+    const at::Tensor at_lo = (resized == lo).to(opmath);
+    const at::Tensor at_hi = (resized == hi).to(opmath);
+    const at::Tensor grad_lo = (grad * (normalized - 1)).sum({2, 3}, true) / range / at_lo.sum({2, 3}, true);
+    const at::Tensor grad_hi = -(grad * normalized).sum({2, 3}, true) / range / at_hi.sum({2, 3}, true);
+    grad = grad / range + at_lo * grad_lo + at_hi * grad_hi;
+  }
+  at::Tensor grad_source = at::upsample_bilinear2d_backward(grad, {out_h, out_w}, rectified.sizes(),
+                                                            /*align_corners=*/false);
+  if (relu) {
+    grad_source = grad_source * (source > 0).to(opmath);
+  }
+  return grad_source.squeeze(1).to(cam.scalar_type()).contiguous();
 }
 
 TORCH_LIBRARY_FRAGMENT(torchcam_ops, m) {

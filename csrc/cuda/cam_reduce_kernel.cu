@@ -1,0 +1,331 @@
+// CUDA kernels of cam_reduce and cam_reduce_backward (channels-first layout).
+//
+// Forward: a block owns one image and a chunk of its channels. Warps compute the channel
+// weights (one channel per warp, lanes striding over pixels), then the block's threads sum the
+// weighted channels pixel by pixel into a float partial map; a second small kernel adds the
+// chunks' partial maps in a fixed order. No atomics, so results are reproducible.
+// Backward: one warp per (image, channel).
+
+#include "../kernels/cam_method.h"
+#include "../ops/cam_reduce.h"
+#include "cuda_utils.cuh"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+namespace torchcam_ops {
+
+namespace {
+
+using cuda::ceil_div;
+using cuda::kWarpSize;
+using cuda::relu_keep_nan;
+using cuda::warp_all_sum;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / kWarpSize;
+constexpr int64_t kMaxChunkChannels = 4096; // bounds the shared memory of one block
+
+template <typename T>
+__device__ __forceinline__ T gradcam_pp_term(T g, T channel_sum) {
+  const T g2 = g * g;
+  return relu_keep_nan(g) * g2 / (T(2) * g2 + channel_sum * g2 * g + T(kGradCAMPlusPlusEps));
+}
+
+template <typename T>
+__device__ __forceinline__ T elementwise_term(CamMethod method, T a, T g) {
+  switch (method) {
+    case CamMethod::LayerCAM:
+      return relu_keep_nan(g) * a;
+    case CamMethod::HiResCAM:
+      return g * a;
+    default: // GradCAMElementwise
+      return relu_keep_nan(g * a);
+  }
+}
+
+// Sum over one channel row of f(a[p], g[p]), by a whole warp; the total in every lane.
+template <typename T, typename scalar_t, typename F>
+__device__ __forceinline__ T warp_row_sum(const scalar_t* a, const scalar_t* g, int64_t pixels, F f) {
+  T acc = T(0);
+  for (int64_t p = threadIdx.x % kWarpSize; p < pixels; p += kWarpSize) {
+    acc += f(static_cast<T>(a[p]), static_cast<T>(g[p]));
+  }
+  return warp_all_sum(acc);
+}
+
+template <typename T, typename scalar_t>
+__device__ __forceinline__ T warp_channel_weight(CamMethod method, const scalar_t* a, const scalar_t* g,
+                                                 int64_t pixels) {
+  switch (method) {
+    case CamMethod::GradCAM:
+      return warp_row_sum<T>(a, g, pixels, [](T, T gv) { return gv; }) / static_cast<T>(pixels);
+    case CamMethod::AbsCAM:
+      return warp_row_sum<T>(a, g, pixels, [](T, T gv) { return abs(gv); }) / static_cast<T>(pixels);
+    case CamMethod::XGradCAM: {
+      const T weighted = warp_row_sum<T>(a, g, pixels, [](T av, T gv) { return av * gv; });
+      const T activation_sum = warp_row_sum<T>(a, g, pixels, [](T av, T) { return av; });
+      return weighted / (activation_sum + T(kXGradCAMEps));
+    }
+    default: { // GradCAMPlusPlus
+      const T activation_sum = warp_row_sum<T>(a, g, pixels, [](T av, T) { return av; });
+      return warp_row_sum<T>(a, g, pixels, [=](T, T gv) { return gradcam_pp_term(gv, activation_sum); });
+    }
+  }
+}
+
+template <typename scalar_t, typename T>
+__global__ void __launch_bounds__(kThreads) cam_reduce_partial_kernel(
+    const scalar_t* __restrict__ activations,
+    const scalar_t* __restrict__ gradients,
+    T* __restrict__ partial,
+    int64_t channels,
+    int64_t pixels,
+    int64_t num_chunks,
+    int64_t chunk_channels,
+    CamMethod method) {
+  extern __shared__ unsigned char shared_bytes[];
+  T* slice_sums = reinterpret_cast<T*>(shared_bytes); // kThreads values
+  T* weights = slice_sums + kThreads;                 // chunk_channels values
+
+  const int64_t n = blockIdx.x / num_chunks;
+  const int64_t chunk = blockIdx.x % num_chunks;
+  const int64_t k_begin = chunk * chunk_channels;
+  const int64_t k_end = std::min(channels, k_begin + chunk_channels);
+  const scalar_t* a_image = activations + n * channels * pixels;
+  const scalar_t* g_image = gradients + n * channels * pixels;
+  const bool weighted = uses_channel_weights(method);
+
+  if (weighted) {
+    for (int64_t k = k_begin + threadIdx.x / kWarpSize; k < k_end; k += kWarps) {
+      const T w = warp_channel_weight<T>(method, a_image + k * pixels, g_image + k * pixels, pixels);
+      if (threadIdx.x % kWarpSize == 0) {
+        weights[k - k_begin] = w;
+      }
+    }
+    __syncthreads();
+  }
+
+  const auto contribution = [&](int64_t k, int64_t p) -> T {
+    const T a = static_cast<T>(a_image[k * pixels + p]);
+    return weighted ? weights[k - k_begin] * a : elementwise_term(method, a, static_cast<T>(g_image[k * pixels + p]));
+  };
+  T* out = partial + (n * num_chunks + chunk) * pixels;
+  if (pixels >= kThreads) {
+    for (int64_t p = threadIdx.x; p < pixels; p += kThreads) {
+      T acc = T(0);
+      for (int64_t k = k_begin; k < k_end; ++k) {
+        acc += contribution(k, p);
+      }
+      out[p] = acc;
+    }
+  } else {
+    // Small maps (7x7, 14x14): several threads share a pixel, each summing a slice of the channels.
+    const int64_t slices = kThreads / pixels;
+    const int64_t slice = threadIdx.x / pixels;
+    const int64_t p = threadIdx.x % pixels;
+    T acc = T(0);
+    if (slice < slices) {
+      for (int64_t k = k_begin + slice; k < k_end; k += slices) {
+        acc += contribution(k, p);
+      }
+    }
+    slice_sums[threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.x < pixels) {
+      T total = T(0);
+      for (int64_t s = 0; s < slices; ++s) {
+        total += slice_sums[s * pixels + threadIdx.x];
+      }
+      out[threadIdx.x] = total;
+    }
+  }
+}
+
+template <typename scalar_t, typename T>
+__global__ void cam_reduce_finalize_kernel(const T* __restrict__ partial, scalar_t* __restrict__ cam, int64_t batch,
+                                           int64_t pixels, int64_t num_chunks) {
+  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (index >= batch * pixels) {
+    return;
+  }
+  const int64_t n = index / pixels;
+  const int64_t p = index % pixels;
+  T total = T(0);
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    total += partial[(n * num_chunks + c) * pixels + p];
+  }
+  cam[index] = static_cast<scalar_t>(total);
+}
+
+at::Tensor cam_reduce_cuda(const at::Tensor& activations, const at::Tensor& gradients, c10::string_view method_name) {
+  const CamMethod method = check_cam_reduce_args(activations, gradients, method_name);
+  const c10::cuda::CUDAGuard guard(activations.device());
+  const at::Tensor a = activations.contiguous();
+  const at::Tensor g = gradients.contiguous();
+  const int64_t batch = a.size(0), channels = a.size(1), pixels = a.size(2) * a.size(3);
+  at::Tensor cam = at::empty({batch, a.size(2), a.size(3)}, a.options().memory_format(at::MemoryFormat::Contiguous));
+  if (cam.numel() == 0) {
+    return cam;
+  }
+  if (channels == 0) {
+    return cam.zero_();
+  }
+
+  // Enough blocks to fill the device a few times over, each with at least one channel per warp.
+  const int64_t sm_count = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  int64_t num_chunks = std::clamp<int64_t>(ceil_div(4 * sm_count, batch), 1, ceil_div(channels, kWarps));
+  num_chunks = std::max(num_chunks, ceil_div(channels, kMaxChunkChannels));
+  const int64_t chunk_channels = ceil_div(channels, num_chunks);
+  num_chunks = ceil_div(channels, chunk_channels);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_reduce_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    at::Tensor partial = at::empty({batch, num_chunks, pixels}, a.options().dtype(c10::CppTypeToScalarType<T>::value));
+    const size_t shared_bytes = (kThreads + chunk_channels) * sizeof(T);
+    cam_reduce_partial_kernel<scalar_t, T><<<batch * num_chunks, kThreads, shared_bytes, stream>>>(
+        a.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<T>(), channels, pixels,
+        num_chunks, chunk_channels, method);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cam_reduce_finalize_kernel<scalar_t, T><<<ceil_div(batch * pixels, kThreads), kThreads, 0, stream>>>(
+        partial.const_data_ptr<T>(), cam.mutable_data_ptr<scalar_t>(), batch, pixels, num_chunks);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return cam;
+}
+
+// One warp per (image, channel): the channel's sums first, then dA and dG pixel by pixel.
+// The formulas are those of the CPU kernel (kernels/cam_reduce.h), one value at a time.
+template <typename scalar_t, typename T>
+__global__ void __launch_bounds__(kThreads) cam_reduce_backward_kernel(
+    const scalar_t* __restrict__ grad_cam,
+    const scalar_t* __restrict__ activations,
+    const scalar_t* __restrict__ gradients,
+    scalar_t* __restrict__ grad_activations,
+    scalar_t* __restrict__ grad_gradients,
+    int64_t batch,
+    int64_t channels,
+    int64_t pixels,
+    CamMethod method) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize;
+  if (row >= batch * channels) {
+    return; // the whole warp leaves together
+  }
+  const int lane = threadIdx.x % kWarpSize;
+  const scalar_t* gl = grad_cam + (row / channels) * pixels;
+  const scalar_t* a = activations + row * pixels;
+  const scalar_t* g = gradients + row * pixels;
+  scalar_t* ga = grad_activations + row * pixels;
+  scalar_t* gg = grad_gradients + row * pixels;
+  const auto store = [&](int64_t p, T grad_a, T grad_g) {
+    ga[p] = static_cast<scalar_t>(grad_a);
+    gg[p] = static_cast<scalar_t>(grad_g);
+  };
+
+  if (!uses_channel_weights(method)) {
+    for (int64_t p = lane; p < pixels; p += kWarpSize) {
+      const T gr = static_cast<T>(gl[p]), av = static_cast<T>(a[p]), gv = static_cast<T>(g[p]);
+      switch (method) {
+        case CamMethod::LayerCAM:
+          store(p, relu_keep_nan(gv) * gr, T(gv > T(0)) * av * gr);
+          break;
+        case CamMethod::HiResCAM:
+          store(p, gv * gr, av * gr);
+          break;
+        default: { // GradCAMElementwise
+          const T mask = T(gv * av > T(0));
+          store(p, mask * gv * gr, mask * av * gr);
+          break;
+        }
+      }
+    }
+    return;
+  }
+
+  const T c = warp_row_sum<T>(gl, a, pixels, [](T gr, T av) { return gr * av; });
+  const T w = warp_channel_weight<T>(method, a, g, pixels);
+  const T inv_pixels = T(1) / static_cast<T>(pixels);
+  switch (method) {
+    case CamMethod::GradCAM:
+      for (int64_t p = lane; p < pixels; p += kWarpSize) {
+        store(p, w * static_cast<T>(gl[p]), c * inv_pixels);
+      }
+      break;
+    case CamMethod::AbsCAM:
+      for (int64_t p = lane; p < pixels; p += kWarpSize) {
+        const T gv = static_cast<T>(g[p]);
+        store(p, w * static_cast<T>(gl[p]), (T(gv > T(0)) - T(gv < T(0))) * c * inv_pixels);
+      }
+      break;
+    case CamMethod::XGradCAM: {
+      const T den = warp_row_sum<T>(a, g, pixels, [](T av, T) { return av; }) + T(kXGradCAMEps);
+      for (int64_t p = lane; p < pixels; p += kWarpSize) {
+        const T gv = static_cast<T>(g[p]);
+        store(p, w * static_cast<T>(gl[p]) + c * (gv - w) / den, c * static_cast<T>(a[p]) / den);
+      }
+      break;
+    }
+    default: { // GradCAMPlusPlus
+      const T s = warp_row_sum<T>(a, g, pixels, [](T av, T) { return av; });
+      const auto den_of = [=](T gv) { return T(2) * gv * gv + s * (gv * gv) * gv + T(kGradCAMPlusPlusEps); };
+      const T dw_ds = warp_row_sum<T>(a, g, pixels, [=](T, T gv) {
+        const T den = den_of(gv);
+        const T g2 = gv * gv;
+        return T(0) - relu_keep_nan(gv) * g2 * g2 * gv / (den * den);
+      });
+      for (int64_t p = lane; p < pixels; p += kWarpSize) {
+        const T gv = static_cast<T>(g[p]);
+        const T g2 = gv * gv, g3 = g2 * gv, den = den_of(gv);
+        const T df = (T(3) * g2 * den - g3 * (T(4) * gv + T(3) * s * g2)) / (den * den);
+        store(p, w * static_cast<T>(gl[p]) + c * dw_ds, c * T(gv > T(0)) * df);
+      }
+      break;
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> cam_reduce_backward_cuda(const at::Tensor& grad_cam,
+                                                            const at::Tensor& activations,
+                                                            const at::Tensor& gradients,
+                                                            c10::string_view method_name) {
+  const CamMethod method = check_cam_reduce_backward_args(grad_cam, activations, gradients, method_name);
+  const c10::cuda::CUDAGuard guard(activations.device());
+  const at::Tensor gl = grad_cam.contiguous();
+  const at::Tensor a = activations.contiguous();
+  const at::Tensor g = gradients.contiguous();
+  at::Tensor grad_a = at::empty_like(a, at::MemoryFormat::Contiguous);
+  at::Tensor grad_g = at::empty_like(g, at::MemoryFormat::Contiguous);
+  const int64_t batch = a.size(0), channels = a.size(1), pixels = a.size(2) * a.size(3);
+  if (a.numel() == 0) {
+    return {grad_a, grad_g};
+  }
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_reduce_backward_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    cam_reduce_backward_kernel<scalar_t, T><<<ceil_div(batch * channels, kWarps), kThreads, 0, stream>>>(
+        gl.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(),
+        grad_a.mutable_data_ptr<scalar_t>(), grad_g.mutable_data_ptr<scalar_t>(), batch, channels, pixels, method);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {grad_a, grad_g};
+}
+
+} // namespace
+
+TORCH_LIBRARY_IMPL(torchcam_ops, CUDA, m) {
+  m.impl("cam_reduce", &cam_reduce_cuda);
+  m.impl("cam_reduce_backward", &cam_reduce_backward_cuda);
+}
+
+} // namespace torchcam_ops

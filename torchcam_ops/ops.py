@@ -1,0 +1,180 @@
+"""Typed wrappers over ``torch.ops.torchcam_ops.*``, with their fake kernels and autograd formulas.
+
+The ops themselves are defined and implemented in C++ (``csrc/``); importing this module after the
+extension registers what torch.compile and torch.export need: a fake (meta) kernel per op and the
+autograd formula of each forward op, whose backward is an op of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from torchcam_ops._extension import load as _load_extension
+
+_load_extension()
+
+__all__ = ["CAM_METHODS", "cam_reduce", "cam_postprocess"]
+
+#: Names accepted by :func:`cam_reduce`.
+CAM_METHODS: tuple[str, ...] = (
+    "gradcam",
+    "abscam",
+    "xgradcam",
+    "gradcam++",
+    "layercam",
+    "hirescam",
+    "gradcam_elementwise",
+)
+
+_ops = torch.ops.torchcam_ops
+
+
+def _require_tensor(op: str, name: str, value: object) -> None:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def cam_reduce(activations: Tensor, gradients: Tensor, method: str = "gradcam") -> Tensor:
+    r"""The raw class activation map of one layer, in one fused pass over A and G.
+
+    ``activations`` A and ``gradients`` G are ``[N, K, h, w]`` (same shape, dtype and device; any
+    memory format). Returns the map L, ``[N, h, w]`` in the input dtype, before any ReLU. Half and
+    bfloat16 accumulate in float32. Differentiable in A and G.
+
+    ======================= ======================================================================
+    method                  L
+    ======================= ======================================================================
+    ``gradcam``             :math:`w_k = \operatorname{mean}_{hw} G_k,\ L = \sum_k w_k A_k`
+    ``abscam``              :math:`w_k = \operatorname{mean}_{hw} |G_k|,\ L = \sum_k w_k A_k`
+    ``xgradcam``            :math:`w_k = \sum_{hw} A_k G_k / (\sum_{hw} A_k + 10^{-7}),\ L = \sum_k w_k A_k`
+    ``gradcam++``           :math:`a = G^2 / (2G^2 + (\sum_{hw} A_k) G^3 + 10^{-6})` (0 where G = 0),
+                            :math:`w_k = \sum_{hw} a\,\mathrm{ReLU}(G_k),\ L = \sum_k w_k A_k`
+    ``layercam``            :math:`L = \sum_k \mathrm{ReLU}(G_k) A_k`
+    ``hirescam``            :math:`L = \sum_k G_k A_k`
+    ``gradcam_elementwise`` :math:`L = \sum_k \mathrm{ReLU}(G_k A_k)`
+    ======================= ======================================================================
+    """
+    _require_tensor("cam_reduce", "activations", activations)
+    _require_tensor("cam_reduce", "gradients", gradients)
+    if not isinstance(method, str):
+        raise TypeError(f"cam_reduce: method must be a str, one of {CAM_METHODS}, got {type(method).__name__}")
+    return _ops.cam_reduce.default(activations, gradients, method)
+
+
+def _output_size(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, (int, torch.SymInt)) and not isinstance(size, bool):
+        return size, size
+    if isinstance(size, Sequence) and len(size) == 2 and all(isinstance(s, (int, torch.SymInt)) for s in size):
+        return size[0], size[1]
+    raise TypeError(f"cam_postprocess: size must be an int or a pair of ints (out_h, out_w), got {size!r}")
+
+
+def cam_postprocess(
+    cam: Tensor, size: int | Sequence[int], *, relu: bool = True, normalize: bool = True
+) -> Tensor:
+    r"""ReLU, bilinear resize and per-map min-max of ``[N, h, w]`` maps, fused into one op.
+
+    .. math:: M = \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(L))),\quad
+              \operatorname{norm}(x) = \frac{x - \min x}{\max x - \min x + 10^{-7}}
+
+    ``Up`` is ``F.interpolate(mode="bilinear", align_corners=False)`` to ``size`` (an int or
+    ``(out_h, out_w)``); the min and max are those of the resized map, so every map spans [0, 1]
+    and an all-constant map becomes zeros. ``relu=False`` / ``normalize=False`` skip those stages.
+    Returns ``[N, out_h, out_w]`` in the input dtype. Differentiable in ``cam``.
+    """
+    _require_tensor("cam_postprocess", "cam", cam)
+    out_h, out_w = _output_size(size)
+    return _ops.cam_postprocess.default(cam, out_h, out_w, bool(relu), bool(normalize))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake kernels: shapes, dtypes and strides of each op's outputs, for torch.compile / torch.export.
+# The checks mirror the C++ ones so that tracing fails with the same message as eager code.
+
+
+def _check_activations_and_gradients(op: str, activations: Tensor, gradients: Tensor) -> None:
+    torch._check(activations.dim() == 4, lambda: f"{op}: activations must be a 4-D [N, K, h, w] tensor, got shape {tuple(activations.shape)}")
+    torch._check(activations.shape == gradients.shape, lambda: f"{op}: gradients must have the shape of activations {tuple(activations.shape)}, got {tuple(gradients.shape)}")
+    torch._check(activations.dtype == gradients.dtype, lambda: f"{op}: gradients must have the dtype of activations ({activations.dtype}), got {gradients.dtype}")
+
+
+def _check_method(op: str, method: str) -> None:
+    torch._check(method in CAM_METHODS, lambda: f"{op}: unknown method {method!r}; expected one of {CAM_METHODS}")
+
+
+@torch.library.register_fake("torchcam_ops::cam_reduce")
+def _cam_reduce_fake(activations: Tensor, gradients: Tensor, method: str) -> Tensor:
+    _check_method("cam_reduce", method)
+    _check_activations_and_gradients("cam_reduce", activations, gradients)
+    n, _, h, w = activations.shape
+    return activations.new_empty((n, h, w))
+
+
+@torch.library.register_fake("torchcam_ops::cam_reduce_backward")
+def _cam_reduce_backward_fake(
+    grad_cam: Tensor, activations: Tensor, gradients: Tensor, method: str
+) -> tuple[Tensor, Tensor]:
+    _check_method("cam_reduce_backward", method)
+    _check_activations_and_gradients("cam_reduce_backward", activations, gradients)
+    return (
+        torch.empty_like(activations, memory_format=torch.contiguous_format),
+        torch.empty_like(gradients, memory_format=torch.contiguous_format),
+    )
+
+
+@torch.library.register_fake("torchcam_ops::cam_postprocess")
+def _cam_postprocess_fake(cam: Tensor, out_h: int, out_w: int, relu: bool = True, normalize: bool = True) -> Tensor:
+    torch._check(cam.dim() == 3, lambda: f"cam_postprocess: cam must be a 3-D [N, h, w] tensor, got shape {tuple(cam.shape)}")
+    torch._check(out_h >= 1 and out_w >= 1, lambda: f"cam_postprocess: out_h and out_w must be >= 1, got {out_h} and {out_w}")
+    return cam.new_empty((cam.shape[0], out_h, out_w))
+
+
+@torch.library.register_fake("torchcam_ops::cam_postprocess_backward")
+def _cam_postprocess_backward_fake(
+    grad_out: Tensor, cam: Tensor, out_h: int, out_w: int, relu: bool, normalize: bool
+) -> Tensor:
+    return torch.empty_like(cam, memory_format=torch.contiguous_format)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd: each forward op's backward is its own op (CPU and CUDA kernels).
+
+
+def _cam_reduce_setup_context(ctx, inputs, output) -> None:
+    activations, gradients, method = inputs
+    ctx.save_for_backward(activations, gradients)
+    ctx.method = method
+
+
+def _cam_reduce_backward(ctx, grad_cam: Tensor):
+    activations, gradients = ctx.saved_tensors
+    grad_activations, grad_gradients = _ops.cam_reduce_backward.default(grad_cam, activations, gradients, ctx.method)
+    return (
+        grad_activations if ctx.needs_input_grad[0] else None,
+        grad_gradients if ctx.needs_input_grad[1] else None,
+        None,
+    )
+
+
+def _cam_postprocess_setup_context(ctx, inputs, output) -> None:
+    cam, out_h, out_w, relu, normalize = inputs
+    ctx.save_for_backward(cam)
+    ctx.geometry = (out_h, out_w, relu, normalize)
+
+
+def _cam_postprocess_backward(ctx, grad_out: Tensor):
+    (cam,) = ctx.saved_tensors
+    out_h, out_w, relu, normalize = ctx.geometry
+    grad_cam = _ops.cam_postprocess_backward.default(grad_out, cam, out_h, out_w, relu, normalize)
+    return grad_cam, None, None, None, None
+
+
+torch.library.register_autograd(
+    "torchcam_ops::cam_reduce", _cam_reduce_backward, setup_context=_cam_reduce_setup_context
+)
+torch.library.register_autograd(
+    "torchcam_ops::cam_postprocess", _cam_postprocess_backward, setup_context=_cam_postprocess_setup_context
+)
