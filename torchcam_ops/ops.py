@@ -96,13 +96,28 @@ def cam_postprocess(
 
 
 def _check_activations_and_gradients(op: str, activations: Tensor, gradients: Tensor) -> None:
-    torch._check(activations.dim() == 4, lambda: f"{op}: activations must be a 4-D [N, K, h, w] tensor, got shape {tuple(activations.shape)}")
-    torch._check(activations.shape == gradients.shape, lambda: f"{op}: gradients must have the shape of activations {tuple(activations.shape)}, got {tuple(gradients.shape)}")
-    torch._check(activations.dtype == gradients.dtype, lambda: f"{op}: gradients must have the dtype of activations ({activations.dtype}), got {gradients.dtype}")
+    torch._check_value(
+        activations.dim() == 4,
+        lambda: f"{op}: activations must be a 4-D [N, K, h, w] tensor, got shape {list(activations.shape)}",
+    )
+    torch._check_value(
+        activations.shape == gradients.shape,
+        lambda: f"{op}: gradients must have the shape of activations {list(activations.shape)}, "
+        f"got {list(gradients.shape)}",
+    )
+    torch._check_type(
+        activations.dtype == gradients.dtype,
+        lambda: f"{op}: gradients must have the dtype of activations ({activations.dtype}), got {gradients.dtype}",
+    )
+    torch._check_value(
+        activations.device == gradients.device,
+        lambda: f"{op}: gradients must be on the device of activations ({activations.device}), "
+        f"got {gradients.device}",
+    )
 
 
 def _check_method(op: str, method: str) -> None:
-    torch._check(method in CAM_METHODS, lambda: f"{op}: unknown method {method!r}; expected one of {CAM_METHODS}")
+    torch._check_value(method in CAM_METHODS, lambda: f"{op}: unknown method {method!r}; expected one of {CAM_METHODS}")
 
 
 @torch.library.register_fake("torchcam_ops::cam_reduce")
@@ -127,8 +142,12 @@ def _cam_reduce_backward_fake(
 
 @torch.library.register_fake("torchcam_ops::cam_postprocess")
 def _cam_postprocess_fake(cam: Tensor, out_h: int, out_w: int, relu: bool = True, normalize: bool = True) -> Tensor:
-    torch._check(cam.dim() == 3, lambda: f"cam_postprocess: cam must be a 3-D [N, h, w] tensor, got shape {tuple(cam.shape)}")
-    torch._check(out_h >= 1 and out_w >= 1, lambda: f"cam_postprocess: out_h and out_w must be >= 1, got {out_h} and {out_w}")
+    torch._check_value(
+        cam.dim() == 3, lambda: f"cam_postprocess: cam must be a 3-D [N, h, w] tensor, got shape {list(cam.shape)}"
+    )
+    torch._check_value(
+        out_h >= 1 and out_w >= 1, lambda: f"cam_postprocess: out_h and out_w must be >= 1, got {out_h} and {out_w}"
+    )
     return cam.new_empty((cam.shape[0], out_h, out_w))
 
 

@@ -35,8 +35,8 @@ struct ResizeGeometry {
   int64_t in_h, in_w, out_h, out_w;
 };
 
-// Bilinear value at output (y, x), half-pixel centres, ReLU on the source samples; the same
-// arithmetic as PyTorch's upsample_bilinear2d.
+// Bilinear value at output (y, x), half-pixel centres, ReLU on the source samples; blends in the
+// a + w1 (b - a) form of the CPU kernel (exact on constant regions).
 template <typename T, typename scalar_t>
 __device__ __forceinline__ T resized_value(const scalar_t* map, const ResizeGeometry& geo, T scale_h, T scale_w,
                                            int64_t y, int64_t x, bool relu) {
@@ -50,12 +50,14 @@ __device__ __forceinline__ T resized_value(const scalar_t* map, const ResizeGeom
   const int64_t x1 = x0 < geo.in_w - 1 ? x0 + 1 : x0;
   const T wy1 = std::min(std::max(sy - static_cast<T>(y0), T(0)), T(1));
   const T wx1 = std::min(std::max(sx - static_cast<T>(x0), T(0)), T(1));
-  const T wy0 = T(1) - wy1, wx0 = T(1) - wx1;
   const auto sample = [&](int64_t r, int64_t c) {
     const T v = static_cast<T>(map[r * geo.in_w + c]);
     return relu ? relu_keep_nan(v) : v;
   };
-  return wy0 * (wx0 * sample(y0, x0) + wx1 * sample(y0, x1)) + wy1 * (wx0 * sample(y1, x0) + wx1 * sample(y1, x1));
+  const auto lerp = [](T a, T b, T w) { return a + w * (b - a); };
+  const T top = lerp(sample(y0, x0), sample(y0, x1), wx1);
+  const T bottom = lerp(sample(y1, x0), sample(y1, x1), wx1);
+  return lerp(top, bottom, wy1);
 }
 
 template <typename scalar_t, typename T>

@@ -4,8 +4,9 @@
 // (F.interpolate(mode="bilinear", align_corners=False)), then min-max normalisation.
 //
 // The resize is separable: each source row is first resized horizontally (in_h x out_w values),
-// then every output row blends two of those rows, vectorised over the output width. That is the
-// same arithmetic as PyTorch's h0 * (w0 * x00 + w1 * x01) + h1 * (w0 * x10 + w1 * x11).
+// then every output row blends two of those rows, vectorised over the output width. Blends are
+// written a + w1 (b - a) rather than PyTorch's w0 a + w1 b: the same value up to rounding, and
+// exact where a == b, so a constant map stays exactly constant and normalises to zeros.
 
 #include "vec_helpers.h"
 
@@ -80,7 +81,7 @@ void resize_rows_horizontally(
         v0 = relu_keep_nan(v0);
         v1 = relu_keep_nan(v1);
       }
-      dst[x] = tap.weight0 * v0 + tap.weight1 * v1;
+      dst[x] = v0 + tap.weight1 * (v1 - v0);
     }
   }
 }
@@ -101,8 +102,8 @@ void blended_min_max(
   Vec hi(-std::numeric_limits<T>::infinity());
   for (int64_t y = 0; y < out_h; ++y) {
     const auto& tap = row_taps[y];
-    const Vec w0(tap.weight0), w1(tap.weight1);
-    vec_apply(out_w, row, [&](const Vec& a, const Vec& b) { return w0 * a + w1 * b; },
+    const Vec w1(tap.weight1);
+    vec_apply(out_w, row, [&](const Vec& a, const Vec& b) { return a + w1 * (b - a); },
               resized_rows + tap.index0 * out_w, resized_rows + tap.index1 * out_w);
     int64_t x = 0;
     for (; x + lanes <= out_w; x += lanes) {
@@ -164,15 +165,15 @@ void cam_postprocess_forward(
   const Vec lo_vec(lo), range_vec(range);
   for (int64_t y = 0; y < out_h; ++y) {
     const auto& tap = row_taps[y];
-    const Vec w0(tap.weight0), w1(tap.weight1);
+    const Vec w1(tap.weight1);
     T* dst = opmath_target(out + y * out_w, row);
     const T* top = resized_rows + tap.index0 * out_w;
     const T* bottom = resized_rows + tap.index1 * out_w;
     if (normalize) {
-      vec_apply(out_w, dst, [&](const Vec& a, const Vec& b) { return (w0 * a + w1 * b - lo_vec) / range_vec; },
+      vec_apply(out_w, dst, [&](const Vec& a, const Vec& b) { return (a + w1 * (b - a) - lo_vec) / range_vec; },
                 top, bottom);
     } else {
-      vec_apply(out_w, dst, [&](const Vec& a, const Vec& b) { return w0 * a + w1 * b; }, top, bottom);
+      vec_apply(out_w, dst, [&](const Vec& a, const Vec& b) { return a + w1 * (b - a); }, top, bottom);
     }
     store_opmath(dst, out_w, out + y * out_w);
   }
@@ -207,7 +208,8 @@ void cam_postprocess_backward(
   postprocess_detail::resize_rows_horizontally(cam, in_h, in_w, out_w, col_taps, relu, resized_rows);
   const auto resized = [&](int64_t y, int64_t x) {
     const auto& tap = row_taps[y];
-    return tap.weight0 * resized_rows[tap.index0 * out_w + x] + tap.weight1 * resized_rows[tap.index1 * out_w + x];
+    const T top = resized_rows[tap.index0 * out_w + x];
+    return top + tap.weight1 * (resized_rows[tap.index1 * out_w + x] - top);
   };
 
   // y = (u - lo) / range with range = hi - lo + eps:
