@@ -1,0 +1,175 @@
+// GoogleTest for the raw-pointer kernels in csrc/kernels, against hand-computed values.
+
+#include "../../csrc/kernels/cam_postprocess.h"
+#include "../../csrc/kernels/cam_reduce.h"
+
+#include <gtest/gtest.h>
+
+#include <c10/util/Half.h>
+
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+namespace tk = torchcam_ops::kernels;
+using torchcam_ops::CamMethod;
+
+namespace {
+
+// One image, K = 2 channels of 2x2 pixels (channels-first):
+//   A_0 = [1 2; 3 4]   A_1 = [0 1; 1 0]
+//   G_0 = [1 -1; 2 0]  G_1 = [0.5 0.5; -0.5 0.5]
+const std::vector<double> kA = {1, 2, 3, 4, 0, 1, 1, 0};
+const std::vector<double> kG = {1, -1, 2, 0, 0.5, 0.5, -0.5, 0.5};
+
+template <typename T>
+std::vector<T> reduce_channels_first(const std::vector<T>& a, const std::vector<T>& g, int64_t k, int64_t p,
+                                     CamMethod method) {
+  std::vector<T> cam(p);
+  std::vector<tk::opmath_t<T>> workspace(tk::cam_reduce_forward_workspace_size(k, p, false));
+  tk::cam_reduce_forward_channels_first(a.data(), g.data(), cam.data(), k, p, method, workspace.data());
+  return cam;
+}
+
+template <typename T>
+std::vector<T> to_channels_last(const std::vector<T>& x, int64_t k, int64_t p) {
+  std::vector<T> out(x.size());
+  for (int64_t c = 0; c < k; ++c)
+    for (int64_t i = 0; i < p; ++i) out[i * k + c] = x[c * p + i];
+  return out;
+}
+
+void expect_near(const std::vector<double>& actual, const std::vector<double>& expected, double tol = 1e-12) {
+  ASSERT_EQ(actual.size(), expected.size());
+  for (size_t i = 0; i < actual.size(); ++i) EXPECT_NEAR(actual[i], expected[i], tol) << "at " << i;
+}
+
+} // namespace
+
+TEST(CamReduce, GradCAMByHand) {
+  // w = (mean G_0, mean G_1) = (0.5, 0.25)
+  expect_near(reduce_channels_first(kA, kG, 2, 4, CamMethod::GradCAM), {0.5, 1.25, 1.75, 2.0});
+}
+
+TEST(CamReduce, AbsCAMByHand) {
+  // w = (mean |G_0|, mean |G_1|) = (1.0, 0.5)
+  expect_near(reduce_channels_first(kA, kG, 2, 4, CamMethod::AbsCAM), {1.0, 2.5, 3.5, 4.0});
+}
+
+TEST(CamReduce, XGradCAMByHand) {
+  // w_0 = (1 - 2 + 6 + 0) / (10 + 1e-7), w_1 = (0 + 0.5 - 0.5 + 0) / (2 + 1e-7) = 0
+  const double w0 = 5.0 / (10.0 + 1e-7);
+  expect_near(reduce_channels_first(kA, kG, 2, 4, CamMethod::XGradCAM), {w0, 2 * w0, 3 * w0, 4 * w0});
+}
+
+TEST(CamReduce, GradCAMPlusPlusByHand) {
+  // channel 0: S = 10, G > 0 at G = 1 (a = 1 / (2 + 10 + 1e-6)) and G = 2 (a = 4 / (8 + 80 + 1e-6))
+  const double w0 = 1.0 / (12.0 + 1e-6) * 1.0 + 4.0 / (88.0 + 1e-6) * 2.0;
+  // channel 1: S = 2, three pixels with G = 0.5: a = 0.25 / (0.5 + 0.25 + 1e-6)
+  const double w1 = 3 * 0.25 / (0.75 + 1e-6) * 0.5;
+  expect_near(reduce_channels_first(kA, kG, 2, 4, CamMethod::GradCAMPlusPlus),
+              {w0 * 1, w0 * 2 + w1, w0 * 3 + w1, w0 * 4});
+}
+
+TEST(CamReduce, ElementwiseMethodsByHand) {
+  expect_near(reduce_channels_first(kA, kG, 2, 4, CamMethod::LayerCAM), {1.0, 0.5, 6.0, 0.0});
+  expect_near(reduce_channels_first(kA, kG, 2, 4, CamMethod::HiResCAM), {1.0, -1.5, 5.5, 0.0});
+  expect_near(reduce_channels_first(kA, kG, 2, 4, CamMethod::GradCAMElementwise), {1.0, 0.5, 6.0, 0.0});
+}
+
+TEST(CamReduce, ChannelsLastEqualsChannelsFirst) {
+  // 37 channels x 23 pixels: neither a multiple of the vector width.
+  const int64_t k = 37, p = 23;
+  std::vector<double> a(k * p), g(k * p);
+  for (int64_t i = 0; i < k * p; ++i) {
+    a[i] = std::fmod(i * 0.37, 1.3);
+    g[i] = std::sin(i * 0.11);
+  }
+  for (const auto& entry : torchcam_ops::kCamMethods) {
+    const auto expected = reduce_channels_first(a, g, k, p, entry.method);
+    std::vector<double> cam(p);
+    std::vector<double> workspace(tk::cam_reduce_forward_workspace_size(k, p, true));
+    tk::cam_reduce_forward_channels_last(to_channels_last(a, k, p).data(), to_channels_last(g, k, p).data(),
+                                         cam.data(), k, p, entry.method, workspace.data());
+    expect_near(cam, expected, 1e-10);
+  }
+}
+
+TEST(CamReduce, HalfAccumulatesInFloat) {
+  // 4096 channels of 1 pixel, each A = 1, G = 1: the sum 4096 is not representable by
+  // sequential half additions past 2048, but is exact with float accumulation.
+  const int64_t k = 4096;
+  std::vector<c10::Half> a(k, c10::Half(1.0f)), g(k, c10::Half(1.0f));
+  const auto cam = reduce_channels_first(a, g, k, 1, CamMethod::HiResCAM);
+  EXPECT_EQ(static_cast<float>(cam[0]), 4096.0f);
+}
+
+TEST(CamReduceBackward, GradCAMByHand) {
+  // L = sum_k w_k A_k with w_k = mean G_k. For grad_cam = 1: dA_k = w_k, dG_k = sum(A_k) / 4.
+  std::vector<double> grad_cam(4, 1.0), grad_a(8), grad_g(8);
+  std::vector<double> workspace(tk::cam_reduce_backward_workspace_size(4));
+  tk::cam_reduce_backward_channels_first(grad_cam.data(), kA.data(), kG.data(), grad_a.data(), grad_g.data(), 2, 4,
+                                         CamMethod::GradCAM, workspace.data());
+  expect_near(grad_a, {0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25});
+  expect_near(grad_g, {2.5, 2.5, 2.5, 2.5, 0.5, 0.5, 0.5, 0.5});
+}
+
+TEST(BilinearTaps, HalfPixelCentres) {
+  // 2 -> 4: source positions -0.25 (clamped to 0), 0.25, 0.75, 1.25 (last index stays 1).
+  std::vector<tk::BilinearTap<double>> taps(4);
+  tk::compute_bilinear_taps<double>(2, 4, taps.data());
+  EXPECT_EQ(taps[0].index0, 0);
+  EXPECT_DOUBLE_EQ(taps[0].weight1, 0.0);
+  EXPECT_EQ(taps[1].index0, 0);
+  EXPECT_EQ(taps[1].index1, 1);
+  EXPECT_DOUBLE_EQ(taps[1].weight1, 0.25);
+  EXPECT_DOUBLE_EQ(taps[2].weight1, 0.75);
+  EXPECT_EQ(taps[3].index0, 1);
+  EXPECT_EQ(taps[3].index1, 1);
+}
+
+namespace {
+
+std::vector<double> postprocess(const std::vector<double>& cam, int64_t in_h, int64_t in_w, int64_t out_h,
+                                int64_t out_w, bool relu, bool normalize) {
+  std::vector<tk::BilinearTap<double>> rows(out_h), cols(out_w);
+  tk::compute_bilinear_taps<double>(in_h, out_h, rows.data());
+  tk::compute_bilinear_taps<double>(in_w, out_w, cols.data());
+  std::vector<double> out(out_h * out_w);
+  std::vector<double> workspace(tk::cam_postprocess_forward_workspace_size(in_h, out_w));
+  tk::cam_postprocess_forward(cam.data(), out.data(), in_h, in_w, out_h, out_w, rows.data(), cols.data(), relu,
+                              normalize, workspace.data());
+  return out;
+}
+
+} // namespace
+
+TEST(CamPostprocess, ReluResizeNormalizeByHand) {
+  // [-1, 3] -> ReLU [0, 3] -> 1x4: [0, 0.75, 2.25, 3] -> / (3 + 1e-7)
+  const double range = 3.0 + 1e-7;
+  expect_near(postprocess({-1.0, 3.0}, 1, 2, 1, 4, true, true), {0.0, 0.75 / range, 2.25 / range, 3.0 / range});
+  expect_near(postprocess({-1.0, 3.0}, 1, 2, 1, 4, false, false), {-1.0, 0.0, 2.0, 3.0});
+}
+
+TEST(CamPostprocess, ConstantMapIsExactlyZero) {
+  const std::vector<double> cam(5 * 3, 0.1234567);
+  for (double v : postprocess(cam, 5, 3, 17, 29, true, true)) EXPECT_EQ(v, 0.0);
+}
+
+TEST(CamPostprocessBackward, IsTheAdjointOfTheResize) {
+  // Without ReLU and normalisation the op is linear: <Up(x), y> == <x, Up^T(y)>.
+  const int64_t in_h = 3, in_w = 5, out_h = 8, out_w = 7;
+  std::vector<double> x(in_h * in_w), y(out_h * out_w), grad_x(in_h * in_w);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::cos(0.7 * i);
+  for (size_t i = 0; i < y.size(); ++i) y[i] = std::sin(0.3 * i);
+  std::vector<tk::BilinearTap<double>> rows(out_h), cols(out_w);
+  tk::compute_bilinear_taps<double>(in_h, out_h, rows.data());
+  tk::compute_bilinear_taps<double>(in_w, out_w, cols.data());
+  std::vector<double> workspace(tk::cam_postprocess_backward_workspace_size(in_h, in_w, out_w));
+  tk::cam_postprocess_backward(y.data(), x.data(), grad_x.data(), in_h, in_w, out_h, out_w, rows.data(), cols.data(),
+                               false, false, workspace.data());
+  const auto up = postprocess(x, in_h, in_w, out_h, out_w, false, false);
+  const double lhs = std::inner_product(up.begin(), up.end(), y.begin(), 0.0);
+  const double rhs = std::inner_product(x.begin(), x.end(), grad_x.begin(), 0.0);
+  EXPECT_NEAR(lhs, rhs, 1e-12);
+}

@@ -1,0 +1,119 @@
+"""CUDA kernels against the CPU kernels (and the references). Skipped without a CUDA device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import DTYPES
+from tests.reference import assert_matches, reference_cam, reference_postprocess, tolerance
+from torchcam_ops import CAM_METHODS, cam_postprocess, cam_reduce
+
+pytestmark = pytest.mark.cuda
+
+SHAPES = [(1, 1, 1, 1), (3, 5, 7, 7), (2, 300, 14, 14), (4, 2048, 7, 7), (2, 64, 56, 56), (1, 9000, 3, 5), (700, 8, 2, 2)]
+
+
+def _inputs(shape, dtype):
+    a = torch.rand(shape, dtype=torch.float64)
+    g = torch.randn(shape, dtype=torch.float64) / (shape[2] * shape[3]) ** 0.5
+    return a.to(dtype), g.to(dtype)
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cam_reduce_cuda_matches_cpu(method, shape, dtype):
+    a, g = _inputs(shape, dtype)
+    cuda = cam_reduce(a.cuda(), g.cuda(), method)
+    assert cuda.device.type == "cuda" and cuda.dtype == dtype
+    assert_matches(cuda.cpu(), reference_cam(a, g, method), dtype)
+    assert_matches(cuda.cpu(), cam_reduce(a, g, method).double(), dtype)
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_cam_reduce_cuda_channels_last_and_reproducible(method):
+    a, g = _inputs((8, 96, 14, 14), torch.float32)
+    a_cl, g_cl = (t.cuda().to(memory_format=torch.channels_last) for t in (a, g))
+    first = cam_reduce(a_cl, g_cl, method)
+    assert torch.equal(first, cam_reduce(a_cl, g_cl, method))
+    assert_matches(first.cpu(), reference_cam(a, g, method), torch.float32)
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cam_reduce_backward_cuda_matches_cpu(method, dtype):
+    a, g = _inputs((3, 40, 7, 7), dtype)
+    a = a + 0.5
+    grad = torch.randn(3, 7, 7, dtype=dtype)
+    cpu = torch.ops.torchcam_ops.cam_reduce_backward(grad, a, g, method)
+    cuda = torch.ops.torchcam_ops.cam_reduce_backward(grad.cuda(), a.cuda(), g.cuda(), method)
+    tol = tolerance(dtype) * 4
+    for x, y in zip(cuda, cpu):
+        scale = float(y.double().abs().max())
+        torch.testing.assert_close(x.cpu().double(), y.double(), rtol=tol, atol=tol * scale, equal_nan=True)
+
+
+@pytest.mark.parametrize("relu,normalize", [(True, True), (False, True), (True, False), (False, False)])
+@pytest.mark.parametrize("resize", [((7, 7), (224, 224)), ((56, 56), (28, 28)), ((5, 9), (31, 17)), ((1, 1), (3, 3))])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cam_postprocess_cuda_matches_cpu(resize, relu, normalize, dtype):
+    (h, w), size = resize
+    cam = torch.randn(5, h, w, dtype=torch.float64).to(dtype)
+    cuda = cam_postprocess(cam.cuda(), size, relu=relu, normalize=normalize)
+    assert_matches(cuda.cpu(), reference_postprocess(cam, size, relu, normalize), dtype)
+    assert_matches(cuda.cpu(), cam_postprocess(cam, size, relu=relu, normalize=normalize).double(), dtype)
+
+
+def test_cam_postprocess_cuda_large_batch_and_constant_maps():
+    cam = torch.randn(300, 7, 7, device="cuda")
+    cam[7] = 0.123
+    out = cam_postprocess(cam, (224, 224))
+    assert torch.equal(out[7], torch.zeros_like(out[7]))
+    assert_matches(out.cpu(), reference_postprocess(cam.cpu(), (224, 224)), torch.float32)
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_gradcheck_cuda(method):
+    a = (torch.rand(2, 3, 4, 5, dtype=torch.float64, device="cuda") + 0.5).requires_grad_()
+    g = torch.randn(2, 3, 4, 5, dtype=torch.float64, device="cuda")
+    g = (g + 0.2 * g.sign()).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, y: cam_postprocess(cam_reduce(x, y, method), (6, 7)), (a, g))
+
+
+def test_opcheck_cuda():
+    a = torch.rand(2, 3, 5, 4, device="cuda", requires_grad=True)
+    g = torch.randn(2, 3, 5, 4, device="cuda", requires_grad=True)
+    torch.library.opcheck(torch.ops.torchcam_ops.cam_reduce.default, (a, g, "gradcam"))
+    cam = torch.randn(2, 5, 4, device="cuda", requires_grad=True)
+    torch.library.opcheck(torch.ops.torchcam_ops.cam_postprocess.default, (cam, 9, 7, True, True))
+
+
+def test_compile_cuda_matches_eager():
+    torch._dynamo.reset()
+
+    def pipeline(a, g):
+        return cam_postprocess(cam_reduce(a, g, "layercam"), 64) * 3.0
+
+    a, g = _inputs((4, 32, 7, 7), torch.float32)
+    a, g = a.cuda(), g.cuda()
+    compiled = torch.compile(pipeline, fullgraph=True)
+    torch.testing.assert_close(compiled(a, g), pipeline(a, g))
+
+
+def test_device_mismatch_is_a_clear_error():
+    a = torch.rand(1, 2, 3, 3, device="cuda")
+    with pytest.raises(ValueError, match="gradients must be on the device of activations"):
+        cam_reduce(a, a.cpu())
+
+
+def test_no_host_synchronisation():
+    a, g = _inputs((16, 256, 7, 7), torch.float32)
+    a, g = a.cuda(), g.cuda()
+    cam_postprocess(cam_reduce(a, g, "gradcam"), 224)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        cam_postprocess(cam_reduce(a, g, "gradcam++"), 224)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

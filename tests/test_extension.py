@@ -1,0 +1,47 @@
+"""The extension loads with the facts of its build, and a stale or mismatched build is refused
+with instructions instead of a bare ImportError."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from torchcam_ops import _C, _extension
+
+
+def test_build_facts():
+    assert _C.torch_version == torch.__version__
+    assert _C.cpu_capability in {"AVX2", "DEFAULT"}
+    assert _C.with_cuda in {0, 1}
+
+
+def test_every_op_is_registered_with_cpu_kernel_and_pt2_tag():
+    for name in _extension.EXPECTED_OPS:
+        op = getattr(torch.ops.torchcam_ops, name).default
+        assert torch.Tag.pt2_compliant_tag in op.tags
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU")
+        if _C.with_cuda:
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CUDA")
+
+
+@pytest.mark.parametrize(
+    "attribute,value,message",
+    [
+        ("source_hash", "0000000000000000", "the extension is stale"),
+        ("torch_version", "1.0.0", "built against torch 1.0.0"),
+    ],
+)
+def test_mismatched_build_is_refused_with_build_command(monkeypatch, attribute, value, message):
+    monkeypatch.setattr(_C, attribute, value)
+    monkeypatch.delenv("TORCHCAM_OPS_ALLOW_STALE_BUILD", raising=False)
+    if attribute == "source_hash" and not _extension._SOURCE_DIR.is_dir():
+        pytest.skip("installed without its sources: nothing to be stale against")
+    with pytest.raises(ImportError, match=message) as info:
+        _extension.load()
+    assert "pip install --no-build-isolation" in str(info.value)
+
+
+def test_stale_build_can_be_allowed(monkeypatch):
+    monkeypatch.setattr(_C, "source_hash", "0000000000000000")
+    monkeypatch.setenv("TORCHCAM_OPS_ALLOW_STALE_BUILD", "1")
+    assert _extension.load() is _C
