@@ -83,13 +83,16 @@ def _extension():
     defines = [f"-I{generated}"]
     # -ffp-contract=off: no fused multiply-adds behind our back, so the scalar and vector paths of a
     # kernel round identically (the backward of min-max relies on recomputing the same values).
-    cxx = ["-O3", "-ffp-contract=off", "-Wno-unknown-pragmas", *defines]
+    # -fopenmp: at::parallel_for is inline and parallelises with OpenMP pragmas when torch uses
+    # OpenMP; without the flag those pragmas compile to a serial loop.
+    openmp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
+    cxx = ["-O3", "-ffp-contract=off", "-Wno-unknown-pragmas", *openmp, *defines]
     if capability == "AVX2":
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     else:
         cxx += ["-DCPU_CAPABILITY=DEFAULT"]
     if not with_cuda:
-        return CppExtension("torchcam_ops._C", sources, extra_compile_args={"cxx": cxx})
+        return CppExtension("torchcam_ops._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=openmp)
 
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
     sources += sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cuda").glob("*.cu"))
@@ -98,6 +101,7 @@ def _extension():
         "torchcam_ops._C",
         sources,
         extra_compile_args={"cxx": [*cxx, "-DTORCHCAM_OPS_WITH_CUDA"], "nvcc": nvcc},
+        extra_link_args=openmp,
     )
 
 

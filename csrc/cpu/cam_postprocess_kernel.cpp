@@ -15,13 +15,6 @@ namespace torchcam_ops {
 
 namespace {
 
-template <typename T>
-std::vector<kernels::BilinearTap<T>> bilinear_taps(int64_t in_size, int64_t out_size) {
-  std::vector<kernels::BilinearTap<T>> taps(out_size);
-  kernels::compute_bilinear_taps(in_size, out_size, taps.data());
-  return taps;
-}
-
 at::Tensor cam_postprocess_cpu(const at::Tensor& cam, int64_t out_h, int64_t out_w, bool relu, bool normalize) {
   check_cam_postprocess_args(cam, out_h, out_w);
   const at::Tensor input = cam.contiguous();
@@ -32,15 +25,15 @@ at::Tensor cam_postprocess_cpu(const at::Tensor& cam, int64_t out_h, int64_t out
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cam_postprocess_cpu", [&] {
     using T = kernels::opmath_t<scalar_t>;
-    const auto row_taps = bilinear_taps<T>(in_h, out_h);
-    const auto col_taps = bilinear_taps<T>(in_w, out_w);
+    const kernels::ResizePlanStorage<T> storage(in_h, in_w, out_h, out_w);
+    const auto& plan = storage.plan();
     const scalar_t* in_data = input.const_data_ptr<scalar_t>();
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       std::vector<T> workspace(kernels::cam_postprocess_forward_workspace_size(in_h, out_w));
       for (int64_t n = begin; n < end; ++n) {
-        kernels::cam_postprocess_forward(in_data + n * in_h * in_w, out_data + n * out_h * out_w, in_h, in_w, out_h,
-                                         out_w, row_taps.data(), col_taps.data(), relu, normalize, workspace.data());
+        kernels::cam_postprocess_forward(in_data + n * in_h * in_w, out_data + n * out_h * out_w, plan, relu, normalize,
+                                         workspace.data());
       }
     });
   });
@@ -59,8 +52,8 @@ at::Tensor cam_postprocess_backward_cpu(const at::Tensor& grad_out, const at::Te
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cam_postprocess_backward_cpu", [&] {
     using T = kernels::opmath_t<scalar_t>;
-    const auto row_taps = bilinear_taps<T>(in_h, out_h);
-    const auto col_taps = bilinear_taps<T>(in_w, out_w);
+    const kernels::ResizePlanStorage<T> storage(in_h, in_w, out_h, out_w);
+    const auto& plan = storage.plan();
     const scalar_t* in_data = input.const_data_ptr<scalar_t>();
     const scalar_t* go_data = go.const_data_ptr<scalar_t>();
     scalar_t* grad_data = grad_cam.mutable_data_ptr<scalar_t>();
@@ -68,8 +61,7 @@ at::Tensor cam_postprocess_backward_cpu(const at::Tensor& grad_out, const at::Te
       std::vector<T> workspace(kernels::cam_postprocess_backward_workspace_size(in_h, in_w, out_w));
       for (int64_t n = begin; n < end; ++n) {
         kernels::cam_postprocess_backward(go_data + n * out_h * out_w, in_data + n * in_h * in_w,
-                                          grad_data + n * in_h * in_w, in_h, in_w, out_h, out_w, row_taps.data(),
-                                          col_taps.data(), relu, normalize, workspace.data());
+                                          grad_data + n * in_h * in_w, plan, relu, normalize, workspace.data());
       }
     });
   });

@@ -48,8 +48,9 @@ at::Tensor cam_reduce_cpu(const at::Tensor& activations, const at::Tensor& gradi
           kernels::cam_reduce_forward_channels_last(a_data + offset, g_data + offset, cam_data + n * pixels, channels,
                                                     pixels, method, workspace.data());
         } else {
+          // The next image follows this one in memory, so its rows' tails may be read past.
           kernels::cam_reduce_forward_channels_first(a_data + offset, g_data + offset, cam_data + n * pixels,
-                                                     channels, pixels, method, workspace.data());
+                                                     channels, pixels, method, workspace.data(), n + 1 < batch);
         }
       }
     });

@@ -7,6 +7,12 @@
 // then every output row blends two of those rows, vectorised over the output width. Blends are
 // written a + w1 (b - a) rather than PyTorch's w0 a + w1 b: the same value up to rounding, and
 // exact where a == b, so a constant map stays exactly constant and normalises to zeros.
+//
+// Min and max need no pass over the output: along each axis the output positions that share a
+// source cell have monotone blend weights, so a bilinear map's extremes over the output grid lie
+// on the first or last position of some cell in each axis (the "extreme" rows and columns, at
+// most 2 per source pixel). Normalisation is affine and commutes with the blends, so it is
+// applied to the in_h x out_w horizontally resized rows instead of the out_h x out_w output.
 
 #include "vec_helpers.h"
 
@@ -14,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 namespace torchcam_ops::kernels {
 
@@ -42,6 +49,66 @@ void compute_bilinear_taps(int64_t in_size, int64_t out_size, BilinearTap<T>* ta
   }
 }
 
+// The first and last output position of each source cell along one axis (taps grouped by
+// index0), where a bilinear map's extremes along that axis are. Returns how many were written
+// to `positions` (room for 2 * in_size is enough).
+template <typename T>
+int64_t collect_extreme_positions(const BilinearTap<T>* taps, int64_t out_size, int64_t* positions) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < out_size; ++i) {
+    const bool first = i == 0 || taps[i - 1].index0 != taps[i].index0;
+    const bool last = i == out_size - 1 || taps[i + 1].index0 != taps[i].index0;
+    if (first || last) {
+      positions[count++] = i;
+    }
+  }
+  return count;
+}
+
+// Everything about a resize that does not depend on the map: shared by all maps of a batch.
+template <typename T>
+struct ResizePlan {
+  int64_t in_h, in_w, out_h, out_w;
+  const BilinearTap<T>* row_taps;  // out_h
+  const BilinearTap<T>* col_taps;  // out_w
+  const int64_t* extreme_rows;     // see collect_extreme_positions
+  int64_t num_extreme_rows;
+  const int64_t* extreme_cols;
+  int64_t num_extreme_cols;
+};
+
+// Owns the arrays a ResizePlan points to. Not copyable or movable: the plan points into it.
+template <typename T>
+class ResizePlanStorage {
+ public:
+  ResizePlanStorage(int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w)
+      : row_taps_(out_h), col_taps_(out_w), extreme_rows_(2 * in_h), extreme_cols_(2 * in_w) {
+    compute_bilinear_taps(in_h, out_h, row_taps_.data());
+    compute_bilinear_taps(in_w, out_w, col_taps_.data());
+    plan_ = {in_h,
+             in_w,
+             out_h,
+             out_w,
+             row_taps_.data(),
+             col_taps_.data(),
+             extreme_rows_.data(),
+             collect_extreme_positions(row_taps_.data(), out_h, extreme_rows_.data()),
+             extreme_cols_.data(),
+             collect_extreme_positions(col_taps_.data(), out_w, extreme_cols_.data())};
+  }
+  ResizePlanStorage(const ResizePlanStorage&) = delete;
+  ResizePlanStorage& operator=(const ResizePlanStorage&) = delete;
+
+  const ResizePlan<T>& plan() const {
+    return plan_;
+  }
+
+ private:
+  std::vector<BilinearTap<T>> row_taps_, col_taps_;
+  std::vector<int64_t> extreme_rows_, extreme_cols_;
+  ResizePlan<T> plan_{};
+};
+
 namespace postprocess_detail {
 
 template <typename T>
@@ -59,74 +126,50 @@ inline T max_keep_nan(T a, T b) {
   return (std::isnan(a) || a > b) ? a : b;
 }
 
+template <typename T>
+inline T lerp(T a, T b, T weight1) {
+  return a + weight1 * (b - a);
+}
+
 // resized_rows[r * out_w + x]: source row r resized to out_w, ReLU applied to the source first.
 template <typename scalar_t>
-void resize_rows_horizontally(
-    const scalar_t* cam,
-    int64_t in_h,
-    int64_t in_w,
-    int64_t out_w,
-    const BilinearTap<opmath_t<scalar_t>>* col_taps,
-    bool relu,
-    opmath_t<scalar_t>* resized_rows) {
+void resize_rows_horizontally(const scalar_t* cam, const ResizePlan<opmath_t<scalar_t>>& plan, bool relu,
+                              opmath_t<scalar_t>* resized_rows) {
   using T = opmath_t<scalar_t>;
-  for (int64_t r = 0; r < in_h; ++r) {
-    const scalar_t* src = cam + r * in_w;
-    T* dst = resized_rows + r * out_w;
-    for (int64_t x = 0; x < out_w; ++x) {
-      const auto& tap = col_taps[x];
+  for (int64_t r = 0; r < plan.in_h; ++r) {
+    const scalar_t* src = cam + r * plan.in_w;
+    T* dst = resized_rows + r * plan.out_w;
+    for (int64_t x = 0; x < plan.out_w; ++x) {
+      const auto& tap = plan.col_taps[x];
       T v0 = static_cast<T>(src[tap.index0]);
       T v1 = static_cast<T>(src[tap.index1]);
       if (relu) {
         v0 = relu_keep_nan(v0);
         v1 = relu_keep_nan(v1);
       }
-      dst[x] = v0 + tap.weight1 * (v1 - v0);
+      dst[x] = lerp(v0, v1, tap.weight1);
     }
   }
 }
 
-// Min and max of out_h rows, each a blend of two horizontally resized rows.
+// The output value at (y, x) from the horizontally resized rows.
 template <typename T>
-void blended_min_max(
-    const T* resized_rows,
-    int64_t out_h,
-    int64_t out_w,
-    const BilinearTap<T>* row_taps,
-    T* row,
-    T& min_out,
-    T& max_out) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t lanes = Vec::size();
-  Vec lo(std::numeric_limits<T>::infinity());
-  Vec hi(-std::numeric_limits<T>::infinity());
-  for (int64_t y = 0; y < out_h; ++y) {
-    const auto& tap = row_taps[y];
-    const Vec w1(tap.weight1);
-    vec_apply(out_w, row, [&](const Vec& a, const Vec& b) { return a + w1 * (b - a); },
-              resized_rows + tap.index0 * out_w, resized_rows + tap.index1 * out_w);
-    int64_t x = 0;
-    for (; x + lanes <= out_w; x += lanes) {
-      const Vec v = Vec::loadu(row + x);
-      lo = at::vec::minimum(lo, v);
-      hi = at::vec::maximum(hi, v);
+inline T resized_value(const T* resized_rows, const ResizePlan<T>& plan, int64_t y, int64_t x) {
+  const auto& tap = plan.row_taps[y];
+  return lerp(resized_rows[tap.index0 * plan.out_w + x], resized_rows[tap.index1 * plan.out_w + x], tap.weight1);
+}
+
+// Min and max of the resized map, from its extreme rows and columns only.
+template <typename T>
+void resized_min_max(const T* resized_rows, const ResizePlan<T>& plan, T& lo, T& hi) {
+  lo = std::numeric_limits<T>::infinity();
+  hi = -std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < plan.num_extreme_rows; ++i) {
+    for (int64_t j = 0; j < plan.num_extreme_cols; ++j) {
+      const T u = resized_value(resized_rows, plan, plan.extreme_rows[i], plan.extreme_cols[j]);
+      lo = min_keep_nan(lo, u);
+      hi = max_keep_nan(hi, u);
     }
-    if (x < out_w) {
-      const auto count = static_cast<int>(out_w - x);
-      const Vec v = Vec::loadu(row + x, count);
-      lo = at::vec::minimum(lo, Vec::set(lo, v, count));
-      hi = at::vec::maximum(hi, Vec::set(hi, v, count));
-    }
-  }
-  alignas(64) T lo_lanes[lanes];
-  alignas(64) T hi_lanes[lanes];
-  lo.store(lo_lanes);
-  hi.store(hi_lanes);
-  min_out = lo_lanes[0];
-  max_out = hi_lanes[0];
-  for (int64_t lane = 1; lane < lanes; ++lane) {
-    min_out = min_keep_nan(min_out, lo_lanes[lane]);
-    max_out = max_keep_nan(max_out, hi_lanes[lane]);
   }
 }
 
@@ -137,41 +180,33 @@ inline int64_t cam_postprocess_forward_workspace_size(int64_t in_h, int64_t out_
 }
 
 template <typename scalar_t>
-void cam_postprocess_forward(
-    const scalar_t* cam,
-    scalar_t* out,
-    int64_t in_h,
-    int64_t in_w,
-    int64_t out_h,
-    int64_t out_w,
-    const BilinearTap<opmath_t<scalar_t>>* row_taps,
-    const BilinearTap<opmath_t<scalar_t>>* col_taps,
-    bool relu,
-    bool normalize,
-    opmath_t<scalar_t>* workspace) {
+void cam_postprocess_forward(const scalar_t* cam, scalar_t* out, const ResizePlan<opmath_t<scalar_t>>& plan,
+                             bool relu, bool normalize, opmath_t<scalar_t>* workspace) {
   using T = opmath_t<scalar_t>;
   using Vec = at::vec::Vectorized<T>;
+  const int64_t out_w = plan.out_w;
   T* resized_rows = workspace;
-  T* row = workspace + in_h * out_w;
-  postprocess_detail::resize_rows_horizontally(cam, in_h, in_w, out_w, col_taps, relu, resized_rows);
+  T* row = workspace + plan.in_h * out_w;
+  postprocess_detail::resize_rows_horizontally(cam, plan, relu, resized_rows);
 
-  T lo = T(0);
-  T range = T(1);
   if (normalize) {
-    T hi;
-    postprocess_detail::blended_min_max(resized_rows, out_h, out_w, row_taps, row, lo, hi);
-    range = hi - lo + static_cast<T>(kNormalizeEps);
+    T lo, hi;
+    postprocess_detail::resized_min_max(resized_rows, plan, lo, hi);
+    const Vec lo_vec(lo), range_vec(hi - lo + static_cast<T>(kNormalizeEps));
+    vec_apply(plan.in_h * out_w, resized_rows, [&](const Vec& u) { return (u - lo_vec) / range_vec; }, resized_rows);
   }
-  const Vec lo_vec(lo), range_vec(range);
-  for (int64_t y = 0; y < out_h; ++y) {
-    const auto& tap = row_taps[y];
+  const Vec zero(T(0)), one(T(1));
+  for (int64_t y = 0; y < plan.out_h; ++y) {
+    const auto& tap = plan.row_taps[y];
     const Vec w1(tap.weight1);
     T* dst = opmath_target(out + y * out_w, row);
     const T* top = resized_rows + tap.index0 * out_w;
     const T* bottom = resized_rows + tap.index1 * out_w;
     if (normalize) {
-      vec_apply(out_w, dst, [&](const Vec& a, const Vec& b) { return (a + w1 * (b - a) - lo_vec) / range_vec; },
-                top, bottom);
+      // Blending normalised rows can land an ulp outside [0, 1]; keep every map inside it.
+      vec_apply(out_w, dst, [&](const Vec& a, const Vec& b) {
+        return at::vec::minimum(at::vec::maximum(a + w1 * (b - a), zero), one);
+      }, top, bottom);
     } else {
       vec_apply(out_w, dst, [&](const Vec& a, const Vec& b) { return a + w1 * (b - a); }, top, bottom);
     }
@@ -180,43 +215,31 @@ void cam_postprocess_forward(
 }
 
 inline int64_t cam_postprocess_backward_workspace_size(int64_t in_h, int64_t in_w, int64_t out_w) {
-  // resized rows and their gradient (in_h x out_w each), the source gradient (in_h x in_w), one row.
-  return 2 * in_h * out_w + in_h * in_w + out_w;
+  // resized rows and their gradient (in_h x out_w each), the source gradient (in_h x in_w).
+  return 2 * in_h * out_w + in_h * in_w;
 }
 
 // grad_cam from grad_out for one map. Ties at the min or max share their gradient equally,
 // as torch.amin / torch.amax do.
 template <typename scalar_t>
-void cam_postprocess_backward(
-    const scalar_t* grad_out,
-    const scalar_t* cam,
-    scalar_t* grad_cam,
-    int64_t in_h,
-    int64_t in_w,
-    int64_t out_h,
-    int64_t out_w,
-    const BilinearTap<opmath_t<scalar_t>>* row_taps,
-    const BilinearTap<opmath_t<scalar_t>>* col_taps,
-    bool relu,
-    bool normalize,
-    opmath_t<scalar_t>* workspace) {
+void cam_postprocess_backward(const scalar_t* grad_out, const scalar_t* cam, scalar_t* grad_cam,
+                              const ResizePlan<opmath_t<scalar_t>>& plan, bool relu, bool normalize,
+                              opmath_t<scalar_t>* workspace) {
   using T = opmath_t<scalar_t>;
+  const int64_t in_h = plan.in_h, in_w = plan.in_w, out_h = plan.out_h, out_w = plan.out_w;
   T* resized_rows = workspace;
   T* grad_rows = resized_rows + in_h * out_w;
   T* grad_source = grad_rows + in_h * out_w;
-  T* row = grad_source + in_h * in_w;
-  postprocess_detail::resize_rows_horizontally(cam, in_h, in_w, out_w, col_taps, relu, resized_rows);
+  postprocess_detail::resize_rows_horizontally(cam, plan, relu, resized_rows);
   const auto resized = [&](int64_t y, int64_t x) {
-    const auto& tap = row_taps[y];
-    const T top = resized_rows[tap.index0 * out_w + x];
-    return top + tap.weight1 * (resized_rows[tap.index1 * out_w + x] - top);
+    return postprocess_detail::resized_value(resized_rows, plan, y, x);
   };
 
   // y = (u - lo) / range with range = hi - lo + eps:
   // dy_i/du_i = 1 / range, dy_i/dlo = (y_i - 1) / range, dy_i/dhi = -y_i / range.
   T lo = T(0), hi = T(0), range = T(1), grad_lo_each = T(0), grad_hi_each = T(0);
   if (normalize) {
-    postprocess_detail::blended_min_max(resized_rows, out_h, out_w, row_taps, row, lo, hi);
+    postprocess_detail::resized_min_max(resized_rows, plan, lo, hi);
     range = hi - lo + static_cast<T>(kNormalizeEps);
     T grad_lo = T(0), grad_hi = T(0);
     int64_t lo_count = 0, hi_count = 0;
@@ -237,7 +260,7 @@ void cam_postprocess_backward(
 
   std::fill(grad_rows, grad_rows + in_h * out_w, T(0));
   for (int64_t y = 0; y < out_h; ++y) {
-    const auto& tap = row_taps[y];
+    const auto& tap = plan.row_taps[y];
     for (int64_t x = 0; x < out_w; ++x) {
       T grad_u = static_cast<T>(grad_out[y * out_w + x]);
       if (normalize) {
@@ -252,7 +275,7 @@ void cam_postprocess_backward(
   std::fill(grad_source, grad_source + in_h * in_w, T(0));
   for (int64_t r = 0; r < in_h; ++r) {
     for (int64_t x = 0; x < out_w; ++x) {
-      const auto& tap = col_taps[x];
+      const auto& tap = plan.col_taps[x];
       const T g = grad_rows[r * out_w + x];
       grad_source[r * in_w + tap.index0] += tap.weight0 * g;
       grad_source[r * in_w + tap.index1] += tap.weight1 * g;

@@ -9,6 +9,7 @@
 #include "cam_method.h"
 #include "vec_helpers.h"
 
+#include <algorithm>
 #include <cstdint>
 
 namespace torchcam_ops::kernels {
@@ -45,35 +46,68 @@ inline Vec<T> elementwise_term(CamMethod method, const Vec<T>& a, const Vec<T>& 
   }
 }
 
-// w_k of a channel-weighted method from the channel's rows of A and G (length `pixels`).
+// w_k of a channel-weighted method for up to kMaxRows channels at once, from their rows of A and
+// G (length `pixels`). `tail_readable`: memory past the last row may be read (see load_row).
 template <typename T>
-inline T channel_weight(CamMethod method, const T* a, const T* g, int64_t pixels) {
+inline void channel_weights(CamMethod method, const T* const* a, const T* const* g, int rows, int64_t pixels,
+                            bool tail_readable, T* weights) {
+  const T no_params[kMaxRows] = {};
+  const auto sum_rows = [&](const T* params, const auto& f, T* out) {
+    vec_sum_rows(rows, pixels, a, g, params, tail_readable, f, out);
+  };
+  const auto activation = [](const Vec<T>& av, const Vec<T>&, const Vec<T>&) { return av; };
+  T channel_sums[kMaxRows];
   switch (method) {
     case CamMethod::GradCAM:
-      return vec_sum<T>(pixels, [](const Vec<T>& gv) { return gv; }, g) / static_cast<T>(pixels);
+      sum_rows(no_params, [](const Vec<T>&, const Vec<T>& gv, const Vec<T>&) { return gv; }, weights);
+      break;
     case CamMethod::AbsCAM:
-      return vec_sum<T>(pixels, [](const Vec<T>& gv) { return gv.abs(); }, g) / static_cast<T>(pixels);
-    case CamMethod::XGradCAM: {
-      const T weighted = vec_sum<T>(pixels, [](const Vec<T>& av, const Vec<T>& gv) { return av * gv; }, a, g);
-      const T activation_sum = vec_sum<T>(pixels, [](const Vec<T>& av) { return av; }, a);
-      return weighted / (activation_sum + static_cast<T>(kXGradCAMEps));
-    }
-    default: { // GradCAMPlusPlus
-      const Vec<T> activation_sum(vec_sum<T>(pixels, [](const Vec<T>& av) { return av; }, a));
-      return vec_sum<T>(pixels, [&](const Vec<T>& gv) { return gradcam_pp_term(gv, activation_sum); }, g);
-    }
+      sum_rows(no_params, [](const Vec<T>&, const Vec<T>& gv, const Vec<T>&) { return gv.abs(); }, weights);
+      break;
+    case CamMethod::XGradCAM:
+      sum_rows(no_params, [](const Vec<T>& av, const Vec<T>& gv, const Vec<T>&) { return av * gv; }, weights);
+      sum_rows(no_params, activation, channel_sums);
+      for (int r = 0; r < rows; ++r) {
+        weights[r] /= channel_sums[r] + static_cast<T>(kXGradCAMEps);
+      }
+      return;
+    default: // GradCAMPlusPlus
+      sum_rows(no_params, activation, channel_sums);
+      sum_rows(
+          channel_sums,
+          [](const Vec<T>&, const Vec<T>& gv, const Vec<T>& s) { return gradcam_pp_term(gv, s); },
+          weights);
+      return;
   }
+  for (int r = 0; r < rows; ++r) {
+    weights[r] /= static_cast<T>(pixels);
+  }
+}
+
+template <typename T>
+inline T channel_weight(CamMethod method, const T* a, const T* g, int64_t pixels) {
+  T weight;
+  channel_weights(method, &a, &g, 1, pixels, /*tail_readable=*/false, &weight);
+  return weight;
 }
 
 } // namespace cam_detail
 
 inline int64_t cam_reduce_forward_workspace_size(int64_t channels, int64_t pixels, bool channels_last) {
-  // channels-first: cam accumulator + one converted row of A and of G;
-  // channels-last: weights + channel sums + one converted pixel row of A and of G, + cam accumulator.
-  return channels_last ? 4 * channels + pixels : 3 * pixels;
+  if (channels_last) {
+    // weights, channel sums, one converted pixel row of A and of G, the cam accumulator
+    return 4 * channels + pixels;
+  }
+  // the cam accumulator and kMaxRows converted rows of A and of G, each padded to whole vectors
+  // (of float, the type with the most lanes)
+  const int64_t padded = round_up(pixels, at::vec::Vectorized<float>::size());
+  return (1 + 2 * kMaxRows) * padded;
 }
 
 // cam[p] = sum_k w_k A[k, p] (channel-weighted methods) or sum_k f(A[k, p], G[k, p]).
+// Channels go kMaxRows at a time, so their weight reductions overlap. `tail_readable`: a vector's
+// worth of memory after this image's A and G may be read (it is the next image), which lets the
+// last partial vector of each row be a plain load.
 template <typename scalar_t>
 void cam_reduce_forward_channels_first(
     const scalar_t* activations,
@@ -82,35 +116,54 @@ void cam_reduce_forward_channels_first(
     int64_t channels,
     int64_t pixels,
     CamMethod method,
-    opmath_t<scalar_t>* workspace) {
+    opmath_t<scalar_t>* workspace,
+    bool tail_readable = false) {
   using T = opmath_t<scalar_t>;
   using cam_detail::Vec;
+  constexpr int64_t lanes = Vec<T>::size();
+  constexpr bool converts = !std::is_same_v<scalar_t, T>;
+  const int64_t padded = round_up(pixels, at::vec::Vectorized<float>::size());
   T* acc = workspace;
-  T* a_scratch = workspace + pixels;
-  T* g_scratch = workspace + 2 * pixels;
-  std::fill(acc, acc + pixels, T(0));
-  for (int64_t k = 0; k < channels; ++k) {
-    const T* a = load_opmath(activations + k * pixels, pixels, a_scratch);
-    const T* g = load_opmath(gradients + k * pixels, pixels, g_scratch);
-    if (uses_channel_weights(method)) {
-      const Vec<T> weight(cam_detail::channel_weight(method, a, g, pixels));
-      vec_apply(pixels, acc, [&](const Vec<T>& l, const Vec<T>& av) { return l + weight * av; }, acc, a);
+  T* a_scratch = workspace + padded;
+  T* g_scratch = a_scratch + kMaxRows * padded;
+  std::fill(acc, acc + padded, T(0));
+  const bool weighted = uses_channel_weights(method);
+
+  for (int64_t k0 = 0; k0 < channels; k0 += kMaxRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, channels - k0));
+    // Every row but the image's last is followed by another row; converted rows live in padded scratch.
+    const bool readable = converts || tail_readable || k0 + rows < channels;
+    const T* a[kMaxRows];
+    const T* g[kMaxRows];
+    for (int r = 0; r < rows; ++r) {
+      a[r] = load_opmath(activations + (k0 + r) * pixels, pixels, a_scratch + r * padded);
+      g[r] = load_opmath(gradients + (k0 + r) * pixels, pixels, g_scratch + r * padded);
+    }
+    if (weighted) {
+      T weights[kMaxRows];
+      cam_detail::channel_weights(method, a, g, rows, pixels, readable, weights);
+      for (int r = 0; r < rows; ++r) {
+        const Vec<T> w(weights[r]);
+        const bool row_readable = readable || r + 1 < rows;
+        for (int64_t i = 0; i < pixels; i += lanes) {
+          (Vec<T>::loadu(acc + i) + w * load_row(a[r], i, pixels, row_readable)).store(acc + i);
+        }
+      }
     } else {
-      vec_apply(
-          pixels,
-          acc,
-          [&](const Vec<T>& l, const Vec<T>& av, const Vec<T>& gv) {
-            return l + cam_detail::elementwise_term(method, av, gv);
-          },
-          acc,
-          a,
-          g);
+      for (int r = 0; r < rows; ++r) {
+        const bool row_readable = readable || r + 1 < rows;
+        for (int64_t i = 0; i < pixels; i += lanes) {
+          const Vec<T> term = cam_detail::elementwise_term(method, load_row(a[r], i, pixels, row_readable),
+                                                           load_row(g[r], i, pixels, row_readable));
+          (Vec<T>::loadu(acc + i) + term).store(acc + i);
+        }
+      }
     }
   }
-  if constexpr (std::is_same_v<scalar_t, T>) {
-    std::copy(acc, acc + pixels, cam);
-  } else {
+  if constexpr (converts) {
     at::vec::convert(acc, cam, pixels);
+  } else {
+    std::copy(acc, acc + pixels, cam);
   }
 }
 

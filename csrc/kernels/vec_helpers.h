@@ -54,6 +54,67 @@ inline T vec_sum(int64_t n, const F& f, const In*... in) {
   return total;
 }
 
+// Sum of a vector's lanes, in a fixed pairwise order.
+template <typename T>
+inline T horizontal_sum(const at::vec::Vectorized<T>& v) {
+  constexpr int64_t lanes = at::vec::Vectorized<T>::size();
+  alignas(64) T parts[lanes];
+  v.store(parts);
+  for (int64_t width = lanes / 2; width > 0; width /= 2) {
+    for (int64_t lane = 0; lane < width; ++lane) {
+      parts[lane] += parts[lane + width];
+    }
+  }
+  return parts[0];
+}
+
+inline int64_t round_up(int64_t n, int64_t multiple) {
+  return (n + multiple - 1) / multiple * multiple;
+}
+
+// Lanes [i, i + lanes) of a row of n elements. Lanes past n are read from the memory that follows
+// the row when `tail_readable` (a full load instead of a slow partial one), else zero-filled;
+// callers mask or ignore them.
+template <typename T>
+inline at::vec::Vectorized<T> load_row(const T* row, int64_t i, int64_t n, bool tail_readable) {
+  using Vec = at::vec::Vectorized<T>;
+  return (i + Vec::size() <= n || tail_readable) ? Vec::loadu(row + i) : Vec::loadu(row + i, n - i);
+}
+
+// out[r] = sum_i f(a[r][i], g[r][i], Vec(params[r])) for r < rows <= kMaxRows, i < n. Each row has
+// its own accumulator, so the additions of different rows overlap in the pipeline instead of
+// waiting on each other.
+inline constexpr int kMaxRows = 4;
+
+template <typename T, typename F>
+inline void vec_sum_rows(int rows, int64_t n, const T* const* a, const T* const* g, const T* params,
+                         bool tail_readable, const F& f, T* out) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t lanes = Vec::size();
+  Vec acc[kMaxRows];
+  Vec param[kMaxRows];
+  for (int r = 0; r < rows; ++r) {
+    acc[r] = Vec(T(0));
+    param[r] = Vec(params[r]);
+  }
+  int64_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    for (int r = 0; r < rows; ++r) {
+      acc[r] += f(Vec::loadu(a[r] + i), Vec::loadu(g[r] + i), param[r]);
+    }
+  }
+  if (i < n) {
+    const auto count = static_cast<int>(n - i);
+    for (int r = 0; r < rows; ++r) {
+      const Vec term = f(load_row(a[r], i, n, tail_readable), load_row(g[r], i, n, tail_readable), param[r]);
+      acc[r] += Vec::set(Vec(T(0)), term, count);
+    }
+  }
+  for (int r = 0; r < rows; ++r) {
+    out[r] = horizontal_sum(acc[r]);
+  }
+}
+
 // A row as opmath values: the row itself when no conversion is needed, else a copy in `scratch`.
 template <typename scalar_t>
 inline const opmath_t<scalar_t>* load_opmath(const scalar_t* src, int64_t n, opmath_t<scalar_t>* scratch) {

@@ -7,6 +7,7 @@
 
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <vector>
@@ -132,13 +133,10 @@ namespace {
 
 std::vector<double> postprocess(const std::vector<double>& cam, int64_t in_h, int64_t in_w, int64_t out_h,
                                 int64_t out_w, bool relu, bool normalize) {
-  std::vector<tk::BilinearTap<double>> rows(out_h), cols(out_w);
-  tk::compute_bilinear_taps<double>(in_h, out_h, rows.data());
-  tk::compute_bilinear_taps<double>(in_w, out_w, cols.data());
+  const tk::ResizePlanStorage<double> storage(in_h, in_w, out_h, out_w);
   std::vector<double> out(out_h * out_w);
   std::vector<double> workspace(tk::cam_postprocess_forward_workspace_size(in_h, out_w));
-  tk::cam_postprocess_forward(cam.data(), out.data(), in_h, in_w, out_h, out_w, rows.data(), cols.data(), relu,
-                              normalize, workspace.data());
+  tk::cam_postprocess_forward(cam.data(), out.data(), storage.plan(), relu, normalize, workspace.data());
   return out;
 }
 
@@ -149,6 +147,28 @@ TEST(CamPostprocess, ReluResizeNormalizeByHand) {
   const double range = 3.0 + 1e-7;
   expect_near(postprocess({-1.0, 3.0}, 1, 2, 1, 4, true, true), {0.0, 0.75 / range, 2.25 / range, 3.0 / range});
   expect_near(postprocess({-1.0, 3.0}, 1, 2, 1, 4, false, false), {-1.0, 0.0, 2.0, 3.0});
+}
+
+TEST(CamPostprocess, ExtremePositionsAreCellEnds) {
+  // 2 -> 8: source positions -0.375 (clamped), -0.125 (clamped), 0.125, 0.375, 0.625, 0.875 in
+  // cell 0, then 1.125, 1.375 in cell 1 (both taps on source 1).
+  std::vector<tk::BilinearTap<double>> taps(8);
+  tk::compute_bilinear_taps<double>(2, 8, taps.data());
+  std::vector<int64_t> positions(4);
+  ASSERT_EQ(tk::collect_extreme_positions(taps.data(), 8, positions.data()), 4);
+  EXPECT_EQ(positions, (std::vector<int64_t>{0, 5, 6, 7}));
+}
+
+TEST(CamPostprocess, MinMaxFromExtremePositionsEqualsFullScan) {
+  const int64_t in_h = 6, in_w = 5, out_h = 37, out_w = 23;
+  std::vector<double> cam(in_h * in_w);
+  for (size_t i = 0; i < cam.size(); ++i) cam[i] = std::sin(1.7 * i) * std::cos(0.3 * i);
+  const auto unnormalized = postprocess(cam, in_h, in_w, out_h, out_w, false, false);
+  const auto [lo, hi] = std::minmax_element(unnormalized.begin(), unnormalized.end());
+  const auto normalized = postprocess(cam, in_h, in_w, out_h, out_w, false, true);
+  for (size_t i = 0; i < normalized.size(); ++i) {
+    EXPECT_NEAR(normalized[i], (unnormalized[i] - *lo) / (*hi - *lo + 1e-7), 1e-12);
+  }
 }
 
 TEST(CamPostprocess, ConstantMapIsExactlyZero) {
@@ -162,12 +182,9 @@ TEST(CamPostprocessBackward, IsTheAdjointOfTheResize) {
   std::vector<double> x(in_h * in_w), y(out_h * out_w), grad_x(in_h * in_w);
   for (size_t i = 0; i < x.size(); ++i) x[i] = std::cos(0.7 * i);
   for (size_t i = 0; i < y.size(); ++i) y[i] = std::sin(0.3 * i);
-  std::vector<tk::BilinearTap<double>> rows(out_h), cols(out_w);
-  tk::compute_bilinear_taps<double>(in_h, out_h, rows.data());
-  tk::compute_bilinear_taps<double>(in_w, out_w, cols.data());
+  const tk::ResizePlanStorage<double> storage(in_h, in_w, out_h, out_w);
   std::vector<double> workspace(tk::cam_postprocess_backward_workspace_size(in_h, in_w, out_w));
-  tk::cam_postprocess_backward(y.data(), x.data(), grad_x.data(), in_h, in_w, out_h, out_w, rows.data(), cols.data(),
-                               false, false, workspace.data());
+  tk::cam_postprocess_backward(y.data(), x.data(), grad_x.data(), storage.plan(), false, false, workspace.data());
   const auto up = postprocess(x, in_h, in_w, out_h, out_w, false, false);
   const double lhs = std::inner_product(up.begin(), up.end(), y.begin(), 0.0);
   const double rhs = std::inner_product(x.begin(), x.end(), grad_x.begin(), 0.0);

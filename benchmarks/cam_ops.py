@@ -1,0 +1,111 @@
+"""Fused CAM ops against the same maths in eager PyTorch, torch.compile, and a bandwidth floor.
+
+    python benchmarks/cam_ops.py [--device cpu|cuda] [--dtype float32] [--methods gradcam,layercam]
+
+For each shape typical of a real network it prints the median time of:
+  fused     cam_reduce + cam_postprocess (this library; the whole A, G -> [N, 224, 224] maps)
+  reduce    cam_reduce alone
+  eager     the same maths as eager PyTorch ops
+  compiled  that eager function through torch.compile (Inductor)
+  floor     one read of A and G (A.sum() + G.sum()): what any method must at least pay
+and the ratios eager/fused, compiled/fused, fused/floor. On CUDA it also reports the achieved
+bandwidth of the fused ops as a fraction of the device's measured copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import median_seconds, print_table  # noqa: E402
+
+import torchcam_ops  # noqa: E402
+
+SHAPES = {
+    "resnet50.layer4": (64, 2048, 7, 7, 224),
+    "vgg16.conv5_3": (32, 512, 14, 14, 224),
+    "early layer (56x56)": (16, 256, 56, 56, 224),
+}
+
+
+def eager_pipeline(a: torch.Tensor, g: torch.Tensor, method: str, size: int) -> torch.Tensor:
+    hw = (2, 3)
+    if method == "gradcam":
+        cam = (g.mean(hw, keepdim=True) * a).sum(1)
+    elif method == "layercam":
+        cam = (torch.relu(g) * a).sum(1)
+    elif method == "gradcam++":
+        g2 = g * g
+        alpha = g2 / (2 * g2 + a.sum(hw, keepdim=True) * g2 * g + 1e-6)
+        cam = ((alpha * torch.relu(g)).sum(hw, keepdim=True) * a).sum(1)
+    else:
+        raise ValueError(f"no eager reference for {method!r} in this benchmark")
+    up = F.interpolate(torch.relu(cam)[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    lo = up.amin((1, 2), keepdim=True)
+    hi = up.amax((1, 2), keepdim=True)
+    return (up - lo) / (hi - lo + 1e-7)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int, repeats: int) -> float:
+    src = torch.empty(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    seconds = median_seconds(lambda: dst.copy_(src), device, repeats)
+    return 2 * nbytes / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--methods", default="gradcam,layercam")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    print(f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+          f"dtype={args.dtype}, torch {torch.__version__}, median of {args.repeats}")
+    copy_bw = None
+    if device.type == "cuda":
+        copy_bw = copy_bandwidth(device, 1 << 30, args.repeats)
+        print(f"measured copy bandwidth: {copy_bw / 1e9:.0f} GB/s (1 GiB device-to-device copy, read + write)")
+
+    headers = ["shape", "method", "fused ms", "reduce ms", "eager ms", "compiled ms", "floor ms",
+               "eager/fused", "compiled/fused", "fused/floor"]
+    if copy_bw:
+        headers.append("fused % copy bw")
+    rows = []
+    for name, (n, k, h, w, size) in SHAPES.items():
+        a = torch.rand(n, k, h, w, device=device, dtype=dtype)
+        g = torch.randn(n, k, h, w, device=device, dtype=dtype) / (h * w)
+        floor = median_seconds(lambda: a.sum() + g.sum(), device, args.repeats)
+        for method in args.methods.split(","):
+            fused = median_seconds(
+                lambda: torchcam_ops.cam_postprocess(torchcam_ops.cam_reduce(a, g, method), size), device, args.repeats
+            )
+            reduce_only = median_seconds(lambda: torchcam_ops.cam_reduce(a, g, method), device, args.repeats)
+            eager = median_seconds(lambda: eager_pipeline(a, g, method, size), device, args.repeats)
+            compiled = float("nan")
+            if not args.no_compile:
+                torch._dynamo.reset()
+                fn = torch.compile(lambda x, y: eager_pipeline(x, y, method, size), fullgraph=True)
+                compiled = median_seconds(lambda: fn(a, g), device, args.repeats)
+            row = [name, method, f"{fused * 1e3:.3f}", f"{reduce_only * 1e3:.3f}", f"{eager * 1e3:.3f}",
+                   f"{compiled * 1e3:.3f}", f"{floor * 1e3:.3f}", f"{eager / fused:.2f}x",
+                   f"{compiled / fused:.2f}x", f"{fused / floor:.2f}x"]
+            if copy_bw:
+                moved = 2 * a.numel() * a.element_size() + n * size * size * a.element_size()
+                row.append(f"{100 * moved / fused / copy_bw:.0f}%")
+            rows.append(row)
+    print_table(headers, rows)
+
+
+if __name__ == "__main__":
+    main()
