@@ -1,0 +1,96 @@
+"""A short demonstration of the ops: CAMs of a random batch through a small seeded CNN.
+
+One forward pass captures the last convolution's activations, one ``torch.autograd.grad`` gives
+their gradients for each image's top class, then every CAM method runs through ``cam_reduce`` and
+``cam_postprocess``. The table compares each method with the same maths in eager PyTorch ops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce
+
+
+def small_cnn(num_classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, num_classes),
+    )
+
+
+def activations_and_gradients(model: nn.Module, layer: nn.Module, x: torch.Tensor):
+    captured: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    target = logits.argmax(1)
+    (grads,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), captured[0])
+    return captured[0].detach(), grads, target
+
+
+def eager_cam(a: torch.Tensor, g: torch.Tensor, method: str) -> torch.Tensor:
+    hw = (2, 3)
+    weights = {
+        "gradcam": lambda: g.mean(hw, keepdim=True),
+        "abscam": lambda: g.abs().mean(hw, keepdim=True),
+        "xgradcam": lambda: (a * g).sum(hw, keepdim=True) / (a.sum(hw, keepdim=True) + 1e-7),
+        "gradcam++": lambda: (
+            torch.where(g != 0, g**2 / (2 * g**2 + a.sum(hw, keepdim=True) * g**3 + 1e-6), 0) * g.relu()
+        ).sum(hw, keepdim=True),
+    }
+    if method in weights:
+        return (weights[method]() * a).sum(1)
+    return {"layercam": lambda: (g.relu() * a).sum(1), "hirescam": lambda: (g * a).sum(1),
+            "gradcam_elementwise": lambda: (g * a).relu().sum(1)}[method]()
+
+
+def eager_postprocess(cam: torch.Tensor, size: int) -> torch.Tensor:
+    up = F.interpolate(cam.relu()[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    lo, hi = up.amin((1, 2), keepdim=True), up.amax((1, 2), keepdim=True)
+    return (up - lo) / (hi - lo + 1e-7)
+
+
+def timed(fn, repeats: int = 5) -> tuple[torch.Tensor, float]:
+    result = fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        result = fn()
+    return result, (time.perf_counter() - start) / repeats
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="torchcam-ops demo", description=__doc__)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=128, help="input image size")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    model = small_cnn().to(args.device).eval()
+    x = torch.rand(args.batch, 3, args.size, args.size, device=args.device, generator=None)
+    a, g, target = activations_and_gradients(model, model[6], x)
+    print(f"batch {tuple(x.shape)} on {args.device}; layer activations {tuple(a.shape)}; "
+          f"top classes {target.tolist()}")
+    header = f"{'method':<21}{'ops ms':>9}{'eager ms':>10}{'speed-up':>10}{'max |ops - eager|':>19}{'mean map':>10}{'peak (y, x) of image 0':>24}"
+    print(header)
+    print("-" * len(header))
+    for method in CAM_METHODS:
+        maps, ops_seconds = timed(lambda: cam_postprocess(cam_reduce(a, g, method), args.size))
+        reference, eager_seconds = timed(lambda: eager_postprocess(eager_cam(a, g, method), args.size))
+        peak = divmod(int(maps[0].argmax()), args.size)
+        print(f"{method:<21}{ops_seconds * 1e3:>9.3f}{eager_seconds * 1e3:>10.3f}{eager_seconds / ops_seconds:>9.1f}x"
+              f"{float((maps - reference).abs().max()):>19.2e}{float(maps.mean()):>10.3f}{str(peak):>24}")
+
+
+if __name__ == "__main__":
+    main()
