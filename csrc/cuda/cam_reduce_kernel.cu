@@ -71,7 +71,7 @@ __device__ __forceinline__ T warp_channel_weight(CamMethod method, const scalar_
     case CamMethod::GradCAM:
       return warp_row_sum<T>(a, g, pixels, [](T, T gv) { return gv; }) / static_cast<T>(pixels);
     case CamMethod::AbsCAM:
-      return warp_row_sum<T>(a, g, pixels, [](T, T gv) { return abs(gv); }) / static_cast<T>(pixels);
+      return warp_row_sum<T>(a, g, pixels, [](T, T gv) { return gv < T(0) ? -gv : gv; }) / static_cast<T>(pixels);
     case CamMethod::XGradCAM: {
       const T weighted = warp_row_sum<T>(a, g, pixels, [](T av, T gv) { return av * gv; });
       const T activation_sum = warp_row_sum<T>(a, g, pixels, [](T av, T) { return av; });
