@@ -61,6 +61,19 @@ def _source_hash() -> str:
     return module.source_hash(CSRC)
 
 
+def _openmp_link_args() -> list[str]:
+    """Link the OpenMP runtime torch itself loads: two runtimes in one process break thread pools.
+
+    Wheels ship theirs in torch/lib (sometimes under a hashed name); otherwise torch uses the
+    compiler's, which -fopenmp links.
+    """
+    torch_lib = Path(torch.__file__).resolve().parent / "lib"
+    bundled = sorted(torch_lib.glob("libgomp*.so*"))
+    if bundled:
+        return [str(bundled[0]), f"-Wl,-rpath,{torch_lib}"]
+    return ["-fopenmp"]
+
+
 def _extension():
     with_cuda = _cuda_available_for_build()
     capability = _cpu_capability()
@@ -87,12 +100,13 @@ def _extension():
     # OpenMP; without the flag those pragmas compile to a serial loop.
     openmp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
     cxx = ["-O3", "-ffp-contract=off", "-Wno-unknown-pragmas", *openmp, *defines]
+    link = _openmp_link_args() if openmp else []
     if capability == "AVX2":
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     else:
         cxx += ["-DCPU_CAPABILITY=DEFAULT"]
     if not with_cuda:
-        return CppExtension("torchcam_ops._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=openmp)
+        return CppExtension("torchcam_ops._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
 
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
     sources += sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cuda").glob("*.cu"))
@@ -101,7 +115,7 @@ def _extension():
         "torchcam_ops._C",
         sources,
         extra_compile_args={"cxx": [*cxx, "-DTORCHCAM_OPS_WITH_CUDA"], "nvcc": nvcc},
-        extra_link_args=openmp,
+        extra_link_args=link,
     )
 
 

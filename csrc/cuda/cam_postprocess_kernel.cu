@@ -1,10 +1,9 @@
 // CUDA kernels of cam_postprocess.
 //
-// Normalising needs each map's min and max over the resized map before anything is written, so
-// the fused op is two launches: one computes the resized values of a tile and reduces them to a
-// per-tile (min, max); the other reduces those for its image, recomputes the tile's values and
-// writes them normalised. Recomputing 4 taps is cheaper than writing and re-reading the map.
-// Without normalisation only the second launch runs.
+// Normalising needs each map's min and max before anything is written. As on the CPU
+// (kernels/cam_postprocess.h), they are found on the first and last output row and column of
+// each source cell only, by one small block per map; a second launch writes every output pixel
+// once, already normalised. Without normalisation only the second launch runs.
 
 #include "../ops/cam_postprocess.h"
 #include "cuda_utils.cuh"
@@ -32,25 +31,44 @@ constexpr int64_t kTilePixels = kThreads * kItemsPerThread;
 constexpr double kNormalizeEps = 1e-7;
 
 struct ResizeGeometry {
-  int64_t in_h, in_w, out_h, out_w;
+  int in_h, in_w, out_h, out_w; // one map's sizes fit 32 bits; checked on the host
 };
 
-// Bilinear value at output (y, x), half-pixel centres, ReLU on the source samples; blends in the
-// a + w1 (b - a) form of the CPU kernel (exact on constant regions).
+// Source position of output index `dst` along one axis (half-pixel centres), clamped at 0.
+template <typename T>
+__device__ __forceinline__ T source_position(T scale, int dst) {
+  const T src = scale * (static_cast<T>(dst) + T(0.5)) - T(0.5);
+  return src < T(0) ? T(0) : src;
+}
+
+template <typename T>
+__device__ __forceinline__ int source_cell(T scale, int dst, int in_size) {
+  return min(static_cast<int>(source_position(scale, dst)), in_size - 1);
+}
+
+// Whether `dst` is the first or last output position of its source cell: the only places a
+// bilinear map's extremes along this axis can be.
+template <typename T>
+__device__ __forceinline__ bool is_extreme_position(T scale, int dst, int out_size, int in_size) {
+  const int cell = source_cell(scale, dst, in_size);
+  return dst == 0 || dst == out_size - 1 || source_cell(scale, dst - 1, in_size) != cell ||
+      source_cell(scale, dst + 1, in_size) != cell;
+}
+
+// Bilinear value at output (y, x), ReLU on the source samples; blends in the a + w1 (b - a) form
+// of the CPU kernel (exact on constant regions).
 template <typename T, typename scalar_t>
 __device__ __forceinline__ T resized_value(const scalar_t* map, const ResizeGeometry& geo, T scale_h, T scale_w,
-                                           int64_t y, int64_t x, bool relu) {
-  T sy = scale_h * (static_cast<T>(y) + T(0.5)) - T(0.5);
-  T sx = scale_w * (static_cast<T>(x) + T(0.5)) - T(0.5);
-  sy = sy < T(0) ? T(0) : sy;
-  sx = sx < T(0) ? T(0) : sx;
-  const int64_t y0 = std::min(static_cast<int64_t>(sy), geo.in_h - 1);
-  const int64_t x0 = std::min(static_cast<int64_t>(sx), geo.in_w - 1);
-  const int64_t y1 = y0 < geo.in_h - 1 ? y0 + 1 : y0;
-  const int64_t x1 = x0 < geo.in_w - 1 ? x0 + 1 : x0;
-  const T wy1 = std::min(std::max(sy - static_cast<T>(y0), T(0)), T(1));
-  const T wx1 = std::min(std::max(sx - static_cast<T>(x0), T(0)), T(1));
-  const auto sample = [&](int64_t r, int64_t c) {
+                                           int y, int x, bool relu) {
+  const T sy = source_position(scale_h, y);
+  const T sx = source_position(scale_w, x);
+  const int y0 = min(static_cast<int>(sy), geo.in_h - 1);
+  const int x0 = min(static_cast<int>(sx), geo.in_w - 1);
+  const int y1 = y0 < geo.in_h - 1 ? y0 + 1 : y0;
+  const int x1 = x0 < geo.in_w - 1 ? x0 + 1 : x0;
+  const T wy1 = min(max(sy - static_cast<T>(y0), T(0)), T(1));
+  const T wx1 = min(max(sx - static_cast<T>(x0), T(0)), T(1));
+  const auto sample = [&](int r, int c) {
     const T v = static_cast<T>(map[r * geo.in_w + c]);
     return relu ? relu_keep_nan(v) : v;
   };
@@ -60,60 +78,57 @@ __device__ __forceinline__ T resized_value(const scalar_t* map, const ResizeGeom
   return lerp(top, bottom, wy1);
 }
 
+// One block per map: min and max over the extreme rows x extreme columns.
 template <typename scalar_t, typename T>
-__global__ void __launch_bounds__(kThreads) tile_min_max_kernel(const scalar_t* __restrict__ cam,
-                                                                T* __restrict__ tile_extrema, ResizeGeometry geo,
-                                                                T scale_h, T scale_w, bool relu, int64_t tiles) {
+__global__ void __launch_bounds__(kThreads) map_extrema_kernel(const scalar_t* __restrict__ cam,
+                                                               T* __restrict__ extrema, ResizeGeometry geo, T scale_h,
+                                                               T scale_w, bool relu) {
   __shared__ T scratch[2 * kThreads / cuda::kWarpSize];
-  const int64_t n = blockIdx.x / tiles;
-  const int64_t tile = blockIdx.x % tiles;
-  const int64_t out_pixels = geo.out_h * geo.out_w;
-  const scalar_t* map = cam + n * geo.in_h * geo.in_w;
+  const scalar_t* map = cam + static_cast<int64_t>(blockIdx.x) * geo.in_h * geo.in_w;
   T lo = std::numeric_limits<T>::infinity();
   T hi = -std::numeric_limits<T>::infinity();
-  for (int item = 0; item < kItemsPerThread; ++item) {
-    const int64_t i = tile * kTilePixels + item * kThreads + threadIdx.x;
-    if (i < out_pixels) {
-      const T u = resized_value<T>(map, geo, scale_h, scale_w, i / geo.out_w, i % geo.out_w, relu);
-      lo = cuda::min_keep_nan(lo, u);
-      hi = cuda::max_keep_nan(hi, u);
+  for (int x = threadIdx.x; x < geo.out_w; x += kThreads) {
+    if (!is_extreme_position(scale_w, x, geo.out_w, geo.in_w)) {
+      continue;
+    }
+    for (int y = 0; y < geo.out_h; ++y) {
+      if (is_extreme_position(scale_h, y, geo.out_h, geo.in_h)) {
+        const T u = resized_value<T>(map, geo, scale_h, scale_w, y, x, relu);
+        lo = cuda::min_keep_nan(lo, u);
+        hi = cuda::max_keep_nan(hi, u);
+      }
     }
   }
   cuda::block_min_max(lo, hi, scratch);
   if (threadIdx.x == 0) {
-    tile_extrema[2 * blockIdx.x] = lo;
-    tile_extrema[2 * blockIdx.x + 1] = hi;
+    extrema[2 * blockIdx.x] = lo;
+    extrema[2 * blockIdx.x + 1] = hi;
   }
 }
 
 template <typename scalar_t, typename T>
 __global__ void __launch_bounds__(kThreads) write_kernel(const scalar_t* __restrict__ cam,
-                                                         const T* __restrict__ tile_extrema,
-                                                         scalar_t* __restrict__ out, ResizeGeometry geo, T scale_h,
-                                                         T scale_w, bool relu, bool normalize, int64_t tiles) {
-  __shared__ T scratch[2 * kThreads / cuda::kWarpSize];
+                                                         const T* __restrict__ extrema, scalar_t* __restrict__ out,
+                                                         ResizeGeometry geo, T scale_h, T scale_w, bool relu,
+                                                         bool normalize, int tiles) {
   const int64_t n = blockIdx.x / tiles;
-  const int64_t tile = blockIdx.x % tiles;
-  const int64_t out_pixels = geo.out_h * geo.out_w;
+  const int tile = blockIdx.x % tiles;
+  const int out_pixels = geo.out_h * geo.out_w;
   T lo = T(0), range = T(1);
   if (normalize) {
-    T image_lo = std::numeric_limits<T>::infinity();
-    T image_hi = -std::numeric_limits<T>::infinity();
-    for (int64_t t = threadIdx.x; t < tiles; t += kThreads) {
-      image_lo = cuda::min_keep_nan(image_lo, tile_extrema[2 * (n * tiles + t)]);
-      image_hi = cuda::max_keep_nan(image_hi, tile_extrema[2 * (n * tiles + t) + 1]);
-    }
-    cuda::block_min_max(image_lo, image_hi, scratch);
-    lo = image_lo;
-    range = image_hi - image_lo + T(kNormalizeEps);
+    lo = extrema[2 * n];
+    range = extrema[2 * n + 1] - lo + T(kNormalizeEps);
   }
   const scalar_t* map = cam + n * geo.in_h * geo.in_w;
   scalar_t* dst = out + n * out_pixels;
+#pragma unroll
   for (int item = 0; item < kItemsPerThread; ++item) {
-    const int64_t i = tile * kTilePixels + item * kThreads + threadIdx.x;
+    const int i = tile * kTilePixels + item * kThreads + threadIdx.x;
     if (i < out_pixels) {
-      const T u = resized_value<T>(map, geo, scale_h, scale_w, i / geo.out_w, i % geo.out_w, relu);
-      dst[i] = static_cast<scalar_t>(normalize ? (u - lo) / range : u);
+      const int y = i / geo.out_w;
+      const T u = resized_value<T>(map, geo, scale_h, scale_w, y, i - y * geo.out_w, relu);
+      // Values of non-extreme pixels may round an ulp outside [lo, hi]; keep maps inside [0, 1].
+      dst[i] = static_cast<scalar_t>(normalize ? min(max((u - lo) / range, T(0)), T(1)) : u);
     }
   }
 }
@@ -127,22 +142,27 @@ at::Tensor cam_postprocess_cuda(const at::Tensor& cam, int64_t out_h, int64_t ou
   if (batch == 0) {
     return out;
   }
-  const ResizeGeometry geo{input.size(1), input.size(2), out_h, out_w};
-  const int64_t tiles = ceil_div(out_h * out_w, kTilePixels);
+  TORCH_CHECK_VALUE(out_h * out_w <= std::numeric_limits<int>::max() &&
+                        input.size(1) * input.size(2) <= std::numeric_limits<int>::max(),
+                    "cam_postprocess: one map may have at most 2^31 - 1 pixels, got ", input.size(1), "x",
+                    input.size(2), " -> ", out_h, "x", out_w);
+  const ResizeGeometry geo{static_cast<int>(input.size(1)), static_cast<int>(input.size(2)),
+                           static_cast<int>(out_h), static_cast<int>(out_w)};
+  const int tiles = static_cast<int>(ceil_div(out_h * out_w, kTilePixels));
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cam_postprocess_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     const T scale_h = static_cast<T>(geo.in_h) / static_cast<T>(out_h);
     const T scale_w = static_cast<T>(geo.in_w) / static_cast<T>(out_w);
-    at::Tensor tile_extrema;
+    at::Tensor extrema;
     if (normalize) {
-      tile_extrema = at::empty({batch, tiles, 2}, input.options().dtype(c10::CppTypeToScalarType<T>::value));
-      tile_min_max_kernel<scalar_t, T><<<batch * tiles, kThreads, 0, stream>>>(
-          input.const_data_ptr<scalar_t>(), tile_extrema.mutable_data_ptr<T>(), geo, scale_h, scale_w, relu, tiles);
+      extrema = at::empty({batch, 2}, input.options().dtype(c10::CppTypeToScalarType<T>::value));
+      map_extrema_kernel<scalar_t, T><<<batch, kThreads, 0, stream>>>(
+          input.const_data_ptr<scalar_t>(), extrema.mutable_data_ptr<T>(), geo, scale_h, scale_w, relu);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     write_kernel<scalar_t, T><<<batch * tiles, kThreads, 0, stream>>>(
-        input.const_data_ptr<scalar_t>(), normalize ? tile_extrema.const_data_ptr<T>() : nullptr,
+        input.const_data_ptr<scalar_t>(), normalize ? extrema.const_data_ptr<T>() : nullptr,
         out.mutable_data_ptr<scalar_t>(), geo, scale_h, scale_w, relu, normalize, tiles);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -124,6 +124,7 @@ __global__ void __launch_bounds__(kThreads) cam_reduce_partial_kernel(
   if (pixels >= kThreads) {
     for (int64_t p = threadIdx.x; p < pixels; p += kThreads) {
       T acc = T(0);
+#pragma unroll 4
       for (int64_t k = k_begin; k < k_end; ++k) {
         acc += contribution(k, p);
       }
@@ -136,6 +137,7 @@ __global__ void __launch_bounds__(kThreads) cam_reduce_partial_kernel(
     const int64_t p = threadIdx.x % pixels;
     T acc = T(0);
     if (slice < slices) {
+#pragma unroll 4
       for (int64_t k = k_begin + slice; k < k_end; k += slices) {
         acc += contribution(k, p);
       }
@@ -182,9 +184,10 @@ at::Tensor cam_reduce_cuda(const at::Tensor& activations, const at::Tensor& grad
     return cam.zero_();
   }
 
-  // Enough blocks to fill the device a few times over, each with at least one channel per warp.
+  // Enough blocks to fill the device many times over (the loads of a channel row are short, so
+  // many rows must be in flight), each with at least one channel per warp.
   const int64_t sm_count = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  int64_t num_chunks = std::clamp<int64_t>(ceil_div(4 * sm_count, batch), 1, ceil_div(channels, kWarps));
+  int64_t num_chunks = std::clamp<int64_t>(ceil_div(16 * sm_count, batch), 1, ceil_div(channels, kWarps));
   num_chunks = std::max(num_chunks, ceil_div(channels, kMaxChunkChannels));
   const int64_t chunk_channels = ceil_div(channels, num_chunks);
   num_chunks = ceil_div(channels, chunk_channels);
