@@ -22,7 +22,16 @@ step() { # name, command...
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; "$PYTHON" -c "import torch; print(torch.__version__, torch.version.cuda)"; } > "$OUT/summary.txt" 2>&1
 cat "$OUT/summary.txt"
 step build "$PYTHON" setup.py build_ext --inplace
+step linkage bash -c "ldd torchcam_ops/_C*.so | grep -E 'gomp|stdc|c10'; ls \$($PYTHON -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib | grep -i -E 'omp|stdc'"
+step cpu_error_path "$PYTHON" -X faulthandler -c "import torch, torchcam_ops
+try:
+    torchcam_ops.cam_postprocess(torch.rand(1, 3, 3), 0)
+except ValueError as e:
+    print('raised', e)"
 step cuda_tests "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py
-step all_tests "$PYTHON" -m pytest -q -p no:cacheprovider -x tests
+for file in tests/test_*.py; do
+  name=$(basename "$file" .py)
+  [ "$name" = test_cuda ] || step "all_$name" "$PYTHON" -X faulthandler -m pytest -q -p no:cacheprovider "$file"
+done
 step bench_fp32 "$PYTHON" benchmarks/cam_ops.py --device cuda --repeats 50
 step bench_fp16 "$PYTHON" benchmarks/cam_ops.py --device cuda --dtype float16 --repeats 50 --no-compile

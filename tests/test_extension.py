@@ -45,3 +45,33 @@ def test_stale_build_can_be_allowed(monkeypatch):
     monkeypatch.setattr(_C, "source_hash", "0000000000000000")
     monkeypatch.setenv("TORCHCAM_OPS_ALLOW_STALE_BUILD", "1")
     assert _extension.load() is _C
+
+
+class TestNativeChecks:
+    """The C++ entry points check their arguments too, for callers of torch.ops.torchcam_ops.*."""
+
+    ops = torch.ops.torchcam_ops
+
+    def test_cam_reduce(self):
+        a = torch.rand(1, 2, 3, 3)
+        with pytest.raises(ValueError, match="cam_reduce: unknown method 'nope'; expected one of 'gradcam'"):
+            self.ops.cam_reduce.default(a, a, "nope")
+        with pytest.raises(ValueError, match=r"cam_reduce: gradients must have the shape of activations \[1, 2, 3, 3\]"):
+            self.ops.cam_reduce.default(a, a[:, :1], "gradcam")
+        with pytest.raises(TypeError, match="cam_reduce: gradients must have the dtype of activations"):
+            self.ops.cam_reduce.default(a, a.double(), "gradcam")
+
+    def test_cam_reduce_backward(self):
+        a = torch.rand(1, 2, 3, 3)
+        with pytest.raises(ValueError, match=r"cam_reduce_backward: grad_cam must have shape \[1, 3, 3\]"):
+            self.ops.cam_reduce_backward.default(torch.rand(1, 3, 4), a, a, "gradcam")
+
+    def test_cam_postprocess(self):
+        with pytest.raises(ValueError, match="cam_postprocess: out_h and out_w must be >= 1, got 0 and 4"):
+            self.ops.cam_postprocess.default(torch.rand(1, 3, 3), 0, 4)
+        with pytest.raises(TypeError, match="cam_postprocess: cam must be float32"):
+            self.ops.cam_postprocess.default(torch.ones(1, 3, 3, dtype=torch.int64), 4, 4)
+
+    def test_cam_postprocess_backward(self):
+        with pytest.raises(ValueError, match=r"cam_postprocess_backward: grad_out must have shape \[1, 4, 4\]"):
+            self.ops.cam_postprocess_backward.default(torch.rand(1, 4, 5), torch.rand(1, 3, 3), 4, 4, True, True)

@@ -37,6 +37,58 @@ def _require_tensor(op: str, name: str, value: object) -> None:
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
 
 
+# ---------------------------------------------------------------------------------------------
+# Argument checks, the same as the C++ ones (csrc/ops/*.cpp) with the same messages. The wrappers
+# run them before calling an op and the fake kernels while tracing, so bad input fails the same
+# way in eager code, under torch.compile and under torch.export, before reaching native code.
+
+
+_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check_floating(op: str, name: str, t: Tensor) -> None:
+    torch._check_type(
+        t.dtype in _FLOATING, lambda: f"{op}: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}"
+    )
+
+
+def _check_activations_and_gradients(op: str, activations: Tensor, gradients: Tensor) -> None:
+    torch._check_value(
+        activations.dim() == 4,
+        lambda: f"{op}: activations must be a 4-D [N, K, h, w] tensor, got shape {list(activations.shape)}",
+    )
+    torch._check_value(
+        activations.shape == gradients.shape,
+        lambda: f"{op}: gradients must have the shape of activations {list(activations.shape)}, "
+        f"got {list(gradients.shape)}",
+    )
+    _check_floating(op, "activations", activations)
+    torch._check_type(
+        activations.dtype == gradients.dtype,
+        lambda: f"{op}: gradients must have the dtype of activations ({activations.dtype}), got {gradients.dtype}",
+    )
+    torch._check_value(
+        activations.device == gradients.device,
+        lambda: f"{op}: gradients must be on the device of activations ({activations.device}), "
+        f"got {gradients.device}",
+    )
+
+
+def _check_method(op: str, method: str) -> None:
+    torch._check_value(method in CAM_METHODS, lambda: f"{op}: unknown method {method!r}; expected one of {CAM_METHODS}")
+
+
+def _check_cam_postprocess_args(cam: Tensor, out_h: int, out_w: int) -> None:
+    op = "cam_postprocess"
+    torch._check_value(cam.dim() == 3, lambda: f"{op}: cam must be a 3-D [N, h, w] tensor, got shape {list(cam.shape)}")
+    _check_floating(op, "cam", cam)
+    torch._check_value(
+        cam.shape[1] >= 1 and cam.shape[2] >= 1,
+        lambda: f"{op}: cam maps must be at least 1x1, got shape {list(cam.shape)}",
+    )
+    torch._check_value(out_h >= 1 and out_w >= 1, lambda: f"{op}: out_h and out_w must be >= 1, got {out_h} and {out_w}")
+
+
 def cam_reduce(activations: Tensor, gradients: Tensor, method: str = "gradcam") -> Tensor:
     r"""The raw class activation map of one layer, in one fused pass over A and G.
 
@@ -61,6 +113,8 @@ def cam_reduce(activations: Tensor, gradients: Tensor, method: str = "gradcam") 
     _require_tensor("cam_reduce", "gradients", gradients)
     if not isinstance(method, str):
         raise TypeError(f"cam_reduce: method must be a str, one of {CAM_METHODS}, got {type(method).__name__}")
+    _check_method("cam_reduce", method)
+    _check_activations_and_gradients("cam_reduce", activations, gradients)
     return _ops.cam_reduce.default(activations, gradients, method)
 
 
@@ -87,37 +141,12 @@ def cam_postprocess(
     """
     _require_tensor("cam_postprocess", "cam", cam)
     out_h, out_w = _output_size(size)
+    _check_cam_postprocess_args(cam, out_h, out_w)
     return _ops.cam_postprocess.default(cam, out_h, out_w, bool(relu), bool(normalize))
 
 
 # ---------------------------------------------------------------------------------------------
 # Fake kernels: shapes, dtypes and strides of each op's outputs, for torch.compile / torch.export.
-# The checks mirror the C++ ones so that tracing fails with the same message as eager code.
-
-
-def _check_activations_and_gradients(op: str, activations: Tensor, gradients: Tensor) -> None:
-    torch._check_value(
-        activations.dim() == 4,
-        lambda: f"{op}: activations must be a 4-D [N, K, h, w] tensor, got shape {list(activations.shape)}",
-    )
-    torch._check_value(
-        activations.shape == gradients.shape,
-        lambda: f"{op}: gradients must have the shape of activations {list(activations.shape)}, "
-        f"got {list(gradients.shape)}",
-    )
-    torch._check_type(
-        activations.dtype == gradients.dtype,
-        lambda: f"{op}: gradients must have the dtype of activations ({activations.dtype}), got {gradients.dtype}",
-    )
-    torch._check_value(
-        activations.device == gradients.device,
-        lambda: f"{op}: gradients must be on the device of activations ({activations.device}), "
-        f"got {gradients.device}",
-    )
-
-
-def _check_method(op: str, method: str) -> None:
-    torch._check_value(method in CAM_METHODS, lambda: f"{op}: unknown method {method!r}; expected one of {CAM_METHODS}")
 
 
 @torch.library.register_fake("torchcam_ops::cam_reduce")
@@ -142,12 +171,7 @@ def _cam_reduce_backward_fake(
 
 @torch.library.register_fake("torchcam_ops::cam_postprocess")
 def _cam_postprocess_fake(cam: Tensor, out_h: int, out_w: int, relu: bool = True, normalize: bool = True) -> Tensor:
-    torch._check_value(
-        cam.dim() == 3, lambda: f"cam_postprocess: cam must be a 3-D [N, h, w] tensor, got shape {list(cam.shape)}"
-    )
-    torch._check_value(
-        out_h >= 1 and out_w >= 1, lambda: f"cam_postprocess: out_h and out_w must be >= 1, got {out_h} and {out_w}"
-    )
+    _check_cam_postprocess_args(cam, out_h, out_w)
     return cam.new_empty((cam.shape[0], out_h, out_w))
 
 
