@@ -7,17 +7,12 @@ import torch
 
 from tests.conftest import DTYPES
 from tests.reference import assert_matches, reference_cam, reference_postprocess, tolerance
+from tests.test_cam_reduce import activations_and_gradients as _inputs
 from torchcam_ops import CAM_METHODS, cam_postprocess, cam_reduce
 
 pytestmark = pytest.mark.cuda
 
 SHAPES = [(1, 1, 1, 1), (3, 5, 7, 7), (2, 300, 14, 14), (4, 2048, 7, 7), (2, 64, 56, 56), (1, 9000, 3, 5), (700, 8, 2, 2)]
-
-
-def _inputs(shape, dtype):
-    a = torch.rand(shape, dtype=torch.float64)
-    g = torch.randn(shape, dtype=torch.float64) / (shape[2] * shape[3]) ** 0.5
-    return a.to(dtype), g.to(dtype)
 
 
 @pytest.mark.parametrize("method", CAM_METHODS)
