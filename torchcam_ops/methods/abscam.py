@@ -1,0 +1,80 @@
+"""Abs-CAM (Zeng et al. 2022), both phases."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, check_input, slice_targets
+from torchcam_ops.ops import cam_postprocess
+
+
+class AbsCAM(BaseCAM):
+    r"""Abs-CAM: absolute-value gradient weights, then (phase 2) a score-weighted refinement.
+
+    Phase 1 (the initial map), with :math:`w_k = \frac{1}{hw}\sum_{ij} |G_k^{ij}|`:
+
+    .. math:: M_0 = \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(\textstyle\sum_k w_k A_k)))
+
+    Phase 2 (our reading of "linearly combines the initial saliency map with the original image"):
+    each channel's weighted map :math:`M_k = \operatorname{norm}(\operatorname{Up}(w_k A_k))` masks
+    the input, the model scores the masked image, :math:`s_k = \operatorname{softmax}(f(x \odot M_k))_c`,
+    and :math:`L = \operatorname{norm}(\mathrm{ReLU}(\sum_k s_k M_k))`. The K masked forwards per image
+    and class run in batches of ``batch_size`` without gradients.
+    """
+
+    method = "abscam"
+
+    def __init__(self, model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *, phase: int = 2,
+                 batch_size: int | None = 64) -> None:
+        if phase not in (1, 2):
+            raise ValueError(f"phase: expected 1 or 2, got {phase!r}")
+        super().__init__(model, target_layers, batch_size=batch_size)
+        self.phase = phase
+
+    def __call__(self, x: Tensor, targets: Targets = None, *, raw: bool = False,
+                 output_size: int | tuple[int, int] | None = None) -> Tensor | list[Tensor]:
+        if self.phase == 1 or raw:
+            return super().__call__(x, targets, raw=raw, output_size=output_size)
+        x = check_input(x)
+        size = self._output_size(x, output_size)
+        maps = [self._phase_two(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), size)
+                for start, stop in self._chunks(x.shape[0])]
+        multi = maps[0][1]
+        fused = torch.cat([m for m, _ in maps])
+        return fused if multi else fused[:, 0]
+
+    def _phase_two(self, x: Tensor, targets: Targets, size: tuple[int, int]) -> tuple[Tensor, bool]:
+        activations, gradients, multi, indices = self._activations_and_gradients(x, targets)
+        if indices is None:
+            raise ValueError("targets: Abs-CAM phase 2 scores masked images by class, so it needs class indices, "
+                             "not a callable")
+        with torch.no_grad():
+            batch, count = indices.shape
+            layer_maps = []
+            for a, grads in zip(activations, gradients):
+                maps = torch.empty(batch, count, *size, device=x.device)
+                for t, g in enumerate(grads):
+                    weights = g.float().abs().mean((2, 3))  # [n, K]
+                    for n in range(batch):
+                        maps[n, t] = self._refine(x[n], a[n].float() * weights[n, :, None, None],
+                                                  int(indices[n, t]), size)
+                layer_maps.append(maps)
+            if len(layer_maps) == 1:
+                return layer_maps[0], multi
+            mean = torch.stack(layer_maps).mean(0).reshape(batch * count, *size)
+            return cam_postprocess(mean, size, relu=False).reshape(batch, count, *size), multi
+
+    def _refine(self, image: Tensor, weighted: Tensor, target: int, size: tuple[int, int]) -> Tensor:
+        """L for one image ``[C, H, W]`` and class from its weighted activations ``[K, h, w]``."""
+        masks = cam_postprocess(weighted, tuple(image.shape[-2:]), relu=False)  # M_k at the input size
+        step = self.batch_size or masks.shape[0]
+        scores = torch.empty(masks.shape[0], device=image.device)
+        for start in range(0, masks.shape[0], step):
+            chunk = masks[start:start + step]
+            probabilities = torch.softmax(self.model(image[None] * chunk[:, None].to(image.dtype)).float(), dim=1)
+            scores[start:start + step] = probabilities[:, target]
+        combined = torch.einsum("k,khw->hw", scores, masks)
+        return cam_postprocess(combined[None], size)[0]

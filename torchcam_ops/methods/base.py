@@ -1,0 +1,274 @@
+"""The shared base of the gradient-weighted CAM explainers.
+
+One forward pass captures the target layers' outputs with forward hooks (registered for the call
+only), one ``torch.autograd.grad`` per requested class gives their gradients, and the fused ops
+``cam_reduce`` and ``cam_postprocess`` turn them into maps. No backward hooks are used, so models
+with in-place ReLUs work; parameter ``.grad`` fields are never touched; grad mode is enabled
+locally, so calling under ``torch.no_grad()`` works; no graph, hook or reference outlives a call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar, Union
+
+import torch
+from torch import Tensor, nn
+
+from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce
+
+#: What ``targets`` may be: ``None`` (each image's top class), a class index, one index per image,
+#: a LongTensor ``[N]`` or ``[N, T]`` (T classes per image, one forward pass), or a callable that maps
+#: the model output to scores ``[N]`` or ``[N, T]`` (for models returning tuples/dicts, or
+#: segmentation-style scores).
+Targets = Union[None, int, Sequence[int], Tensor, Callable[[Any], Tensor]]
+LayerSpec = Union[str, nn.Module]
+
+
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The eager module behind ``torch.compile(model)``: hooks and gradients with respect to
+    intermediate outputs need the module's own forward (the maps are the eager ones)."""
+    return getattr(model, "_orig_mod", model)
+
+
+def resolve_layers(model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec]) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of each target layer, given as modules of ``model`` or dotted names."""
+    if isinstance(target_layers, (str, nn.Module)):
+        target_layers = [target_layers]
+    if not isinstance(target_layers, Sequence) or len(target_layers) == 0:
+        raise ValueError("target_layers: expected a module of the model, a dotted name such as 'layer4.2', "
+                         f"or a non-empty list of them, got {target_layers!r}")
+    names = {id(module): name for name, module in model.named_modules()}
+    layers = []
+    for layer in target_layers:
+        if isinstance(layer, str):
+            try:
+                layers.append((layer, model.get_submodule(layer)))
+            except AttributeError:
+                raise ValueError(f"target_layers: the model has no submodule {layer!r}") from None
+        elif isinstance(layer, nn.Module):
+            if id(layer) not in names:
+                raise ValueError(f"target_layers: {type(layer).__name__} module is not part of the model")
+            layers.append((names[id(layer)], layer))
+        else:
+            raise TypeError(f"target_layers: expected modules or dotted names, got {type(layer).__name__}")
+    return layers
+
+
+@contextlib.contextmanager
+def capture_outputs(layers: Sequence[tuple[str, nn.Module]]) -> Iterator[dict[str, Tensor]]:
+    """Forward hooks that record each layer's latest output, removed on exit (also on errors)."""
+    captured: dict[str, Tensor] = {}
+    handles = []
+
+    def hook_for(name: str):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if not isinstance(output, Tensor):
+                raise TypeError(f"target layer {name!r} returned {type(output).__name__}; a CAM needs a tensor output")
+            captured[name] = output
+
+        return hook
+
+    try:
+        for name, module in layers:
+            handles.append(module.register_forward_hook(hook_for(name)))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def check_input(x: Any) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a torch.Tensor batch [N, C, H, W], got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x: expected a 4-D batch [N, C, H, W], got shape {list(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("x: the batch is empty")
+    if not x.is_floating_point():
+        raise TypeError(f"x: expected a floating-point tensor, got {x.dtype}")
+    return x
+
+
+def target_scores(output: Any, targets: Targets, batch: int) -> tuple[Tensor, bool, Tensor | None]:
+    """Scores ``[N, T]`` of the requested classes, whether T classes per image were asked for, and
+    the class indices ``[N, T]`` (None for a callable target)."""
+    if callable(targets) and not isinstance(targets, Tensor):
+        scores = targets(output)
+        if not isinstance(scores, Tensor) or scores.dim() not in (1, 2) or scores.shape[0] != batch:
+            raise ValueError(f"targets: a callable target must return scores [N] or [N, T] with N = {batch}, got "
+                             f"{list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__}")
+        return (scores[:, None], False, None) if scores.dim() == 1 else (scores, True, None)
+    if not isinstance(output, Tensor) or output.dim() != 2:
+        described = f"shape {list(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
+        raise TypeError(f"the model output ({described}) is not [N, classes] logits; pass targets as a callable "
+                        "that maps the output to scores [N] or [N, T]")
+    indices, multi = class_indices(targets, batch, output.shape[1], output)
+    indices = indices.to(output.device)
+    return output.gather(1, indices), multi, indices
+
+
+def class_indices(targets: Targets, batch: int, num_classes: int, logits: Tensor | None = None) -> tuple[Tensor, bool]:
+    """Class indices ``[N, T]`` from a target specification, validated against ``num_classes``."""
+    if targets is None:
+        if logits is None:
+            raise ValueError("targets: None needs the model output")
+        return logits.detach().argmax(1, keepdim=True), False
+    if isinstance(targets, bool):
+        raise TypeError("targets: expected class indices, got a bool")
+    if isinstance(targets, int):
+        indices, multi = torch.full((batch, 1), targets, dtype=torch.long), False
+    elif isinstance(targets, Tensor):
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise TypeError(f"targets: expected an integer tensor of class indices, got {targets.dtype}")
+        if targets.dim() == 0:
+            indices, multi = targets.reshape(1, 1).expand(batch, 1).long(), False
+        elif targets.dim() == 1 and targets.shape[0] == batch:
+            indices, multi = targets[:, None].long(), False
+        elif targets.dim() == 2 and targets.shape[0] == batch and targets.shape[1] >= 1:
+            indices, multi = targets.long(), True
+        else:
+            raise ValueError(f"targets: expected a tensor of shape [N] or [N, T] with N = {batch}, "
+                             f"got {list(targets.shape)}")
+    elif isinstance(targets, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
+        if len(targets) != batch:
+            raise ValueError(f"targets: expected {batch} class indices (one per image), got {len(targets)}")
+        indices, multi = torch.tensor(list(targets), dtype=torch.long)[:, None], False
+    else:
+        raise TypeError(f"targets: expected None, an int, a sequence of ints, a LongTensor or a callable, "
+                        f"got {type(targets).__name__}")
+    out_of_range = (indices < 0) | (indices >= num_classes)
+    if bool(out_of_range.any()):
+        bad = int(indices[out_of_range][0])
+        raise ValueError(f"targets: class index {bad} is out of range for a model with {num_classes} outputs")
+    return indices, multi
+
+
+def slice_targets(targets: Targets, start: int, stop: int, batch: int) -> Targets:
+    """The targets of images [start, stop) of a batch of ``batch`` images."""
+    if isinstance(targets, Tensor) and targets.dim() >= 1 and targets.shape[0] == batch:
+        return targets[start:stop]
+    if isinstance(targets, Sequence) and not isinstance(targets, str) and len(targets) == batch:
+        return list(targets[start:stop])
+    return targets
+
+
+class BaseCAM:
+    """A gradient-weighted class activation map explainer; subclasses name a ``cam_reduce`` method.
+
+    ``with GradCAM(model, target_layers=[model.layer4]) as cam: maps = cam(x, targets)`` returns
+    ``[N, H, W]`` maps in [0, 1] (or ``[N, T, H, W]`` for T targets per image), float32, on x's
+    device. Several target layers: each layer's normalised map is resized to the output size, the
+    maps are averaged and normalised again.
+    """
+
+    method: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *,
+                 batch_size: int | None = None) -> None:
+        if self.method not in CAM_METHODS:
+            raise TypeError(f"{type(self).__name__} names no cam_reduce method")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+        self.model = unwrap_compiled(model)
+        self.layers = resolve_layers(self.model, target_layers)
+        self.batch_size = batch_size
+
+    # Hooks live only during a call, so entering holds nothing; the context manager form is kept
+    # for the familiar API and to mark the explainer's lifetime.
+    def __enter__(self) -> BaseCAM:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to release: no hook outlives a call."""
+
+    def __call__(self, x: Tensor, targets: Targets = None, *, raw: bool = False,
+                 output_size: int | tuple[int, int] | None = None) -> Tensor | list[Tensor]:
+        """Maps of ``x`` ``[N, C, H, W]`` for ``targets``.
+
+        ``raw=True``: the un-normalised layer-resolution maps (before ReLU), one tensor per layer
+        (a list when there are several). ``output_size`` overrides the input size.
+        """
+        x = check_input(x)
+        size = self._output_size(x, output_size)
+        raws = [self._layer_maps(x[start:stop], slice_targets(targets, start, stop, x.shape[0]))
+                for start, stop in self._chunks(x.shape[0])]
+        multi = raws[0][1]
+        per_layer = [torch.cat([chunk[0][i] for chunk in raws]) for i in range(len(self.layers))]
+        if raw:
+            per_layer = [m if multi else m[:, 0] for m in per_layer]
+            return per_layer if len(per_layer) > 1 else per_layer[0]
+        return self._fuse(per_layer, size, multi)
+
+    # -- pieces shared by the subclasses ------------------------------------------------------
+
+    def _chunks(self, batch: int) -> list[tuple[int, int]]:
+        step = self.batch_size or batch
+        return [(start, min(start + step, batch)) for start in range(0, batch, step)]
+
+    @staticmethod
+    def _output_size(x: Tensor, output_size: int | tuple[int, int] | None) -> tuple[int, int]:
+        if output_size is None:
+            return int(x.shape[-2]), int(x.shape[-1])
+        if isinstance(output_size, int):
+            output_size = (output_size, output_size)
+        if len(output_size) != 2 or any(not isinstance(s, int) or s < 1 for s in output_size):
+            raise ValueError(f"output_size: expected a positive int or (height, width), got {output_size!r}")
+        return tuple(output_size)
+
+    def _layer_maps(self, x: Tensor, targets: Targets) -> tuple[list[Tensor], bool]:
+        """Raw maps ``[n, T, h, w]`` (float32, before ReLU) of each layer for one chunk."""
+        activations, gradients, multi, _ = self._activations_and_gradients(x, targets)
+        maps = []
+        for a, grads in zip(activations, gradients):
+            maps.append(torch.stack([cam_reduce(a, g, self.method) for g in grads], dim=1).float())
+        return maps, multi
+
+    def _activations_and_gradients(
+        self, x: Tensor, targets: Targets
+    ) -> tuple[list[Tensor], list[list[Tensor]], bool, Tensor | None]:
+        """Detached layer outputs; per layer, their gradients for each of the T targets; whether T
+        targets per image were asked for; the class indices [N, T] (None for callable targets)."""
+        with capture_outputs(self.layers) as captured, torch.enable_grad():
+            # A leaf that requires grad makes the layer outputs part of a graph even when every
+            # parameter is frozen; the caller's tensor is left alone.
+            output = self.model(x.detach().requires_grad_(True))
+            scores, multi, indices = target_scores(output, targets, x.shape[0])
+            missing = [name for name, _ in self.layers if name not in captured]
+            if missing:
+                raise ValueError(f"target_layers: {missing} did not run in the model's forward pass")
+            outputs = [captured[name] for name, _ in self.layers]
+            for (name, _), out in zip(self.layers, outputs):
+                if not out.requires_grad or not scores.requires_grad:
+                    raise ValueError(f"target layer {name!r}: the model output has no gradient to this layer "
+                                     "(is its output detached, or computed without grad?)")
+                if out.dim() != 4:
+                    raise ValueError(f"target layer {name!r}: expected a 4-D [N, K, h, w] output, "
+                                     f"got shape {list(out.shape)}")
+            count = scores.shape[1]
+            per_target = []
+            for t in range(count):
+                grads = torch.autograd.grad(scores[:, t].sum(), outputs, retain_graph=t + 1 < count,
+                                            allow_unused=True)
+                for (name, _), g in zip(self.layers, grads):
+                    if g is None:
+                        raise ValueError(f"target layer {name!r}: the model output has no gradient to this layer")
+                per_target.append(grads)
+        activations = [out.detach() for out in outputs]
+        gradients = [[per_target[t][i] for t in range(count)] for i in range(len(self.layers))]
+        return activations, gradients, multi, indices
+
+    @staticmethod
+    def _fuse(per_layer: list[Tensor], size: tuple[int, int], multi: bool) -> Tensor:
+        """ReLU, Up and norm per layer; with several layers, the mean of those, normalised again."""
+        batch, count = per_layer[0].shape[:2]
+        maps = [cam_postprocess(m.reshape(batch * count, *m.shape[2:]), size) for m in per_layer]
+        fused = maps[0] if len(maps) == 1 else cam_postprocess(torch.stack(maps).mean(0), size, relu=False)
+        fused = fused.reshape(batch, count, *size)
+        return fused if multi else fused[:, 0]
