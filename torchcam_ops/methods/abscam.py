@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, check_input, slice_targets
+from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, slice_targets
 from torchcam_ops.ops import cam_postprocess
 
 
@@ -34,12 +34,9 @@ class AbsCAM(BaseCAM):
         super().__init__(model, target_layers, batch_size=batch_size)
         self.phase = phase
 
-    def __call__(self, x: Tensor, targets: Targets = None, *, raw: bool = False,
-                 output_size: int | tuple[int, int] | None = None) -> Tensor | list[Tensor]:
+    def _explain(self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int]) -> Tensor | list[Tensor]:
         if self.phase == 1 or raw:
-            return super().__call__(x, targets, raw=raw, output_size=output_size)
-        x = check_input(x)
-        size = self._output_size(x, output_size)
+            return super()._explain(x, targets, raw, size)
         maps = [self._phase_two(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), size)
                 for start, stop in self._chunks(x.shape[0])]
         multi = maps[0][1]

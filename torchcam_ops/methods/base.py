@@ -79,6 +79,20 @@ def capture_outputs(layers: Sequence[tuple[str, nn.Module]]) -> Iterator[dict[st
             handle.remove()
 
 
+@contextlib.contextmanager
+def preserve_buffers(model: nn.Module) -> Iterator[None]:
+    """Restores the buffers of modules in training mode (BatchNorm running statistics) on exit:
+    explaining a model that is being trained must not move its statistics."""
+    saved = [(buffer, buffer.detach().clone()) for module in model.modules() if module.training
+             for buffer in module.buffers(recurse=False)]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
 def check_input(x: Any) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"x: expected a torch.Tensor batch [N, C, H, W], got {type(x).__name__}")
@@ -197,6 +211,10 @@ class BaseCAM:
         """
         x = check_input(x)
         size = self._output_size(x, output_size)
+        with preserve_buffers(self.model):
+            return self._explain(x, targets, raw, size)
+
+    def _explain(self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int]) -> Tensor | list[Tensor]:
         raws = [self._layer_maps(x[start:stop], slice_targets(targets, start, stop, x.shape[0]))
                 for start, stop in self._chunks(x.shape[0])]
         multi = raws[0][1]

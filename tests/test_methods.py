@@ -1,0 +1,392 @@
+"""The explainers against independent computations (hooks + autograd + the DESIGN.md formula +
+F.interpolate), a hand-computed case, and the guarantees about the user's model."""
+
+from __future__ import annotations
+
+import gc
+import warnings
+import weakref
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from tests.reference import reference_cam
+from torchcam_ops import explain
+from torchcam_ops.methods import (
+    METHODS,
+    AbsCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    IntegratedGradCAM,
+    LayerCAM,
+    XGradCAM,
+)
+
+CAM_FAMILY = {
+    GradCAM: "gradcam",
+    GradCAMPlusPlus: "gradcam++",
+    XGradCAM: "xgradcam",
+    LayerCAM: "layercam",
+    HiResCAM: "hirescam",
+    GradCAMElementWise: "gradcam_elementwise",
+}
+
+
+def small_cnn(classes: int = 7) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(16, 12, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, classes),
+    ).eval()
+
+
+def norm(m: torch.Tensor) -> torch.Tensor:
+    lo = m.amin((-2, -1), keepdim=True)
+    hi = m.amax((-2, -1), keepdim=True)
+    return (m - lo) / (hi - lo + 1e-7)
+
+
+def independent_maps(model, layers, x, classes, method):
+    """Hooks + autograd + the formula + F.interpolate, in float64, for classes [N, T]."""
+    model = model.double()
+    captured = {}
+    handles = [layer.register_forward_hook(lambda m, i, o, key=id(layer): captured.__setitem__(key, o))
+               for layer in layers]
+    try:
+        logits = model(x.double())
+    finally:
+        for h in handles:
+            h.remove()
+    per_target = []
+    for t in range(classes.shape[1]):
+        score = logits.gather(1, classes[:, t:t + 1]).sum()
+        outs = [captured[id(layer)] for layer in layers]
+        grads = torch.autograd.grad(score, outs, retain_graph=True)
+        maps = []
+        for a, g in zip(outs, grads):
+            cam = torch.relu(reference_cam(a.detach(), g, method))
+            maps.append(norm(F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]))
+        fused = maps[0] if len(maps) == 1 else norm(torch.stack(maps).mean(0))
+        per_target.append(fused)
+    model.float()
+    return torch.stack(per_target, 1)
+
+
+@pytest.mark.parametrize("cls", list(CAM_FAMILY), ids=lambda c: c.__name__)
+def test_cam_family_on_small_cnn(cls):
+    model = small_cnn()
+    x = torch.rand(3, 3, 17, 15)
+    classes = torch.tensor([[1], [4], [6]])
+    with cls(model, target_layers=[model[2]]) as cam:
+        maps = cam(x, classes[:, 0])
+    expected = independent_maps(model, [model[2]], x, classes, CAM_FAMILY[cls])[:, 0]
+    assert maps.shape == (3, 17, 15) and maps.dtype == torch.float32
+    torch.testing.assert_close(maps.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", list(CAM_FAMILY), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("arch,layers", [("resnet18", ["layer4", "layer3.1"]), ("vgg11", ["features.18"])])
+def test_cam_family_on_torchvision_models(cls, arch, layers):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    x = torch.rand(2, 3, 64, 64)
+    classes = torch.tensor([[3, 10], [7, 999]])
+    maps = cls(model, target_layers=layers)(x, classes)
+    modules = [model.get_submodule(name) for name in layers]
+    expected = independent_maps(model, modules, x, classes, CAM_FAMILY[cls])
+    assert maps.shape == (2, 2, 64, 64)
+    torch.testing.assert_close(maps.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_hand_computed_gradcam():
+    # One 1x1 conv (1 -> 2 channels, weights 1 and 2, no bias), global average pooling, and a
+    # linear layer with weights [-1, 1]: score = mean(-A_0 + A_1). So G_0 = -1/16, G_1 = 1/16,
+    # w = (-1/16, 1/16), L = (-x + 2x) / 16 = x / 16, and the map is norm(x / 16).
+    conv = nn.Conv2d(1, 2, 1, bias=False)
+    linear = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight[:] = torch.tensor([1.0, 2.0]).reshape(2, 1, 1, 1)
+        linear.weight[:] = torch.tensor([[-1.0, 1.0]])
+    model = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), linear)
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    raw = GradCAM(model, [conv])(x, 0, raw=True)
+    torch.testing.assert_close(raw[0], x[0, 0] / 16)
+    maps = GradCAM(model, [conv])(x, 0)
+    torch.testing.assert_close(maps[0], (x[0, 0] / 16) / (15 / 16 + 1e-7))
+
+
+def test_t_targets_equal_t_calls_and_batch_equals_images():
+    model = small_cnn()
+    x = torch.rand(4, 3, 16, 16)
+    classes = torch.tensor([[0, 3, 5], [1, 1, 2], [6, 0, 4], [2, 5, 3]])
+    cam = LayerCAM(model, [model[4]])
+    together = cam(x, classes)
+    for t in range(3):
+        torch.testing.assert_close(together[:, t], cam(x, classes[:, t]), rtol=0, atol=1e-6)
+    for n in range(4):
+        torch.testing.assert_close(together[n], cam(x[n:n + 1], classes[n:n + 1])[0], rtol=0, atol=1e-6)
+    # batch_size splits the forward passes, not the result
+    torch.testing.assert_close(LayerCAM(model, [model[4]], batch_size=3)(x, classes), together, rtol=0, atol=1e-6)
+
+
+def test_target_forms():
+    model = small_cnn()
+    x = torch.rand(2, 3, 16, 16)
+    cam = GradCAM(model, "2")
+    top = model(x).argmax(1)
+    torch.testing.assert_close(cam(x), cam(x, top))
+    torch.testing.assert_close(cam(x, [int(top[0]), int(top[1])]), cam(x, top))
+    torch.testing.assert_close(cam(x, 3), cam(x, torch.tensor([3, 3])))
+    # a callable on the output: models returning dicts, or any score
+    dict_model = DictOutput(model)
+    torch.testing.assert_close(GradCAM(dict_model, "net.2")(x, lambda out: out["logits"][:, 3]), cam(x, 3))
+    with pytest.raises(TypeError, match="not \\[N, classes\\] logits; pass targets as a callable"):
+        GradCAM(dict_model, "net.2")(x)
+
+
+class DictOutput(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return {"logits": self.net(x)}
+
+
+def test_functional_form_matches_class():
+    model = small_cnn()
+    x = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(explain(model, x, "hirescam", target_layers=["2"], targets=[1, 2]),
+                               HiResCAM(model, ["2"])(x, [1, 2]))
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        explain(model, x, "nope", target_layers=["2"])
+
+
+def test_raw_and_output_size():
+    model = small_cnn()
+    x = torch.rand(2, 3, 16, 16)
+    raw = GradCAM(model, ["2", "4"])(x, raw=True)
+    assert [r.shape for r in raw] == [(2, 8, 8), (2, 8, 8)]
+    assert GradCAM(model, ["4"])(x, output_size=(5, 7)).shape == (2, 5, 7)
+
+
+def count_hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def model_state(model: nn.Module):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            [(type(m), m.training) for m in model.modules()],
+            [p.requires_grad for p in model.parameters()])
+
+
+def assert_same_state(before, after):
+    assert before[1] == after[1] and before[2] == after[2]
+    for key in before[0]:
+        assert torch.equal(before[0][key], after[0][key]), key
+
+
+def test_model_untouched_frozen_and_no_grad():
+    model = torchvision.models.resnet18(weights=None).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.layer2.train()  # a mixed state must come back as it was
+    before, hooks = model_state(model), count_hooks(model)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = GradCAM(model, [model.layer4])(x)
+    assert maps.shape == (2, 64, 64) and not maps.requires_grad and maps.grad_fn is None
+    assert all(p.grad is None for p in model.parameters())
+    assert count_hooks(model) == hooks
+    assert_same_state(before, model_state(model))
+    assert not x.requires_grad
+
+
+def test_no_graph_kept_and_memory_stable():
+    model = small_cnn()
+    x = torch.rand(2, 3, 16, 16)
+    seen = []
+    probe = model[4].register_forward_hook(lambda m, i, o: seen.append(weakref.ref(o)))
+    cam = GradCAM(model, [model[2]])
+    maps = cam(x)
+    probe.remove()
+    gc.collect()
+    assert seen and all(ref() is None for ref in seen), "an intermediate of the forward pass is still alive"
+    del maps
+
+    def live_tensors() -> int:
+        gc.collect()
+        with warnings.catch_warnings():  # isinstance on some deprecated torch objects warns
+            warnings.simplefilter("ignore")
+            return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+    for _ in range(5):
+        cam(x)
+    baseline = live_tensors()
+    for _ in range(200):
+        cam(x)
+    assert live_tensors() <= baseline
+
+
+def test_exceptions_leave_the_model_clean():
+    model = small_cnn()
+    hooks, before = count_hooks(model), model_state(model)
+    with pytest.raises(ValueError, match="class index 99 is out of range for a model with 7 outputs"):
+        GradCAM(model, [model[2]])(torch.rand(1, 3, 8, 8), 99)
+    with pytest.raises(RuntimeError):
+        GradCAM(model, [model[2]])(torch.rand(1, 5, 8, 8))  # wrong channel count fails inside forward
+    assert count_hooks(model) == hooks
+    assert_same_state(before, model_state(model))
+
+
+def test_two_explainers_do_not_interfere():
+    model = small_cnn()
+    x = torch.rand(2, 3, 16, 16)
+    with GradCAM(model, [model[2]]) as first, LayerCAM(model, [model[4]]) as second:
+        a1, b1 = first(x), second(x)
+        a2, b2 = first(x), second(x)
+    torch.testing.assert_close(a1, a2)
+    torch.testing.assert_close(b1, b2)
+    torch.testing.assert_close(a1, GradCAM(model, [model[2]])(x))
+
+
+def test_compiled_model_gives_eager_maps():
+    model = small_cnn()
+    x = torch.rand(2, 3, 16, 16)
+    compiled = torch.compile(model, backend="eager")
+    torch.testing.assert_close(GradCAM(compiled, [model[2]])(x), GradCAM(model, [model[2]])(x))
+    torch.testing.assert_close(GradCAM(compiled, ["2"])(x), GradCAM(model, ["2"])(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models(dtype):
+    model = small_cnn()
+    x = torch.rand(2, 3, 16, 16)
+    reference = GradCAM(model, [model[2]])(x, [1, 2])
+    half = GradCAM(small_cnn().to(dtype), ["2"])(x.to(dtype), [1, 2])
+    assert half.dtype == torch.float32
+    assert (half - reference).abs().max() < 0.1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = GradCAM(model, [model[2]])(x, [1, 2])
+    assert (autocast - reference).abs().max() < 0.1
+
+
+class TestBadInput:
+    model = small_cnn()
+
+    def test_layer_not_in_model(self):
+        with pytest.raises(ValueError, match="the model has no submodule 'layer9'"):
+            GradCAM(self.model, "layer9")
+        with pytest.raises(ValueError, match="Conv2d module is not part of the model"):
+            GradCAM(self.model, nn.Conv2d(1, 1, 1))
+
+    def test_target_out_of_range(self):
+        with pytest.raises(ValueError, match="class index -1 is out of range"):
+            GradCAM(self.model, "2")(torch.rand(2, 3, 8, 8), [0, -1])
+
+    @pytest.mark.parametrize("targets,message", [
+        (torch.zeros(3, dtype=torch.long), r"shape \[N\] or \[N, T\] with N = 2, got \[3\]"),
+        (torch.zeros(2, 2, 2, dtype=torch.long), r"got \[2, 2, 2\]"),
+        (torch.zeros(2), "integer tensor"),
+        ([1, 2, 3], "expected 2 class indices"),
+        ("cat", "expected None, an int"),
+    ])
+    def test_target_shapes_and_types(self, targets, message):
+        with pytest.raises((ValueError, TypeError), match=message):
+            GradCAM(self.model, "2")(torch.rand(2, 3, 8, 8), targets)
+
+    def test_no_gradient_to_layer(self):
+        class Detached(nn.Module):
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x):
+                features = self.net[:4](x).detach()
+                return self.net[4:](features)
+
+        with pytest.raises(ValueError, match="no gradient to this layer"):
+            GradCAM(Detached(small_cnn()), "net.2")(torch.rand(1, 3, 8, 8))
+
+    @pytest.mark.parametrize("x,message", [
+        (torch.rand(3, 8, 8), "4-D batch"),
+        (torch.rand(0, 3, 8, 8), "empty"),
+        (torch.ones(1, 3, 8, 8, dtype=torch.long), "floating-point"),
+        ([[1.0]], "torch.Tensor"),
+    ])
+    def test_bad_input_batch(self, x, message):
+        with pytest.raises((ValueError, TypeError), match=message):
+            GradCAM(self.model, "2")(x)
+
+    def test_bad_options(self):
+        with pytest.raises(ValueError, match="steps"):
+            IntegratedGradCAM(self.model, "2", steps=0)
+        with pytest.raises(ValueError, match="phase"):
+            AbsCAM(self.model, "2", phase=3)
+        with pytest.raises(ValueError, match="batch_size"):
+            GradCAM(self.model, "2", batch_size=0)
+
+
+# -- Abs-CAM and Integrated Grad-CAM --------------------------------------------------------------
+
+def test_abscam_phase_one_is_the_abscam_weighting():
+    model = small_cnn()
+    x = torch.rand(2, 3, 16, 16)
+    classes = torch.tensor([[2], [5]])
+    expected = independent_maps(model, [model[2]], x, classes, "abscam")[:, 0]
+    torch.testing.assert_close(AbsCAM(model, [model[2]], phase=1)(x, classes[:, 0]).double(), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_abscam_phase_two_against_the_formula():
+    model = small_cnn()
+    x = torch.rand(2, 3, 16, 16)
+    classes = [2, 5]
+    maps = AbsCAM(model, [model[2]], phase=2, batch_size=5)(x, classes)
+    raw_a = {}
+    handle = model[2].register_forward_hook(lambda m, i, o: raw_a.__setitem__("a", o))
+    logits = model(x)
+    handle.remove()
+    grads = torch.autograd.grad(logits.gather(1, torch.tensor([[2], [5]])).sum(), raw_a["a"])[0]
+    a = raw_a["a"].detach()
+    for n in range(2):
+        w = grads[n].abs().mean((1, 2))
+        masks = norm(F.interpolate((w[:, None, None] * a[n])[:, None], size=(16, 16), mode="bilinear",
+                                   align_corners=False)[:, 0])
+        with torch.no_grad():
+            s = torch.softmax(model(x[n] * masks[:, None]), 1)[:, classes[n]]
+        expected = norm(torch.relu(torch.einsum("k,khw->hw", s, masks)))
+        torch.testing.assert_close(maps[n], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_integrated_gradcam_one_step_is_gradcam_of_the_baseline():
+    model = small_cnn()
+    x = torch.rand(2, 3, 16, 16)
+    top = model(x).argmax(1)
+    ig = IntegratedGradCAM(model, [model[4]], steps=1)(x)
+    torch.testing.assert_close(ig, GradCAM(model, [model[4]])(torch.zeros_like(x), top))
+
+
+def test_integrated_gradcam_against_the_path_sum():
+    model = small_cnn()
+    x = torch.rand(2, 3, 16, 16)
+    classes = torch.tensor([3, 1])
+    steps = 6
+    total = 0
+    for m in range(steps):
+        total = total + torch.relu(GradCAM(model, [model[4]])((m / steps) * x, classes, raw=True))
+    expected = norm(F.interpolate(total[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0])
+    maps = IntegratedGradCAM(model, [model[4]], steps=steps, batch_size=5)(x, classes)
+    torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_every_method_is_registered():
+    assert set(METHODS) >= {"gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam_elementwise",
+                            "abscam", "integrated_gradcam"}
