@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from torchcam_ops.methods.abscam import AbsCAM
 from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets
+from torchcam_ops.methods.gig_cam import GIGCAM, multiscale_fusion
 from torchcam_ops.methods.gradcam import GradCAM
 from torchcam_ops.methods.gradcam_elementwise import GradCAMElementWise
 from torchcam_ops.methods.gradcam_plusplus import GradCAMPlusPlus
@@ -27,6 +28,7 @@ METHODS: dict[str, type[BaseCAM]] = {
     "gradcam_elementwise": GradCAMElementWise,
     "abscam": AbsCAM,
     "integrated_gradcam": IntegratedGradCAM,
+    "gig_cam": GIGCAM,
 }
 
 
@@ -44,5 +46,5 @@ def explain(model: nn.Module, x: Tensor, method: str = "gradcam", *,
         return explainer(x, targets, raw=raw, output_size=output_size)
 
 
-__all__ = ["METHODS", "AbsCAM", "BaseCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM",
-           "IntegratedGradCAM", "LayerCAM", "XGradCAM", "explain"]
+__all__ = ["METHODS", "GIGCAM", "AbsCAM", "BaseCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus",
+           "HiResCAM", "IntegratedGradCAM", "LayerCAM", "XGradCAM", "explain", "multiscale_fusion"]

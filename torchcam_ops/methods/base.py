@@ -282,6 +282,20 @@ class BaseCAM:
         gradients = [[per_target[t][i] for t in range(count)] for i in range(len(self.layers))]
         return activations, gradients, multi, indices
 
+    def _fixed_targets(self, x: Tensor, targets: Targets) -> tuple[Targets, bool | None]:
+        """Targets pinned on ``x`` itself, for methods that explain other inputs derived from x
+        (path points, masked images): class indices [N, T] (each image's top class on x when
+        None), or a callable unchanged (whether it yields T scores is known only later: None)."""
+        if callable(targets) and not isinstance(targets, Tensor):
+            return targets, None
+        with torch.no_grad():
+            logits = self.model(x) if targets is None else None
+        # Without a forward pass the class count is unknown here; the first forward pass on the
+        # derived inputs validates the indices against the real output.
+        num_classes = logits.shape[1] if logits is not None else torch.iinfo(torch.long).max
+        indices, multi = class_indices(targets, x.shape[0], num_classes, logits)
+        return indices.to(x.device), multi
+
     @staticmethod
     def _fuse(per_layer: list[Tensor], size: tuple[int, int], multi: bool) -> Tensor:
         """ReLU, Up and norm per layer; with several layers, the mean of those, normalised again."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, class_indices
+from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets
 
 
 class IntegratedGradCAM(BaseCAM):
@@ -32,14 +32,9 @@ class IntegratedGradCAM(BaseCAM):
         self.baseline = baseline
 
     def _layer_maps(self, x: Tensor, targets: Targets) -> tuple[list[Tensor], bool]:
-        if callable(targets) and not isinstance(targets, Tensor):
-            path_targets, multi = targets, None
-        else:
-            with torch.no_grad():
-                logits = self.model(x) if targets is None else None
-            num_classes = logits.shape[1] if logits is not None else 2**62  # validated again on the path
-            indices, multi = class_indices(targets, x.shape[0], num_classes, logits)
-            path_targets = indices.to(x.device).repeat(self.steps, 1)  # path point m of image n at m * N + n
+        path_targets, multi = self._fixed_targets(x, targets)
+        if isinstance(path_targets, Tensor):
+            path_targets = path_targets.repeat(self.steps, 1)  # path point m of image n at row m * N + n
         baseline = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device).expand_as(x)
         alphas = torch.arange(self.steps, dtype=x.dtype, device=x.device) / self.steps
         path = (baseline[None] + alphas[:, None, None, None, None] * (x - baseline)[None]).flatten(0, 1)

@@ -1,0 +1,171 @@
+"""GIG-CAM (Gao, Miao and Zhang 2025): Grad-CAM along a Guided Integrated Gradients path, with
+optional multi-scale fusion."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, slice_targets
+from torchcam_ops.ops import cam_postprocess
+
+
+def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize (half-pixel centres) of ``[N, h, w]`` maps, without ReLU or normalisation."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return cam_postprocess(maps, size, relu=False, normalize=False)
+
+
+def multiscale_fusion(maps: Sequence[Tensor]) -> Tensor:
+    r"""Fuses GIG-CAM maps ``G_s`` ``[N, s, s]`` computed at increasing input sizes s0 < s1 < ...
+
+    .. math:: F = \operatorname{Up}_{s_1}(G_{s_0}),\ R = F;\ \text{for each next scale } s:\
+              D_s = \frac{G_s}{\operatorname{Up}_s(\operatorname{AvgPool}_{2\times 2}(G_s))}\ (0 \text{ where the
+              denominator is } 0),\ F = D_s \odot \operatorname{Up}_s(F),\ R = \operatorname{Up}_s(R) + F
+
+    Returns R at the largest scale, un-normalised (the explainer normalises the output once); a
+    single scale is returned as it is.
+    """
+    if len(maps) == 1:
+        return maps[0]
+    fused = upsample(maps[0], tuple(maps[1].shape[-2:]))
+    total = fused
+    for g in maps[1:]:
+        size = tuple(g.shape[-2:])
+        smooth = upsample(F.avg_pool2d(g[:, None], 2)[:, 0], size)
+        detail = torch.where(smooth != 0, g / torch.where(smooth != 0, smooth, torch.ones_like(smooth)),
+                             torch.zeros_like(g))
+        fused = detail * upsample(fused, size)
+        total = upsample(total, size) + fused
+    return total
+
+
+class GIGCAM(BaseCAM):
+    r"""GIG-CAM: Grad-CAM maps accumulated along the adaptive path of Guided Integrated Gradients.
+
+    The path (Kapishnikov et al. 2021) moves every pixel (all its channels together) from the
+    baseline :math:`x'` to :math:`x` in ``steps`` = T steps. At step t the guide is the Grad-CAM
+    map without ReLU at the current point z, :math:`C_t = \operatorname{Up}(\sum_k A_k(z)\,
+    \operatorname{mean}_{hw} G_k(z))`, computed once per step; :math:`\alpha = t/T`, pixels stay in
+    the band :math:`[\alpha - d, \alpha + d]` (``max_dist`` d, as fractions of the way from x' to x) and
+    the step ends when the L1 distance to x is :math:`\|x - x'\|_1 (1 - t/T)`. Inner iterations:
+    pixels behind the band snap to its lower edge; if the distance meets the target the step
+    ends; else, with pixels at the upper edge counted as :math:`+\infty`, the pixels at or below the
+    lower ``fraction``-quantile of :math:`|C_t|` move to the upper edge, or the fraction
+    :math:`\gamma` of the way that meets the target exactly (which ends the step).
+    :math:`\Phi \mathrel{+}= \mathrm{ReLU}(C_t)` at every inner iteration; the map is
+    :math:`\operatorname{norm}(\Phi)`.
+
+    The whole batch (and T classes per image) walks its paths together; the inner iterations are
+    masked tensor operations, a fixed ``ceil(1 / fraction) + 2`` of them per step (each full move
+    takes at least a ``fraction`` of all pixels to the upper edge, so that always ends a step),
+    with no host synchronisation. Deviation from the published Guided IG: the attribution
+    accumulated is the guide itself (GIG-CAM), and pixels, not input features, are the units.
+
+    ``scales`` (e.g. ``(224, 324, 424, 524, 624, 724, 824)``) computes GIG-CAM with the input resized
+    to each size and fuses the maps with :func:`multiscale_fusion` (GIG-CAM+M); None explains at
+    the input size only.
+    """
+
+    method = "gradcam"
+
+    def __init__(self, model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *, steps: int = 30,
+                 fraction: float = 0.25, max_dist: float = 0.02, baseline: Tensor | float = 0.0,
+                 scales: Sequence[int] | None = None, batch_size: int | None = None) -> None:
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps: expected a positive int, got {steps!r}")
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction: expected a value in (0, 1], got {fraction!r}")
+        if not 0 <= max_dist <= 1:
+            raise ValueError(f"max_dist: expected a value in [0, 1], got {max_dist!r}")
+        if scales is not None and (len(scales) == 0 or any(not isinstance(s, int) or s < 2 for s in scales)
+                                   or list(scales) != sorted(scales)):
+            raise ValueError(f"scales: expected increasing sizes >= 2, got {scales!r}")
+        super().__init__(model, target_layers, batch_size=batch_size)
+        self.steps, self.fraction, self.max_dist = steps, fraction, max_dist
+        self.baseline = baseline
+        self.scales = tuple(scales) if scales is not None else None
+        #: After a call: the last path's final positions (fractions of the way to x, [N*T, H, W])
+        #: and how many (path, step) pairs did not reach their L1 target (a tensor, expected 0).
+        self.last_path_end: Tensor | None = None
+        self.last_unfinished_steps: Tensor | None = None
+
+    def _explain(self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int]) -> Tensor | list[Tensor]:
+        chunks = [self._explain_chunk(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), raw)
+                  for start, stop in self._chunks(x.shape[0])]
+        multi = chunks[0][1]
+        maps = torch.cat([m for m, _ in chunks])  # [N, T, h, w]
+        batch, count = maps.shape[:2]
+        if not raw:
+            maps = cam_postprocess(maps.flatten(0, 1), size, relu=False).reshape(batch, count, *size)
+        return maps if multi else maps[:, 0]
+
+    def _explain_chunk(self, x: Tensor, targets: Targets, raw: bool) -> tuple[Tensor, bool]:
+        indices, multi = self._fixed_targets(x, targets)
+        if not isinstance(indices, Tensor):
+            raise ValueError("targets: GIG-CAM walks one path per image and class, so it needs class indices, "
+                             "not a callable")
+        batch, count = indices.shape
+        if self.scales is None:
+            maps = self._path_maps(x, indices)
+        else:
+            per_scale = [self._path_maps(F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False),
+                                         indices).flatten(0, 1) for s in self.scales]
+            fused = multiscale_fusion(per_scale)
+            maps = fused.reshape(batch, count, *fused.shape[-2:])
+        return maps, bool(multi)
+
+    def _guide(self, z: Tensor, targets: Tensor) -> Tensor:
+        """C_t: the Grad-CAM map without ReLU at z, resized to z's size (mean over target layers)."""
+        raws, _ = self._layer_maps(z, targets[:, None])
+        size = tuple(z.shape[-2:])
+        return torch.stack([upsample(r[:, 0], size) for r in raws]).mean(0)
+
+    def _path_maps(self, x: Tensor, indices: Tensor) -> Tensor:
+        """Phi ``[N, T, H, W]`` (un-normalised) for images x and class indices ``[N, T]``."""
+        batch, count = indices.shape
+        x = x.repeat_interleave(count, 0)  # path of (image n, class t) at row n * T + t
+        targets = indices.reshape(-1)
+        baseline = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device).expand_as(x)
+        distance = (x - baseline).abs().sum(1).float()  # per-pixel L1 weight of the way to go
+        total = distance.sum((1, 2))
+        alpha = torch.zeros_like(distance)  # each pixel's position, as a fraction of the way
+        phi = torch.zeros_like(distance)
+        unfinished = torch.zeros((), dtype=torch.long, device=x.device)
+        pixels = distance[0].numel()
+        rank = int(math.floor(self.fraction * (pixels - 1))) + 1  # the lower quantile, as a 1-based rank
+        inner_iterations = math.ceil(1 / self.fraction) + 2
+        tolerance = 1e-5 * total + 1e-12
+        inf = torch.tensor(float("inf"), device=x.device)
+        for t in range(1, self.steps + 1):
+            position = t / self.steps
+            lower, upper = max(position - self.max_dist, 0.0), min(position + self.max_dist, 1.0)
+            target = total * (1 - position)
+            z = baseline + alpha[:, None].to(x.dtype) * (x - baseline)
+            guide = self._guide(z, targets).float()
+            magnitude, gain = guide.abs(), guide.relu()
+            active = torch.ones(alpha.shape[0], dtype=torch.bool, device=x.device)
+            for _ in range(inner_iterations):
+                alpha = torch.where(active[:, None, None] & (alpha < lower), alpha.new_tensor(lower), alpha)
+                remaining = (distance * (1 - alpha)).sum((1, 2))
+                phi += gain * active[:, None, None]
+                active = active & ((remaining - target).abs() > tolerance)
+                candidates = torch.where(alpha >= upper, inf, magnitude)
+                threshold = candidates.flatten(1).kthvalue(rank, dim=1).values
+                selected = (candidates <= threshold[:, None, None]) & candidates.isfinite() & active[:, None, None]
+                movable = (distance * (upper - alpha) * selected).sum((1, 2))
+                gamma = torch.where(movable > 0, (remaining - target) / movable.clamp_min(1e-30), inf)
+                full_move = gamma > 1
+                moved = torch.where(full_move[:, None, None], alpha.new_tensor(upper),
+                                    alpha + gamma[:, None, None] * (upper - alpha))
+                alpha = torch.where(selected, moved, alpha)
+                active = active & full_move  # a partial move meets the target: the step ends
+            unfinished += active.sum()
+        self.last_path_end = alpha.detach()
+        self.last_unfinished_steps = unfinished
+        return phi.reshape(batch, count, *phi.shape[-2:])
