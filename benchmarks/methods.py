@@ -1,0 +1,126 @@
+"""Explainers on ResNet-50 (random weights, 224x224): time per image of each method, T targets in
+one call vs T calls, and GIG-CAM batched vs a straightforward per-image reference loop.
+
+    python benchmarks/methods.py [--device cpu] [--batch 16] [--gig-batch 8] [--steps-ig 50]
+
+Random weights change nothing about the cost. Abs-CAM phase 2 runs K = 2048 masked forwards per
+image on layer4; it is timed on one image with --abscam-phase2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import print_table  # noqa: E402
+
+from torchcam_ops.methods import METHODS, GIGCAM, GradCAM  # noqa: E402
+
+
+def seconds(fn, repeats: int = 1) -> float:
+    fn()  # warm-up (allocator, first-call costs)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def reference_gig_cam_loop(model, layer, x, target, steps, fraction=0.25, max_dist=0.02):
+    """GIG-CAM for one image, the straightforward way: host-side control flow, a quantile per inner
+    iteration, one forward and backward per step at batch 1."""
+    explainer = GradCAM(model, [layer])
+    distance = x.abs().sum(0)
+    total = float(distance.sum())
+    alpha = torch.zeros_like(distance)
+    phi = torch.zeros_like(distance)
+    for t in range(1, steps + 1):
+        position = t / steps
+        lower, upper = max(position - max_dist, 0.0), min(position + max_dist, 1.0)
+        goal = total * (1 - position)
+        raw = explainer((alpha[None] * x)[None], [target], raw=True)
+        guide = torch.nn.functional.interpolate(raw[None], size=x.shape[-2:], mode="bilinear",
+                                                align_corners=False)[0, 0]
+        while True:
+            alpha = torch.where(alpha < lower, torch.full_like(alpha, lower), alpha)
+            remaining = float((distance * (1 - alpha)).sum())
+            phi += guide.relu()
+            if abs(remaining - goal) <= 1e-5 * total:
+                break
+            candidates = torch.where(alpha >= upper, torch.full_like(guide, math.inf), guide.abs())
+            threshold = torch.quantile(candidates.flatten(), fraction, interpolation="lower")
+            selected = (candidates <= threshold) & torch.isfinite(candidates)
+            movable = float((distance * (upper - alpha) * selected).sum())
+            gamma = (remaining - goal) / movable if movable > 0 else math.inf
+            if gamma > 1:
+                alpha = torch.where(selected, torch.full_like(alpha, upper), alpha)
+            else:
+                alpha = torch.where(selected, alpha + gamma * (upper - alpha), alpha)
+                break
+    return phi
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--steps-ig", type=int, default=50)
+    parser.add_argument("--ig-batch", type=int, default=2, help="images for Integrated Grad-CAM (steps x images forwards)")
+    parser.add_argument("--gig-batch", type=int, default=8)
+    parser.add_argument("--gig-steps", type=int, default=30)
+    parser.add_argument("--abscam-phase2", action="store_true")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model = torchvision.models.resnet50(weights=None).eval().to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    layer = [model.layer4]
+    print(f"ResNet-50 (random weights), {args.size}x{args.size}, device={device}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+
+    rows = []
+    for name in ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam_elementwise", "abscam"):
+        options = {"phase": 1} if name == "abscam" else {}
+        explainer = METHODS[name](model, layer, **options)
+        t = seconds(lambda: explainer(x))
+        rows.append([name + (" (phase 1)" if name == "abscam" else ""), str(args.batch), f"{t / args.batch * 1e3:.1f}"])
+    ig = METHODS["integrated_gradcam"](model, layer, steps=args.steps_ig, batch_size=32)
+    t = seconds(lambda: ig(x[: args.ig_batch]), repeats=1)
+    rows.append([f"integrated_gradcam ({args.steps_ig} steps)", str(args.ig_batch), f"{t / args.ig_batch * 1e3:.1f}"])
+    if args.abscam_phase2:
+        abscam = METHODS["abscam"](model, layer, phase=2, batch_size=64)
+        t = seconds(lambda: abscam(x[:1]), repeats=1)
+        rows.append(["abscam (phase 2, K=2048 masked forwards)", "1", f"{t * 1e3:.1f}"])
+    print("\nTime per image")
+    print_table(["method", "batch", "ms / image"], rows)
+
+    targets = torch.randint(0, 1000, (args.batch, 5), device=device)
+    cam = GradCAM(model, layer)
+    together = seconds(lambda: cam(x, targets))
+    separate = seconds(lambda: [cam(x, targets[:, t]) for t in range(5)])
+    print(f"\nT = 5 targets per image, batch {args.batch}: one call {together:.2f} s, five calls {separate:.2f} s, "
+          f"speed-up {separate / together:.2f}x")
+
+    xg = x[: args.gig_batch]
+    classes = cam.model(xg).argmax(1)
+    gig = GIGCAM(model, layer, steps=args.gig_steps)
+    batched = seconds(lambda: gig(xg, classes), repeats=1)
+    loop = seconds(lambda: [reference_gig_cam_loop(model, model.layer4, xg[n], int(classes[n]), args.gig_steps)
+                            for n in range(xg.shape[0])], repeats=1)
+    print(f"GIG-CAM ({args.gig_steps} steps), batch {xg.shape[0]}: batched {batched / xg.shape[0]:.2f} s / image, "
+          f"per-image reference loop {loop / xg.shape[0]:.2f} s / image, speed-up {loop / batched:.2f}x "
+          f"(unfinished steps: {int(gig.last_unfinished_steps)})")
+
+
+if __name__ == "__main__":
+    main()
