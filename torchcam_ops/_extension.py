@@ -11,7 +11,12 @@ import torch
 from torchcam_ops._source_hash import source_hash
 
 BUILD_COMMAND = "pip install --no-build-isolation -e .   (from the repository root; or: ./run build)"
-EXPECTED_OPS = ("cam_reduce", "cam_reduce_backward", "cam_postprocess", "cam_postprocess_backward")
+EXPECTED_OPS = (
+    "cam_reduce", "cam_reduce_backward", "cam_postprocess", "cam_postprocess_backward",
+    "rectified_relu", "rectified_relu_backward",
+    "tsgb_linear", "tsgb_linear_backward", "tsgb_conv2d", "tsgb_conv2d_backward",
+    "tsgb_batch_norm", "tsgb_batch_norm_backward", "tsgb_avg_pool2d", "tsgb_avg_pool2d_backward",
+)
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _SOURCE_DIR = _PACKAGE_DIR.parent / "csrc"
 

@@ -223,3 +223,228 @@ torch.library.register_autograd(
 torch.library.register_autograd(
     "torchcam_ops::cam_postprocess", _cam_postprocess_backward, setup_context=_cam_postprocess_setup_context
 )
+
+
+# =============================================================================================
+# Rectified ReLU and the TSGB layers (DESIGN.md): forwards are the ordinary layers, each backward
+# to the input is a relevance rule implemented as an op of its own.
+
+RELU_MODES: tuple[str, ...] = ("guided", "deconvnet", "plain")
+
+
+def _pair(name: str, value: int | Sequence[int]) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value, value]
+    if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return [int(v) for v in value]
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def rectified_relu(input: Tensor, mode: str = "guided") -> Tensor:
+    r"""ReLU forward with a rectified backward.
+
+    ``guided`` (guided backpropagation): :math:`\partial x = G\,[X > 0]\,[G > 0]`;
+    ``deconvnet``: :math:`\partial x = \mathrm{ReLU}(G)`; ``plain``: the ordinary :math:`G\,[X > 0]`.
+    """
+    _require_tensor("rectified_relu", "input", input)
+    if mode not in RELU_MODES:
+        raise ValueError(f"rectified_relu: unknown mode {mode!r}; expected one of {RELU_MODES}")
+    return _ops.rectified_relu.default(input, mode)
+
+
+def tsgb_linear(input: Tensor, weight: Tensor, bias: Tensor | None = None, beta: float = 1.0) -> Tensor:
+    r"""``F.linear`` forward; TSGB-FC backward to the input.
+
+    .. math:: W^\pm = \max/\min(W, 0),\ z^\pm = h W^{\pm\top},\ r = z^+ / |z^-|\ (0 \text{ where } z^- = 0),\
+              g_h = g W^+ + \beta\,(g \odot r) W^-
+
+    With :math:`\beta = 1`, :math:`\sum h\,g_h = 0` for a one-hot g. Weight and bias gradients are the
+    ordinary ones.
+    """
+    _require_tensor("tsgb_linear", "input", input)
+    return _ops.tsgb_linear.default(input, weight, bias, float(beta))
+
+
+def tsgb_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int | Sequence[int] = 1,
+                padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1, groups: int = 1) -> Tensor:
+    r"""``F.conv2d`` forward; TSGB-Conv backward to the input, per group:
+
+    .. math:: R = \sum_{c_o} G \odot Z,\ S = \textstyle\sum_{\text{window}} \sum_{c_i} |X|,\
+              U = \text{window}^\top(R / (S + 10^{-10})),\ \partial X_{c_i} = \operatorname{sign}(X_{c_i})\, U
+
+    which conserves relevance: :math:`\sum X \odot \partial X = \sum G \odot Z`. Weight and bias
+    gradients are the ordinary ones.
+    """
+    _require_tensor("tsgb_conv2d", "input", input)
+    return _ops.tsgb_conv2d.default(input, weight, bias, _pair("stride", stride), _pair("padding", padding),
+                                    _pair("dilation", dilation), int(groups))
+
+
+def tsgb_batch_norm(input: Tensor, running_mean: Tensor, running_var: Tensor, weight: Tensor | None = None,
+                    bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    r"""Inference batch norm forward; backward passes relevance unchanged:
+    :math:`\partial X = G \odot Y / X` (0 where X = 0)."""
+    _require_tensor("tsgb_batch_norm", "input", input)
+    return _ops.tsgb_batch_norm.default(input, weight, bias, running_mean, running_var, float(eps))
+
+
+def tsgb_avg_pool2d(input: Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None,
+                    padding: int | Sequence[int] = 0) -> Tensor:
+    r"""``F.avg_pool2d`` forward; backward shares the relevance :math:`G \odot Y` of each window
+    equally over it, divided by X (0 where X = 0)."""
+    _require_tensor("tsgb_avg_pool2d", "input", input)
+    kernel = _pair("kernel_size", kernel_size)
+    return _ops.tsgb_avg_pool2d.default(input, kernel, kernel if stride is None else _pair("stride", stride),
+                                        _pair("padding", padding))
+
+
+def _conv_out(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@torch.library.register_fake("torchcam_ops::rectified_relu")
+def _rectified_relu_fake(input: Tensor, mode: str) -> Tensor:
+    return torch.empty_like(input)
+
+
+@torch.library.register_fake("torchcam_ops::rectified_relu_backward")
+def _rectified_relu_backward_fake(grad_output: Tensor, input: Tensor, mode: str) -> Tensor:
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("torchcam_ops::tsgb_linear")
+def _tsgb_linear_fake(input, weight, bias, beta=1.0):
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
+
+
+@torch.library.register_fake("torchcam_ops::tsgb_linear_backward")
+def _tsgb_linear_backward_fake(grad_output, input, weight, beta):
+    return input.new_empty(input.shape)
+
+
+@torch.library.register_fake("torchcam_ops::tsgb_conv2d")
+def _tsgb_conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
+    n, _, h, w = input.shape
+    kh, kw = weight.shape[2:]
+    return input.new_empty((n, weight.shape[0], _conv_out(h, kh, stride[0], padding[0], dilation[0]),
+                            _conv_out(w, kw, stride[1], padding[1], dilation[1])))
+
+
+@torch.library.register_fake("torchcam_ops::tsgb_conv2d_backward")
+def _tsgb_conv2d_backward_fake(grad_output, input, output, kernel_size, stride, padding, dilation, groups):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("torchcam_ops::tsgb_batch_norm")
+def _tsgb_batch_norm_fake(input, weight, bias, running_mean, running_var, eps):
+    return torch.empty_like(input)
+
+
+@torch.library.register_fake("torchcam_ops::tsgb_batch_norm_backward")
+def _tsgb_batch_norm_backward_fake(grad_output, input, output):
+    return torch.empty_like(input)
+
+
+@torch.library.register_fake("torchcam_ops::tsgb_avg_pool2d")
+def _tsgb_avg_pool2d_fake(input, kernel_size, stride, padding):
+    n, c, h, w = input.shape
+    return input.new_empty((n, c, _conv_out(h, kernel_size[0], stride[0], padding[0], 1),
+                            _conv_out(w, kernel_size[1], stride[1], padding[1], 1)))
+
+
+@torch.library.register_fake("torchcam_ops::tsgb_avg_pool2d_backward")
+def _tsgb_avg_pool2d_backward_fake(grad_output, input, output, kernel_size, stride, padding):
+    return torch.empty_like(input)
+
+
+def _rectified_relu_setup(ctx, inputs, output) -> None:
+    input, mode = inputs
+    ctx.save_for_backward(input)
+    ctx.mode = mode
+
+
+def _rectified_relu_backward(ctx, grad):
+    (input,) = ctx.saved_tensors
+    return _ops.rectified_relu_backward.default(grad, input, ctx.mode), None
+
+
+def _tsgb_linear_setup(ctx, inputs, output) -> None:
+    input, weight, bias, beta = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.beta = beta
+
+
+def _tsgb_linear_backward(ctx, grad):
+    input, weight = ctx.saved_tensors
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_input = _ops.tsgb_linear_backward.default(grad, input, weight, ctx.beta)
+    if ctx.needs_input_grad[1]:
+        grad_weight = grad.reshape(-1, grad.shape[-1]).t().mm(input.reshape(-1, input.shape[-1]))
+    if ctx.needs_input_grad[2]:
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
+    return grad_input, grad_weight, grad_bias, None
+
+
+def _tsgb_conv2d_setup(ctx, inputs, output) -> None:
+    input, weight, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(input, weight, output)
+    ctx.geometry = (stride, padding, dilation, groups)
+    ctx.bias_shape = None if bias is None else bias.shape
+
+
+def _tsgb_conv2d_backward(ctx, grad):
+    input, weight, output = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.geometry
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_input = _ops.tsgb_conv2d_backward.default(grad, input, output, list(weight.shape[2:]), stride, padding,
+                                                       dilation, groups)
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        _, grad_weight, grad_bias = torch.ops.aten.convolution_backward.default(
+            grad, input, weight, ctx.bias_shape, stride, padding, dilation, False, [0, 0], groups,
+            [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
+    return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+def _tsgb_batch_norm_setup(ctx, inputs, output) -> None:
+    input, weight, bias, running_mean, running_var, eps = inputs
+    ctx.save_for_backward(input, output, running_mean, running_var)
+    ctx.eps = eps
+
+
+def _tsgb_batch_norm_backward(ctx, grad):
+    input, output, running_mean, running_var = ctx.saved_tensors
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_input = _ops.tsgb_batch_norm_backward.default(grad, input, output)
+    reduce_dims = [0, *range(2, input.dim())]
+    if ctx.needs_input_grad[1]:
+        shape = [1, -1] + [1] * (input.dim() - 2)
+        normalized = (input - running_mean.reshape(shape)) * torch.rsqrt(running_var.reshape(shape) + ctx.eps)
+        grad_weight = (grad * normalized).sum(reduce_dims)
+    if ctx.needs_input_grad[2]:
+        grad_bias = grad.sum(reduce_dims)
+    return grad_input, grad_weight, grad_bias, None, None, None
+
+
+def _tsgb_avg_pool2d_setup(ctx, inputs, output) -> None:
+    input, kernel_size, stride, padding = inputs
+    ctx.save_for_backward(input, output)
+    ctx.geometry = (kernel_size, stride, padding)
+
+
+def _tsgb_avg_pool2d_backward(ctx, grad):
+    input, output = ctx.saved_tensors
+    return _ops.tsgb_avg_pool2d_backward.default(grad, input, output, *ctx.geometry), None, None, None
+
+
+for _name, _backward, _setup in [
+    ("rectified_relu", _rectified_relu_backward, _rectified_relu_setup),
+    ("tsgb_linear", _tsgb_linear_backward, _tsgb_linear_setup),
+    ("tsgb_conv2d", _tsgb_conv2d_backward, _tsgb_conv2d_setup),
+    ("tsgb_batch_norm", _tsgb_batch_norm_backward, _tsgb_batch_norm_setup),
+    ("tsgb_avg_pool2d", _tsgb_avg_pool2d_backward, _tsgb_avg_pool2d_setup),
+]:
+    torch.library.register_autograd(f"torchcam_ops::{_name}", _backward, setup_context=_setup)
+del _name, _backward, _setup
