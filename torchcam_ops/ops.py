@@ -407,16 +407,22 @@ def _tsgb_conv2d_backward(ctx, grad):
     return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
+# Batch norm and average pooling recompute their (cheap) output in the backward instead of
+# saving it: networks modify these outputs in place (ReLU(inplace=True), `out += identity`).
+
+
 def _tsgb_batch_norm_setup(ctx, inputs, output) -> None:
     input, weight, bias, running_mean, running_var, eps = inputs
-    ctx.save_for_backward(input, output, running_mean, running_var)
+    ctx.save_for_backward(input, weight, bias, running_mean, running_var)
     ctx.eps = eps
 
 
 def _tsgb_batch_norm_backward(ctx, grad):
-    input, output, running_mean, running_var = ctx.saved_tensors
+    input, weight, bias, running_mean, running_var = ctx.saved_tensors
     grad_input = grad_weight = grad_bias = None
     if ctx.needs_input_grad[0]:
+        with torch.no_grad():
+            output = _ops.tsgb_batch_norm.default(input, weight, bias, running_mean, running_var, ctx.eps)
         grad_input = _ops.tsgb_batch_norm_backward.default(grad, input, output)
     reduce_dims = [0, *range(2, input.dim())]
     if ctx.needs_input_grad[1]:
@@ -430,12 +436,14 @@ def _tsgb_batch_norm_backward(ctx, grad):
 
 def _tsgb_avg_pool2d_setup(ctx, inputs, output) -> None:
     input, kernel_size, stride, padding = inputs
-    ctx.save_for_backward(input, output)
+    ctx.save_for_backward(input)
     ctx.geometry = (kernel_size, stride, padding)
 
 
 def _tsgb_avg_pool2d_backward(ctx, grad):
-    input, output = ctx.saved_tensors
+    (input,) = ctx.saved_tensors
+    with torch.no_grad():
+        output = _ops.tsgb_avg_pool2d.default(input, *ctx.geometry)
     return _ops.tsgb_avg_pool2d_backward.default(grad, input, output, *ctx.geometry), None, None, None
 
 

@@ -14,6 +14,7 @@ from torchcam_ops.methods.gradcam import GradCAM
 from torchcam_ops.methods.gradcam_elementwise import GradCAMElementWise
 from torchcam_ops.methods.gradcam_plusplus import GradCAMPlusPlus
 from torchcam_ops.methods.hirescam import HiResCAM
+from torchcam_ops.methods.input_gradients import TSGB, GuidedBackprop, GuidedGradCAM
 from torchcam_ops.methods.integrated_gradcam import IntegratedGradCAM
 from torchcam_ops.methods.layercam import LayerCAM
 from torchcam_ops.methods.xgradcam import XGradCAM
@@ -46,5 +47,5 @@ def explain(model: nn.Module, x: Tensor, method: str = "gradcam", *,
         return explainer(x, targets, raw=raw, output_size=output_size)
 
 
-__all__ = ["METHODS", "GIGCAM", "AbsCAM", "BaseCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus",
+__all__ = ["METHODS", "TSGB", "GuidedBackprop", "GuidedGradCAM", "GIGCAM", "AbsCAM", "BaseCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus",
            "HiResCAM", "IntegratedGradCAM", "LayerCAM", "XGradCAM", "explain", "multiscale_fusion"]

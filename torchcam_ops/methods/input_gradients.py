@@ -1,0 +1,125 @@
+"""Explainers made of input gradients through converted models: TSGB, guided backpropagation and
+Guided Grad-CAM. One forward pass, one backward pass per requested class."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from torchcam_ops.methods.base import (
+    LayerSpec,
+    Targets,
+    check_input,
+    class_indices,
+    preserve_buffers,
+    unwrap_compiled,
+)
+from torchcam_ops.methods.gradcam import GradCAM
+from torchcam_ops.nn import guided, tsgb
+
+
+class _InputGradientExplainer:
+    """Gradients of the target logits with respect to the input, through ``self._converted()``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        self.model = unwrap_compiled(model)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def _converted(self):
+        raise NotImplementedError
+
+    def _input_gradients(self, x: Tensor, targets: Targets) -> tuple[Tensor, Tensor, bool]:
+        """(x as a leaf, gradients [T, N, C, H, W], whether T targets per image were asked for)."""
+        x = check_input(x)
+        if callable(targets) and not isinstance(targets, Tensor):
+            raise ValueError("targets: this explainer seeds one-hot class logits, so it needs class indices")
+        with preserve_buffers(self.model), self._converted(), torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            logits = self.model(leaf)
+            if not isinstance(logits, Tensor) or logits.dim() != 2:
+                raise TypeError("the model output is not [N, classes] logits")
+            indices, multi = class_indices(targets, x.shape[0], logits.shape[1], logits)
+            indices = indices.to(logits.device)
+            count = indices.shape[1]
+            grads = []
+            for t in range(count):
+                seed = torch.zeros_like(logits).scatter_(1, indices[:, t:t + 1], 1.0)
+                (grad,) = torch.autograd.grad(logits, leaf, seed, retain_graph=t + 1 < count)
+                grads.append(grad)
+        return leaf.detach(), torch.stack(grads), multi
+
+
+class TSGB(_InputGradientExplainer):
+    r"""Target-Selective Gradient Backprop (Cheng et al., IEEE TIP 2022).
+
+    Every Conv2d backpropagates by the TSGB-Conv rule, the classifier by TSGB-FC (``beta``),
+    BatchNorm2d passes relevance through and AvgPool2d splits it equally (:func:`torchcam_ops.nn.tsgb`).
+    Seeded with a one-hot on the target logit, the map is
+
+    .. math:: M = \frac{\max(0, \sum_c x \odot \partial x)}{\max(\ldots) + 10^{-10}}
+
+    ``[N, H, W]`` in [0, 1] (``[N, T, H, W]`` for T targets per image; ``raw=True``: the signed
+    relevance :math:`\sum_c x \odot \partial x`).
+    """
+
+    def __init__(self, model: nn.Module, classifier: str | nn.Module | None = None, beta: float = 1.0) -> None:
+        super().__init__(model)
+        self.classifier, self.beta = classifier, beta
+
+    def _converted(self):
+        return tsgb(self.model, self.classifier, self.beta)
+
+    def __call__(self, x: Tensor, targets: Targets = None, *, raw: bool = False) -> Tensor:
+        leaf, grads, multi = self._input_gradients(x, targets)
+        relevance = (leaf[None].float() * grads.float()).sum(2).transpose(0, 1)  # [N, T, H, W]
+        if not raw:
+            relevance = relevance.clamp_min(0)
+            relevance = relevance / (relevance.amax((2, 3), keepdim=True) + 1e-10)
+        return relevance if multi else relevance[:, 0]
+
+
+class GuidedBackprop(_InputGradientExplainer):
+    r"""Guided backpropagation (Springenberg et al. 2015): the input gradient with every ``nn.ReLU``
+    backpropagating :math:`G\,[X > 0]\,[G > 0]` (``mode="deconvnet"``: :math:`\mathrm{ReLU}(G)`).
+    Returns the gradient image ``[N, C, H, W]`` (``[N, T, C, H, W]`` for T targets per image)."""
+
+    def __init__(self, model: nn.Module, mode: str = "guided") -> None:
+        super().__init__(model)
+        self.mode = mode
+
+    def _converted(self):
+        return guided(self.model, self.mode)
+
+    def __call__(self, x: Tensor, targets: Targets = None) -> Tensor:
+        _, grads, multi = self._input_gradients(x, targets)
+        grads = grads.transpose(0, 1).float()
+        return grads if multi else grads[:, 0]
+
+
+class GuidedGradCAM:
+    r"""Guided Grad-CAM (Selvaraju et al. 2017): the guided-backprop image weighted by the Grad-CAM
+    map, :math:`\partial x_{guided} \odot \operatorname{GradCAM}`, ``[N, C, H, W]``."""
+
+    def __init__(self, model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec]) -> None:
+        self.guided = GuidedBackprop(model)
+        self.gradcam = GradCAM(model, target_layers)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def __call__(self, x: Tensor, targets: Targets = None) -> Tensor:
+        gradient = self.guided(x, targets)
+        maps = self.gradcam(x, targets)
+        return gradient * maps.unsqueeze(-3)

@@ -1,0 +1,97 @@
+"""Context managers that swap a model's layers for their TSGB or rectified counterparts and always
+put the originals back (also when the body raises)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from torch import nn
+
+from torchcam_ops.nn.modules import RectifiedReLU, TSGBAvgPool2d, TSGBBatchNorm2d, TSGBConv2d, TSGBLinear
+
+
+def find_classifier(model: nn.Module, classifier: str | nn.Module | None = None) -> tuple[str, nn.Linear] | None:
+    """The classifier layer: the given module or dotted name, else the last ``nn.Linear`` in the
+    model's module order (``model.fc``, ``model.classifier[6]``, ``model.head``...), else None."""
+    if isinstance(classifier, str):
+        try:
+            module = model.get_submodule(classifier)
+        except AttributeError:
+            raise ValueError(f"classifier: the model has no submodule {classifier!r}") from None
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"classifier: {classifier!r} is a {type(module).__name__}, expected nn.Linear")
+        return classifier, module
+    if isinstance(classifier, nn.Module):
+        for name, module in model.named_modules():
+            if module is classifier:
+                if not isinstance(module, nn.Linear):
+                    raise ValueError(f"classifier: expected nn.Linear, got {type(module).__name__}")
+                return name, module
+        raise ValueError("classifier: the module is not part of the model")
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+@contextlib.contextmanager
+def swap_modules(model: nn.Module, replacement: Callable[[str, nn.Module], nn.Module | None]) -> Iterator[nn.Module]:
+    """Replaces every submodule for which ``replacement(name, module)`` returns a module; restores
+    the originals on exit. Replacements are all built before the first swap, so a refused layer
+    leaves the model untouched."""
+    swaps: list[tuple[nn.Module, str, nn.Module, nn.Module]] = []
+    for name, module in list(model.named_modules()):
+        if not name:
+            continue
+        new = replacement(name, module)
+        if new is not None:
+            parent_name, _, child = name.rpartition(".")
+            swaps.append((model.get_submodule(parent_name) if parent_name else model, child, module, new))
+    try:
+        for parent, child, _, new in swaps:
+            setattr(parent, child, new)
+        yield model
+    finally:
+        for parent, child, original, _ in reversed(swaps):
+            setattr(parent, child, original)
+
+
+def _plain_relu(module: nn.Module) -> nn.Module | None:
+    # In-place ReLUs would overwrite outputs the TSGB backward needs; an out-of-place ReLU computes
+    # the same values and gradients.
+    if isinstance(module, nn.ReLU) and module.inplace:
+        return nn.ReLU(inplace=False)
+    return None
+
+
+def tsgb(model: nn.Module, classifier: str | nn.Module | None = None, beta: float = 1.0):
+    """Converts every Conv2d (TSGB-Conv), BatchNorm2d (relevance pass-through), AvgPool2d (equal
+    split) and the classifier (TSGB-FC, see :func:`find_classifier`) for the duration of the block.
+    In-place ``nn.ReLU`` modules run out of place meanwhile. ReLU, max pooling, adaptive pooling,
+    dropout and residual additions keep their ordinary gradients. Not covered: in-place
+    operations written in ``forward`` on the output of a converted conv (``F.relu(x, inplace=True)``
+    right after a Conv2d makes autograd raise; functional ``F.relu`` out of place is fine).
+
+    ``with tsgb(model): ...``; the model's modules, parameters and flags are restored on exit.
+    """
+    found = find_classifier(model, classifier)
+    classifier_module = found[1] if found else None
+
+    def replacement(name: str, module: nn.Module) -> nn.Module | None:
+        if module is classifier_module:
+            return TSGBLinear(module, beta)
+        if type(module) is nn.Conv2d:
+            return TSGBConv2d(module)
+        if type(module) is nn.BatchNorm2d:
+            return TSGBBatchNorm2d(module)
+        if type(module) is nn.AvgPool2d:
+            return TSGBAvgPool2d(module)
+        return _plain_relu(module)
+
+    return swap_modules(model, replacement)
+
+
+def guided(model: nn.Module, mode: str = "guided"):
+    """Swaps every ``nn.ReLU`` module for a :class:`RectifiedReLU` (``guided`` or ``deconvnet``) for the
+    duration of the block. Functional ``F.relu`` calls in ``forward`` cannot be swapped and keep
+    ordinary gradients."""
+    return swap_modules(model, lambda name, m: RectifiedReLU(mode) if isinstance(m, nn.ReLU) else None)
