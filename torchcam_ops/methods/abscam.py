@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, slice_targets
+from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, map_dtype, slice_targets
 from torchcam_ops.ops import cam_postprocess
 
 
@@ -52,11 +52,11 @@ class AbsCAM(BaseCAM):
             batch, count = indices.shape
             layer_maps = []
             for a, grads in zip(activations, gradients):
-                maps = torch.empty(batch, count, *size, device=x.device)
+                maps = torch.empty(batch, count, *size, device=x.device, dtype=map_dtype(x.dtype))
                 for t, g in enumerate(grads):
-                    weights = g.float().abs().mean((2, 3))  # [n, K]
+                    weights = g.to(maps.dtype).abs().mean((2, 3))  # [n, K]
                     for n in range(batch):
-                        maps[n, t] = self._refine(x[n], a[n].float() * weights[n, :, None, None],
+                        maps[n, t] = self._refine(x[n], a[n].to(maps.dtype) * weights[n, :, None, None],
                                                   int(indices[n, t]), size)
                 layer_maps.append(maps)
             if len(layer_maps) == 1:
@@ -68,10 +68,10 @@ class AbsCAM(BaseCAM):
         """L for one image ``[C, H, W]`` and class from its weighted activations ``[K, h, w]``."""
         masks = cam_postprocess(weighted, tuple(image.shape[-2:]), relu=False)  # M_k at the input size
         step = self.batch_size or masks.shape[0]
-        scores = torch.empty(masks.shape[0], device=image.device)
+        scores = torch.empty(masks.shape[0], device=image.device, dtype=masks.dtype)
         for start in range(0, masks.shape[0], step):
             chunk = masks[start:start + step]
-            probabilities = torch.softmax(self.model(image[None] * chunk[:, None].to(image.dtype)).float(), dim=1)
+            probabilities = torch.softmax(self.model(image[None] * chunk[:, None].to(image.dtype)).to(masks.dtype), dim=1)
             scores[start:start + step] = probabilities[:, target]
         combined = torch.einsum("k,khw->hw", scores, masks)
         return cam_postprocess(combined[None], size)[0]

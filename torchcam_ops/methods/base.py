@@ -93,6 +93,11 @@ def preserve_buffers(model: nn.Module) -> Iterator[None]:
                 buffer.copy_(value)
 
 
+def map_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Maps are float32 for half-precision inputs and keep float64 for float64 inputs."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def check_input(x: Any) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"x: expected a torch.Tensor batch [N, C, H, W], got {type(x).__name__}")
@@ -172,8 +177,8 @@ class BaseCAM:
     """A gradient-weighted class activation map explainer; subclasses name a ``cam_reduce`` method.
 
     ``with GradCAM(model, target_layers=[model.layer4]) as cam: maps = cam(x, targets)`` returns
-    ``[N, H, W]`` maps in [0, 1] (or ``[N, T, H, W]`` for T targets per image), float32, on x's
-    device. Several target layers: each layer's normalised map is resized to the output size, the
+    ``[N, H, W]`` maps in [0, 1] (or ``[N, T, H, W]`` for T targets per image) on x's device, float32
+    (float64 for float64 inputs). Several target layers: each layer's normalised map is resized to the output size, the
     maps are averaged and normalised again.
     """
 
@@ -245,7 +250,7 @@ class BaseCAM:
         activations, gradients, multi, _ = self._activations_and_gradients(x, targets)
         maps = []
         for a, grads in zip(activations, gradients):
-            maps.append(torch.stack([cam_reduce(a, g, self.method) for g in grads], dim=1).float())
+            maps.append(torch.stack([cam_reduce(a, g, self.method) for g in grads], dim=1).to(map_dtype(x.dtype)))
         return maps, multi
 
     def _activations_and_gradients(

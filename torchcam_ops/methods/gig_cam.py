@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, slice_targets
+from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, map_dtype, slice_targets
 from torchcam_ops.ops import cam_postprocess
 
 
@@ -132,7 +132,7 @@ class GIGCAM(BaseCAM):
         x = x.repeat_interleave(count, 0)  # path of (image n, class t) at row n * T + t
         targets = indices.reshape(-1)
         baseline = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device).expand_as(x)
-        distance = (x - baseline).abs().sum(1).float()  # per-pixel L1 weight of the way to go
+        distance = (x - baseline).abs().sum(1).to(map_dtype(x.dtype))  # per-pixel L1 weight of the way to go
         total = distance.sum((1, 2))
         alpha = torch.zeros_like(distance)  # each pixel's position, as a fraction of the way
         phi = torch.zeros_like(distance)
@@ -147,7 +147,7 @@ class GIGCAM(BaseCAM):
             lower, upper = max(position - self.max_dist, 0.0), min(position + self.max_dist, 1.0)
             target = total * (1 - position)
             z = baseline + alpha[:, None].to(x.dtype) * (x - baseline)
-            guide = self._guide(z, targets).float()
+            guide = self._guide(z, targets).to(distance.dtype)
             magnitude, gain = guide.abs(), guide.relu()
             active = torch.ones(alpha.shape[0], dtype=torch.bool, device=x.device)
             for _ in range(inner_iterations):

@@ -13,6 +13,7 @@ from torchcam_ops.methods.base import (
     Targets,
     check_input,
     class_indices,
+    map_dtype,
     preserve_buffers,
     unwrap_compiled,
 )
@@ -80,7 +81,8 @@ class TSGB(_InputGradientExplainer):
 
     def __call__(self, x: Tensor, targets: Targets = None, *, raw: bool = False) -> Tensor:
         leaf, grads, multi = self._input_gradients(x, targets)
-        relevance = (leaf[None].float() * grads.float()).sum(2).transpose(0, 1)  # [N, T, H, W]
+        dtype = map_dtype(leaf.dtype)
+        relevance = (leaf[None].to(dtype) * grads.to(dtype)).sum(2).transpose(0, 1)  # [N, T, H, W]
         if not raw:
             relevance = relevance.clamp_min(0)
             relevance = relevance / (relevance.amax((2, 3), keepdim=True) + 1e-10)
@@ -101,7 +103,7 @@ class GuidedBackprop(_InputGradientExplainer):
 
     def __call__(self, x: Tensor, targets: Targets = None) -> Tensor:
         _, grads, multi = self._input_gradients(x, targets)
-        grads = grads.transpose(0, 1).float()
+        grads = grads.transpose(0, 1).to(map_dtype(grads.dtype))
         return grads if multi else grads[:, 0]
 
 

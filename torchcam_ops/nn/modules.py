@@ -57,7 +57,8 @@ class TSGBBatchNorm2d(nn.Module):
         super().__init__()
         if bn.running_mean is None or bn.running_var is None:
             raise ValueError("TSGBBatchNorm2d: the BatchNorm2d has no running statistics (track_running_stats=False)")
-        _share(self, bn, ("weight", "bias"), ("running_mean", "running_var"))
+        buffers = ("running_mean", "running_var") + (("num_batches_tracked",) if bn.num_batches_tracked is not None else ())
+        _share(self, bn, ("weight", "bias"), buffers)
         self.eps = bn.eps
         self.training = bn.training
 

@@ -1,0 +1,121 @@
+"""The TSGB rules of DESIGN.md written as plain PyTorch autograd Functions, and a model converter
+that applies them by hand to a deep copy of a model (the reference the tests and the benchmark
+compare with)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tests.test_tsgb_ops import reference_conv_grad, reference_linear_grad, reference_relevance_grad
+
+
+class _Conv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight, bias)
+        ctx.args = (stride, padding, dilation, groups)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, bias = ctx.saved_tensors
+        return reference_conv_grad(x, weight, bias, *ctx.args, g), None, None, None, None, None, None
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, bias, beta):
+        ctx.save_for_backward(h, weight)
+        ctx.beta = beta
+        return F.linear(h, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        h, weight = ctx.saved_tensors
+        return reference_linear_grad(h, weight, g, ctx.beta), None, None, None
+
+
+class _Relevance(torch.autograd.Function):
+    """Any layer whose backward is grad_X = G * Y / X (batch norm)."""
+
+    @staticmethod
+    def forward(ctx, x, fn):
+        y = fn(x)
+        ctx.save_for_backward(x, y)
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        x, y = ctx.saved_tensors
+        return reference_relevance_grad(x, y, g), None
+
+
+class _AvgPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding):
+        y = F.avg_pool2d(x, kernel, stride, padding)
+        ctx.save_for_backward(x, y)
+        ctx.args = (kernel, stride, padding)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, y = ctx.saved_tensors
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            (shared,) = torch.autograd.grad(F.avg_pool2d(leaf, *ctx.args), leaf, g * y)
+        return torch.where(x != 0, shared / x, torch.zeros_like(x)), None, None, None
+
+
+class _Wrap(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def reference_tsgb_model(model: nn.Module, classifier_name: str, beta: float = 1.0) -> nn.Module:
+    """A deep copy of ``model`` with the reference rules in place of the TSGB layers."""
+    converted = copy.deepcopy(model)
+    for name, module in list(converted.named_modules()):
+        if not name:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = converted.get_submodule(parent_name) if parent_name else converted
+        if name == classifier_name:
+            new = _Wrap(lambda h, m=module: _Linear.apply(h, m.weight, m.bias, beta))
+        elif type(module) is nn.Conv2d:
+            new = _Wrap(lambda x, m=module: _Conv.apply(x, m.weight, m.bias, m.stride, m.padding, m.dilation,
+                                                        m.groups))
+        elif type(module) is nn.BatchNorm2d:
+            new = _Wrap(lambda x, m=module: _Relevance.apply(x, lambda t: F.batch_norm(
+                t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)))
+        elif type(module) is nn.AvgPool2d:
+            new = _Wrap(lambda x, m=module: _AvgPool.apply(x, m.kernel_size, m.stride, m.padding))
+        elif isinstance(module, nn.ReLU) and module.inplace:
+            new = nn.ReLU()
+        else:
+            continue
+        setattr(parent, child, new)
+    return converted
+
+
+def reference_tsgb_maps(model: nn.Module, classifier_name: str, x: torch.Tensor, targets: torch.Tensor,
+                        raw: bool = False) -> torch.Tensor:
+    """TSGB maps [N, H, W] of ``x`` for one class per image, by the reference rules."""
+    converted = reference_tsgb_model(model, classifier_name)
+    leaf = x.detach().requires_grad_(True)
+    logits = converted(leaf)
+    seed = torch.zeros_like(logits).scatter_(1, targets[:, None], 1.0)
+    (grad,) = torch.autograd.grad(logits, leaf, seed)
+    relevance = (leaf * grad).sum(1).detach()
+    if raw:
+        return relevance
+    relevance = relevance.clamp_min(0)
+    return relevance / (relevance.amax((1, 2), keepdim=True) + 1e-10)

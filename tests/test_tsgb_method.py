@@ -1,0 +1,151 @@
+"""TSGB, guided backprop and Guided Grad-CAM end to end on torchvision models with random weights,
+against the rules applied by hand (tests/reference_tsgb.py); the model comes back unchanged."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from tests.reference_tsgb import reference_tsgb_maps
+from tests.test_methods import assert_same_state, count_hooks, model_state
+from torchcam_ops.methods import TSGB, GradCAM, GuidedBackprop, GuidedGradCAM
+from torchcam_ops.nn import TSGBConv2d, find_classifier, guided, tsgb
+
+MODELS = [("vgg16", "classifier.6"), ("vgg16_bn", "classifier.6"), ("resnet18", "fc"), ("resnet50", "fc")]
+
+
+def build(arch: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    # random BatchNorm statistics, so the pass-through rule is exercised with non-trivial values
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+    return model.double()
+
+
+@pytest.mark.parametrize("arch,classifier", MODELS)
+def test_tsgb_matches_the_rules_applied_by_hand(arch, classifier):
+    model = build(arch)
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    targets = torch.tensor([3, 700])
+    before, hooks = model_state(model), count_hooks(model)
+    types = [type(m) for m in model.modules()]
+    raw = TSGB(model)(x, targets, raw=True)
+    maps = TSGB(model)(x, targets)
+    torch.testing.assert_close(raw, reference_tsgb_maps(model, classifier, x, targets, raw=True), rtol=1e-6,
+                               atol=1e-12)
+    torch.testing.assert_close(maps, reference_tsgb_maps(model, classifier, x, targets), rtol=1e-6, atol=1e-9)
+    assert maps.shape == (2, 64, 64) and float(maps.min()) >= 0 and float(maps.max()) <= 1
+    assert_same_state(before, model_state(model))
+    assert [type(m) for m in model.modules()] == types
+    assert count_hooks(model) == hooks
+
+
+def test_t_targets_in_one_call_equal_separate_calls():
+    model = build("resnet18").float()
+    x = torch.rand(2, 3, 32, 32)
+    targets = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    together = TSGB(model)(x, targets)
+    for t in range(3):
+        torch.testing.assert_close(together[:, t], TSGB(model)(x, targets[:, t]))
+
+
+def test_the_conversion_restores_the_model_also_on_errors():
+    model = build("resnet18")
+    before = model_state(model)
+    types = [type(m) for m in model.modules()]
+    original_conv, original_weight = model.conv1, model.conv1.weight
+    with pytest.raises(RuntimeError, match="boom"):
+        with tsgb(model):
+            assert isinstance(model.conv1, TSGBConv2d)
+            assert model.conv1.weight is original_weight
+            raise RuntimeError("boom")
+    assert model.conv1 is original_conv
+    assert [type(m) for m in model.modules()] == types
+    assert_same_state(before, model_state(model))
+
+
+def test_modules_share_parameters_and_state_dict_keys():
+    model = build("vgg16_bn")
+    keys = list(model.state_dict())
+    weight = model.features[0].weight
+    with tsgb(model):
+        assert model.features[0].weight is weight
+        assert list(model.state_dict()) == keys
+
+
+def test_classifier_is_found_robustly_and_can_be_named():
+    model = build("vgg16")
+    assert find_classifier(model)[0] == "classifier.6"
+    assert find_classifier(model, "classifier.3")[0] == "classifier.3"
+    with pytest.raises(ValueError, match="no submodule 'head'"):
+        find_classifier(model, "head")
+    with pytest.raises(ValueError, match="is a Conv2d, expected nn.Linear"):
+        find_classifier(model, "features.0")
+
+
+def test_training_mode_batch_norm_is_a_clear_error():
+    model = build("resnet18").float().train()
+    with pytest.raises(RuntimeError, match="training mode; TSGB uses running statistics"):
+        TSGB(model)(torch.rand(1, 3, 32, 32))
+    assert model.training
+
+
+def test_compiled_converted_model_gives_eager_gradients():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                          nn.AvgPool2d(2), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    x = torch.rand(2, 3, 16, 16, requires_grad=True)
+    seed = torch.zeros(2, 5)
+    seed[:, 1] = 1
+    with tsgb(model):
+        (eager,) = torch.autograd.grad(model(x), x, seed)
+        compiled = torch.compile(model, fullgraph=True)
+        (graph,) = torch.autograd.grad(compiled(x), x, seed)
+    torch.testing.assert_close(graph, eager)
+
+
+def test_guided_backprop_rule_and_guided_gradcam():
+    model = build("resnet18").float()
+    x = torch.rand(2, 3, 32, 32)
+    grads = GuidedBackprop(model)(x, [1, 2])
+
+    class GuidedRelu(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            ctx.save_for_backward(t)
+            return t.clamp_min(0)
+
+        @staticmethod
+        def backward(ctx, g):
+            (t,) = ctx.saved_tensors
+            return g * (t > 0) * (g > 0)
+
+    class Wrapped(nn.Module):
+        def forward(self, t):
+            return GuidedRelu.apply(t)
+
+    reference = copy.deepcopy(model)
+    for name, module in list(reference.named_modules()):
+        if isinstance(module, nn.ReLU):
+            parent_name, _, child = name.rpartition(".")
+            setattr(reference.get_submodule(parent_name) if parent_name else reference, child, Wrapped())
+    leaf = x.clone().requires_grad_(True)
+    logits = reference(leaf)
+    (expected,) = torch.autograd.grad(logits.gather(1, torch.tensor([[1], [2]])).sum(), leaf)
+    torch.testing.assert_close(grads, expected)
+    combined = GuidedGradCAM(model, "layer4")(x, [1, 2])
+    torch.testing.assert_close(combined, grads * GradCAM(model, "layer4")(x, [1, 2])[:, None])
+    with guided(model):
+        assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert any(isinstance(m, nn.ReLU) for m in model.modules())
