@@ -1,7 +1,14 @@
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+import tempfile
+
+# A fresh compile cache per test session: Inductor's on-disk cache does not key on the schemas of
+# custom ops, so a graph cached before an op changed would be replayed against the new op.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="torchcam-ops-inductor-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import torchcam_ops  # noqa: F401  (registers the ops)
 

@@ -129,3 +129,44 @@ def test_explainers_cuda_match_cpu(name):
     # GIG-CAM's pixel selection is discontinuous in its guide: compare loosely there
     tol = 5e-2 if name == "gig_cam" else 1e-4
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=tol, atol=tol)
+
+
+TSGB_CONV_CONFIGS = [((4, 6, 1), 3, 1, 1, 1), ((4, 6, 2), 3, 2, 1, 1), ((6, 6, 6), 3, 1, 1, 2), ((3, 8, 1), 7, 2, 3, 1),
+                     ((8, 4, 1), 1, 1, 0, 1)]
+
+
+@pytest.mark.parametrize("config", TSGB_CONV_CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
+def test_tsgb_conv2d_backward_cuda_matches_cpu(config, dtype):
+    (c_in, c_out, groups), k, s, p, d = config
+    x = torch.randn(2, c_in, 13, 11, dtype=torch.float64)
+    weight = torch.randn(c_out, c_in // groups, k, k, dtype=torch.float64)
+    z = torch.nn.functional.conv2d(x, weight, None, s, p, d, groups)
+    g = torch.randn_like(z)
+    args = ([k, k], [s, s], [p, p], [d, d], groups)
+    cpu = torch.ops.torchcam_ops.tsgb_conv2d_backward(g.to(dtype), x.to(dtype), z.to(dtype), *args)
+    cuda = torch.ops.torchcam_ops.tsgb_conv2d_backward(g.to(dtype).cuda(), x.to(dtype).cuda(), z.to(dtype).cuda(),
+                                                       *args)
+    tol = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2}[dtype]
+    scale = float(cpu.double().abs().max())
+    torch.testing.assert_close(cuda.cpu().double(), cpu.double(), rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("mode", ["guided", "deconvnet", "plain"])
+def test_rectified_relu_backward_cuda(mode):
+    x, g = torch.randn(1000), torch.randn(1000)
+    cpu = torch.ops.torchcam_ops.rectified_relu_backward(g, x, mode)
+    assert torch.equal(torch.ops.torchcam_ops.rectified_relu_backward(g.cuda(), x.cuda(), mode).cpu(), cpu)
+
+
+def test_tsgb_method_cuda_matches_cpu():
+    import torchvision
+
+    from torchcam_ops.methods import TSGB
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.rand(2, 3, 64, 64)
+    cpu = TSGB(model)(x, [1, 2])
+    cuda = TSGB(model.cuda())(x.cuda(), [1, 2])
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=1e-3, atol=1e-3)

@@ -200,7 +200,7 @@ def _op_samples():
         (OPS.tsgb_linear.default, (h.clone().requires_grad_(), lw, None, 1.0)),
         (OPS.tsgb_linear_backward.default, (torch.randn(3, 4), h, lw, 1.0)),
         (OPS.tsgb_batch_norm.default, (x.clone().requires_grad_(), None, None, mean, var, 1e-5)),
-        (OPS.tsgb_batch_norm_backward.default, (torch.randn_like(x), x, x * 2)),
+        (OPS.tsgb_batch_norm_backward.default, (torch.randn_like(x), x, torch.rand(4), None, mean, var, 1e-5)),
         (OPS.tsgb_avg_pool2d.default, (x.clone().requires_grad_(), [2, 2], [2, 2], [0, 0])),
         (OPS.tsgb_avg_pool2d_backward.default, (torch.randn_like(pooled), x, pooled, [2, 2], [2, 2], [0, 0])),
         (OPS.rectified_relu.default, (x.clone().requires_grad_(), "guided")),

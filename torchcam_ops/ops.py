@@ -341,8 +341,8 @@ def _tsgb_batch_norm_fake(input, weight, bias, running_mean, running_var, eps):
 
 
 @torch.library.register_fake("torchcam_ops::tsgb_batch_norm_backward")
-def _tsgb_batch_norm_backward_fake(grad_output, input, output):
-    return torch.empty_like(input)
+def _tsgb_batch_norm_backward_fake(grad_output, input, weight, bias, running_mean, running_var, eps):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("torchcam_ops::tsgb_avg_pool2d")
@@ -407,23 +407,28 @@ def _tsgb_conv2d_backward(ctx, grad):
     return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
-# Batch norm and average pooling recompute their (cheap) output in the backward instead of
-# saving it: networks modify these outputs in place (ReLU(inplace=True), `out += identity`).
+# Batch norm and average pooling do not save their output: networks modify it in place
+# (ReLU(inplace=True), `out += identity`). Batch norm's backward recomputes it inside the kernel,
+# average pooling's recomputes it (cheap) before calling its backward op.
 
 
 def _tsgb_batch_norm_setup(ctx, inputs, output) -> None:
     input, weight, bias, running_mean, running_var, eps = inputs
-    ctx.save_for_backward(input, weight, bias, running_mean, running_var)
+    # only tensors go through save_for_backward; which of weight and bias exist is kept aside
+    ctx.present = (weight is not None, bias is not None)
+    ctx.save_for_backward(input, running_mean, running_var, *(t for t in (weight, bias) if t is not None))
     ctx.eps = eps
 
 
 def _tsgb_batch_norm_backward(ctx, grad):
-    input, weight, bias, running_mean, running_var = ctx.saved_tensors
+    input, running_mean, running_var, *affine = ctx.saved_tensors
+    weight = affine.pop(0) if ctx.present[0] else None
+    bias = affine.pop(0) if ctx.present[1] else None
     grad_input = grad_weight = grad_bias = None
     if ctx.needs_input_grad[0]:
-        with torch.no_grad():
-            output = _ops.tsgb_batch_norm.default(input, weight, bias, running_mean, running_var, ctx.eps)
-        grad_input = _ops.tsgb_batch_norm_backward.default(grad, input, output)
+        grad_input = _ops.tsgb_batch_norm_backward.default(grad, input, weight=weight, bias=bias,
+                                                           running_mean=running_mean, running_var=running_var,
+                                                           eps=ctx.eps)
     reduce_dims = [0, *range(2, input.dim())]
     if ctx.needs_input_grad[1]:
         shape = [1, -1] + [1] * (input.dim() - 2)

@@ -1,8 +1,8 @@
 // TSGB (Target-Selective Gradient Backprop) layers: forwards are the ordinary layers; each
 // backward to the input is a relevance rule of its own op (DESIGN.md). Schemas, checks, the
 // forwards (ATen, any device), and the backward rules that are a few ATen ops on any device
-// (linear: two small matmuls; batch norm and average pooling: element-wise and a pooling
-// adjoint). The conv rule has CPU and CUDA kernels (cpu/ and cuda/tsgb_conv2d_kernel.*).
+// (linear: two small matmuls; average pooling: the pooling adjoint and a division). The conv and
+// batch-norm rules have CPU and CUDA kernels (cpu/ and cuda/tsgb_*_kernel.*).
 
 #include "tsgb.h"
 #include "checks.h"
@@ -103,17 +103,6 @@ at::Tensor tsgb_linear_backward(const at::Tensor& grad_output, const at::Tensor&
   return grad.reshape(input.sizes()).to(input.scalar_type());
 }
 
-// Relevance passes unchanged: grad_X = G * Y / X where X != 0, else 0.
-at::Tensor tsgb_batch_norm_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& output) {
-  const char* op = "tsgb_batch_norm_backward";
-  check_floating(op, "input", input);
-  check_same_shape(op, "grad_output", grad_output, "input", input);
-  check_same_shape(op, "output", output, "input", input);
-  const at::Tensor x = to_opmath(input);
-  const at::Tensor relevance = to_opmath(grad_output) * to_opmath(output);
-  return at::where(x != 0, relevance / x, at::zeros_like(x)).to(input.scalar_type());
-}
-
 // Relevance G * Y shared equally over each window (the pooling adjoint), divided by X.
 at::Tensor tsgb_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& output,
                                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding) {
@@ -132,6 +121,34 @@ at::Tensor tsgb_avg_pool2d_backward(const at::Tensor& grad_output, const at::Ten
 }
 
 } // namespace
+
+void check_tsgb_batch_norm_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                         const at::Tensor& running_mean, const at::Tensor& running_var) {
+  const char* op = "tsgb_batch_norm_backward";
+  check_floating(op, "input", input);
+  TORCH_CHECK_VALUE(input.dim() >= 2, op, ": input must be [N, C, ...], got shape ", input.sizes());
+  check_same_shape(op, "grad_output", grad_output, "input", input);
+  check_same_dtype_device(op, "grad_output", grad_output, "input", input);
+  TORCH_CHECK_VALUE(running_mean.dim() == 1 && running_mean.size(0) == input.size(1) &&
+                        running_var.sizes() == running_mean.sizes(),
+                    op, ": running_mean and running_var must be [C] with C = ", input.size(1));
+}
+
+std::pair<at::Tensor, at::Tensor> batch_norm_affine(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                                                    const std::optional<at::Tensor>& bias,
+                                                    const at::Tensor& running_mean, const at::Tensor& running_var,
+                                                    double eps) {
+  const auto opmath = at::toOpMathType(input.scalar_type());
+  at::Tensor scale = at::rsqrt(running_var.to(opmath) + eps);
+  if (weight.has_value() && weight->defined()) {
+    scale = scale * weight->to(opmath);
+  }
+  at::Tensor shift = -running_mean.to(opmath) * scale;
+  if (bias.has_value() && bias->defined()) {
+    shift = shift + bias->to(opmath);
+  }
+  return {scale.contiguous(), shift.contiguous()};
+}
 
 kernels::Conv2dGeometry check_tsgb_conv2d_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
                                                          const at::Tensor& output, at::IntArrayRef kernel_size,
@@ -178,7 +195,9 @@ TORCH_LIBRARY_FRAGMENT(torchcam_ops, m) {
   m.def("tsgb_batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor running_mean, Tensor running_var, "
         "float eps) -> Tensor",
         tags);
-  m.def("tsgb_batch_norm_backward(Tensor grad_output, Tensor input, Tensor output) -> Tensor", tags);
+  m.def("tsgb_batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+        "Tensor running_mean, Tensor running_var, float eps) -> Tensor",
+        tags);
   m.def("tsgb_avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor", tags);
   m.def("tsgb_avg_pool2d_backward(Tensor grad_output, Tensor input, Tensor output, int[2] kernel_size, "
         "int[2] stride, int[2] padding) -> Tensor",
@@ -191,7 +210,6 @@ TORCH_LIBRARY_IMPL(torchcam_ops, CompositeExplicitAutograd, m) {
   m.impl("tsgb_batch_norm", &tsgb_batch_norm);
   m.impl("tsgb_avg_pool2d", &tsgb_avg_pool2d);
   m.impl("tsgb_linear_backward", &tsgb_linear_backward);
-  m.impl("tsgb_batch_norm_backward", &tsgb_batch_norm_backward);
   m.impl("tsgb_avg_pool2d_backward", &tsgb_avg_pool2d_backward);
 }
 

@@ -2,6 +2,7 @@
 
 #include "../../csrc/kernels/cam_postprocess.h"
 #include "../../csrc/kernels/cam_reduce.h"
+#include "../../csrc/kernels/tsgb_conv2d.h"
 
 #include <gtest/gtest.h>
 
@@ -189,4 +190,46 @@ TEST(CamPostprocessBackward, IsTheAdjointOfTheResize) {
   const double lhs = std::inner_product(up.begin(), up.end(), y.begin(), 0.0);
   const double rhs = std::inner_product(x.begin(), x.end(), grad_x.begin(), 0.0);
   EXPECT_NEAR(lhs, rhs, 1e-12);
+}
+
+namespace {
+
+std::vector<double> tsgb_conv_grad(const std::vector<double>& x, const std::vector<double>& z,
+                                   const std::vector<double>& g, int64_t in_channels, int64_t out_channels,
+                                   const tk::Conv2dGeometry& geo) {
+  std::vector<double> grad(x.size());
+  std::vector<double> workspace(tk::tsgb_conv2d_backward_workspace_size(geo));
+  std::vector<double> table(tk::tsgb_conv2d_backward_table_size(geo));
+  tk::tsgb_conv2d_backward_group(x.data(), z.data(), g.data(), grad.data(), in_channels, out_channels, geo,
+                                 workspace.data(), table.data());
+  return grad;
+}
+
+} // namespace
+
+TEST(TSGBConv2d, OneByOneKernelByHand) {
+  // 1x1 kernel, one input and one output channel, 1x2 input [2, -1], output Z = [4, 6], G = [1, 1].
+  // S = |X| per position = [2, 1]; V = R / (S + 1e-10) = [4 / 2, 6 / 1] (up to the 1e-10); U = V;
+  // grad_X = sign(X) * U = [2, -6], and sum X * grad_X = 4 + 6 = sum G * Z.
+  const tk::Conv2dGeometry geo{1, 2, 1, 2, 1, 1, 1, 1, 0, 0, 1, 1};
+  const auto grad = tsgb_conv_grad({2.0, -1.0}, {4.0, 6.0}, {1.0, 1.0}, 1, 1, geo);
+  expect_near(grad, {4.0 / (2.0 + 1e-10), -6.0 / (1.0 + 1e-10)});
+}
+
+TEST(TSGBConv2d, TwoByTwoWindowsByHand) {
+  // 1 channel, 2x3 input, 2x2 kernel, stride 1: two output positions whose windows overlap in
+  // the middle column. X = [1 2 3; 4 5 6], R = G * Z = [10, 20].
+  // S = [1 + 2 + 4 + 5, 2 + 3 + 5 + 6] = [12, 16]; V = [10 / 12, 20 / 16];
+  // U = [V0, V0 + V1, V1] on both rows; grad_X = U (all X positive).
+  const tk::Conv2dGeometry geo{2, 3, 1, 2, 2, 2, 1, 1, 0, 0, 1, 1};
+  const auto grad = tsgb_conv_grad({1, 2, 3, 4, 5, 6}, {10.0, 20.0}, {1.0, 1.0}, 1, 1, geo);
+  const double v0 = 10.0 / (12.0 + 1e-10), v1 = 20.0 / (16.0 + 1e-10);
+  expect_near(grad, {v0, v0 + v1, v1, v0, v0 + v1, v1});
+}
+
+TEST(TSGBConv2d, DilatedWindowSkipsTheMiddle) {
+  // 1x3 input [1, 5, 3], 1x2 kernel with dilation 2: one output whose window is {0, 2}.
+  // S = 1 + 3 = 4, R = 8, V = 2: the outer inputs collect 2, the middle one nothing.
+  const tk::Conv2dGeometry geo{1, 3, 1, 1, 1, 2, 1, 1, 0, 0, 1, 2};
+  expect_near(tsgb_conv_grad({1.0, 5.0, 3.0}, {8.0}, {1.0}, 1, 1, geo), {8.0 / (4.0 + 1e-10), 0.0, 8.0 / (4.0 + 1e-10)});
 }

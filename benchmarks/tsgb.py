@@ -1,0 +1,79 @@
+"""TSGB explanations against a plain input gradient and against the same rules as plain PyTorch.
+
+    python benchmarks/tsgb.py [--device cpu] [--repeats 3] [--size 224]
+
+For ResNet-50 and VGG-16 (random weights, frozen parameters), batch 1 and 8, prints the median
+time of: a TSGB explanation (one forward, one backward, the map); a plain input gradient (forward
++ backward of the target logit); and the rules written as plain PyTorch autograd Functions
+(tests/reference_tsgb.py). Goals: TSGB within 1.5x of the plain gradient, at least 2x faster than
+the plain-PyTorch rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _timing import print_table  # noqa: E402
+
+from tests.reference_tsgb import reference_tsgb_model  # noqa: E402
+from torchcam_ops.methods import TSGB  # noqa: E402
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def input_gradient(model, x, targets):
+    leaf = x.detach().requires_grad_(True)
+    logits = model(leaf)
+    (grad,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), leaf)
+    return grad
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", type=int, default=224)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    print(f"device={device}, {torch.get_num_threads()} threads, {args.size}x{args.size}, median of {args.repeats}, "
+          f"torch {torch.__version__}")
+    rows = []
+    for arch, classifier in (("resnet50", "fc"), ("vgg16", "classifier.6")):
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, arch)(weights=None).eval().to(device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        reference = reference_tsgb_model(model, classifier)
+        explainer = TSGB(model)
+        for batch in (1, 8):
+            x = torch.rand(batch, 3, args.size, args.size, device=device)
+            targets = torch.randint(0, 1000, (batch,), device=device)
+            tsgb_s = median_time(lambda: explainer(x, targets), args.repeats)
+            plain_s = median_time(lambda: input_gradient(model, x, targets), args.repeats)
+            reference_s = median_time(lambda: input_gradient(reference, x, targets), args.repeats)
+            rows.append([arch, str(batch), f"{tsgb_s * 1e3:.0f}", f"{plain_s * 1e3:.0f}", f"{reference_s * 1e3:.0f}",
+                         f"{tsgb_s / plain_s:.2f}x", f"{reference_s / tsgb_s:.2f}x"])
+    print_table(["model", "batch", "TSGB ms", "plain grad ms", "PyTorch rules ms", "TSGB / plain", "rules / TSGB"],
+                rows)
+
+
+if __name__ == "__main__":
+    main()
