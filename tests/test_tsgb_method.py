@@ -149,3 +149,35 @@ def test_guided_backprop_rule_and_guided_gradcam():
     with guided(model):
         assert not any(isinstance(m, nn.ReLU) for m in model.modules())
     assert any(isinstance(m, nn.ReLU) for m in model.modules())
+
+
+class FunctionalRelu(nn.Module):
+    """ReLUs written in forward instead of as modules."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.inplace = inplace
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu(self.bn(self.conv1(x)))
+        x = torch.nn.functional.relu(self.conv2(x), inplace=self.inplace)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_functional_relu_out_of_place_is_covered():
+    model = FunctionalRelu(inplace=False).eval().double()
+    x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
+    targets = torch.tensor([1, 3])
+    torch.testing.assert_close(TSGB(model)(x, targets, raw=True),
+                               reference_tsgb_maps(model, "fc", x, targets, raw=True), rtol=1e-6, atol=1e-12)
+
+
+def test_functional_inplace_relu_after_a_conv_raises_instead_of_lying():
+    model = FunctionalRelu(inplace=True).eval()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        TSGB(model)(torch.rand(1, 3, 12, 12), [0])

@@ -279,3 +279,26 @@ class TestBadInput:
     def test_batch_norm_statistics(self):
         with pytest.raises(ValueError, match="running_mean and running_var must be \\[C\\] with C = 4"):
             ops.tsgb_batch_norm(torch.rand(2, 4, 3, 3), torch.zeros(3), torch.ones(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_linear_batch_norm_and_pooling_rules_in_low_precision(dtype):
+    tol = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+    h = torch.rand(3, 6, dtype=torch.float64)
+    w = torch.randn(4, 6, dtype=torch.float64)
+    g = torch.randn(3, 4, dtype=torch.float64)
+    low = input_grad(lambda t: ops.tsgb_linear(t, w.to(dtype)), h.to(dtype), g.to(dtype))
+    assert low.dtype == dtype
+    expected = reference_linear_grad(h, w, g, 1.0)
+    torch.testing.assert_close(low.double(), expected, rtol=tol, atol=tol * float(expected.abs().max()))
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64) + 0.5
+    mean, var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    gb = torch.randn_like(x)
+    low = input_grad(lambda t: ops.tsgb_batch_norm(t, mean.to(dtype), var.to(dtype)), x.to(dtype), gb.to(dtype))
+    expected = reference_relevance_grad(x, F.batch_norm(x, mean, var, None, None, False, 0.0, 1e-5), gb)
+    torch.testing.assert_close(low.double(), expected, rtol=tol, atol=tol * float(expected.abs().max()))
+    gp = torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    low = input_grad(lambda t: ops.tsgb_avg_pool2d(t, 2), x.to(dtype), gp.to(dtype))
+    y = F.avg_pool2d(x, 2)
+    expected = input_grad(lambda t: F.avg_pool2d(t, 2), x, gp * y) / x
+    torch.testing.assert_close(low.double(), expected, rtol=tol, atol=tol * float(expected.abs().max()))
