@@ -10,7 +10,6 @@ image on layer4; it is timed on one image with --abscam-phase2.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -18,8 +17,12 @@ from pathlib import Path
 import torch
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from _timing import print_table  # noqa: E402
+
+from tests.test_gig_cam import reference_gig_cam  # noqa: E402
 
 from torchcam_ops.methods import METHODS, GIGCAM, GradCAM  # noqa: E402
 
@@ -32,38 +35,17 @@ def seconds(fn, repeats: int = 1) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def reference_gig_cam_loop(model, layer, x, target, steps, fraction=0.25, max_dist=0.02):
-    """GIG-CAM for one image, the straightforward way: host-side control flow, a quantile per inner
-    iteration, one forward and backward per step at batch 1."""
+def reference_gig_cam_loop(model, layer, x, target, steps):
+    """GIG-CAM for one image, the straightforward way (tests/test_gig_cam.py): host-side control
+    flow, a quantile per inner iteration, one forward and backward per step at batch 1."""
     explainer = GradCAM(model, [layer])
-    distance = x.abs().sum(0)
-    total = float(distance.sum())
-    alpha = torch.zeros_like(distance)
-    phi = torch.zeros_like(distance)
-    for t in range(1, steps + 1):
-        position = t / steps
-        lower, upper = max(position - max_dist, 0.0), min(position + max_dist, 1.0)
-        goal = total * (1 - position)
-        raw = explainer((alpha[None] * x)[None], [target], raw=True)
-        guide = torch.nn.functional.interpolate(raw[None], size=x.shape[-2:], mode="bilinear",
-                                                align_corners=False)[0, 0]
-        while True:
-            alpha = torch.where(alpha < lower, torch.full_like(alpha, lower), alpha)
-            remaining = float((distance * (1 - alpha)).sum())
-            phi += guide.relu()
-            if abs(remaining - goal) <= 1e-5 * total:
-                break
-            candidates = torch.where(alpha >= upper, torch.full_like(guide, math.inf), guide.abs())
-            threshold = torch.quantile(candidates.flatten(), fraction, interpolation="lower")
-            selected = (candidates <= threshold) & torch.isfinite(candidates)
-            movable = float((distance * (upper - alpha) * selected).sum())
-            gamma = (remaining - goal) / movable if movable > 0 else math.inf
-            if gamma > 1:
-                alpha = torch.where(selected, torch.full_like(alpha, upper), alpha)
-            else:
-                alpha = torch.where(selected, alpha + gamma * (upper - alpha), alpha)
-                break
-    return phi
+
+    def guide_of(z, target_class):
+        raw = explainer(z[None], [target_class], raw=True)
+        return torch.nn.functional.interpolate(raw[None], size=z.shape[-2:], mode="bilinear",
+                                               align_corners=False)[0, 0]
+
+    return reference_gig_cam(guide_of, x, target, steps=steps)[0]
 
 
 def main() -> None:

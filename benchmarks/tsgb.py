@@ -12,9 +12,7 @@ the plain-PyTorch rules.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,20 +21,10 @@ import torchvision
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _timing import print_table  # noqa: E402
+from _timing import median_seconds, print_table  # noqa: E402
 
 from tests.reference_tsgb import reference_tsgb_model  # noqa: E402
 from torchcam_ops.methods import TSGB  # noqa: E402
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def input_gradient(model, x, targets):
@@ -66,9 +54,9 @@ def main() -> None:
         for batch in (1, 8):
             x = torch.rand(batch, 3, args.size, args.size, device=device)
             targets = torch.randint(0, 1000, (batch,), device=device)
-            tsgb_s = median_time(lambda: explainer(x, targets), args.repeats)
-            plain_s = median_time(lambda: input_gradient(model, x, targets), args.repeats)
-            reference_s = median_time(lambda: input_gradient(reference, x, targets), args.repeats)
+            tsgb_s = median_seconds(lambda: explainer(x, targets), device, args.repeats, warmup=1)
+            plain_s = median_seconds(lambda: input_gradient(model, x, targets), device, args.repeats, warmup=1)
+            reference_s = median_seconds(lambda: input_gradient(reference, x, targets), device, args.repeats, warmup=1)
             rows.append([arch, str(batch), f"{tsgb_s * 1e3:.0f}", f"{plain_s * 1e3:.0f}", f"{reference_s * 1e3:.0f}",
                          f"{tsgb_s / plain_s:.2f}x", f"{reference_s / tsgb_s:.2f}x"])
     print_table(["model", "batch", "TSGB ms", "plain grad ms", "PyTorch rules ms", "TSGB / plain", "rules / TSGB"],
