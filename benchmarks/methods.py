@@ -76,7 +76,7 @@ def main() -> None:
         explainer = METHODS[name](model, layer, **options)
         t = seconds(lambda: explainer(x))
         rows.append([name + (" (phase 1)" if name == "abscam" else ""), str(args.batch), f"{t / args.batch * 1e3:.1f}"])
-    ig = METHODS["integrated_gradcam"](model, layer, steps=args.steps_ig, batch_size=32)
+    ig = METHODS["integrated_gradcam"](model, layer, steps=args.steps_ig)
     t = seconds(lambda: ig(x[: args.ig_batch]), repeats=1)
     rows.append([f"integrated_gradcam ({args.steps_ig} steps)", str(args.ig_batch), f"{t / args.ig_batch * 1e3:.1f}"])
     if args.abscam_phase2:
