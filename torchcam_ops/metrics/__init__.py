@@ -1,0 +1,8 @@
+"""Faithfulness and localisation metrics for saliency maps (definitions in DESIGN.md)."""
+
+from torchcam_ops.metrics.confidence import average_drop_increase
+from torchcam_ops.metrics.deletion_insertion import CurveResult, deletion, gaussian_blur, insertion
+from torchcam_ops.metrics.pointing import boxes_to_mask, energy_pointing_game, pointing_game
+
+__all__ = ["CurveResult", "average_drop_increase", "boxes_to_mask", "deletion", "energy_pointing_game",
+           "gaussian_blur", "insertion", "pointing_game"]

@@ -1,0 +1,60 @@
+"""Pointing game (Zhang et al. 2016) and energy-based pointing game (Wang et al., Score-CAM 2020)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def boxes_to_mask(boxes: Sequence[Sequence[float]] | Tensor, height: int, width: int,
+                  device: torch.device | None = None) -> Tensor:
+    """The union of boxes ``(x0, y0, x1, y1)`` (pixel coordinates, x1 and y1 exclusive, clipped to
+    the image) as a bool mask ``[height, width]``."""
+    mask = torch.zeros(height, width, dtype=torch.bool, device=device)
+    for box in torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4).tolist():
+        x0, y0, x1, y1 = box
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"boxes: expected (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {box}")
+        ys = slice(max(int(y0), 0), min(int(-(-y1 // 1)), height))
+        xs = slice(max(int(x0), 0), min(int(-(-x1 // 1)), width))
+        mask[ys, xs] = True
+    return mask
+
+
+def _check(maps: Tensor, masks: Tensor) -> None:
+    if maps.dim() != 3 or masks.shape != maps.shape:
+        raise ValueError(f"maps and masks: expected the same [N, H, W] shape, got {list(maps.shape)} and "
+                         f"{list(masks.shape)}")
+
+
+def pointing_game(maps: Tensor, masks: Tensor, classes: Tensor | Sequence[int], tolerance: float | None = None
+                  ) -> tuple[float, dict[int, float], Tensor]:
+    """Hit when the map's maximum lies within ``tolerance`` pixels (Euclidean) of a ground-truth
+    pixel of the class. ``tolerance`` defaults to 15 px at 224 px, scaled with the shorter side.
+
+    Returns the mean of per-class accuracies, the per-class accuracies, and the hits ``[N]``.
+    """
+    _check(maps, masks)
+    batch, height, width = maps.shape
+    tol = 15.0 * min(height, width) / 224 if tolerance is None else float(tolerance)
+    peak = maps.flatten(1).argmax(1)
+    py, px = (peak // width).float(), (peak % width).float()
+    ys = torch.arange(height, device=maps.device, dtype=torch.float32)[None, :, None]
+    xs = torch.arange(width, device=maps.device, dtype=torch.float32)[None, None, :]
+    near = (ys - py[:, None, None]) ** 2 + (xs - px[:, None, None]) ** 2 <= tol**2
+    hits = (near & masks.bool()).flatten(1).any(1)
+    classes = torch.as_tensor(classes, device=maps.device)
+    per_class = {int(c): float(hits[classes == c].float().mean()) for c in classes.unique().tolist()}
+    return sum(per_class.values()) / len(per_class), per_class, hits
+
+
+def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
+    """Share of each map's energy inside the ground truth: sum(map * mask) / sum(map), ``[N]``
+    (0 for an all-zero map)."""
+    _check(maps, masks)
+    inside = (maps * masks.to(maps.dtype)).flatten(1).sum(1)
+    total = maps.flatten(1).sum(1)
+    return torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)),
+                       torch.zeros_like(total))
