@@ -67,3 +67,15 @@ def test_explain_command_errors(tmp_path):
         cli.main(["explain", "--methods", "nope", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="cannot read image"):
         cli.main(["explain", str(tmp_path / "missing.png"), "--out", str(tmp_path)])
+
+
+def test_evaluate_command_writes_tables_and_plot(tmp_path, capsys):
+    cli.main(["evaluate", "--methods", "gradcam,layercam", "--step", str(224 * 56), "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "deletion AUC" in out and "5 annotated objects" in out
+    rows = (tmp_path / "evaluation.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("method,deletion AUC") and len(rows) == 3
+    assert (tmp_path / "evaluation.md").read_text().count("| gradcam |") == 1
+    assert (tmp_path / "deletion_insertion.png").stat().st_size > 1000
+    with pytest.raises(SystemExit, match="unknown benchmark"):
+        cli.main(["evaluate", "--benchmark", "imagenet", "--out", str(tmp_path)])

@@ -2,6 +2,7 @@
 
     torchcam-ops explain [IMAGE...] [--model efficientnet_lite0|module:factory] [--methods gradcam,hirescam]
                          [--targets 281,285] [--layer NAME] [--out DIR]
+    torchcam-ops evaluate [--benchmark photos] [--methods ...] [--step 1792] [--out DIR]
     torchcam-ops demo    (the ops on a random batch, as a table)
 
 With no image, ``explain`` runs on photos shipped with scikit-image (chelsea the cat, coffee,
@@ -11,7 +12,9 @@ astronaut, rocket) and the shipped EfficientNet-Lite0.
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -127,6 +130,108 @@ def explain(args: argparse.Namespace) -> None:
     print(f"\nwrote {out / 'explain_grid.png'} and {len(images) * len(methods)} overlays in {out}/")
 
 
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def _photo_samples(preprocess, model, size: int):
+    """(name, label, input, class, mask) for each annotated object of the shipped photos."""
+    import skimage.data
+
+    from torchcam_ops.metrics import boxes_to_mask
+
+    annotations = json.loads((Path(__file__).parent / "data" / "photos.json").read_text())["photos"]
+    samples = []
+    for name, objects in annotations.items():
+        image = getattr(skimage.data, name)()
+        x = preprocess(image)
+        with torch.no_grad():
+            probabilities = model(x[None]).softmax(1)[0]
+        height, width = image.shape[:2]
+        for obj in objects:
+            target = max(obj["classes"], key=lambda c: float(probabilities[c]))
+            x0, y0, x1, y1 = obj["box"]
+            box = (x0 * size / width, y0 * size / height, x1 * size / width, y1 * size / height)
+            samples.append((name, obj["label"], x, target, boxes_to_mask([box], size, size)))
+    return samples
+
+
+def _plot_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    """Mean deletion and insertion curves per method, two panels, drawn with PIL."""
+    from PIL import Image, ImageDraw
+
+    panel_w, panel_h, margin = 420, 300, 40
+    canvas = Image.new("RGB", (2 * panel_w, panel_h + 20 * len(curves) + 10), "white")
+    draw = ImageDraw.Draw(canvas)
+    for panel, title in enumerate(("deletion (lower is better)", "insertion (higher is better)")):
+        left = panel * panel_w + margin
+        right, top, bottom = (panel + 1) * panel_w - 15, 25, panel_h - margin
+        draw.text((left, 5), title, fill="black")
+        draw.rectangle([left, top, right, bottom], outline="black")
+        draw.text((left - 12, bottom - 6), "0", fill="black")
+        draw.text((left - 12, top - 6), "1", fill="black")
+        draw.text((right - 40, bottom + 5), "fraction", fill="black")
+        for (method, (fractions, deletion_mean, insertion_mean)), colour in zip(curves.items(), PALETTE):
+            ys = deletion_mean if panel == 0 else insertion_mean
+            points = [(left + f * (right - left), bottom - y * (bottom - top)) for f, y in zip(fractions, ys)]
+            draw.line(points, fill=colour, width=2)
+    for i, (method, colour) in enumerate(zip(curves, PALETTE)):
+        y = panel_h + 5 + 20 * i
+        draw.line([(margin, y + 6), (margin + 25, y + 6)], fill=colour, width=3)
+        draw.text((margin + 32, y), method, fill="black")
+    canvas.save(path)
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from torchcam_ops.metrics import average_drop_increase, deletion, energy_pointing_game, insertion, pointing_game
+
+    if args.benchmark != "photos":
+        raise SystemExit(f"evaluate: unknown benchmark {args.benchmark!r}; available: photos")
+    model, preprocess, layer, categories = _load_model(args.model)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"evaluate: unknown methods {unknown}; expected some of {sorted(METHODS)}")
+    size = preprocess(np.zeros((8, 8, 3), dtype=np.uint8)).shape[-1]
+    samples = _photo_samples(preprocess, model, size)
+    x = torch.stack([s[2] for s in samples])
+    targets = torch.tensor([s[3] for s in samples])
+    masks = torch.stack([s[4] for s in samples])
+    header = ["method", "deletion AUC", "insertion AUC", "average drop %", "increase %", "pointing game",
+              "energy pointing", "ms / image"]
+    rows, curves = [], {}
+    for i, method in enumerate(methods, 1):
+        print(f"[{i}/{len(methods)}] {method} on {len(samples)} objects ...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        maps = METHODS[method](model, [args.layer or layer])(x, targets)
+        seconds = (time.perf_counter() - start) / len(samples)
+        removed = deletion(model, x, maps, targets, step=args.step)
+        inserted = insertion(model, x, maps, targets, step=args.step)
+        drop, increase = average_drop_increase(model, x, maps, targets)
+        pointing, _, _ = pointing_game(maps, masks, targets)
+        energy = float(energy_pointing_game(maps, masks).mean())
+        rows.append([method, f"{float(removed.auc.mean()):.4f}", f"{float(inserted.auc.mean()):.4f}", f"{drop:.2f}",
+                     f"{increase:.2f}", f"{pointing:.3f}", f"{energy:.3f}", f"{seconds * 1e3:.1f}"])
+        curves[method] = (removed.fractions.numpy(), removed.scores.mean(0).numpy(), inserted.scores.mean(0).numpy())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "evaluation.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    markdown = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    markdown += ["| " + " | ".join(row) + " |" for row in rows]
+    about = (f"Benchmark: photos ({len(samples)} annotated objects in {len({s[0] for s in samples})} scikit-image "
+             f"photos), model {args.model}, layer {args.layer or layer}; deletion/insertion step {args.step} px, "
+             "substrates 0 and blur(11, sigma=5).")
+    (out / "evaluation.md").write_text(about + "\n\n" + "\n".join(markdown) + "\n")
+    _plot_curves(out / "deletion_insertion.png", curves)
+    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
+    print(about)
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print(f"\nwrote {out / 'evaluation.csv'}, {out / 'evaluation.md'} and {out / 'deletion_insertion.png'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="torchcam-ops", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,6 +243,13 @@ def main(argv: list[str] | None = None) -> None:
     explain_parser.add_argument("--targets", default="", help="class indices, one for all or one per image")
     explain_parser.add_argument("--layer", default="", help="target layer (default: the model's)")
     explain_parser.add_argument("--out", default="torchcam-ops-out")
+    evaluate_parser = commands.add_parser("evaluate", help="faithfulness and localisation metrics per method")
+    evaluate_parser.add_argument("--benchmark", default="photos")
+    evaluate_parser.add_argument("--model", default="efficientnet_lite0")
+    evaluate_parser.add_argument("--methods", default=DEFAULT_METHODS)
+    evaluate_parser.add_argument("--layer", default="")
+    evaluate_parser.add_argument("--step", type=int, default=224 * 8, help="pixels changed per deletion/insertion step")
+    evaluate_parser.add_argument("--out", default="torchcam-ops-out")
     commands.add_parser("demo", help="the CAM ops on a random batch, as a table", add_help=False)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.command == "demo":
@@ -146,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
         demo.main(rest)
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    elif args.command == "evaluate":
+        evaluate(args)
     else:
         explain(args)
 
