@@ -12,6 +12,8 @@ import torch  # noqa: E402
 
 import torchcam_ops  # noqa: F401  (registers the ops)
 
+pytest_plugins = ["pytester"]
+
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
