@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
@@ -62,30 +64,9 @@ def test_plugin_fixtures_in_a_users_suite(pytester):
             assert maps.shape == (2, 8, 8)
         """
     )
-    pytester.makepyfile(tests_helper=_HELPER)
+    # the user's suite imports the same model as this file, from a module of its own
+    pytester.makepyfile(tests_helper="import torch\nfrom torch import nn\n\n\n" + inspect.getsource(corner_detector))
     result = pytester.runpytest_subprocess("-p", "no:torchcam_ops", "-p", "torchcam_ops.pytest_plugin", "-q")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*0.0% of its energy lies in [[]4, 4, 8, 8[]]*"])
 
-
-_HELPER = '''
-import torch
-from torch import nn
-
-
-def corner_detector():
-    conv = nn.Conv2d(1, 1, 1, bias=False)
-    with torch.no_grad():
-        conv.weight.fill_(1.0)
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = conv
-
-        def forward(self, x):
-            f = self.conv(x)
-            return torch.stack([f[:, 0, :4, :4].mean((1, 2)), f[:, 0, 4:, 4:].mean((1, 2))], 1)
-
-    return Net().eval()
-'''
