@@ -2,7 +2,7 @@
 
     torchcam-ops explain [IMAGE...] [--model efficientnet_lite0|module:factory] [--methods gradcam,hirescam]
                          [--targets 281,285] [--layer NAME] [--out DIR]
-    torchcam-ops evaluate [--benchmark photos] [--methods ...] [--step 1792] [--out DIR]
+    torchcam-ops evaluate [--benchmark photos|localization] [--methods ...] [--step PIXELS] [--out DIR]
     torchcam-ops demo    (the ops on a random batch, as a table)
 
 With no image, ``explain`` runs on photos shipped with scikit-image (chelsea the cat, coffee,
@@ -182,36 +182,73 @@ def _plot_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, np.
     canvas.save(path)
 
 
+def _localization_samples(count: int):
+    """Both objects of ``count`` test canvases as targets: (x, targets, masks, other object's masks)."""
+    from torchcam_ops import localization
+    from torchcam_ops.metrics import boxes_to_mask
+
+    canvases = localization.make_canvases(count, split="test", seed=2)
+    x = torch.cat([canvases.images, canvases.images])
+    targets = torch.cat([canvases.labels[:, 0], canvases.labels[:, 1]])
+    size = canvases.images.shape[-1]
+    box_masks = torch.stack([torch.stack([boxes_to_mask(b.tolist(), size, size) for b in pair])
+                             for pair in canvases.boxes])  # [n, 2, H, W]
+    masks = torch.cat([box_masks[:, 0], box_masks[:, 1]])
+    others = torch.cat([box_masks[:, 1], box_masks[:, 0]])
+    return x, targets, masks, others
+
+
 def evaluate(args: argparse.Namespace) -> None:
     from torchcam_ops.metrics import average_drop_increase, deletion, energy_pointing_game, insertion, pointing_game
 
-    if args.benchmark != "photos":
-        raise SystemExit(f"evaluate: unknown benchmark {args.benchmark!r}; available: photos")
-    model, preprocess, layer, categories = _load_model(args.model)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"evaluate: unknown methods {unknown}; expected some of {sorted(METHODS)}")
-    size = preprocess(np.zeros((8, 8, 3), dtype=np.uint8)).shape[-1]
-    samples = _photo_samples(preprocess, model, size)
-    x = torch.stack([s[2] for s in samples])
-    targets = torch.tensor([s[3] for s in samples])
-    masks = torch.stack([s[4] for s in samples])
+    if args.benchmark == "photos":
+        model, preprocess, layer, _ = _load_model(args.model)
+        size = preprocess(np.zeros((8, 8, 3), dtype=np.uint8)).shape[-1]
+        samples = _photo_samples(preprocess, model, size)
+        x = torch.stack([s[2] for s in samples])
+        targets = torch.tensor([s[3] for s in samples])
+        masks = torch.stack([s[4] for s in samples])
+        others = None
+        step = args.step or size * 8
+        about = (f"Benchmark: photos ({len(samples)} annotated objects in {len({s[0] for s in samples})} scikit-image "
+                 f"photos), model {args.model}, layer {args.layer or layer}")
+    elif args.benchmark == "localization":
+        from torchcam_ops import localization
+
+        model, layer = localization.load_model(), localization.TARGET_LAYER
+        x, targets, masks, others = _localization_samples(args.count)
+        step = args.step or x.shape[-1] * 4  # 4 rows of a 96-px canvas: 24 steps
+        about = (f"Benchmark: localization ({args.count} Fashion-MNIST canvases of two objects, each object's class "
+                 f"explained), the shipped LocalizationNet, layer {args.layer or layer}")
+    else:
+        raise SystemExit(f"evaluate: unknown benchmark {args.benchmark!r}; available: photos, localization")
+    about += f"; deletion/insertion step {step} px, substrates 0 and blur(11, sigma=5)."
     header = ["method", "deletion AUC", "insertion AUC", "average drop %", "increase %", "pointing game",
-              "energy pointing", "ms / image"]
+              "energy pointing"]
+    if others is not None:
+        header += ["points at other object", "energy on other object"]
+    header.append("ms / image")
     rows, curves = [], {}
     for i, method in enumerate(methods, 1):
-        print(f"[{i}/{len(methods)}] {method} on {len(samples)} objects ...", file=sys.stderr, flush=True)
+        print(f"[{i}/{len(methods)}] {method} on {len(targets)} objects ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         maps = METHODS[method](model, [args.layer or layer])(x, targets)
-        seconds = (time.perf_counter() - start) / len(samples)
-        removed = deletion(model, x, maps, targets, step=args.step)
-        inserted = insertion(model, x, maps, targets, step=args.step)
+        seconds = (time.perf_counter() - start) / len(targets)
+        removed = deletion(model, x, maps, targets, step=step)
+        inserted = insertion(model, x, maps, targets, step=step)
         drop, increase = average_drop_increase(model, x, maps, targets)
         pointing, _, _ = pointing_game(maps, masks, targets)
         energy = float(energy_pointing_game(maps, masks).mean())
-        rows.append([method, f"{float(removed.auc.mean()):.4f}", f"{float(inserted.auc.mean()):.4f}", f"{drop:.2f}",
-                     f"{increase:.2f}", f"{pointing:.3f}", f"{energy:.3f}", f"{seconds * 1e3:.1f}"])
+        row = [method, f"{float(removed.auc.mean()):.4f}", f"{float(inserted.auc.mean()):.4f}", f"{drop:.2f}",
+               f"{increase:.2f}", f"{pointing:.3f}", f"{energy:.3f}"]
+        if others is not None:
+            _, _, wrong = pointing_game(maps, others, targets, tolerance=0)
+            row += [f"{float(wrong.float().mean()):.3f}", f"{float(energy_pointing_game(maps, others).mean()):.3f}"]
+        rows.append(row + [f"{seconds * 1e3:.1f}"])
         curves[method] = (removed.fractions.numpy(), removed.scores.mean(0).numpy(), inserted.scores.mean(0).numpy())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -219,9 +256,6 @@ def evaluate(args: argparse.Namespace) -> None:
         csv.writer(f).writerows([header, *rows])
     markdown = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     markdown += ["| " + " | ".join(row) + " |" for row in rows]
-    about = (f"Benchmark: photos ({len(samples)} annotated objects in {len({s[0] for s in samples})} scikit-image "
-             f"photos), model {args.model}, layer {args.layer or layer}; deletion/insertion step {args.step} px, "
-             "substrates 0 and blur(11, sigma=5).")
     (out / "evaluation.md").write_text(about + "\n\n" + "\n".join(markdown) + "\n")
     _plot_curves(out / "deletion_insertion.png", curves)
     widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
@@ -248,7 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     evaluate_parser.add_argument("--model", default="efficientnet_lite0")
     evaluate_parser.add_argument("--methods", default=DEFAULT_METHODS)
     evaluate_parser.add_argument("--layer", default="")
-    evaluate_parser.add_argument("--step", type=int, default=224 * 8, help="pixels changed per deletion/insertion step")
+    evaluate_parser.add_argument("--step", type=int, default=0,
+                                 help="pixels changed per deletion/insertion step (default: 8 rows of a photo, 4 of a canvas)")
+    evaluate_parser.add_argument("--count", type=int, default=200, help="canvases of the localization benchmark")
     evaluate_parser.add_argument("--out", default="torchcam-ops-out")
     commands.add_parser("demo", help="the CAM ops on a random batch, as a table", add_help=False)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
