@@ -41,7 +41,7 @@ def test_shipped_network_recognises_both_objects():
 def test_evaluate_localization(tmp_path, capsys):
     from torchcam_ops import cli
 
-    cli.main(["evaluate", "--benchmark", "localization", "--count", "6", "--methods", "gradcam,layercam",
+    cli.main(["evaluate", "--benchmark", "localization", "--count", "6", "--methods", "gradcam,tsgb",
               "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "points at other object" in out and "12 objects" not in out

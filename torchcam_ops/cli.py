@@ -26,6 +26,25 @@ from torchcam_ops import models
 from torchcam_ops.methods import METHODS
 
 DEFAULT_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+# TSGB explains through the input gradient of a converted model, not a target layer
+EXTRA_METHODS = ("tsgb",)
+
+
+def _explainer(method: str, model, layer: str):
+    """A callable (x, targets) -> maps [N, H, W] for a method name."""
+    if method == "tsgb":
+        from torchcam_ops.methods import TSGB
+
+        return TSGB(model)
+    return METHODS[method](model, [layer])
+
+
+def _check_methods(command: str, names: str) -> list[str]:
+    methods = [m.strip() for m in names.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS and m not in EXTRA_METHODS]
+    if unknown:
+        raise SystemExit(f"{command}: unknown methods {unknown}; expected some of {sorted(METHODS) + list(EXTRA_METHODS)}")
+    return methods
 DEFAULT_METHODS = "gradcam,gradcam++,xgradcam,layercam,hirescam,gradcam_elementwise"
 
 
@@ -81,10 +100,7 @@ def explain(args: argparse.Namespace) -> None:
     from PIL import Image
 
     model, preprocess, layer, categories = _load_model(args.model)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise SystemExit(f"explain: unknown methods {unknown}; expected some of {sorted(METHODS)}")
+    methods = _check_methods("explain", args.methods)
     images = _load_images(args.images)
     x = torch.stack([preprocess(image) for _, image in images])
     size = x.shape[-1]
@@ -110,7 +126,7 @@ def explain(args: argparse.Namespace) -> None:
     rows = [[_titled(tile, f"{name}: {label(int(t))}")] for (name, _), tile, t in zip(images, shown, targets)]
     timings = []
     for method in methods:
-        explainer = METHODS[method](model, [args.layer or layer])
+        explainer = _explainer(method, model, args.layer or layer)
         start = time.perf_counter()
         maps = explainer(x, targets).numpy()
         timings.append((method, (time.perf_counter() - start) / len(images)))
@@ -201,10 +217,7 @@ def _localization_samples(count: int):
 def evaluate(args: argparse.Namespace) -> None:
     from torchcam_ops.metrics import average_drop_increase, deletion, energy_pointing_game, insertion, pointing_game
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise SystemExit(f"evaluate: unknown methods {unknown}; expected some of {sorted(METHODS)}")
+    methods = _check_methods("evaluate", args.methods)
     if args.benchmark == "photos":
         model, preprocess, layer, _ = _load_model(args.model)
         size = preprocess(np.zeros((8, 8, 3), dtype=np.uint8)).shape[-1]
@@ -236,7 +249,7 @@ def evaluate(args: argparse.Namespace) -> None:
     for i, method in enumerate(methods, 1):
         print(f"[{i}/{len(methods)}] {method} on {len(targets)} objects ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        maps = METHODS[method](model, [args.layer or layer])(x, targets)
+        maps = _explainer(method, model, args.layer or layer)(x, targets)
         seconds = (time.perf_counter() - start) / len(targets)
         removed = deletion(model, x, maps, targets, step=step)
         inserted = insertion(model, x, maps, targets, step=step)
