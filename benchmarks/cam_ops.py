@@ -19,12 +19,12 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import median_seconds, print_table  # noqa: E402
 
 import torchcam_ops  # noqa: E402
+from torchcam_ops.demo import eager_cam, eager_postprocess  # noqa: E402
 
 SHAPES = {
     "resnet50.layer4": (64, 2048, 7, 7, 224),
@@ -34,21 +34,8 @@ SHAPES = {
 
 
 def eager_pipeline(a: torch.Tensor, g: torch.Tensor, method: str, size: int) -> torch.Tensor:
-    hw = (2, 3)
-    if method == "gradcam":
-        cam = (g.mean(hw, keepdim=True) * a).sum(1)
-    elif method == "layercam":
-        cam = (torch.relu(g) * a).sum(1)
-    elif method == "gradcam++":
-        g2 = g * g
-        alpha = g2 / (2 * g2 + a.sum(hw, keepdim=True) * g2 * g + 1e-6)
-        cam = ((alpha * torch.relu(g)).sum(hw, keepdim=True) * a).sum(1)
-    else:
-        raise ValueError(f"no eager reference for {method!r} in this benchmark")
-    up = F.interpolate(torch.relu(cam)[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-    lo = up.amin((1, 2), keepdim=True)
-    hi = up.amax((1, 2), keepdim=True)
-    return (up - lo) / (hi - lo + 1e-7)
+    """The same maths as eager PyTorch ops (the demo's reference composition)."""
+    return eager_postprocess(eager_cam(a, g, method), size)
 
 
 def copy_bandwidth(device: torch.device, nbytes: int, repeats: int) -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,19 +19,11 @@ import torchvision
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _timing import print_table  # noqa: E402
+from _timing import median_seconds, print_table  # noqa: E402
 
 from tests.test_gig_cam import reference_gig_cam  # noqa: E402
 
 from torchcam_ops.methods import METHODS, GIGCAM, GradCAM  # noqa: E402
-
-
-def seconds(fn, repeats: int = 1) -> float:
-    fn()  # warm-up (allocator, first-call costs)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
 
 
 def reference_gig_cam_loop(model, layer, x, target, steps):
@@ -62,6 +53,11 @@ def main() -> None:
 
     torch.manual_seed(0)
     device = torch.device(args.device)
+
+    def seconds(fn, repeats: int = 1) -> float:
+        """Median time after one warm-up call (allocator and first-call costs)."""
+        return median_seconds(fn, device, repeats, warmup=1)
+
     model = torchvision.models.resnet50(weights=None).eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)

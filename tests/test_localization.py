@@ -44,6 +44,6 @@ def test_evaluate_localization(tmp_path, capsys):
     cli.main(["evaluate", "--benchmark", "localization", "--count", "6", "--methods", "gradcam,tsgb",
               "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "points at other object" in out and "12 objects" not in out
+    assert "points at other object" in out and "(6 Fashion-MNIST canvases of two objects" in out
     rows = (tmp_path / "evaluation.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and rows[0].endswith("energy on other object,ms / image")

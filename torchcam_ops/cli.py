@@ -187,11 +187,13 @@ def _plot_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, np.
         draw.text((left - 12, bottom - 6), "0", fill="black")
         draw.text((left - 12, top - 6), "1", fill="black")
         draw.text((right - 40, bottom + 5), "fraction", fill="black")
-        for (method, (fractions, deletion_mean, insertion_mean)), colour in zip(curves.items(), PALETTE):
+        for index, (fractions, deletion_mean, insertion_mean) in enumerate(curves.values()):
+            colour = PALETTE[index % len(PALETTE)]
             ys = deletion_mean if panel == 0 else insertion_mean
             points = [(left + f * (right - left), bottom - y * (bottom - top)) for f, y in zip(fractions, ys)]
             draw.line(points, fill=colour, width=2)
-    for i, (method, colour) in enumerate(zip(curves, PALETTE)):
+    for i, method in enumerate(curves):
+        colour = PALETTE[i % len(PALETTE)]
         y = panel_h + 5 + 20 * i
         draw.line([(margin, y + 6), (margin + 25, y + 6)], fill=colour, width=3)
         draw.text((margin + 32, y), method, fill="black")

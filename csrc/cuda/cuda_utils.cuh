@@ -5,7 +5,9 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 namespace torchcam_ops::cuda {
 
@@ -63,6 +65,12 @@ __device__ __forceinline__ T relu_keep_nan(T x) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
+}
+
+// Blocks for a grid-stride loop over `count` elements: one element per thread up to a cap, past
+// which each thread takes several (the loop covers the rest).
+inline int64_t grid_stride_blocks(int64_t count, int threads) {
+  return std::max<int64_t>(1, std::min<int64_t>(ceil_div(count, threads), 65535 * 16));
 }
 
 } // namespace torchcam_ops::cuda

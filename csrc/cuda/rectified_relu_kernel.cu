@@ -52,7 +52,7 @@ at::Tensor rectified_relu_backward_cuda(const at::Tensor& grad_output, const at:
   if (n == 0) {
     return grad_input;
   }
-  const int64_t blocks = std::min<int64_t>(cuda::ceil_div(n, kThreads), 65535 * 8);
+  const int64_t blocks = cuda::grid_stride_blocks(n, kThreads);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rectified_relu_backward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     rectified_relu_backward_kernel<scalar_t, T><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(

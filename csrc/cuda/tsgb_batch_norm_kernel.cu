@@ -46,7 +46,7 @@ at::Tensor tsgb_batch_norm_backward_cuda(const at::Tensor& grad_output, const at
   const auto [scale, shift] = batch_norm_affine(x, weight, bias, running_mean, running_var, eps);
   const int64_t channels = x.size(1);
   const int64_t plane = n / (x.size(0) * channels);
-  const int64_t blocks = std::min<int64_t>(cuda::ceil_div(n, kThreads), 65535 * 16);
+  const int64_t blocks = cuda::grid_stride_blocks(n, kThreads);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tsgb_batch_norm_backward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     tsgb_batch_norm_backward_kernel<scalar_t, T><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(

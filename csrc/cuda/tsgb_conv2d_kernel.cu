@@ -114,7 +114,7 @@ __global__ void grad_input_kernel(const scalar_t* __restrict__ input, const T* _
 }
 
 int64_t blocks_for(int64_t count) {
-  return std::max<int64_t>(1, std::min<int64_t>(ceil_div(count, kThreads), 65535 * 16));
+  return cuda::grid_stride_blocks(count, kThreads);
 }
 
 at::Tensor tsgb_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& output,

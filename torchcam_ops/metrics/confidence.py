@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from torchcam_ops.metrics._common import check_maps, check_targets, class_probabilities
