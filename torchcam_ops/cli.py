@@ -2,7 +2,9 @@
 
     torchcam-ops explain [IMAGE...] [--model efficientnet_lite0|module:factory] [--methods gradcam,hirescam]
                          [--targets 281,285] [--layer NAME] [--out DIR]
-    torchcam-ops evaluate [--benchmark photos|localization] [--methods ...] [--step PIXELS] [--out DIR]
+    torchcam-ops evaluate [--benchmark photos|localization] [--methods ...] [--step PIXELS] [--count N]
+                          [--chunk N] [--device cpu|cuda] [--out DIR]
+    torchrun --nproc-per-node 2 -m torchcam_ops evaluate ...   (the same result, the objects shared out)
     torchcam-ops demo    (the ops on a random batch, as a table)
 
 With no image, ``explain`` runs on photos shipped with scikit-image (chelsea the cat, coffee,
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,28 +24,19 @@ import numpy as np
 import torch
 
 from torchcam_ops import models
-from torchcam_ops.methods import METHODS
+from torchcam_ops.evaluation import all_methods, make_explainer
 
 DEFAULT_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
-# TSGB explains through the input gradient of a converted model, not a target layer
-EXTRA_METHODS = ("tsgb",)
-
-
-def _explainer(method: str, model, layer: str):
-    """A callable (x, targets) -> maps [N, H, W] for a method name."""
-    if method == "tsgb":
-        from torchcam_ops.methods import TSGB
-
-        return TSGB(model)
-    return METHODS[method](model, [layer])
 
 
 def _check_methods(command: str, names: str) -> list[str]:
     methods = [m.strip() for m in names.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS and m not in EXTRA_METHODS]
+    unknown = [m for m in methods if m not in all_methods()]
     if unknown:
-        raise SystemExit(f"{command}: unknown methods {unknown}; expected some of {sorted(METHODS) + list(EXTRA_METHODS)}")
+        raise SystemExit(f"{command}: unknown methods {unknown}; expected some of {all_methods()}")
     return methods
+
+
 DEFAULT_METHODS = "gradcam,gradcam++,xgradcam,layercam,hirescam,gradcam_elementwise"
 
 
@@ -126,7 +118,7 @@ def explain(args: argparse.Namespace) -> None:
     rows = [[_titled(tile, f"{name}: {label(int(t))}")] for (name, _), tile, t in zip(images, shown, targets)]
     timings = []
     for method in methods:
-        explainer = _explainer(method, model, args.layer or layer)
+        explainer = make_explainer(method, model, args.layer or layer, size)
         start = time.perf_counter()
         maps = explainer(x, targets).numpy()
         timings.append((method, (time.perf_counter() - start) / len(images)))
@@ -148,28 +140,6 @@ def explain(args: argparse.Namespace) -> None:
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-
-
-def _photo_samples(preprocess, model, size: int):
-    """(name, label, input, class, mask) for each annotated object of the shipped photos."""
-    import skimage.data
-
-    from torchcam_ops.metrics import boxes_to_mask
-
-    annotations = json.loads((Path(__file__).parent / "data" / "photos.json").read_text())["photos"]
-    samples = []
-    for name, objects in annotations.items():
-        image = getattr(skimage.data, name)()
-        x = preprocess(image)
-        with torch.no_grad():
-            probabilities = model(x[None]).softmax(1)[0]
-        height, width = image.shape[:2]
-        for obj in objects:
-            target = max(obj["classes"], key=lambda c: float(probabilities[c]))
-            x0, y0, x1, y1 = obj["box"]
-            box = (x0 * size / width, y0 * size / height, x1 * size / width, y1 * size / height)
-            samples.append((name, obj["label"], x, target, boxes_to_mask([box], size, size)))
-    return samples
 
 
 def _plot_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
@@ -200,85 +170,57 @@ def _plot_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, np.
     canvas.save(path)
 
 
-def _localization_samples(count: int):
-    """Both objects of ``count`` test canvases as targets: (x, targets, masks, other object's masks)."""
-    from torchcam_ops import localization
-    from torchcam_ops.metrics import boxes_to_mask
-
-    canvases = localization.make_canvases(count, split="test", seed=2)
-    x = torch.cat([canvases.images, canvases.images])
-    targets = torch.cat([canvases.labels[:, 0], canvases.labels[:, 1]])
-    size = canvases.images.shape[-1]
-    box_masks = torch.stack([torch.stack([boxes_to_mask(b.tolist(), size, size) for b in pair])
-                             for pair in canvases.boxes])  # [n, 2, H, W]
-    masks = torch.cat([box_masks[:, 0], box_masks[:, 1]])
-    others = torch.cat([box_masks[:, 1], box_masks[:, 0]])
-    return x, targets, masks, others
-
-
 def evaluate(args: argparse.Namespace) -> None:
-    from torchcam_ops.metrics import average_drop_increase, deletion, energy_pointing_game, insertion, pointing_game
+    from torchcam_ops import evaluation
 
     methods = _check_methods("evaluate", args.methods)
-    if args.benchmark == "photos":
-        model, preprocess, layer, _ = _load_model(args.model)
-        size = preprocess(np.zeros((8, 8, 3), dtype=np.uint8)).shape[-1]
-        samples = _photo_samples(preprocess, model, size)
-        x = torch.stack([s[2] for s in samples])
-        targets = torch.tensor([s[3] for s in samples])
-        masks = torch.stack([s[4] for s in samples])
-        others = None
-        step = args.step or size * 8
-        about = (f"Benchmark: photos ({len(samples)} annotated objects in {len({s[0] for s in samples})} scikit-image "
-                 f"photos), model {args.model}, layer {args.layer or layer}")
-    elif args.benchmark == "localization":
-        from torchcam_ops import localization
-
-        model, layer = localization.load_model(), localization.TARGET_LAYER
-        x, targets, masks, others = _localization_samples(args.count)
-        step = args.step or x.shape[-1] * 4  # 4 rows of a 96-px canvas: 24 steps
-        about = (f"Benchmark: localization ({args.count} Fashion-MNIST canvases of two objects, each object's class "
-                 f"explained), the shipped LocalizationNet, layer {args.layer or layer}")
-    else:
-        raise SystemExit(f"evaluate: unknown benchmark {args.benchmark!r}; available: photos, localization")
-    about += f"; deletion/insertion step {step} px, substrates 0 and blur(11, sigma=5)."
-    header = ["method", "deletion AUC", "insertion AUC", "average drop %", "increase %", "pointing game",
-              "energy pointing"]
-    if others is not None:
-        header += ["points at other object", "energy on other object"]
-    header.append("ms / image")
-    rows, curves = [], {}
-    for i, method in enumerate(methods, 1):
-        print(f"[{i}/{len(methods)}] {method} on {len(targets)} objects ...", file=sys.stderr, flush=True)
-        start = time.perf_counter()
-        maps = _explainer(method, model, args.layer or layer)(x, targets)
-        seconds = (time.perf_counter() - start) / len(targets)
-        removed = deletion(model, x, maps, targets, step=step)
-        inserted = insertion(model, x, maps, targets, step=step)
-        drop, increase = average_drop_increase(model, x, maps, targets)
-        pointing, _, _ = pointing_game(maps, masks, targets)
-        energy = float(energy_pointing_game(maps, masks).mean())
-        row = [method, f"{float(removed.auc.mean()):.4f}", f"{float(inserted.auc.mean()):.4f}", f"{drop:.2f}",
-               f"{increase:.2f}", f"{pointing:.3f}", f"{energy:.3f}"]
-        if others is not None:
-            _, _, wrong = pointing_game(maps, others, targets, tolerance=0)
-            row += [f"{float(wrong.float().mean()):.3f}", f"{float(energy_pointing_game(maps, others).mean()):.3f}"]
-        rows.append(row + [f"{seconds * 1e3:.1f}"])
-        curves[method] = (removed.fractions.numpy(), removed.scores.mean(0).numpy(), inserted.scores.mean(0).numpy())
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    processes = evaluation.Processes(device)
+    try:
+        if args.benchmark == "photos":
+            model, preprocess, layer, _ = _load_model(args.model)
+            benchmark = evaluation.photos_benchmark(model, preprocess, args.layer or layer, args.model)
+        elif args.benchmark == "localization":
+            benchmark = evaluation.localization_benchmark(args.count, args.layer)
+        else:
+            raise SystemExit(f"evaluate: unknown benchmark {args.benchmark!r}; available: photos, localization")
+        if args.step:
+            benchmark.step = args.step
+        benchmark.model.to(processes.device)
+        leader = processes.rank == 0
+        results = {}
+        for i, method in enumerate(methods, 1):
+            if leader:
+                print(f"[{i}/{len(methods)}] {method} on {len(benchmark.targets)} objects, {processes.world} "
+                      f"process(es)", file=sys.stderr, flush=True)
+            try:
+                results[method] = evaluation.evaluate_method(benchmark, method, processes, args.chunk,
+                                                             show_progress=leader)
+            except ValueError as err:
+                raise SystemExit(f"evaluate: {err}") from err
+    finally:
+        processes.close()
+    if not leader:
+        return
+    report = evaluation.summarize(benchmark, results)
+    about = (benchmark.about + f"; deletion/insertion step {benchmark.step} px, substrates 0 and blur(11, sigma=5); "
+             f"{processes.world} process(es) on {processes.device.type}.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "evaluation.csv", "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    markdown = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    markdown += ["| " + " | ".join(row) + " |" for row in rows]
+        csv.writer(f).writerows([report.header, *report.rows])
+    with open(out / "per_object.csv", "w", newline="") as f:
+        csv.writer(f).writerows(evaluation.per_object_rows(benchmark, results))
+    markdown = ["| " + " | ".join(report.header) + " |", "|" + "---|" * len(report.header)]
+    markdown += ["| " + " | ".join(row) + " |" for row in report.rows]
     (out / "evaluation.md").write_text(about + "\n\n" + "\n".join(markdown) + "\n")
-    _plot_curves(out / "deletion_insertion.png", curves)
-    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
+    _plot_curves(out / "deletion_insertion.png", report.curves)
+    widths = [max(len(h), *(len(r[k]) for r in report.rows)) for k, h in enumerate(report.header)]
     print(about)
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for row in rows:
+    print("  ".join(h.ljust(w) for h, w in zip(report.header, widths)))
+    for row in report.rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    print(f"\nwrote {out / 'evaluation.csv'}, {out / 'evaluation.md'} and {out / 'deletion_insertion.png'}")
+    print(f"\nwrote evaluation.csv, evaluation.md, per_object.csv and deletion_insertion.png in {out}/")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -300,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     evaluate_parser.add_argument("--step", type=int, default=0,
                                  help="pixels changed per deletion/insertion step (default: 8 rows of a photo, 4 of a canvas)")
     evaluate_parser.add_argument("--count", type=int, default=200, help="canvases of the localization benchmark")
+    evaluate_parser.add_argument("--chunk", type=int, default=16,
+                                 help="objects explained together; the unit of work shared out among torchrun processes")
+    evaluate_parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     evaluate_parser.add_argument("--out", default="torchcam-ops-out")
     commands.add_parser("demo", help="the CAM ops on a random batch, as a table", add_help=False)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)

