@@ -36,9 +36,10 @@ from torchcam_ops.metrics import (
     pointing_game,
 )
 
-# Explainers that are not CAM methods on a target layer: TSGB explains through the input gradient
-# of a converted model; "gig_cam+m" is GIG-CAM with multi-scale fusion.
-EXTRA_METHODS = ("tsgb", "gig_cam+m")
+# Explainers beyond the method registry's defaults: TSGB explains through the input gradient of a
+# converted model; "gig_cam+m" is GIG-CAM with multi-scale fusion; "abscam_phase1" is Abs-CAM's
+# initial map ("abscam" is both phases).
+EXTRA_METHODS = ("tsgb", "gig_cam+m", "abscam_phase1")
 # GIG-CAM+M sizes relative to the input: 1, 1.45, 1.9, 2.35 (224, 325, 426, 526 for a 224-px input), the
 # first four of the paper's seven scales 224, 324, ..., 824, which bounds the cost of an evaluation.
 FUSION_SCALES = (1.0, 1.45, 1.9, 2.35)
@@ -62,6 +63,10 @@ def make_explainer(method: str, model: nn.Module, layer: str, input_size: int) -
         from torchcam_ops.methods import GIGCAM
 
         return GIGCAM(model, [layer], scales=[round(input_size * s) for s in FUSION_SCALES])
+    if method == "abscam_phase1":
+        from torchcam_ops.methods import AbsCAM
+
+        return AbsCAM(model, [layer], phase=1)
     if method not in METHODS:
         raise ValueError(f"method: unknown {method!r}; expected one of {all_methods()}")
     return METHODS[method](model, [layer])
