@@ -38,6 +38,11 @@ def test_one_process_without_torchrun(monkeypatch):
     table = {"a": torch.arange(4.0)}
     assert processes.assemble(table) is table
     processes.close()
+    with pytest.raises(ValueError, match="device: expected 'cpu' or 'cuda', got 'tpu'"):
+        evaluation.Processes("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no GPU"):
+            evaluation.Processes("cuda")
 
 
 def _benchmark(count: int, others: bool) -> evaluation.Benchmark:

@@ -175,7 +175,10 @@ def evaluate(args: argparse.Namespace) -> None:
 
     methods = _check_methods("evaluate", args.methods)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    processes = evaluation.Processes(device)
+    try:
+        processes = evaluation.Processes(device)
+    except ValueError as err:
+        raise SystemExit(f"evaluate: {err}") from err
     try:
         if args.benchmark == "photos":
             model, preprocess, layer, _ = _load_model(args.model)

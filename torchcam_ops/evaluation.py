@@ -167,6 +167,10 @@ class Processes:
     def __init__(self, device: str) -> None:
         import torch.distributed as dist
 
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device: 'cuda' was asked for, but torch sees no GPU")
         self._dist = dist
         self._owns_group = False
         world = int(os.environ.get("WORLD_SIZE", "1"))
