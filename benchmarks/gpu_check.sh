@@ -35,3 +35,9 @@ for file in tests/test_*.py; do
 done
 step bench_fp32 "$PYTHON" benchmarks/cam_ops.py --device cuda --repeats 50
 step bench_fp16 "$PYTHON" benchmarks/cam_ops.py --device cuda --dtype float16 --repeats 50 --no-compile
+step bench_methods "$PYTHON" benchmarks/methods.py --device cuda
+step bench_tsgb "$PYTHON" benchmarks/tsgb.py --device cuda --repeats 5
+step evaluate_cuda "$PYTHON" -m torchcam_ops evaluate --benchmark localization --count 40 --device cuda \
+  --methods gradcam,layercam,tsgb,gig_cam --out "$OUT/evaluate_cuda"
+step evaluate_cpu_same_objects "$PYTHON" -m torchcam_ops evaluate --benchmark localization --count 40 --device cpu \
+  --methods gradcam,layercam,tsgb,gig_cam --out "$OUT/evaluate_cpu"
