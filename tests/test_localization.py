@@ -39,7 +39,7 @@ def test_shipped_network_recognises_both_objects():
     with torch.no_grad():
         top2 = model(canvases.images).topk(2, dim=1).indices
     found = (top2[:, :, None] == canvases.labels[:, None, :]).any(1).float().mean()
-    assert float(found) > 0.6  # share of the objects whose class is in the top 2 of their canvas
+    assert float(found) > 0.85  # share of the objects whose class is in the top 2 of their canvas (0.88)
 
 
 def test_evaluate_localization(tmp_path, capsys):
