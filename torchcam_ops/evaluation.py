@@ -148,8 +148,10 @@ def localization_benchmark(count: int, layer: str = "") -> Benchmark:
     x = torch.cat([canvases.images, canvases.images])
     targets = torch.cat([canvases.labels[:, 0], canvases.labels[:, 1]])
     size = canvases.images.shape[-1]
-    box_masks = torch.stack([torch.stack([boxes_to_mask(b.tolist(), size, size) for b in pair])
-                             for pair in canvases.boxes])  # [n, 2, H, W]
+    # the boxes are whole pixels, x1 and y1 exclusive: one comparison per edge gives all masks [n, 2, H, W]
+    x0, y0, x1, y1 = canvases.boxes[..., None, None].unbind(2)
+    ys, xs = torch.arange(size)[:, None], torch.arange(size)
+    box_masks = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
     masks = torch.cat([box_masks[:, 0], box_masks[:, 1]])
     others = torch.cat([box_masks[:, 1], box_masks[:, 0]])
     layer = layer or localization.TARGET_LAYER
@@ -191,18 +193,14 @@ class Processes:
         return range(self.rank, chunks, self.world)
 
     def assemble(self, tables: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The per-object tables of all processes, each row from the process that filled it."""
-        if not self.distributed:
-            return tables
-        names = sorted(tables)
-        flat = torch.cat([tables[n].double().flatten() for n in names]).to(self.device)
-        self._dist.all_reduce(flat)
-        out, offset = {}, 0
-        for n in names:
-            numel = tables[n].numel()
-            out[n] = flat[offset:offset + numel].reshape(tables[n].shape).to(tables[n].dtype).cpu()
-            offset += numel
-        return out
+        """The per-object tables of all processes (each row from the process that filled it), on the CPU."""
+        if self.distributed:
+            names = sorted(tables)
+            flat = torch.cat([tables[n].double().flatten() for n in names])
+            self._dist.all_reduce(flat)
+            tables = dict(zip(names, (part.view(tables[n].shape).to(tables[n].dtype)
+                                      for n, part in zip(names, flat.split([tables[n].numel() for n in names])))))
+        return {n: t.cpu() for n, t in tables.items()}
 
     def close(self) -> None:
         if self._owns_group:
@@ -259,9 +257,9 @@ def evaluate_method(benchmark: Benchmark, method: str, processes: Processes, chu
             values["other_energy"] = energy_pointing_game(maps, others)
         for name, value in values.items():
             if name not in tables:
-                tables[name] = torch.zeros((count, *value.shape[1:]), dtype=value.dtype)
-            tables[name][rows] = value.detach().cpu()
-        tables.setdefault("seconds", torch.zeros(chunks, dtype=torch.float64))[c] = seconds
+                tables[name] = torch.zeros((count, *value.shape[1:]), dtype=value.dtype, device=device)
+            tables[name][rows] = value.detach()
+        tables.setdefault("seconds", torch.zeros(chunks, dtype=torch.float64, device=device))[c] = seconds
         if show_progress:
             _progress(method, done, len(mine))
     return processes.assemble(tables)

@@ -70,22 +70,14 @@ def _plain_relu(module: nn.Module) -> nn.Module | None:
 def _padding_pairs(padding: object, weight: Tensor, stride: object, dilation: object
                    ) -> tuple[tuple[int, int], tuple[int, int]]:
     """``F.conv2d``'s padding argument as (before, after) per spatial dimension."""
-    strides, dilations = _pair(stride), _pair(dilation)
     if padding == "valid":
         return (0, 0), (0, 0)
     if padding == "same":
-        if strides != (1, 1):
-            raise ValueError(f"padding='same' needs stride 1, got stride {strides}")
-        totals = [d * (k - 1) for d, k in zip(dilations, weight.shape[-2:])]
+        if ops._pair("stride", stride) != [1, 1]:
+            raise ValueError(f"padding='same' needs stride 1, got stride {stride!r}")
+        totals = [d * (k - 1) for d, k in zip(ops._pair("dilation", dilation), weight.shape[-2:])]
         return tuple((t // 2, t - t // 2) for t in totals)  # type: ignore[return-value]
-    return tuple((p, p) for p in _pair(padding))  # type: ignore[return-value]
-
-
-def _pair(value: object) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    values = tuple(int(v) for v in value)  # type: ignore[union-attr]
-    return values if len(values) == 2 else (values[0], values[0])  # type: ignore[return-value]
+    return tuple((p, p) for p in ops._pair("padding", padding))  # type: ignore[return-value]
 
 
 class _TSGBConvCalls(TorchFunctionMode):
@@ -111,8 +103,8 @@ class _TSGBConvCalls(TorchFunctionMode):
                 x = call["input"]
                 if (top, left) != (bottom, right):
                     x, top, left = F.pad(x, (left, right, top, bottom)), 0, 0
-                return ops.tsgb_conv2d(x, weight, call.get("bias"), _pair(stride), (top, left), _pair(dilation),
-                                       int(call.get("groups", 1)))
+                return ops.tsgb_conv2d(x, weight, call.get("bias"), stride, (top, left), dilation,
+                                       call.get("groups", 1))
         return func(*args, **kwargs)
 
 
