@@ -6,6 +6,10 @@ Environment switches:
                                     x86-64 machine whose CPU has it, else DEFAULT).
   TORCH_CUDA_ARCH_LIST              CUDA architectures (default "9.0", the H100).
   MAX_JOBS                          parallel compile jobs (ninja).
+  TORCHCAM_OPS_SANITIZE=...         compile the C++ sources with -fsanitize=... (e.g. "address,undefined"),
+                                    -O1 -g; load the result with the sanitizer runtime preloaded
+                                    (LD_PRELOAD=$(c++ -print-file-name=libasan.so)). CI runs the kernels
+                                    under the sanitizers through tests/cpp/build_and_run.py --sanitize.
 """
 
 from __future__ import annotations
@@ -101,6 +105,11 @@ def _extension():
     openmp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
     cxx = ["-O3", "-ffp-contract=off", "-Wno-unknown-pragmas", *openmp, *defines]
     link = _openmp_link_args() if openmp else []
+    sanitizers = os.environ.get("TORCHCAM_OPS_SANITIZE", "").strip()
+    if sanitizers:
+        sanitize = [f"-fsanitize={sanitizers}", "-fno-omit-frame-pointer", "-g"]
+        cxx = [flag for flag in cxx if flag != "-O3"] + ["-O1", *sanitize]
+        link = [*link, *sanitize]
     if capability == "AVX2":
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     else:

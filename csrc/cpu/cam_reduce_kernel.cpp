@@ -48,9 +48,10 @@ at::Tensor cam_reduce_cpu(const at::Tensor& activations, const at::Tensor& gradi
           kernels::cam_reduce_forward_channels_last(a_data + offset, g_data + offset, cam_data + n * pixels, channels,
                                                     pixels, method, workspace.data());
         } else {
-          // The next image follows this one in memory, so its rows' tails may be read past.
+          // The images after this one follow it in memory: a row's last vector may run into them.
+          const int64_t readable_after = (batch - n - 1) * channels * pixels;
           kernels::cam_reduce_forward_channels_first(a_data + offset, g_data + offset, cam_data + n * pixels,
-                                                     channels, pixels, method, workspace.data(), n + 1 < batch);
+                                                     channels, pixels, method, workspace.data(), readable_after);
         }
       }
     });

@@ -47,13 +47,13 @@ inline Vec<T> elementwise_term(CamMethod method, const Vec<T>& a, const Vec<T>& 
 }
 
 // w_k of a channel-weighted method for up to kMaxRows channels at once, from their rows of A and
-// G (length `pixels`). `tail_readable`: memory past the last row may be read (see load_row).
+// G (length `pixels`); extents[r] elements may be read from a[r] and g[r] (see load_row).
 template <typename T>
 inline void channel_weights(CamMethod method, const T* const* a, const T* const* g, int rows, int64_t pixels,
-                            bool tail_readable, T* weights) {
+                            const int64_t* extents, T* weights) {
   const T no_params[kMaxRows] = {};
   const auto sum_rows = [&](const T* params, const auto& f, T* out) {
-    vec_sum_rows(rows, pixels, a, g, params, tail_readable, f, out);
+    vec_sum_rows(rows, pixels, a, g, params, extents, f, out);
   };
   const auto activation = [](const Vec<T>& av, const Vec<T>&, const Vec<T>&) { return av; };
   T channel_sums[kMaxRows];
@@ -87,7 +87,7 @@ inline void channel_weights(CamMethod method, const T* const* a, const T* const*
 template <typename T>
 inline T channel_weight(CamMethod method, const T* a, const T* g, int64_t pixels) {
   T weight;
-  channel_weights(method, &a, &g, 1, pixels, /*tail_readable=*/false, &weight);
+  channel_weights(method, &a, &g, 1, pixels, /*extents=*/&pixels, &weight);
   return weight;
 }
 
@@ -105,9 +105,10 @@ inline int64_t cam_reduce_forward_workspace_size(int64_t channels, int64_t pixel
 }
 
 // cam[p] = sum_k w_k A[k, p] (channel-weighted methods) or sum_k f(A[k, p], G[k, p]).
-// Channels go kMaxRows at a time, so their weight reductions overlap. `tail_readable`: a vector's
-// worth of memory after this image's A and G may be read (it is the next image), which lets the
-// last partial vector of each row be a plain load.
+// Channels go kMaxRows at a time, so their weight reductions overlap. `readable_after`: how many
+// elements of A and of G after this image's may be read (the next images of the batch); with the
+// rows that follow in this image, they let the last partial vector of a row be a plain load where
+// that stays inside the buffers.
 template <typename scalar_t>
 void cam_reduce_forward_channels_first(
     const scalar_t* activations,
@@ -117,7 +118,7 @@ void cam_reduce_forward_channels_first(
     int64_t pixels,
     CamMethod method,
     opmath_t<scalar_t>* workspace,
-    bool tail_readable = false) {
+    int64_t readable_after = 0) {
   using T = opmath_t<scalar_t>;
   using cam_detail::Vec;
   constexpr int64_t lanes = Vec<T>::size();
@@ -131,30 +132,30 @@ void cam_reduce_forward_channels_first(
 
   for (int64_t k0 = 0; k0 < channels; k0 += kMaxRows) {
     const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, channels - k0));
-    // Every row but the image's last is followed by another row; converted rows live in padded scratch.
-    const bool readable = converts || tail_readable || k0 + rows < channels;
     const T* a[kMaxRows];
     const T* g[kMaxRows];
+    int64_t extents[kMaxRows];
     for (int r = 0; r < rows; ++r) {
       a[r] = load_opmath(activations + (k0 + r) * pixels, pixels, a_scratch + r * padded);
       g[r] = load_opmath(gradients + (k0 + r) * pixels, pixels, g_scratch + r * padded);
+      // Converted rows live in scratch padded to whole vectors; rows of the input run to the end
+      // of this image and on into the readable part of the batch after it.
+      extents[r] = converts ? padded : (channels - k0 - r) * pixels + readable_after;
     }
     if (weighted) {
       T weights[kMaxRows];
-      cam_detail::channel_weights(method, a, g, rows, pixels, readable, weights);
+      cam_detail::channel_weights(method, a, g, rows, pixels, extents, weights);
       for (int r = 0; r < rows; ++r) {
         const Vec<T> w(weights[r]);
-        const bool row_readable = readable || r + 1 < rows;
         for (int64_t i = 0; i < pixels; i += lanes) {
-          (Vec<T>::loadu(acc + i) + w * load_row(a[r], i, pixels, row_readable)).store(acc + i);
+          (Vec<T>::loadu(acc + i) + w * load_row(a[r], i, pixels, extents[r])).store(acc + i);
         }
       }
     } else {
       for (int r = 0; r < rows; ++r) {
-        const bool row_readable = readable || r + 1 < rows;
         for (int64_t i = 0; i < pixels; i += lanes) {
-          const Vec<T> term = cam_detail::elementwise_term(method, load_row(a[r], i, pixels, row_readable),
-                                                           load_row(g[r], i, pixels, row_readable));
+          const Vec<T> term = cam_detail::elementwise_term(method, load_row(a[r], i, pixels, extents[r]),
+                                                           load_row(g[r], i, pixels, extents[r]));
           (Vec<T>::loadu(acc + i) + term).store(acc + i);
         }
       }

@@ -7,6 +7,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -72,23 +73,24 @@ inline int64_t round_up(int64_t n, int64_t multiple) {
   return (n + multiple - 1) / multiple * multiple;
 }
 
-// Lanes [i, i + lanes) of a row of n elements. Lanes past n are read from the memory that follows
-// the row when `tail_readable` (a full load instead of a slow partial one), else zero-filled;
-// callers mask or ignore them.
+// Lanes [i, i + lanes) of a row of n elements, where `extent` >= n elements may be read from `row`
+// on (the memory after the row that belongs to the same buffer). A full load when the vector stays
+// within the extent (faster than a partial one), else a partial load that zero-fills the lanes past
+// n; callers mask or ignore the lanes past n either way.
 template <typename T>
-inline at::vec::Vectorized<T> load_row(const T* row, int64_t i, int64_t n, bool tail_readable) {
+inline at::vec::Vectorized<T> load_row(const T* row, int64_t i, int64_t n, int64_t extent) {
   using Vec = at::vec::Vectorized<T>;
-  return (i + Vec::size() <= n || tail_readable) ? Vec::loadu(row + i) : Vec::loadu(row + i, n - i);
+  return i + Vec::size() <= std::max(n, extent) ? Vec::loadu(row + i) : Vec::loadu(row + i, static_cast<int>(n - i));
 }
 
 // out[r] = sum_i f(a[r][i], g[r][i], Vec(params[r])) for r < rows <= kMaxRows, i < n. Each row has
 // its own accumulator, so the additions of different rows overlap in the pipeline instead of
-// waiting on each other.
+// waiting on each other. extents[r]: elements readable from a[r] and from g[r] (see load_row).
 inline constexpr int kMaxRows = 4;
 
 template <typename T, typename F>
 inline void vec_sum_rows(int rows, int64_t n, const T* const* a, const T* const* g, const T* params,
-                         bool tail_readable, const F& f, T* out) {
+                         const int64_t* extents, const F& f, T* out) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t lanes = Vec::size();
   Vec acc[kMaxRows];
@@ -106,7 +108,7 @@ inline void vec_sum_rows(int rows, int64_t n, const T* const* a, const T* const*
   if (i < n) {
     const auto count = static_cast<int>(n - i);
     for (int r = 0; r < rows; ++r) {
-      const Vec term = f(load_row(a[r], i, n, tail_readable), load_row(g[r], i, n, tail_readable), param[r]);
+      const Vec term = f(load_row(a[r], i, n, extents[r]), load_row(g[r], i, n, extents[r]), param[r]);
       acc[r] += Vec::set(Vec(T(0)), term, count);
     }
   }

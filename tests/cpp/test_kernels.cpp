@@ -233,3 +233,271 @@ TEST(TSGBConv2d, DilatedWindowSkipsTheMiddle) {
   const tk::Conv2dGeometry geo{1, 3, 1, 1, 1, 2, 1, 1, 0, 0, 1, 2};
   expect_near(tsgb_conv_grad({1.0, 5.0, 3.0}, {8.0}, {1.0}, 1, 1, geo), {8.0 / (4.0 + 1e-10), 0.0, 8.0 / (4.0 + 1e-10)});
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tiny and odd sizes. Every buffer below is exactly as large as the kernel's contract says, so a
+// vector load that runs past one is caught by AddressSanitizer (tests/cpp/build_and_run.py
+// --sanitize) instead of passing on the allocator's slack.
+
+#include "../../csrc/kernels/rectified_relu.h"
+#include "../../csrc/kernels/tsgb_batch_norm.h"
+
+#include <c10/util/BFloat16.h>
+
+namespace {
+
+// Sizes around the vector widths (4 doubles, 8 floats, 16 halves per AVX2 register).
+const std::vector<int64_t> kOddSizes = {1, 2, 3, 5, 7, 8, 9, 15, 17};
+
+// cam_reduce of one channels-first image, in double, straight from the formulas.
+std::vector<double> reference_cam(const std::vector<double>& a, const std::vector<double>& g, int64_t k, int64_t p,
+                                  CamMethod method) {
+  std::vector<double> cam(p, 0.0);
+  for (int64_t c = 0; c < k; ++c) {
+    const double* ac = a.data() + c * p;
+    const double* gc = g.data() + c * p;
+    double sum_a = 0, sum_g = 0, sum_abs_g = 0, sum_ag = 0, sum_pp = 0;
+    for (int64_t i = 0; i < p; ++i) {
+      sum_a += ac[i];
+      sum_g += gc[i];
+      sum_abs_g += std::abs(gc[i]);
+      sum_ag += ac[i] * gc[i];
+    }
+    for (int64_t i = 0; i < p; ++i) {
+      const double g2 = gc[i] * gc[i];
+      sum_pp += std::max(gc[i], 0.0) * g2 / (2 * g2 + sum_a * g2 * gc[i] + torchcam_ops::kGradCAMPlusPlusEps);
+    }
+    for (int64_t i = 0; i < p; ++i) {
+      switch (method) {
+        case CamMethod::GradCAM: cam[i] += sum_g / p * ac[i]; break;
+        case CamMethod::AbsCAM: cam[i] += sum_abs_g / p * ac[i]; break;
+        case CamMethod::XGradCAM: cam[i] += sum_ag / (sum_a + torchcam_ops::kXGradCAMEps) * ac[i]; break;
+        case CamMethod::GradCAMPlusPlus: cam[i] += sum_pp * ac[i]; break;
+        case CamMethod::LayerCAM: cam[i] += std::max(gc[i], 0.0) * ac[i]; break;
+        case CamMethod::HiResCAM: cam[i] += gc[i] * ac[i]; break;
+        case CamMethod::GradCAMElementwise: cam[i] += std::max(gc[i] * ac[i], 0.0); break;
+      }
+    }
+  }
+  return cam;
+}
+
+std::vector<double> pattern(int64_t n, double scale, double phase) {
+  std::vector<double> v(n);
+  for (int64_t i = 0; i < n; ++i) v[i] = std::sin(scale * i + phase);
+  return v;
+}
+
+template <typename T>
+std::vector<T> cast(const std::vector<double>& v) {
+  std::vector<T> out(v.size());
+  std::transform(v.begin(), v.end(), out.begin(), [](double x) { return static_cast<T>(x); });
+  return out;
+}
+
+template <typename T>
+std::vector<double> widen(const std::vector<T>& v) {
+  std::vector<double> out(v.size());
+  std::transform(v.begin(), v.end(), out.begin(), [](T x) { return static_cast<double>(x); });
+  return out;
+}
+
+// Forward of a whole batch the way the CPU op calls the kernel: each image may read into the
+// images after it, never past the batch.
+template <typename T>
+void check_cam_reduce_batch(int64_t batch, int64_t k, int64_t p, double tol) {
+  // Non-negative activations, as after a ReLU: XGrad-CAM and Grad-CAM++ divide by sums of A.
+  auto a64 = pattern(batch * k * p, 0.7, 0.1);
+  for (double& v : a64) v = 0.6 + 0.5 * v;
+  const auto g64 = pattern(batch * k * p, 1.3, 0.4);
+  const auto a = cast<T>(a64), g = cast<T>(g64);
+  for (const auto& entry : torchcam_ops::kCamMethods) {
+    std::vector<T> cam(batch * p), cam_last(batch * p);
+    std::vector<tk::opmath_t<T>> workspace(tk::cam_reduce_forward_workspace_size(k, p, false));
+    std::vector<tk::opmath_t<T>> workspace_last(tk::cam_reduce_forward_workspace_size(k, p, true));
+    for (int64_t n = 0; n < batch; ++n) {
+      const int64_t offset = n * k * p;
+      tk::cam_reduce_forward_channels_first(a.data() + offset, g.data() + offset, cam.data() + n * p, k, p,
+                                            entry.method, workspace.data(), (batch - n - 1) * k * p);
+      const std::vector<T> a_image(a.begin() + offset, a.begin() + offset + k * p);
+      const std::vector<T> g_image(g.begin() + offset, g.begin() + offset + k * p);
+      tk::cam_reduce_forward_channels_last(to_channels_last(a_image, k, p).data(),
+                                           to_channels_last(g_image, k, p).data(), cam_last.data() + n * p, k, p,
+                                           entry.method, workspace_last.data());
+      const auto expected = reference_cam(widen(a_image), widen(g_image), k, p, entry.method);
+      for (int64_t i = 0; i < p; ++i) {
+        const double scale = 1.0 + std::abs(expected[i]);
+        EXPECT_NEAR(static_cast<double>(cam[n * p + i]), expected[i], tol * scale)
+            << entry.name << " channels-first k=" << k << " p=" << p << " n=" << n << " i=" << i;
+        EXPECT_NEAR(static_cast<double>(cam_last[n * p + i]), expected[i], tol * scale)
+            << entry.name << " channels-last k=" << k << " p=" << p << " n=" << n << " i=" << i;
+      }
+    }
+  }
+}
+
+template <typename T>
+void check_cam_reduce_backward(int64_t k, int64_t p, double tol) {
+  const auto a = cast<T>(pattern(k * p, 0.9, 0.2)), g = cast<T>(pattern(k * p, 0.5, 1.0));
+  const auto grad_cam = cast<T>(pattern(p, 0.3, 0.7));
+  for (const auto& entry : torchcam_ops::kCamMethods) {
+    std::vector<T> grad_a(k * p), grad_g(k * p);
+    std::vector<tk::opmath_t<T>> workspace(tk::cam_reduce_backward_workspace_size(p));
+    tk::cam_reduce_backward_channels_first(grad_cam.data(), a.data(), g.data(), grad_a.data(), grad_g.data(), k, p,
+                                           entry.method, workspace.data());
+    // cam is linear in A for every method but elementwise Grad-CAM: <grad_cam, cam(A)> = <grad_A, A>
+    // for the channel-weighted methods without a sum over A in the weight.
+    if (entry.method == CamMethod::GradCAM || entry.method == CamMethod::AbsCAM ||
+        entry.method == CamMethod::LayerCAM || entry.method == CamMethod::HiResCAM) {
+      const auto cam = reference_cam(widen(a), widen(g), k, p, entry.method);
+      double lhs = 0, rhs = 0, magnitude = 0;
+      for (int64_t i = 0; i < p; ++i) lhs += static_cast<double>(grad_cam[i]) * cam[i];
+      for (int64_t i = 0; i < k * p; ++i) {
+        const double term = static_cast<double>(grad_a[i]) * static_cast<double>(a[i]);
+        rhs += term;
+        magnitude += std::abs(term);
+      }
+      EXPECT_NEAR(lhs, rhs, tol * (1 + magnitude)) << entry.name << " k=" << k << " p=" << p;
+    }
+    for (int64_t i = 0; i < k * p; ++i) {
+      EXPECT_TRUE(std::isfinite(static_cast<double>(grad_a[i])) && std::isfinite(static_cast<double>(grad_g[i])))
+          << entry.name << " k=" << k << " p=" << p << " i=" << i;
+    }
+  }
+}
+
+} // namespace
+
+TEST(TinySizes, CamReduceForwardEveryMethodAndDtype) {
+  for (int64_t k : {1, 2, 3, 5}) {
+    for (int64_t p : kOddSizes) {
+      for (int64_t batch : {1, 2}) {
+        check_cam_reduce_batch<double>(batch, k, p, 1e-12);
+        check_cam_reduce_batch<float>(batch, k, p, 1e-5);
+        // Half inputs: the reference sees the same rounded inputs, the kernel accumulates in float.
+        check_cam_reduce_batch<c10::Half>(batch, k, p, 2e-3);
+        check_cam_reduce_batch<c10::BFloat16>(batch, k, p, 2e-2);
+      }
+    }
+  }
+}
+
+TEST(TinySizes, CamReduceBackwardEveryMethodAndDtype) {
+  for (int64_t k : {1, 2, 5}) {
+    for (int64_t p : kOddSizes) {
+      // grad_A is rounded to the input dtype, so the tolerance follows its precision.
+      check_cam_reduce_backward<double>(k, p, 1e-12);
+      check_cam_reduce_backward<float>(k, p, 1e-6);
+      check_cam_reduce_backward<c10::Half>(k, p, 2e-3);
+      check_cam_reduce_backward<c10::BFloat16>(k, p, 1e-2);
+    }
+  }
+}
+
+namespace {
+
+template <typename T>
+void check_postprocess(int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w) {
+  const auto cam = cast<T>(pattern(in_h * in_w, 1.9, 0.3));
+  const tk::ResizePlanStorage<tk::opmath_t<T>> storage(in_h, in_w, out_h, out_w);
+  for (bool normalize : {false, true}) {
+    std::vector<T> out(out_h * out_w);
+    std::vector<tk::opmath_t<T>> workspace(tk::cam_postprocess_forward_workspace_size(in_h, out_w));
+    tk::cam_postprocess_forward(cam.data(), out.data(), storage.plan(), true, normalize, workspace.data());
+    // Every output is a convex blend of ReLU'd inputs (then affinely mapped into [0, 1]).
+    const auto relu_cam = widen(cam);
+    const double hi = std::max(0.0, *std::max_element(relu_cam.begin(), relu_cam.end()));
+    for (const T v : out) {
+      const double value = static_cast<double>(v);
+      EXPECT_GE(value, 0.0);
+      EXPECT_LE(value, normalize ? 1.0 : hi * (1 + 1e-6) + 1e-12);
+    }
+    std::vector<T> grad_cam(in_h * in_w);
+    const auto grad_out = cast<T>(pattern(out_h * out_w, 0.4, 0.9));
+    std::vector<tk::opmath_t<T>> backward_workspace(tk::cam_postprocess_backward_workspace_size(in_h, in_w, out_w));
+    tk::cam_postprocess_backward(grad_out.data(), cam.data(), grad_cam.data(), storage.plan(), true, normalize,
+                                 backward_workspace.data());
+    for (const T v : grad_cam) EXPECT_TRUE(std::isfinite(static_cast<double>(v)));
+  }
+}
+
+} // namespace
+
+TEST(TinySizes, CamPostprocessForwardAndBackward) {
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{1, 1}, {1, 2}, {2, 1}, {1, 3}, {3, 5}, {7, 2}, {9, 17}};
+  for (const auto& [in_h, in_w] : shapes) {
+    for (const auto& [out_h, out_w] : shapes) {
+      check_postprocess<double>(in_h, in_w, out_h, out_w);
+      check_postprocess<float>(in_h, in_w, out_h, out_w);
+      check_postprocess<c10::Half>(in_h, in_w, out_h, out_w);
+      check_postprocess<c10::BFloat16>(in_h, in_w, out_h, out_w);
+    }
+  }
+}
+
+TEST(TinySizes, TSGBConv2dConservesRelevance) {
+  // 1 and odd spatial sizes, kernels 1 and 3, padding, stride 2 and dilation: sum X * grad_X = sum G * Z
+  // whenever every window has some input (no all-zero windows here).
+  struct Case {
+    int64_t h, w, kernel, stride, pad, dilation;
+  };
+  for (const Case& c : {Case{1, 1, 1, 1, 0, 1}, Case{1, 1, 3, 1, 1, 1}, Case{1, 3, 1, 2, 0, 1}, Case{3, 1, 3, 1, 1, 1},
+                        Case{5, 7, 3, 2, 1, 1}, Case{9, 2, 3, 1, 2, 2}, Case{2, 9, 1, 1, 0, 1}}) {
+    const int64_t out_h = (c.h + 2 * c.pad - c.dilation * (c.kernel - 1) - 1) / c.stride + 1;
+    const int64_t out_w = (c.w + 2 * c.pad - c.dilation * (c.kernel - 1) - 1) / c.stride + 1;
+    const tk::Conv2dGeometry geo{c.h,      c.w,      out_h,    out_w,    c.kernel,   c.kernel,
+                                 c.stride, c.stride, c.pad,    c.pad,    c.dilation, c.dilation};
+    const int64_t in_channels = 3, out_channels = 2;
+    auto x = pattern(in_channels * c.h * c.w, 0.8, 0.5);
+    for (double& v : x) v += 1.5; // no zero inputs, so no window sums to zero
+    const auto z = pattern(out_channels * out_h * out_w, 0.6, 0.2);
+    const auto g = pattern(out_channels * out_h * out_w, 0.35, 1.1);
+    const auto grad = tsgb_conv_grad(x, z, g, in_channels, out_channels, geo);
+    double relevance_in = 0, relevance_out = 0;
+    for (size_t i = 0; i < x.size(); ++i) relevance_in += x[i] * grad[i];
+    for (size_t i = 0; i < z.size(); ++i) relevance_out += g[i] * z[i];
+    // Every output window covers at least one real input here, so relevance is conserved.
+    EXPECT_NEAR(relevance_in, relevance_out, 1e-8) << "h=" << c.h << " w=" << c.w << " k=" << c.kernel;
+  }
+}
+
+namespace {
+
+template <typename T>
+void check_elementwise_backwards(int64_t n) {
+  const auto x64 = pattern(n, 1.1, 0.25), g64 = pattern(n, 0.7, 0.6);
+  const auto x = cast<T>(x64), g = cast<T>(g64);
+  std::vector<tk::opmath_t<T>> workspace(3 * n);
+  for (const auto rule : {torchcam_ops::ReluRectification::Guided, torchcam_ops::ReluRectification::Deconvnet,
+                          torchcam_ops::ReluRectification::Plain}) {
+    std::vector<T> out(n);
+    tk::rectified_relu_backward(g.data(), x.data(), out.data(), n, rule, workspace.data());
+    for (int64_t i = 0; i < n; ++i) {
+      const double gi = static_cast<double>(g[i]), xi = static_cast<double>(x[i]);
+      const double expected = rule == torchcam_ops::ReluRectification::Guided  ? (xi > 0 && gi > 0 ? gi : 0.0)
+          : rule == torchcam_ops::ReluRectification::Deconvnet ? std::max(gi, 0.0)
+                                                               : (xi > 0 ? gi : 0.0);
+      EXPECT_EQ(static_cast<double>(out[i]), expected) << "n=" << n << " i=" << i;
+    }
+  }
+  const double scale = 1.5, shift = -0.25;
+  std::vector<T> grad_x(n);
+  tk::tsgb_batch_norm_backward_plane(g.data(), x.data(), grad_x.data(), n, static_cast<tk::opmath_t<T>>(scale),
+                                     static_cast<tk::opmath_t<T>>(shift), workspace.data());
+  for (int64_t i = 0; i < n; ++i) {
+    const double xi = static_cast<double>(x[i]), gi = static_cast<double>(g[i]);
+    const double expected = xi == 0 ? 0.0 : gi * (scale * xi + shift) / xi;
+    EXPECT_NEAR(static_cast<double>(grad_x[i]), expected, 1e-2 * (1 + std::abs(expected))) << "n=" << n << " i=" << i;
+  }
+}
+
+} // namespace
+
+TEST(TinySizes, RectifiedReluAndBatchNormBackward) {
+  for (int64_t n : kOddSizes) {
+    check_elementwise_backwards<double>(n);
+    check_elementwise_backwards<float>(n);
+    check_elementwise_backwards<c10::Half>(n);
+    check_elementwise_backwards<c10::BFloat16>(n);
+  }
+}
