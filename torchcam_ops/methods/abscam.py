@@ -34,9 +34,13 @@ class AbsCAM(BaseCAM):
         super().__init__(model, target_layers, batch_size=batch_size)
         self.phase = phase
 
-    def _explain(self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int]) -> Tensor | list[Tensor]:
+    def _explain(self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int],
+                 create_graph: bool) -> Tensor | list[Tensor]:
         if self.phase == 1 or raw:
-            return super()._explain(x, targets, raw, size)
+            return super()._explain(x, targets, raw, size, create_graph)
+        if create_graph:
+            raise ValueError("create_graph: Abs-CAM phase 2 weights channels by the scores of masked images, "
+                             "computed without gradients; use phase=1 for maps that carry gradients")
         maps = [self._phase_two(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), size)
                 for start, stop in self._chunks(x.shape[0])]
         multi = maps[0][1]
@@ -57,21 +61,22 @@ class AbsCAM(BaseCAM):
                     weights = g.to(maps.dtype).abs().mean((2, 3))  # [n, K]
                     for n in range(batch):
                         maps[n, t] = self._refine(x[n], a[n].to(maps.dtype) * weights[n, :, None, None],
-                                                  int(indices[n, t]), size)
+                                                  indices[n, t:t + 1], size)
                 layer_maps.append(maps)
             if len(layer_maps) == 1:
                 return layer_maps[0], multi
             mean = torch.stack(layer_maps).mean(0).reshape(batch * count, *size)
             return cam_postprocess(mean, size, relu=False).reshape(batch, count, *size), multi
 
-    def _refine(self, image: Tensor, weighted: Tensor, target: int, size: tuple[int, int]) -> Tensor:
-        """L for one image ``[C, H, W]`` and class from its weighted activations ``[K, h, w]``."""
+    def _refine(self, image: Tensor, weighted: Tensor, target: Tensor, size: tuple[int, int]) -> Tensor:
+        """L for one image ``[C, H, W]`` and class (a LongTensor ``[1]`` on the image's device, never
+        read on the host) from its weighted activations ``[K, h, w]``."""
         masks = cam_postprocess(weighted, tuple(image.shape[-2:]), relu=False)  # M_k at the input size
         step = self.batch_size or masks.shape[0]
         scores = torch.empty(masks.shape[0], device=image.device, dtype=masks.dtype)
         for start in range(0, masks.shape[0], step):
             chunk = masks[start:start + step]
             probabilities = torch.softmax(self.model(image[None] * chunk[:, None].to(image.dtype)).to(masks.dtype), dim=1)
-            scores[start:start + step] = probabilities[:, target]
+            scores[start:start + step] = probabilities.index_select(1, target)[:, 0]
         combined = torch.einsum("k,khw->hw", scores, masks)
         return cam_postprocess(combined[None], size)[0]

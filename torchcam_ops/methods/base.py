@@ -1,21 +1,28 @@
 """The shared base of the gradient-weighted CAM explainers.
 
-One forward pass captures the target layers' outputs with forward hooks (registered for the call
-only), one ``torch.autograd.grad`` per requested class gives their gradients, and the fused ops
-``cam_reduce`` and ``cam_postprocess`` turn them into maps. No backward hooks are used, so models
-with in-place ReLUs work; parameter ``.grad`` fields are never touched; grad mode is enabled
-locally, so calling under ``torch.no_grad()`` works; no graph, hook or reference outlives a call.
+One forward pass records the target layers' outputs for the calling thread (``capture.py``: no hook
+on the user's modules, downstream in-place ops never reach the recorded outputs), one
+``torch.autograd.grad`` per requested class gives their gradients, and the fused ops ``cam_reduce``
+and ``cam_postprocess`` turn them into maps. No backward hooks are used; parameter ``.grad`` fields
+are never touched; grad mode is enabled locally, so calling under ``torch.no_grad()`` works; no graph
+or reference outlives a call unless ``create_graph=True`` asks for maps that carry gradients.
+
+A call reads no device data on the host when targets are None or a tensor on the model's device
+(range checks of device tensors are asynchronous), so it runs on the ``meta`` device, inside CUDA
+graph capture and under ``torch.compile``.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, NamedTuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from torchcam_ops.methods.capture import ExplainerHold, capture_outputs
+from torchcam_ops.methods.graphs import Graphable
 from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce
 
 #: What ``targets`` may be: ``None`` (each image's top class), a class index, one index per image,
@@ -32,8 +39,19 @@ def unwrap_compiled(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def resolve_layers(model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec]) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of each target layer, given as modules of ``model`` or dotted names."""
+class TargetLayer(NamedTuple):
+    """A target layer: its name as given (``"layer4"``, ``"_swish@-1"``), the module, and which of
+    its calls in one forward pass is explained (None: it must run exactly once)."""
+
+    name: str
+    module: nn.Module
+    call: int | None
+
+
+def resolve_layers(model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec]) -> list[TargetLayer]:
+    """Each target layer, given as a module of ``model`` or a dotted name. A name may end in ``@k``
+    to explain the k-th call (0-based, negative from the end) of a module that runs several times
+    in one forward pass, such as a shared activation module."""
     if isinstance(target_layers, (str, nn.Module)):
         target_layers = [target_layers]
     if not isinstance(target_layers, Sequence) or len(target_layers) == 0:
@@ -43,40 +61,23 @@ def resolve_layers(model: nn.Module, target_layers: LayerSpec | Sequence[LayerSp
     layers = []
     for layer in target_layers:
         if isinstance(layer, str):
+            path, _, call = layer.partition("@")
             try:
-                layers.append((layer, model.get_submodule(layer)))
+                call_index = int(call) if call else None
+            except ValueError:
+                raise ValueError(f"target_layers: {layer!r}: expected a call index after '@' "
+                                 "(e.g. '_swish@-1' for the last call)") from None
+            try:
+                layers.append(TargetLayer(layer, model.get_submodule(path), call_index))
             except AttributeError:
-                raise ValueError(f"target_layers: the model has no submodule {layer!r}") from None
+                raise ValueError(f"target_layers: the model has no submodule {path!r}") from None
         elif isinstance(layer, nn.Module):
             if id(layer) not in names:
                 raise ValueError(f"target_layers: {type(layer).__name__} module is not part of the model")
-            layers.append((names[id(layer)], layer))
+            layers.append(TargetLayer(names[id(layer)], layer, None))
         else:
             raise TypeError(f"target_layers: expected modules or dotted names, got {type(layer).__name__}")
     return layers
-
-
-@contextlib.contextmanager
-def capture_outputs(layers: Sequence[tuple[str, nn.Module]]) -> Iterator[dict[str, Tensor]]:
-    """Forward hooks that record each layer's latest output, removed on exit (also on errors)."""
-    captured: dict[str, Tensor] = {}
-    handles = []
-
-    def hook_for(name: str):
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if not isinstance(output, Tensor):
-                raise TypeError(f"target layer {name!r} returned {type(output).__name__}; a CAM needs a tensor output")
-            captured[name] = output
-
-        return hook
-
-    try:
-        for name, module in layers:
-            handles.append(module.register_forward_hook(hook_for(name)))
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextlib.contextmanager
@@ -98,6 +99,18 @@ def map_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def check_on_device(ok: Tensor, message: str) -> None:
+    """Raises ``ValueError(message)`` unless the boolean tensor ``ok`` is True. CPU tensors are
+    checked at once; tensors on other devices, and any tensor while ``torch.compile`` traces, are
+    checked asynchronously (``torch._assert_async``: a ``RuntimeError`` with the same message, at the
+    latest when the result is next read), so the check never stalls the host on device data."""
+    if ok.device.type == "cpu" and not torch.compiler.is_compiling():
+        if not bool(ok):
+            raise ValueError(message)
+    else:
+        torch._assert_async(ok, message)
+
+
 def check_input(x: Any) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"x: expected a torch.Tensor batch [N, C, H, W], got {type(x).__name__}")
@@ -107,6 +120,10 @@ def check_input(x: Any) -> Tensor:
         raise ValueError("x: the batch is empty")
     if not x.is_floating_point():
         raise TypeError(f"x: expected a floating-point tensor, got {x.dtype}")
+    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
+        raise RuntimeError("explainers need gradients, which torch.inference_mode() forbids; call the explainer "
+                           "outside it (torch.no_grad() is fine)")
+    check_on_device(torch.isfinite(x).all(), "x: the input contains NaN or infinite values")
     return x
 
 
@@ -128,8 +145,11 @@ def target_scores(output: Any, targets: Targets, batch: int) -> tuple[Tensor, bo
     return output.gather(1, indices), multi, indices
 
 
-def class_indices(targets: Targets, batch: int, num_classes: int, logits: Tensor | None = None) -> tuple[Tensor, bool]:
-    """Class indices ``[N, T]`` from a target specification, validated against ``num_classes``."""
+def class_indices(targets: Targets, batch: int, num_classes: int | None,
+                  logits: Tensor | None = None) -> tuple[Tensor, bool]:
+    """Class indices ``[N, T]`` from a target specification, validated against ``num_classes``
+    (not validated when it is None: the caller checks them against the model output later).
+    Python ints are checked on the host; tensors with :func:`check_on_device`."""
     if targets is None:
         if logits is None:
             raise ValueError("targets: None needs the model output")
@@ -137,8 +157,9 @@ def class_indices(targets: Targets, batch: int, num_classes: int, logits: Tensor
     if isinstance(targets, bool):
         raise TypeError("targets: expected class indices, got a bool")
     if isinstance(targets, int):
-        indices, multi = torch.full((batch, 1), targets, dtype=torch.long), False
-    elif isinstance(targets, Tensor):
+        _check_python_indices([targets], num_classes)
+        return torch.full((batch, 1), targets, dtype=torch.long), False
+    if isinstance(targets, Tensor):
         if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
             raise TypeError(f"targets: expected an integer tensor of class indices, got {targets.dtype}")
         if targets.dim() == 0:
@@ -150,18 +171,27 @@ def class_indices(targets: Targets, batch: int, num_classes: int, logits: Tensor
         else:
             raise ValueError(f"targets: expected a tensor of shape [N] or [N, T] with N = {batch}, "
                              f"got {list(targets.shape)}")
-    elif isinstance(targets, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
+        if num_classes is not None:
+            check_on_device(((indices >= 0) & (indices < num_classes)).all(),
+                            f"targets: a class index is out of range for a model with {num_classes} outputs "
+                            f"(expected 0 <= index < {num_classes})")
+        return indices, multi
+    if isinstance(targets, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
         if len(targets) != batch:
             raise ValueError(f"targets: expected {batch} class indices (one per image), got {len(targets)}")
-        indices, multi = torch.tensor(list(targets), dtype=torch.long)[:, None], False
-    else:
-        raise TypeError(f"targets: expected None, an int, a sequence of ints, a LongTensor or a callable, "
-                        f"got {type(targets).__name__}")
-    out_of_range = (indices < 0) | (indices >= num_classes)
-    if bool(out_of_range.any()):
-        bad = int(indices[out_of_range][0])
-        raise ValueError(f"targets: class index {bad} is out of range for a model with {num_classes} outputs")
-    return indices, multi
+        _check_python_indices(targets, num_classes)
+        return torch.tensor(list(targets), dtype=torch.long)[:, None], False
+    raise TypeError(f"targets: expected None, an int, a sequence of ints, a LongTensor or a callable, "
+                    f"got {type(targets).__name__}")
+
+
+def _check_python_indices(indices: Sequence[int], num_classes: int | None) -> None:
+    for index in indices:
+        if num_classes is not None and not 0 <= index < num_classes:
+            raise ValueError(f"targets: class index {index} is out of range for a model with {num_classes} outputs "
+                             f"(expected 0 <= index < {num_classes})")
+        if index < 0:
+            raise ValueError(f"targets: class index {index} is out of range (class indices are non-negative)")
 
 
 def slice_targets(targets: Targets, start: int, stop: int, batch: int) -> Targets:
@@ -173,13 +203,21 @@ def slice_targets(targets: Targets, start: int, stop: int, batch: int) -> Target
     return targets
 
 
-class BaseCAM:
+class BaseCAM(Graphable):
     """A gradient-weighted class activation map explainer; subclasses name a ``cam_reduce`` method.
 
     ``with GradCAM(model, target_layers=[model.layer4]) as cam: maps = cam(x, targets)`` returns
     ``[N, H, W]`` maps in [0, 1] (or ``[N, T, H, W]`` for T targets per image) on x's device, float32
     (float64 for float64 inputs). Several target layers: each layer's normalised map is resized to the output size, the
     maps are averaged and normalised again.
+
+    The map describes the target layer's own output, before any in-place operation that follows it
+    in the model. A target layer must run once per forward pass: one that runs several times (a
+    shared block) is refused with an error naming it; target a module that runs once.
+
+    An open explainer holds a process-wide forward hook that records outputs for the calling thread
+    only (``capture.py``); ``close()`` or the end of a ``with`` block releases it (so does garbage
+    collection). One explainer may be called from several threads at once.
     """
 
     method: ClassVar[str] = ""
@@ -195,9 +233,8 @@ class BaseCAM:
         self.model = unwrap_compiled(model)
         self.layers = resolve_layers(self.model, target_layers)
         self.batch_size = batch_size
+        self._hold = ExplainerHold()
 
-    # Hooks live only during a call, so entering holds nothing; the context manager form is kept
-    # for the familiar API and to mark the explainer's lifetime.
     def __enter__(self) -> BaseCAM:
         return self
 
@@ -205,22 +242,29 @@ class BaseCAM:
         self.close()
 
     def close(self) -> None:
-        """Nothing to release: no hook outlives a call."""
+        """Releases this explainer's hold on the capture hook; later calls raise."""
+        self._hold.release()
 
     def __call__(self, x: Tensor, targets: Targets = None, *, raw: bool = False,
-                 output_size: int | tuple[int, int] | None = None) -> Tensor | list[Tensor]:
+                 output_size: int | tuple[int, int] | None = None, create_graph: bool = False) -> Tensor | list[Tensor]:
         """Maps of ``x`` ``[N, C, H, W]`` for ``targets``.
 
         ``raw=True``: the un-normalised layer-resolution maps (before ReLU), one tensor per layer
         (a list when there are several). ``output_size`` overrides the input size.
+        ``create_graph=True``: the maps carry gradients to the model's parameters (through the
+        layers after the target layer too, as second-order terms), for explanation losses in
+        training; by default they are detached.
         """
         x = check_input(x)
         size = self._output_size(x, output_size)
+        if not self._hold._held:
+            raise RuntimeError(f"{type(self).__name__}: the explainer was closed")
         with preserve_buffers(self.model):
-            return self._explain(x, targets, raw, size)
+            return self._explain(x, targets, raw, size, create_graph)
 
-    def _explain(self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int]) -> Tensor | list[Tensor]:
-        raws = [self._layer_maps(x[start:stop], slice_targets(targets, start, stop, x.shape[0]))
+    def _explain(self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int],
+                 create_graph: bool) -> Tensor | list[Tensor]:
+        raws = [self._layer_maps(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), create_graph)
                 for start, stop in self._chunks(x.shape[0])]
         multi = raws[0][1]
         per_layer = [torch.cat([chunk[0][i] for chunk in raws]) for i in range(len(self.layers))]
@@ -245,29 +289,27 @@ class BaseCAM:
             raise ValueError(f"output_size: expected a positive int or (height, width), got {output_size!r}")
         return tuple(output_size)
 
-    def _layer_maps(self, x: Tensor, targets: Targets) -> tuple[list[Tensor], bool]:
+    def _layer_maps(self, x: Tensor, targets: Targets, create_graph: bool = False) -> tuple[list[Tensor], bool]:
         """Raw maps ``[n, T, h, w]`` (float32, before ReLU) of each layer for one chunk."""
-        activations, gradients, multi, _ = self._activations_and_gradients(x, targets)
+        activations, gradients, multi, _ = self._activations_and_gradients(x, targets, create_graph)
         maps = []
         for a, grads in zip(activations, gradients):
             maps.append(torch.stack([cam_reduce(a, g, self.method) for g in grads], dim=1).to(map_dtype(x.dtype)))
         return maps, multi
 
     def _activations_and_gradients(
-        self, x: Tensor, targets: Targets
+        self, x: Tensor, targets: Targets, create_graph: bool = False
     ) -> tuple[list[Tensor], list[list[Tensor]], bool, Tensor | None]:
-        """Detached layer outputs; per layer, their gradients for each of the T targets; whether T
-        targets per image were asked for; the class indices [N, T] (None for callable targets)."""
+        """Layer outputs (detached unless ``create_graph``); per layer, their gradients for each of
+        the T targets; whether T targets per image were asked for; the class indices [N, T] (None
+        for callable targets)."""
         with capture_outputs(self.layers) as captured, torch.enable_grad():
             # A leaf that requires grad makes the layer outputs part of a graph even when every
             # parameter is frozen; the caller's tensor is left alone.
             output = self.model(x.detach().requires_grad_(True))
             scores, multi, indices = target_scores(output, targets, x.shape[0])
-            missing = [name for name, _ in self.layers if name not in captured]
-            if missing:
-                raise ValueError(f"target_layers: {missing} did not run in the model's forward pass")
-            outputs = [captured[name] for name, _ in self.layers]
-            for (name, _), out in zip(self.layers, outputs):
+            outputs = [self._layer_output(layer, captured[id(layer.module)]) for layer in self.layers]
+            for (name, _, _), out in zip(self.layers, outputs):
                 if not out.requires_grad or not scores.requires_grad:
                     raise ValueError(f"target layer {name!r}: the model output has no gradient to this layer "
                                      "(is its output detached, or computed without grad?)")
@@ -277,15 +319,31 @@ class BaseCAM:
             count = scores.shape[1]
             per_target = []
             for t in range(count):
-                grads = torch.autograd.grad(scores[:, t].sum(), outputs, retain_graph=t + 1 < count,
-                                            allow_unused=True)
-                for (name, _), g in zip(self.layers, grads):
+                grads = torch.autograd.grad(scores[:, t].sum(), outputs, retain_graph=create_graph or t + 1 < count,
+                                            create_graph=create_graph, allow_unused=True)
+                for (name, _, _), g in zip(self.layers, grads):
                     if g is None:
                         raise ValueError(f"target layer {name!r}: the model output has no gradient to this layer")
                 per_target.append(grads)
-        activations = [out.detach() for out in outputs]
+        activations = [out if create_graph else out.detach() for out in outputs]
         gradients = [[per_target[t][i] for t in range(count)] for i in range(len(self.layers))]
         return activations, gradients, multi, indices
+
+    @staticmethod
+    def _layer_output(layer: TargetLayer, outputs: list[Tensor]) -> Tensor:
+        """The recorded output that ``layer`` explains, among the outputs of its calls."""
+        if not outputs:
+            raise ValueError(f"target_layers: {layer.name!r} did not run in the model's forward pass")
+        if layer.call is None:
+            if len(outputs) > 1:
+                raise ValueError(f"target layer {layer.name!r} ran {len(outputs)} times in one forward pass; a map "
+                                 "of one call would silently ignore the others. Name the call to explain, e.g. "
+                                 f"'{layer.name}@-1' for the last (0-based), or choose a module that runs once")
+            return outputs[0]
+        if not -len(outputs) <= layer.call < len(outputs):
+            raise ValueError(f"target layer {layer.name!r}: call {layer.call} does not exist; the module ran "
+                             f"{len(outputs)} times in one forward pass")
+        return outputs[layer.call]
 
     def _fixed_targets(self, x: Tensor, targets: Targets) -> tuple[Targets, bool | None]:
         """Targets pinned on ``x`` itself, for methods that explain other inputs derived from x
@@ -295,10 +353,13 @@ class BaseCAM:
             return targets, None
         with torch.no_grad():
             logits = self.model(x) if targets is None else None
+        if logits is not None and (not isinstance(logits, Tensor) or logits.dim() != 2):
+            described = f"shape {list(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
+            raise TypeError(f"the model output ({described}) is not [N, classes] logits; this explainer needs "
+                            "class indices (a callable target is not supported)")
         # Without a forward pass the class count is unknown here; the first forward pass on the
         # derived inputs validates the indices against the real output.
-        num_classes = logits.shape[1] if logits is not None else torch.iinfo(torch.long).max
-        indices, multi = class_indices(targets, x.shape[0], num_classes, logits)
+        indices, multi = class_indices(targets, x.shape[0], None, logits)
         return indices.to(x.device), multi
 
     @staticmethod

@@ -95,8 +95,9 @@ class GIGCAM(BaseCAM):
         self.last_path_end: Tensor | None = None
         self.last_unfinished_steps: Tensor | None = None
 
-    def _explain(self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int]) -> Tensor | list[Tensor]:
-        chunks = [self._explain_chunk(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), raw)
+    def _explain(self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int],
+                 create_graph: bool) -> Tensor | list[Tensor]:
+        chunks = [self._explain_chunk(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), create_graph)
                   for start, stop in self._chunks(x.shape[0])]
         multi = chunks[0][1]
         maps = torch.cat([m for m, _ in chunks])  # [N, T, h, w]
@@ -105,29 +106,31 @@ class GIGCAM(BaseCAM):
             maps = cam_postprocess(maps.flatten(0, 1), size, relu=False).reshape(batch, count, *size)
         return maps if multi else maps[:, 0]
 
-    def _explain_chunk(self, x: Tensor, targets: Targets, raw: bool) -> tuple[Tensor, bool]:
+    def _explain_chunk(self, x: Tensor, targets: Targets, create_graph: bool) -> tuple[Tensor, bool]:
         indices, multi = self._fixed_targets(x, targets)
         if not isinstance(indices, Tensor):
             raise ValueError("targets: GIG-CAM walks one path per image and class, so it needs class indices, "
                              "not a callable")
         batch, count = indices.shape
         if self.scales is None:
-            maps = self._path_maps(x, indices)
+            maps = self._path_maps(x, indices, create_graph)
         else:
             per_scale = [self._path_maps(F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False),
-                                         indices).flatten(0, 1) for s in self.scales]
+                                         indices, create_graph).flatten(0, 1) for s in self.scales]
             fused = multiscale_fusion(per_scale)
             maps = fused.reshape(batch, count, *fused.shape[-2:])
         return maps, bool(multi)
 
-    def _guide(self, z: Tensor, targets: Tensor) -> Tensor:
+    def _guide(self, z: Tensor, targets: Tensor, create_graph: bool = False) -> Tensor:
         """C_t: the Grad-CAM map without ReLU at z, resized to z's size (mean over target layers)."""
-        raws, _ = self._layer_maps(z, targets[:, None])
+        raws, _ = self._layer_maps(z, targets[:, None], create_graph)
         size = tuple(z.shape[-2:])
         return torch.stack([upsample(r[:, 0], size) for r in raws]).mean(0)
 
-    def _path_maps(self, x: Tensor, indices: Tensor) -> Tensor:
-        """Phi ``[N, T, H, W]`` (un-normalised) for images x and class indices ``[N, T]``."""
+    def _path_maps(self, x: Tensor, indices: Tensor, create_graph: bool = False) -> Tensor:
+        """Phi ``[N, T, H, W]`` (un-normalised) for images x and class indices ``[N, T]``. With
+        ``create_graph``, Phi carries the gradients of the guides; the path itself (which pixels move
+        when) is a discrete choice and is not differentiated."""
         batch, count = indices.shape
         x = x.repeat_interleave(count, 0)  # path of (image n, class t) at row n * T + t
         targets = indices.reshape(-1)
@@ -147,13 +150,13 @@ class GIGCAM(BaseCAM):
             lower, upper = max(position - self.max_dist, 0.0), min(position + self.max_dist, 1.0)
             target = total * (1 - position)
             z = baseline + alpha[:, None].to(x.dtype) * (x - baseline)
-            guide = self._guide(z, targets).to(distance.dtype)
-            magnitude, gain = guide.abs(), guide.relu()
+            guide = self._guide(z, targets, create_graph).to(distance.dtype)
+            magnitude, gain = guide.detach().abs(), guide.relu()
             active = torch.ones(alpha.shape[0], dtype=torch.bool, device=x.device)
             for _ in range(inner_iterations):
                 alpha = torch.where(active[:, None, None] & (alpha < lower), alpha.new_tensor(lower), alpha)
                 remaining = (distance * (1 - alpha)).sum((1, 2))
-                phi += gain * active[:, None, None]
+                phi = phi + gain * active[:, None, None]
                 active = active & ((remaining - target).abs() > tolerance)
                 candidates = torch.where(alpha >= upper, inf, magnitude)
                 threshold = candidates.flatten(1).kthvalue(rank, dim=1).values

@@ -1,5 +1,7 @@
-"""Explainers made of input gradients through converted models: TSGB, guided backpropagation and
-Guided Grad-CAM. One forward pass, one backward pass per requested class."""
+"""Explainers made of input gradients under rectified backward rules: TSGB, guided backpropagation
+and Guided Grad-CAM. One forward pass, one backward pass per requested class. The rules enter through
+a mode active only in the calling thread during the call (:mod:`torchcam_ops.nn.rules`): the model's
+modules are never swapped, so explainers may run concurrently on one model."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from torchcam_ops import ops
 from torchcam_ops.methods.base import (
     LayerSpec,
     Targets,
@@ -18,10 +21,12 @@ from torchcam_ops.methods.base import (
     unwrap_compiled,
 )
 from torchcam_ops.methods.gradcam import GradCAM
-from torchcam_ops.nn import guided, tsgb
+from torchcam_ops.methods.graphs import Graphable
+from torchcam_ops.nn.convert import find_classifier
+from torchcam_ops.nn.rules import guided_rules, tsgb_rules
 
 
-class _InputGradientExplainer:
+class _InputGradientExplainer(Graphable):
     """Gradients of the target logits with respect to the input, through ``self._converted()``."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -35,7 +40,8 @@ class _InputGradientExplainer:
     def __exit__(self, *exc_info: object) -> None:
         return None
 
-    def _converted(self):
+    def _rules(self):
+        """The context manager that applies this explainer's backward rules."""
         raise NotImplementedError
 
     def _input_gradients(self, x: Tensor, targets: Targets) -> tuple[Tensor, Tensor, bool]:
@@ -43,7 +49,7 @@ class _InputGradientExplainer:
         x = check_input(x)
         if callable(targets) and not isinstance(targets, Tensor):
             raise ValueError("targets: this explainer seeds one-hot class logits, so it needs class indices")
-        with preserve_buffers(self.model), self._converted(), torch.enable_grad():
+        with preserve_buffers(self.model), self._rules(), torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
             logits = self.model(leaf)
             if not isinstance(logits, Tensor) or logits.dim() != 2:
@@ -74,10 +80,14 @@ class TSGB(_InputGradientExplainer):
 
     def __init__(self, model: nn.Module, classifier: str | nn.Module | None = None, beta: float = 1.0) -> None:
         super().__init__(model)
-        self.classifier, self.beta = classifier, beta
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta == beta:
+            raise ValueError(f"beta: expected a real number, got {beta!r}")
+        found = find_classifier(self.model, classifier)
+        self.classifier = found[1] if found else None
+        self.beta = float(beta)
 
-    def _converted(self):
-        return tsgb(self.model, self.classifier, self.beta)
+    def _rules(self):
+        return tsgb_rules(self.model, self.classifier, self.beta)
 
     def __call__(self, x: Tensor, targets: Targets = None, *, raw: bool = False) -> Tensor:
         leaf, grads, multi = self._input_gradients(x, targets)
@@ -90,16 +100,18 @@ class TSGB(_InputGradientExplainer):
 
 
 class GuidedBackprop(_InputGradientExplainer):
-    r"""Guided backpropagation (Springenberg et al. 2015): the input gradient with every ``nn.ReLU``
-    backpropagating :math:`G\,[X > 0]\,[G > 0]` (``mode="deconvnet"``: :math:`\mathrm{ReLU}(G)`).
+    r"""Guided backpropagation (Springenberg et al. 2015): the input gradient with every ReLU
+    (``nn.ReLU`` modules and functional ``F.relu``/``torch.relu`` calls) backpropagating :math:`G\,[X > 0]\,[G > 0]` (``mode="deconvnet"``: :math:`\mathrm{ReLU}(G)`).
     Returns the gradient image ``[N, C, H, W]`` (``[N, T, C, H, W]`` for T targets per image)."""
 
     def __init__(self, model: nn.Module, mode: str = "guided") -> None:
         super().__init__(model)
+        if mode not in ops.RELU_MODES:
+            raise ValueError(f"mode: unknown mode {mode!r}; expected one of {ops.RELU_MODES}")
         self.mode = mode
 
-    def _converted(self):
-        return guided(self.model, self.mode)
+    def _rules(self):
+        return guided_rules(self.mode)
 
     def __call__(self, x: Tensor, targets: Targets = None) -> Tensor:
         _, grads, multi = self._input_gradients(x, targets)
@@ -107,7 +119,7 @@ class GuidedBackprop(_InputGradientExplainer):
         return grads if multi else grads[:, 0]
 
 
-class GuidedGradCAM:
+class GuidedGradCAM(Graphable):
     r"""Guided Grad-CAM (Selvaraju et al. 2017): the guided-backprop image weighted by the Grad-CAM
     map, :math:`\partial x_{guided} \odot \operatorname{GradCAM}`, ``[N, C, H, W]``."""
 
@@ -119,7 +131,10 @@ class GuidedGradCAM:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        return None
+        self.close()
+
+    def close(self) -> None:
+        self.gradcam.close()
 
     def __call__(self, x: Tensor, targets: Targets = None) -> Tensor:
         gradient = self.guided(x, targets)

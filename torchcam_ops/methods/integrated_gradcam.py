@@ -32,7 +32,7 @@ class IntegratedGradCAM(BaseCAM):
         self.steps = steps
         self.baseline = baseline
 
-    def _layer_maps(self, x: Tensor, targets: Targets) -> tuple[list[Tensor], bool]:
+    def _layer_maps(self, x: Tensor, targets: Targets, create_graph: bool = False) -> tuple[list[Tensor], bool]:
         path_targets, multi = self._fixed_targets(x, targets)
         if isinstance(path_targets, Tensor):
             path_targets = path_targets.repeat(self.steps, 1)  # path point m of image n at row m * N + n
@@ -43,7 +43,7 @@ class IntegratedGradCAM(BaseCAM):
         step = self.batch_size or path.shape[0]
         for start in range(0, path.shape[0], step):
             chunk_targets = path_targets[start:start + step] if isinstance(path_targets, Tensor) else path_targets
-            maps, chunk_multi = super()._layer_maps(path[start:start + step], chunk_targets)
+            maps, chunk_multi = super()._layer_maps(path[start:start + step], chunk_targets, create_graph)
             multi = chunk_multi if multi is None else multi
             contributions = [self._sum_over_path(m.relu(), start, x.shape[0]) for m in maps]
             sums = contributions if sums is None else [s + c for s, c in zip(sums, contributions)]

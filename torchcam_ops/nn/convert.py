@@ -7,11 +7,10 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from torchcam_ops import ops
+from torchcam_ops.nn.rules import _CONV2D_ARGUMENTS, tsgb_conv2d_call
 from torchcam_ops.nn.modules import RectifiedReLU, TSGBAvgPool2d, TSGBBatchNorm2d, TSGBConv2d, TSGBLinear
 
 
@@ -67,19 +66,6 @@ def _plain_relu(module: nn.Module) -> nn.Module | None:
     return None
 
 
-def _padding_pairs(padding: object, weight: Tensor, stride: object, dilation: object
-                   ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """``F.conv2d``'s padding argument as (before, after) per spatial dimension."""
-    if padding == "valid":
-        return (0, 0), (0, 0)
-    if padding == "same":
-        if ops._pair("stride", stride) != [1, 1]:
-            raise ValueError(f"padding='same' needs stride 1, got stride {stride!r}")
-        totals = [d * (k - 1) for d, k in zip(ops._pair("dilation", dilation), weight.shape[-2:])]
-        return tuple((t // 2, t - t // 2) for t in totals)  # type: ignore[return-value]
-    return tuple((p, p) for p in ops._pair("padding", padding))  # type: ignore[return-value]
-
-
 class _TSGBConvCalls(TorchFunctionMode):
     """Gives the TSGB-Conv backward to the ``F.conv2d`` calls made with the weight of one of ``convs``.
 
@@ -98,17 +84,10 @@ class _TSGBConvCalls(TorchFunctionMode):
             call = dict(zip(_CONV2D_ARGUMENTS, args), **kwargs)
             weight = call.get("weight")
             if weight is not None and self._weights.get(id(weight)) is weight:
-                stride, dilation = call.get("stride", 1), call.get("dilation", 1)
-                (top, bottom), (left, right) = _padding_pairs(call.get("padding", 0), weight, stride, dilation)
-                x = call["input"]
-                if (top, left) != (bottom, right):
-                    x, top, left = F.pad(x, (left, right, top, bottom)), 0, 0
-                return ops.tsgb_conv2d(x, weight, call.get("bias"), stride, (top, left), dilation,
-                                       call.get("groups", 1))
+                return tsgb_conv2d_call(call)
         return func(*args, **kwargs)
 
 
-_CONV2D_ARGUMENTS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,339 @@
+"""An explainer call is a pure function of (model, x, targets): in-place ops after the target layer,
+other threads running the same model, layers that run twice, and bad input never give a silent wrong
+map or a changed model."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from tests.reference import reference_cam
+from tests.test_methods import assert_same_state, count_hooks, model_state
+from torchcam_ops.methods import (
+    TSGB,
+    AbsCAM,
+    GIGCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    GuidedBackprop,
+    GuidedGradCAM,
+    HiResCAM,
+    IntegratedGradCAM,
+    LayerCAM,
+    XGradCAM,
+)
+from torchcam_ops.methods import capture
+
+CAM_METHODS = {GradCAM: "gradcam", GradCAMPlusPlus: "gradcam++", XGradCAM: "xgradcam", LayerCAM: "layercam",
+               HiResCAM: "hirescam", GradCAMElementWise: "gradcam_elementwise"}
+
+
+def issue_model(inplace: bool) -> nn.Module:
+    """The reported case: the target conv ("2") is followed by a ReLU that may run in place."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace), nn.Conv2d(8, 16, 3, padding=1),
+                         nn.ReLU(inplace), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+
+
+def conv_output_by_hand(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:
+    """The raw map of the conv output A = model[:3](x), with G from the rest of the model, in float64."""
+    model = model.double()
+    a = model[:3](x.double()).detach().requires_grad_(True)
+    scores = model[3:](torch.relu(a)).gather(1, targets[:, None]).sum()
+    (g,) = torch.autograd.grad(scores, a)
+    model.float()
+    return reference_cam(a.detach(), g, method)
+
+
+@pytest.mark.parametrize("cls", list(CAM_METHODS), ids=lambda c: c.__name__)
+def test_inplace_relu_after_the_target_layer_does_not_change_the_map(cls):
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 12, 12)
+    targets = torch.tensor([3, 3])
+    raw_inplace = cls(issue_model(True), ["2"])(x, targets, raw=True)
+    raw_plain = cls(issue_model(False), ["2"])(x, targets, raw=True)
+    expected = conv_output_by_hand(issue_model(False), x, targets, CAM_METHODS[cls])
+    torch.testing.assert_close(raw_inplace.double(), expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(raw_inplace, raw_plain, rtol=0, atol=0)
+    maps_inplace = cls(issue_model(True), ["2"])(x, targets)
+    torch.testing.assert_close(maps_inplace, cls(issue_model(False), ["2"])(x, targets), rtol=0, atol=0)
+
+
+def test_densenet_norm5_describes_the_layer_output_before_the_functional_inplace_relu():
+    torch.manual_seed(0)
+    model = torchvision.models.densenet121(weights=None).eval()
+    x = torch.rand(1, 3, 64, 64)
+    raw = GradCAM(model, ["features.norm5"])(x, [7], raw=True)
+    captured = {}
+
+    def keep(module, inputs, output):
+        captured["a"] = output
+        return output.clone()
+
+    handle = model.features.norm5.register_forward_hook(keep)
+    try:
+        score = model(x)[0, 7]
+    finally:
+        handle.remove()
+    (g,) = torch.autograd.grad(score, captured["a"])
+    assert bool((captured["a"] < 0).any()), "norm5's output has negative values, so ReLU would change it"
+    torch.testing.assert_close(raw, reference_cam(captured["a"].detach(), g, "gradcam").float(), rtol=1e-4, atol=1e-6)
+
+
+class SharedBlock(nn.Module):
+    """One conv module applied twice in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.shared = nn.Conv2d(6, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = self.shared(torch.relu(self.shared(torch.relu(self.stem(x)))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_layer_called_twice_is_refused_unless_a_call_is_named():
+    model = SharedBlock().eval()
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"target layer 'shared' ran 2 times in one forward pass.*'shared@-1'"):
+        GradCAM(model, ["shared"])(x, [0, 1])
+    # '@k' names one call; the second call equals the map of its own output computed by hand
+    captured = []
+
+    def keep(module, inputs, output):
+        captured.append(output)
+        return output.clone()
+
+    handle = model.shared.register_forward_hook(keep)
+    try:
+        score = model(x).gather(1, torch.tensor([[0], [1]])).sum()
+    finally:
+        handle.remove()
+    for call, spec in ((0, "shared@0"), (1, "shared@1"), (1, "shared@-1")):
+        (g,) = torch.autograd.grad(score, captured[call], retain_graph=True)
+        expected = reference_cam(captured[call].detach(), g, "gradcam").float()
+        torch.testing.assert_close(GradCAM(model, [spec])(x, [0, 1], raw=True), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="call 2 does not exist; the module ran 2 times"):
+        GradCAM(model, ["shared@2"])(x, [0, 1])
+    with pytest.raises(ValueError, match="expected a call index after '@'"):
+        GradCAM(model, ["shared@last"])
+
+
+# -- threads --------------------------------------------------------------------------------------
+
+
+def threaded_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(inplace=True), nn.AvgPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    ).eval()
+
+
+def test_explainers_in_threads_give_the_sequential_maps_and_leave_the_model_as_it_was():
+    model = threaded_model()
+    x = torch.rand(4, 3, 24, 24)
+    targets = torch.tensor([1, 2, 3, 4])
+    explainers = {
+        "gradcam": GradCAM(model, ["3"]),
+        "layercam": LayerCAM(model, ["6"]),
+        "gradcam++": GradCAMPlusPlus(model, ["3", "6"]),
+        "tsgb": TSGB(model),
+        "guided": GuidedBackprop(model),
+        "guided_gradcam": GuidedGradCAM(model, ["6"]),
+    }
+    expected = {name: explainer(x, targets) for name, explainer in explainers.items()}
+    plain_gradient = torch.autograd.grad(model(x.clone().requires_grad_()).gather(1, targets[:, None]).sum(),
+                                         [p for p in model.parameters()][0])[0]
+    before, hooks = model_state(model), count_hooks(model)
+    flags = [(type(m), getattr(m, "inplace", None), m.training) for m in model.modules()]
+    rounds = 8
+    errors: list[BaseException] = []
+    mismatches: list[str] = []
+
+    def work(name: str) -> None:
+        try:
+            start.wait()
+            for _ in range(rounds):
+                result = explainers[name](x, targets)
+                if not torch.equal(result, expected[name]):
+                    mismatches.append(name)
+        except BaseException as error:  # reported below with the thread's explainer
+            errors.append(error)
+
+    def plain_training_step() -> None:
+        # A thread running the model itself meanwhile gets ordinary forward values and gradients.
+        try:
+            start.wait()
+            for _ in range(rounds):
+                leaf = x.clone().requires_grad_()
+                gradient = torch.autograd.grad(model(leaf).gather(1, targets[:, None]).sum(),
+                                               [p for p in model.parameters()][0])[0]
+                if not torch.allclose(gradient, plain_gradient, rtol=1e-5, atol=1e-7):
+                    mismatches.append("plain model gradient")
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in explainers]
+    threads.append(threading.Thread(target=plain_training_step))
+    start = threading.Barrier(len(threads))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+    assert not mismatches, mismatches
+    assert_same_state(before, model_state(model))
+    assert count_hooks(model) == hooks
+    assert [(type(m), getattr(m, "inplace", None), m.training) for m in model.modules()] == flags
+
+
+def test_the_model_has_no_hook_and_pickles_while_an_explainer_is_open():
+    model = threaded_model()
+    hooks = count_hooks(model)
+    with GradCAM(model, ["3"]) as cam:
+        cam(torch.rand(1, 3, 16, 16))
+        assert count_hooks(model) == hooks
+        pickle.loads(pickle.dumps(model))
+    assert not capture.hook_is_registered()
+
+
+def test_the_process_wide_hook_lives_exactly_as_long_as_open_explainers():
+    assert not capture.hook_is_registered()
+    model = threaded_model()
+    first, second = GradCAM(model, ["3"]), LayerCAM(model, ["3"])
+    assert capture.hook_is_registered()
+    first.close()
+    assert capture.hook_is_registered()
+    with pytest.raises(RuntimeError, match="the explainer was closed"):
+        first(torch.rand(1, 3, 8, 8))
+    del second
+    import gc
+
+    gc.collect()
+    assert not capture.hook_is_registered()
+
+
+def test_rules_mode_is_thread_local_and_leaves_no_mode_behind():
+    model = threaded_model()
+    x = torch.rand(2, 3, 16, 16)
+    seen_in_other_thread = []
+
+    class Probe(nn.Module):
+        def forward(self, t):
+            # The TorchFunctionMode stack is per thread: another thread sees none.
+            other = threading.Thread(target=lambda: seen_in_other_thread.append(
+                torch.overrides._get_current_function_mode_stack()))
+            other.start()
+            other.join()
+            return t
+
+    probed = nn.Sequential(Probe(), *model)
+    TSGB(probed)(x, [1, 2])
+    GuidedBackprop(probed)(x, [1, 2])
+    assert seen_in_other_thread == [[], []]
+    assert torch.overrides._get_current_function_mode_stack() == []
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: GradCAM(m, ["3"]), lambda m: TSGB(m), lambda m: GuidedBackprop(m),
+    lambda m: IntegratedGradCAM(m, ["3"], steps=2), lambda m: GIGCAM(m, ["3"], steps=2),
+    lambda m: AbsCAM(m, ["3"], phase=2),
+], ids=["gradcam", "tsgb", "guided", "igcam", "gigcam", "abscam"])
+def test_nan_and_inf_inputs_are_refused(make):
+    model = threaded_model()
+    x = torch.rand(2, 3, 16, 16)
+    for bad in (float("nan"), float("inf")):
+        x_bad = x.clone()
+        x_bad[1, 0, 3, 4] = bad
+        with pytest.raises(ValueError, match="x: the input contains NaN or infinite values"):
+            make(model)(x_bad, [1, 2])
+
+
+def test_inference_mode_is_refused_with_a_clear_error():
+    model = threaded_model()
+    x = torch.rand(1, 3, 16, 16)
+    for explainer in (GradCAM(model, ["3"]), TSGB(model), GuidedBackprop(model)):
+        with torch.inference_mode(), pytest.raises(RuntimeError, match=r"torch.inference_mode\(\)"):
+            explainer(x, [1])
+    with torch.no_grad():  # no_grad is fine
+        assert GradCAM(model, ["3"])(x, [1]).shape == (1, 16, 16)
+
+
+def test_tsgb_says_when_no_rule_would_apply():
+    no_layers = nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Identity())
+    with pytest.raises(ValueError, match="no nn.Conv2d and no nn.Linear classifier"):
+        TSGB(no_layers)(torch.rand(1, 1, 2, 2), [0])
+    convs_only = nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.warns(UserWarning, match="no nn.Linear classifier"):
+        TSGB(convs_only)(torch.rand(1, 3, 4, 4), [0])
+
+
+def test_tsgb_beta_must_be_a_real_number():
+    model = threaded_model()
+    for beta in ("x", float("nan"), None):
+        with pytest.raises(ValueError, match="beta: expected a real number"):
+            TSGB(model, beta=beta)
+
+
+def test_fixed_targets_out_of_range_name_the_model_output():
+    model = threaded_model()
+    x = torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"class index -1 is out of range \(class indices are non-negative\)"):
+        IntegratedGradCAM(model, ["3"], steps=2)(x, -1)
+    with pytest.raises(ValueError, match="class index is out of range for a model with 10 outputs"):
+        IntegratedGradCAM(model, ["3"], steps=2)(x, 10)
+    with pytest.raises(ValueError, match="a class index is out of range for a model with 10 outputs"):
+        GIGCAM(model, ["3"], steps=2)(x, torch.tensor([12]))
+
+
+def test_tuple_outputs_need_a_callable_target_for_path_methods():
+    class TupleModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = threaded_model()
+
+        def forward(self, x):
+            return self.net(x), None
+
+    with pytest.raises(TypeError, match=r"the model output \(tuple\) is not \[N, classes\] logits"):
+        IntegratedGradCAM(TupleModel(), ["net.3"], steps=2)(torch.rand(1, 3, 8, 8))
+
+
+def test_functional_relus_take_the_guided_rule():
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(F.relu(self.conv(x)).mean((2, 3)))
+
+    model = Functional().eval().double()
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64)
+    grads = GuidedBackprop(model)(x, [0, 2])
+    # by hand: G at the ReLU output, then the guided rule, then the conv's transpose
+    z = model.conv(x).detach().requires_grad_()
+    relu_out = torch.relu(z)
+    g_out = torch.autograd.grad(model.fc(relu_out.mean((2, 3))).gather(1, torch.tensor([[0], [2]])).sum(), relu_out)[0]
+    g_z = g_out * (z > 0) * (g_out > 0)
+    leaf = x.clone().requires_grad_()
+    expected = torch.autograd.grad(model.conv(leaf), leaf, g_z)[0]
+    torch.testing.assert_close(grads, expected)

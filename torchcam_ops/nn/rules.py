@@ -1,0 +1,161 @@
+"""Backward rules as thread-local modes: the layers' own functional calls are routed to the TSGB or
+rectified-ReLU ops while the block runs, in the calling thread only, and the model is never touched.
+
+This is how the explainers apply their rules (an explainer call is a pure function of the model, the
+input and the targets). :func:`torchcam_ops.nn.tsgb` and :func:`torchcam_ops.nn.guided`, which swap
+modules, remain for users who want converted modules in their own code.
+
+A :class:`~torch.overrides.TorchFunctionMode` lives on the calling thread's mode stack, so another
+thread running the same model meanwhile keeps the ordinary gradients. Calls are matched by the
+identity of the layer's parameters or buffers (a convolution by its weight, the classifier by its
+weight, a batch norm by its running mean), so functional calls written in a module's ``forward``
+(EfficientNet's 'SAME'-padding convolutions, ``padding_mode='reflect'``) take the rule as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from torchcam_ops import ops
+
+_CONV2D_ARGUMENTS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_LINEAR_ARGUMENTS = ("input", "weight", "bias")
+_BATCH_NORM_ARGUMENTS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+_AVG_POOL2D_ARGUMENTS = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                         "divisor_override")
+_RELU_CALLS = (F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_)
+
+
+def _call_arguments(names: tuple[str, ...], args: tuple, kwargs: dict | None) -> dict:
+    return dict(zip(names, args), **(kwargs or {}))
+
+
+def _padding_pairs(padding: object, weight: Tensor, stride: object, dilation: object
+                   ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``F.conv2d``'s padding argument as (before, after) per spatial dimension."""
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding == "same":
+        if ops._pair("stride", stride) != [1, 1]:
+            raise ValueError(f"padding='same' needs stride 1, got stride {stride!r}")
+        totals = [d * (k - 1) for d, k in zip(ops._pair("dilation", dilation), weight.shape[-2:])]
+        return tuple((t // 2, t - t // 2) for t in totals)  # type: ignore[return-value]
+    return tuple((p, p) for p in ops._pair("padding", padding))  # type: ignore[return-value]
+
+
+def tsgb_conv2d_call(call: dict) -> Tensor:
+    """An ``F.conv2d`` call (its arguments by name) through :func:`torchcam_ops.ops.tsgb_conv2d`.
+    Asymmetric padding becomes an explicit zero pad, whose zeros take no relevance, as implicit
+    padding does."""
+    weight = call["weight"]
+    stride, dilation = call.get("stride", 1), call.get("dilation", 1)
+    (top, bottom), (left, right) = _padding_pairs(call.get("padding", 0), weight, stride, dilation)
+    x = call["input"]
+    if (top, left) != (bottom, right):
+        x, top, left = F.pad(x, (left, right, top, bottom)), 0, 0
+    return ops.tsgb_conv2d(x, weight, call.get("bias"), stride, (top, left), dilation, call.get("groups", 1))
+
+
+class TSGBRules(TorchFunctionMode):
+    """Routes, while active in the calling thread: ``F.conv2d`` calls made with the weight of one of
+    ``convs`` to TSGB-Conv; the ``F.linear`` call made with the classifier's weight to TSGB-FC
+    (``beta``); ``F.batch_norm`` calls with the running mean of one of ``batch_norms`` to the
+    relevance pass-through; ``F.avg_pool2d`` calls (floor mode, padding counted, no divisor override)
+    to the equal split; and in-place ReLUs to out-of-place ones (the TSGB-Conv backward needs the
+    convolution's output as it was computed). Everything else keeps its ordinary gradient."""
+
+    def __init__(self, convs: list[nn.Conv2d], classifier: nn.Linear | None, batch_norms: list[nn.BatchNorm2d],
+                 beta: float = 1.0) -> None:
+        super().__init__()
+        self._conv_weights = {id(conv.weight): conv.weight for conv in convs}
+        self._classifier_weight = classifier.weight if classifier is not None else None
+        self._running_means = {id(bn.running_mean): bn.running_mean for bn in batch_norms}
+        self._beta = beta
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.conv2d:
+            call = _call_arguments(_CONV2D_ARGUMENTS, args, kwargs)
+            weight = call.get("weight")
+            if weight is not None and self._conv_weights.get(id(weight)) is weight:
+                return tsgb_conv2d_call(call)
+        elif func is F.linear:
+            call = _call_arguments(_LINEAR_ARGUMENTS, args, kwargs)
+            if self._classifier_weight is not None and call.get("weight") is self._classifier_weight:
+                return ops.tsgb_linear(call["input"], call["weight"], call.get("bias"), self._beta)
+        elif func is F.batch_norm:
+            call = _call_arguments(_BATCH_NORM_ARGUMENTS, args, kwargs)
+            mean = call.get("running_mean")
+            if mean is not None and self._running_means.get(id(mean)) is mean:
+                if call.get("training", False):
+                    raise RuntimeError("TSGB: a BatchNorm2d is in training mode; TSGB uses running statistics, "
+                                       "call model.eval() before explaining")
+                return ops.tsgb_batch_norm(call["input"], mean, call["running_var"], call.get("weight"),
+                                           call.get("bias"), call.get("eps", 1e-5))
+        elif func is F.avg_pool2d:
+            call = _call_arguments(_AVG_POOL2D_ARGUMENTS, args, kwargs)
+            if (not call.get("ceil_mode", False) and call.get("count_include_pad", True)
+                    and call.get("divisor_override") is None):
+                return ops.tsgb_avg_pool2d(call["input"], call["kernel_size"], call.get("stride") or None,
+                                           call.get("padding", 0))
+        elif func is F.relu and _call_arguments(("input", "inplace"), args, kwargs).get("inplace", False):
+            return torch.relu(args[0] if args else kwargs["input"])
+        elif func is torch.relu_ or func is torch.Tensor.relu_:
+            return torch.relu(args[0])
+        return func(*args, **(kwargs or {}))
+
+
+class RectifiedReLURules(TorchFunctionMode):
+    """Every ReLU (``nn.ReLU``, ``F.relu``, ``torch.relu``, ``Tensor.relu`` and their in-place forms)
+    runs as :func:`torchcam_ops.ops.rectified_relu` with ``mode`` while active in the calling thread.
+    In-place calls return the rectified result out of place."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        if mode not in ops.RELU_MODES:
+            raise ValueError(f"mode: unknown mode {mode!r}; expected one of {ops.RELU_MODES}")
+        self._mode = mode
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _RELU_CALLS:
+            x = args[0] if args else kwargs["input"]
+            return ops.rectified_relu(x, self._mode)
+        return func(*args, **(kwargs or {}))
+
+
+def _check_no_inference_mode(what: str) -> None:
+    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{what}: gradients cannot be computed under torch.inference_mode(); "
+                           "call the explainer outside it (torch.no_grad() is fine)")
+
+
+@contextlib.contextmanager
+def tsgb_rules(model: nn.Module, classifier: nn.Linear | None, beta: float = 1.0) -> Iterator[None]:
+    """The TSGB rules for ``model``'s layers while the block runs, in the calling thread only."""
+    _check_no_inference_mode("TSGB")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    batch_norms = [m for m in model.modules()
+                   if type(m) is nn.BatchNorm2d and m.running_mean is not None and m.running_var is not None]
+    if not convs and classifier is None:
+        raise ValueError("TSGB: the model has no nn.Conv2d and no nn.Linear classifier, so no TSGB rule would "
+                         "apply; the map would be the plain gradient times the input")
+    if not convs:
+        warnings.warn("TSGB: the model has no nn.Conv2d; only the classifier takes the TSGB rule", stacklevel=3)
+    if classifier is None:
+        warnings.warn("TSGB: the model has no nn.Linear classifier; the TSGB-FC rule is not applied", stacklevel=3)
+    with TSGBRules(convs, classifier, batch_norms, beta):
+        yield
+
+
+@contextlib.contextmanager
+def guided_rules(mode: str = "guided") -> Iterator[None]:
+    """Every ReLU with the ``mode`` backward while the block runs, in the calling thread only."""
+    _check_no_inference_mode("GuidedBackprop")
+    with RectifiedReLURules(mode):
+        yield
