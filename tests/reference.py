@@ -45,12 +45,19 @@ def reference_postprocess(cam: Tensor, size: tuple[int, int], relu: bool = True,
     up = F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     if not normalize:
         return up
-    lo = up.amin((1, 2), keepdim=True)
-    hi = up.amax((1, 2), keepdim=True)
-    out = (up - lo) / (hi - lo + 1e-7)
-    # The contract: a constant map normalises to zeros. Interpolating a constant in floating point
-    # wobbles by a rounding error, which the 1e-7 guard would blow up; such maps are constant.
-    constant = (hi - lo) <= 1e-12 * hi.abs().clamp_min(1.0)
+    return reference_normalize(up, cam.dtype)
+
+
+def reference_normalize(maps: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Scale-free min-max over the last two dimensions: (x - min) / (max - min), and exact zeros
+    for a map whose range is within 8 ulps (of ``dtype``'s arithmetic, float32 for half types) of
+    its magnitude max(|min|, |max|)."""
+    x = maps.double()
+    lo = x.amin((-2, -1), keepdim=True)
+    hi = x.amax((-2, -1), keepdim=True)
+    arithmetic = torch.promote_types(dtype or maps.dtype, torch.float32)
+    constant = (hi - lo) <= 8 * torch.finfo(arithmetic).eps * torch.maximum(lo.abs(), hi.abs())
+    out = (x - lo) / torch.where(constant, torch.ones_like(hi), hi - lo)
     return torch.where(constant, torch.zeros_like(out), out)
 
 

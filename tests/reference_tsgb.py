@@ -118,4 +118,5 @@ def reference_tsgb_maps(model: nn.Module, classifier_name: str, x: torch.Tensor,
     if raw:
         return relevance
     relevance = relevance.clamp_min(0)
-    return relevance / (relevance.amax((1, 2), keepdim=True) + 1e-10)
+    peak = relevance.amax((1, 2), keepdim=True)
+    return torch.where(peak > 0, relevance / torch.where(peak > 0, peak, 1), 0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.conftest import DTYPES
-from tests.reference import assert_matches, reference_postprocess
+from tests.reference import assert_matches, reference_postprocess, tolerance
 from torchcam_ops import cam_postprocess
 
 RESIZES = [
@@ -43,6 +43,35 @@ def test_constant_and_all_negative_maps_become_zeros(dtype):
     cam = torch.stack([*constants, -torch.rand(7, 7) - 0.1, torch.zeros(7, 7)]).to(dtype)
     out = cam_postprocess(cam, (20, 30))
     assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_normalisation_is_scale_free(dtype):
+    # A map of raw range 1e-12 and the same map times 1e12 normalise alike (an absolute guard such
+    # as (max - min + 1e-7) turns the small ones nearly black), in every dtype, for the scales the
+    # dtype represents with its full precision.
+    finfo = torch.finfo(dtype)
+    cam = torch.rand(3, 7, 7, dtype=torch.float64) + 0.1
+    expected = cam_postprocess(cam.to(dtype), (20, 24)).double()
+    scales = [s for s in (1e-12, 1e-6, 1e-3, 1e3, 1e6, 1e12) if finfo.tiny * 1e3 < s < finfo.max / 1e3]
+    assert dtype == torch.float16 or len(scales) == 6
+    for scale in scales:
+        out = cam_postprocess((cam * scale).to(dtype), (20, 24))
+        assert_matches(out, expected, dtype)
+        torch.testing.assert_close(out.amax((1, 2)).double(), torch.ones(3, dtype=torch.float64), rtol=0,
+                                   atol=tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_constant_maps_at_any_scale_become_zeros_and_have_no_gradient(dtype):
+    for value in (1e-30, 1e-12, 1.0, 1e12):
+        if not torch.finfo(dtype).tiny < value < torch.finfo(dtype).max:
+            continue
+        cam = torch.full((2, 5, 3), value, dtype=dtype, requires_grad=True)
+        out = cam_postprocess(cam, (17, 29))
+        assert torch.equal(out, torch.zeros_like(out))
+        (grad,) = torch.autograd.grad(out.sum(), cam)
+        assert torch.equal(grad, torch.zeros_like(grad))
 
 
 def test_non_contiguous_input():

@@ -12,6 +12,7 @@ import torchvision
 
 from tests.reference import reference_cam
 from tests.test_methods import small_cnn
+from tests.reference import reference_normalize
 from torchcam_ops.methods import GIGCAM, multiscale_fusion
 
 
@@ -20,7 +21,7 @@ def up(m: torch.Tensor, size) -> torch.Tensor:
 
 
 def norm(m: torch.Tensor) -> torch.Tensor:
-    return (m - m.min()) / (m.max() - m.min() + 1e-7)
+    return reference_normalize(m, torch.float32).to(m.dtype)
 
 
 def reference_guide(model, layer, z, target):

@@ -6,6 +6,7 @@
 // once, already normalised. Without normalisation only the second launch runs.
 
 #include "../ops/cam_postprocess.h"
+#include "../kernels/normalize.h"
 #include "cuda_utils.cuh"
 
 #include <ATen/Dispatch.h>
@@ -28,7 +29,6 @@ using cuda::relu_keep_nan;
 constexpr int kThreads = 256;
 constexpr int kItemsPerThread = 4;
 constexpr int64_t kTilePixels = kThreads * kItemsPerThread;
-constexpr double kNormalizeEps = 1e-7;
 
 struct ResizeGeometry {
   int in_h, in_w, out_h, out_w; // one map's sizes fit 32 bits; checked on the host
@@ -117,8 +117,11 @@ __global__ void __launch_bounds__(kThreads) write_kernel(const scalar_t* __restr
   T lo = T(0), range = T(1);
   if (normalize) {
     lo = extrema[2 * n];
-    range = extrema[2 * n + 1] - lo + T(kNormalizeEps);
+    range = kernels::normalization_range(lo, extrema[2 * n + 1]);
   }
+  // A constant map (range 0) normalises to zeros: scale everything by 0 instead of dividing by it.
+  const T scale = range == T(0) ? T(0) : T(1);
+  const T divisor = range == T(0) ? T(1) : range;
   const scalar_t* map = cam + n * geo.in_h * geo.in_w;
   scalar_t* dst = out + n * out_pixels;
 #pragma unroll
@@ -128,7 +131,7 @@ __global__ void __launch_bounds__(kThreads) write_kernel(const scalar_t* __restr
       const int y = i / geo.out_w;
       const T u = resized_value<T>(map, geo, scale_h, scale_w, y, i - y * geo.out_w, relu);
       // Values of non-extreme pixels may round an ulp outside [lo, hi]; keep maps inside [0, 1].
-      dst[i] = static_cast<scalar_t>(normalize ? min(max((u - lo) / range, T(0)), T(1)) : u);
+      dst[i] = static_cast<scalar_t>(normalize ? min(max(scale * ((u - lo) / divisor), T(0)), T(1)) : u);
     }
   }
 }

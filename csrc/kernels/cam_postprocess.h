@@ -14,6 +14,7 @@
 // most 2 per source pixel). Normalisation is affine and commutes with the blends, so it is
 // applied to the in_h x out_w horizontally resized rows instead of the out_h x out_w output.
 
+#include "normalize.h"
 #include "vec_helpers.h"
 
 #include <algorithm>
@@ -23,9 +24,6 @@
 #include <vector>
 
 namespace torchcam_ops::kernels {
-
-// Added to the range of a map before dividing, so an all-constant map becomes all zeros.
-inline constexpr double kNormalizeEps = 1e-7;
 
 template <typename T>
 struct BilinearTap {
@@ -192,8 +190,14 @@ void cam_postprocess_forward(const scalar_t* cam, scalar_t* out, const ResizePla
   if (normalize) {
     T lo, hi;
     postprocess_detail::resized_min_max(resized_rows, plan, lo, hi);
-    const Vec lo_vec(lo), range_vec(hi - lo + static_cast<T>(kNormalizeEps));
-    vec_apply(plan.in_h * out_w, resized_rows, [&](const Vec& u) { return (u - lo_vec) / range_vec; }, resized_rows);
+    const T range = normalization_range(lo, hi);
+    const Vec lo_vec(lo), range_vec(range);
+    if (range == T(0)) {
+      std::fill(resized_rows, resized_rows + plan.in_h * out_w, T(0)); // a constant map
+    } else {
+      vec_apply(plan.in_h * out_w, resized_rows, [&](const Vec& u) { return (u - lo_vec) / range_vec; },
+                resized_rows);
+    }
   }
   const Vec zero(T(0)), one(T(1));
   for (int64_t y = 0; y < plan.out_h; ++y) {
@@ -235,12 +239,17 @@ void cam_postprocess_backward(const scalar_t* grad_out, const scalar_t* cam, sca
     return postprocess_detail::resized_value(resized_rows, plan, y, x);
   };
 
-  // y = (u - lo) / range with range = hi - lo + eps:
-  // dy_i/du_i = 1 / range, dy_i/dlo = (y_i - 1) / range, dy_i/dhi = -y_i / range.
+  // y = (u - lo) / range with range = hi - lo (normalization_range):
+  // dy_i/du_i = 1 / range, dy_i/dlo = (y_i - 1) / range, dy_i/dhi = -y_i / range. A constant map's
+  // output is all zeros whatever the input nearby: no gradient.
   T lo = T(0), hi = T(0), range = T(1), grad_lo_each = T(0), grad_hi_each = T(0);
   if (normalize) {
     postprocess_detail::resized_min_max(resized_rows, plan, lo, hi);
-    range = hi - lo + static_cast<T>(kNormalizeEps);
+    range = normalization_range(lo, hi);
+    if (range == T(0)) {
+      std::fill(grad_cam, grad_cam + in_h * in_w, static_cast<scalar_t>(0));
+      return;
+    }
     T grad_lo = T(0), grad_hi = T(0);
     int64_t lo_count = 0, hi_count = 0;
     for (int64_t y = 0; y < out_h; ++y) {

@@ -2,11 +2,14 @@
 // Schema and argument checks; kernels in cpu/ and cuda/.
 
 #include "cam_postprocess.h"
+#include "../kernels/normalize.h"
 #include "checks.h"
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
+
+#include <limits>
 
 namespace torchcam_ops {
 
@@ -38,11 +41,17 @@ at::Tensor cam_postprocess_backward_composite(const at::Tensor& grad_out, const 
   const at::Tensor rectified = relu ? at::relu(source) : source;
   at::Tensor grad = grad_out.to(opmath).unsqueeze(1);
   if (normalize) {
-    // y = (u - lo) / range, range = hi - lo + eps; ties at lo or hi share their gradient equally.
+    // y = (u - lo) / range, range = hi - lo (kernels/normalize.h); ties at lo or hi share their
+    // gradient equally; a constant map has no gradient.
     const at::Tensor resized = at::upsample_bilinear2d(rectified, {out_h, out_w}, /*align_corners=*/false);
     const at::Tensor lo = at::amin(resized, {2, 3}, /*keepdim=*/true);
     const at::Tensor hi = at::amax(resized, {2, 3}, /*keepdim=*/true);
-    const at::Tensor range = hi - lo + 1e-7;
+    const double epsilon = opmath == at::kDouble ? std::numeric_limits<double>::epsilon()
+                                                 : std::numeric_limits<float>::epsilon();
+    const at::Tensor noise = at::maximum(lo.abs(), hi.abs()) * (kernels::kConstantMapUlps * epsilon);
+    const at::Tensor constant = (hi - lo) <= noise;
+    const at::Tensor range = at::where(constant, at::ones_like(lo), hi - lo);
+    grad = grad * at::logical_not(constant).to(opmath);
     const at::Tensor normalized = (resized - lo) / range;
     const at::Tensor at_lo = (resized == lo).to(opmath);
     const at::Tensor at_hi = (resized == hi).to(opmath);

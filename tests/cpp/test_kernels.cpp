@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -144,8 +145,8 @@ std::vector<double> postprocess(const std::vector<double>& cam, int64_t in_h, in
 } // namespace
 
 TEST(CamPostprocess, ReluResizeNormalizeByHand) {
-  // [-1, 3] -> ReLU [0, 3] -> 1x4: [0, 0.75, 2.25, 3] -> / (3 + 1e-7)
-  const double range = 3.0 + 1e-7;
+  // [-1, 3] -> ReLU [0, 3] -> 1x4: [0, 0.75, 2.25, 3] -> / 3
+  const double range = 3.0;
   expect_near(postprocess({-1.0, 3.0}, 1, 2, 1, 4, true, true), {0.0, 0.75 / range, 2.25 / range, 3.0 / range});
   expect_near(postprocess({-1.0, 3.0}, 1, 2, 1, 4, false, false), {-1.0, 0.0, 2.0, 3.0});
 }
@@ -168,8 +169,26 @@ TEST(CamPostprocess, MinMaxFromExtremePositionsEqualsFullScan) {
   const auto [lo, hi] = std::minmax_element(unnormalized.begin(), unnormalized.end());
   const auto normalized = postprocess(cam, in_h, in_w, out_h, out_w, false, true);
   for (size_t i = 0; i < normalized.size(); ++i) {
-    EXPECT_NEAR(normalized[i], (unnormalized[i] - *lo) / (*hi - *lo + 1e-7), 1e-12);
+    EXPECT_NEAR(normalized[i], (unnormalized[i] - *lo) / (*hi - *lo), 1e-12);
   }
+}
+
+TEST(CamPostprocess, NormalizationIsScaleFree) {
+  // The same map at 1e-12 and at 1e12 normalises alike; within 8 ulps of its magnitude a map is constant.
+  EXPECT_EQ(tk::normalization_range(2e-12, 5e-12), 5e-12 - 2e-12);
+  EXPECT_EQ(tk::normalization_range(2e12, 5e12), 3e12);
+  EXPECT_EQ(tk::normalization_range(1.0, 1.0 + 4 * std::numeric_limits<double>::epsilon()), 0.0);
+  EXPECT_EQ(tk::normalization_range(1.0f, 1.0f + 4 * std::numeric_limits<float>::epsilon()), 0.0f);
+  EXPECT_EQ(tk::normalization_range(0.0, 0.0), 0.0);
+  EXPECT_TRUE(std::isnan(tk::normalization_range(0.0, std::nan(""))));
+  std::vector<double> small(5 * 3), large(5 * 3);
+  for (size_t i = 0; i < small.size(); ++i) {
+    small[i] = 1e-12 * (1.5 + std::sin(0.9 * i));
+    large[i] = 1e12 * (1.5 + std::sin(0.9 * i));
+  }
+  const auto a = postprocess(small, 5, 3, 11, 7, true, true), b = postprocess(large, 5, 3, 11, 7, true, true);
+  EXPECT_DOUBLE_EQ(*std::max_element(a.begin(), a.end()), 1.0);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-12);
 }
 
 TEST(CamPostprocess, ConstantMapIsExactlyZero) {
