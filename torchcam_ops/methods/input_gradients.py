@@ -38,7 +38,10 @@ class _InputGradientExplainer(Graphable):
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        return None
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to release: the rules' mode lives only during a call."""
 
     def _rules(self):
         """The context manager that applies this explainer's backward rules."""
@@ -72,7 +75,7 @@ class TSGB(_InputGradientExplainer):
     BatchNorm2d passes relevance through and AvgPool2d splits it equally (:func:`torchcam_ops.nn.tsgb`).
     Seeded with a one-hot on the target logit, the map is
 
-    .. math:: M = \frac{\max(0, \sum_c x \odot \partial x)}{\max(\ldots) + 10^{-10}}
+    .. math:: M = \frac{\max(0, \sum_c x \odot \partial x)}{\max(\ldots)}\quad (0 \text{ where the maximum is } 0)
 
     ``[N, H, W]`` in [0, 1] (``[N, T, H, W]`` for T targets per image; ``raw=True``: the signed
     relevance :math:`\sum_c x \odot \partial x`).
@@ -95,7 +98,10 @@ class TSGB(_InputGradientExplainer):
         relevance = (leaf[None].to(dtype) * grads.to(dtype)).sum(2).transpose(0, 1)  # [N, T, H, W]
         if not raw:
             relevance = relevance.clamp_min(0)
-            relevance = relevance / (relevance.amax((2, 3), keepdim=True) + 1e-10)
+            # Scale-free: a map of peak 1e-12 and the same map times 1e12 come out alike; a map
+            # with no positive relevance is all zeros.
+            peak = relevance.amax((2, 3), keepdim=True)
+            relevance = torch.where(peak > 0, relevance / torch.where(peak > 0, peak, 1), 0)
         return relevance if multi else relevance[:, 0]
 
 
