@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,16 +25,18 @@ import numpy as np
 import torch
 
 from torchcam_ops import models
-from torchcam_ops.evaluation import all_methods, make_explainer
+from torchcam_ops.methods import METHODS, make_explainer
 
 DEFAULT_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
 
 def _check_methods(command: str, names: str) -> list[str]:
     methods = [m.strip() for m in names.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in all_methods()]
+    if not methods:
+        raise SystemExit(f"{command}: --methods: expected one or more method names, got {names!r}")
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise SystemExit(f"{command}: unknown methods {unknown}; expected some of {all_methods()}")
+        raise SystemExit(f"{command}: --methods: unknown methods {unknown}; expected some of {list(METHODS)}")
     return methods
 
 
@@ -52,20 +55,96 @@ def _load_images(paths: list[str]) -> list[tuple[str, np.ndarray]]:
     images = []
     for path in paths:
         try:
-            images.append((Path(path).stem, np.asarray(Image.open(path).convert("RGB"))))
-        except OSError as err:
+            with Image.open(path) as image:
+                images.append((Path(path).stem, to_rgb8(image)))
+        except (OSError, ValueError) as err:
             raise SystemExit(f"explain: cannot read image {path!r}: {err}") from err
     return images
 
 
-def _load_model(spec: str):
+def to_rgb8(image) -> np.ndarray:
+    """An RGB uint8 array ``[H, W, 3]`` from a PIL image of any depth: 16-bit and 32-bit integer
+    images are scaled from their full range (65535 -> 255), floating-point ones from [0, 1] (from
+    [0, max] when they exceed 1), instead of being clipped at 255."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            if not np.isfinite(values).all():
+                raise ValueError("the image has NaN or infinite values")
+            peak = max(float(values.max()), 1.0)
+        elif image.mode == "I" and values.max() > 65535:
+            peak = float(values.max())
+        else:
+            peak = 65535.0
+        gray = np.clip(np.round(values / peak * 255), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
+
+
+def _load_model(spec: str, command: str = "explain"):
     """A shipped model name, or ``module:factory`` returning (model, preprocess, target_layer)."""
     if ":" in spec:
-        module_name, _, factory = spec.partition(":")
-        model, preprocess, layer = getattr(importlib.import_module(module_name), factory)()
+        module_name, _, factory_name = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), factory_name)
+        except (ImportError, AttributeError) as err:
+            raise SystemExit(f"{command}: --model {spec!r}: cannot load the factory: {err}") from err
+        made = factory()
+        if (not isinstance(made, tuple) or len(made) != 3 or not isinstance(made[0], torch.nn.Module)
+                or not callable(made[1]) or not isinstance(made[2], str)):
+            raise SystemExit(f"{command}: --model {spec!r}: the factory must return (model, preprocess, "
+                             f"target_layer name), got {type(made).__name__}")
+        model, preprocess, layer = made
         return model.eval(), preprocess, layer, None
-    model, preprocess = models.load(spec)
+    try:
+        model, preprocess = models.load(spec)
+    except (ValueError, ImportError) as err:
+        raise SystemExit(f"{command}: --model: {err}") from err
     return model, preprocess, models.spec(spec).target_layer, models.imagenet_categories()
+
+
+def _check_layer(command: str, model: torch.nn.Module, layer: str) -> str:
+    try:
+        model.get_submodule(layer.partition("@")[0])
+    except AttributeError:
+        raise SystemExit(f"{command}: --layer: the model has no submodule {layer!r}") from None
+    return layer
+
+
+def _parse_targets(text: str, images: int, classes: int) -> torch.Tensor:
+    try:
+        targets = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"explain: --targets: expected comma-separated class indices, got {text!r}") from None
+    if len(targets) not in (1, images):
+        expected = "1 class index" if images == 1 else f"1 class index (for every image) or {images} (one per image)"
+        raise SystemExit(f"explain: --targets: expected {expected}, got {len(targets)}")
+    bad = [t for t in targets if not 0 <= t < classes]
+    if bad:
+        raise SystemExit(f"explain: --targets: class index {bad[0]} is out of range for a model with {classes} "
+                         "outputs")
+    return torch.tensor(targets).expand(images) if len(targets) == 1 else torch.tensor(targets)
+
+
+def _check_writable(command: str, path: str) -> None:
+    """Refuses an output folder that could not be created or written, before any work is done."""
+    existing = Path(path).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise SystemExit(f"{command}: --out: cannot write to {path!r} ({existing} is not a writable folder)")
+
+
+def _output_folder(command: str, path: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".torchcam-ops-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise SystemExit(f"{command}: --out: cannot write to {path!r}: {err.strerror or err}") from err
+    return out
 
 
 def jet(values: np.ndarray) -> np.ndarray:
@@ -91,8 +170,9 @@ def _titled(tile: np.ndarray, title: str):
 def explain(args: argparse.Namespace) -> None:
     from PIL import Image
 
-    model, preprocess, layer, categories = _load_model(args.model)
     methods = _check_methods("explain", args.methods)
+    model, preprocess, layer, categories = _load_model(args.model)
+    layer = _check_layer("explain", model, args.layer or layer)
     images = _load_images(args.images)
     x = torch.stack([preprocess(image) for _, image in images])
     size = x.shape[-1]
@@ -101,27 +181,22 @@ def explain(args: argparse.Namespace) -> None:
 
     with torch.no_grad():
         probabilities = model(x).softmax(1)
-    top = probabilities.topk(3, dim=1)
+    top = probabilities.topk(min(3, probabilities.shape[1]), dim=1)
     if args.targets:
-        targets = torch.tensor([int(t) for t in args.targets.split(",")])
-        if targets.numel() == 1:
-            targets = targets.expand(len(images))
-        if targets.numel() != len(images):
-            raise SystemExit(f"explain: --targets needs 1 or {len(images)} class indices")
+        targets = _parse_targets(args.targets, len(images), probabilities.shape[1])
     else:
         targets = top.indices[:, 0]
     for (name, _), p, c in zip(images, top.values, top.indices):
         print(f"{name}: " + ", ".join(f"{label(int(i))} ({float(q):.2f})" for q, i in zip(p, c)))
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder("explain", args.out)
     rows = [[_titled(tile, f"{name}: {label(int(t))}")] for (name, _), tile, t in zip(images, shown, targets)]
     timings = []
     for method in methods:
-        explainer = make_explainer(method, model, args.layer or layer, size)
-        start = time.perf_counter()
-        maps = explainer(x, targets).numpy()
-        timings.append((method, (time.perf_counter() - start) / len(images)))
+        with make_explainer(method, model, [layer], input_size=size) as explainer:
+            start = time.perf_counter()
+            maps = explainer(x, targets).numpy()
+            timings.append((method, (time.perf_counter() - start) / len(images)))
         for i, ((name, _), tile) in enumerate(zip(images, shown)):
             blended = overlay(tile, maps[i])
             Image.fromarray(blended).save(out / f"{name}_{method}.png")
@@ -175,6 +250,7 @@ def evaluate(args: argparse.Namespace) -> None:
     from torchcam_ops import evaluation
 
     methods = _check_methods("evaluate", args.methods)
+    _check_writable("evaluate", args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         processes = evaluation.Processes(device)
@@ -182,8 +258,9 @@ def evaluate(args: argparse.Namespace) -> None:
         raise SystemExit(f"evaluate: {err}") from err
     try:
         if args.benchmark == "photos":
-            model, preprocess, layer, _ = _load_model(args.model)
-            benchmark = evaluation.photos_benchmark(model, preprocess, args.layer or layer, args.model)
+            model, preprocess, layer, _ = _load_model(args.model, "evaluate")
+            layer = _check_layer("evaluate", model, args.layer or layer)
+            benchmark = evaluation.photos_benchmark(model, preprocess, layer, args.model)
         elif args.benchmark == "localization":
             benchmark = evaluation.localization_benchmark(args.count, args.layer)
         else:
@@ -209,8 +286,7 @@ def evaluate(args: argparse.Namespace) -> None:
     report = evaluation.summarize(benchmark, results)
     about = (benchmark.about + f"; deletion/insertion step {benchmark.step} px, substrates 0 and blur(11, sigma=5); "
              f"{processes.world} process(es) on {processes.device.type}.")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder("evaluate", args.out)
     with open(out / "evaluation.csv", "w", newline="") as f:
         csv.writer(f).writerows([report.header, *report.rows])
     with open(out / "per_object.csv", "w", newline="") as f:
