@@ -10,7 +10,7 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="torchc
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import torchcam_ops  # noqa: F401  (registers the ops)
+import torchcam_ops.ops  # noqa: F401  (loads the extension: registers the ops, fake kernels and autograd)
 
 pytest_plugins = ["pytester"]
 

@@ -80,3 +80,34 @@ class TestNativeChecks:
     def test_cam_postprocess_backward(self):
         with pytest.raises(ValueError, match=r"cam_postprocess_backward: grad_out must have shape \[1, 4, 4\]"):
             self.ops.cam_postprocess_backward.default(torch.rand(1, 4, 5), torch.rand(1, 3, 3), 4, 4, True, True)
+
+
+def test_without_a_usable_build_the_package_imports_and_the_first_op_call_says_why(tmp_path):
+    # A process where the extension cannot load: the metrics work, an op call raises the build error,
+    # and the pytest plugin module imports neither torch nor the package.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["torchcam_ops._C"] = None  # what a missing or broken build looks like to Python
+        import torchcam_ops.pytest_plugin
+        assert "torch" not in sys.modules and "torchcam_ops.ops" not in sys.modules, sorted(sys.modules)
+        import torch
+        import torchcam_ops
+        from torchcam_ops.metrics import energy_pointing_game
+        maps = torch.zeros(1, 4, 4); maps[0, 1, 1] = 1.0
+        masks = torch.zeros(1, 4, 4, dtype=torch.bool); masks[0, :2, :2] = True
+        assert float(energy_pointing_game(maps, masks)[0]) == 1.0
+        try:
+            torchcam_ops.cam_reduce(torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3), "gradcam")
+        except ImportError as error:
+            print(type(error).__name__, error)
+        else:
+            raise SystemExit("no error")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "ExtensionBuildError torchcam_ops: the native extension torchcam_ops._C could not be loaded" in result.stdout
+    assert "Build the extension with:" in result.stdout

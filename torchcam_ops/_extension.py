@@ -1,4 +1,9 @@
-"""Loads the compiled extension and refuses builds that do not match this package or this torch."""
+"""Loads the compiled extension and refuses builds that do not match this package or this torch.
+
+``import torchcam_ops`` tries to load it (:func:`try_load`) but does not fail without it: the
+pure-Python parts (metrics, the localisation benchmark) work, and the first op call raises the
+:class:`ExtensionBuildError` that says what is wrong and which command fixes it
+(:func:`assert_has_ops`, torchvision's ``_has_ops`` / ``_assert_has_ops`` pattern)."""
 
 from __future__ import annotations
 
@@ -60,3 +65,30 @@ def load() -> ModuleType:
     if missing:
         raise _fail(f"the extension does not register {', '.join(missing)}.")
     return _C
+
+
+_load_error: ExtensionBuildError | None = None
+_loaded = False
+
+
+def try_load() -> bool:
+    """Loads the extension once; False (and the error kept for :func:`assert_has_ops`) when it
+    cannot be used."""
+    global _load_error, _loaded
+    if not _loaded and _load_error is None:
+        try:
+            load()
+            _loaded = True
+        except ExtensionBuildError as err:
+            _load_error = err
+    return _loaded
+
+
+def has_ops() -> bool:
+    return try_load()
+
+
+def assert_has_ops() -> None:
+    """Raises the reason the extension cannot be used, if it cannot."""
+    if not try_load():
+        raise ExtensionBuildError(str(_load_error)) from _load_error

@@ -7,14 +7,16 @@ autograd formula of each forward op, whose backward is an op of its own.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from torchcam_ops._extension import load as _load_extension
+from torchcam_ops import _extension
 
-_load_extension()
+#: Whether the native extension loaded; without it the wrappers raise its build error when called.
+HAS_OPS = _extension.try_load()
 
 __all__ = ["CAM_METHODS", "cam_reduce", "cam_postprocess"]
 
@@ -29,7 +31,22 @@ CAM_METHODS: tuple[str, ...] = (
     "gradcam_elementwise",
 )
 
-_ops = torch.ops.torchcam_ops
+class _MissingOps:
+    """Stands in for ``torch.ops.torchcam_ops`` when the extension did not load: any op raises why."""
+
+    def __getattr__(self, name: str):
+        _extension.assert_has_ops()
+        return getattr(torch.ops.torchcam_ops, name)
+
+
+def _skip_registration(*args, **kwargs):
+    return lambda fn: fn
+
+
+_ops = torch.ops.torchcam_ops if HAS_OPS else _MissingOps()
+# Fake kernels and autograd formulas attach to the ops the extension defines.
+_register_fake = torch.library.register_fake if HAS_OPS else _skip_registration
+_register_autograd = torch.library.register_autograd if HAS_OPS else (lambda *args, **kwargs: None)
 
 
 def _require_tensor(op: str, name: str, value: object) -> None:
@@ -127,23 +144,50 @@ def _output_size(size: int | Sequence[int]) -> tuple[int, int]:
     raise TypeError(f"cam_postprocess: size must be an int or a pair of ints (out_h, out_w), got {size!r}")
 
 
+#: The most output elements one :func:`cam_postprocess` call may write (N x out_h x out_w): 2^28,
+#: 1 GiB of float32. A bigger request is almost always a mistaken size (50000 for 500); raise the
+#: limit with :func:`set_max_output_elements` (or ``TORCHCAM_OPS_MAX_OUTPUT_ELEMENTS``) when it is not.
+MAX_OUTPUT_ELEMENTS = int(os.environ.get("TORCHCAM_OPS_MAX_OUTPUT_ELEMENTS", 2**28))
+
+
+def set_max_output_elements(limit: int) -> int:
+    """Sets :data:`MAX_OUTPUT_ELEMENTS` and returns the previous limit."""
+    global MAX_OUTPUT_ELEMENTS
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit: expected a positive int, got {limit!r}")
+    previous, MAX_OUTPUT_ELEMENTS = MAX_OUTPUT_ELEMENTS, limit
+    return previous
+
+
+def check_output_size(what: str, batch: int, out_h: int, out_w: int) -> None:
+    """Refuses outputs above :data:`MAX_OUTPUT_ELEMENTS` with a clear error, before allocating them."""
+    if isinstance(batch, int) and isinstance(out_h, int) and isinstance(out_w, int):
+        if batch * out_h * out_w > MAX_OUTPUT_ELEMENTS:
+            raise ValueError(f"{what}: {batch} maps of {out_h}x{out_w} would be {batch * out_h * out_w} elements, above "
+                             f"the limit of {MAX_OUTPUT_ELEMENTS} (torchcam_ops.ops.set_max_output_elements raises it)")
+
+
 def cam_postprocess(
     cam: Tensor, size: int | Sequence[int], *, relu: bool = True, normalize: bool = True
 ) -> Tensor:
     r"""ReLU, bilinear resize and per-map min-max of ``[N, h, w]`` maps, fused into one op.
 
     .. math:: M = \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(L))),\quad
-              \operatorname{norm}(x) = \frac{x - \min x}{\max x - \min x + 10^{-7}}
+              \operatorname{norm}(x) = \frac{x - \min x}{\max x - \min x}
 
     ``Up`` is ``F.interpolate(mode="bilinear", align_corners=False)`` to ``size`` (an int or
-    ``(out_h, out_w)``); the min and max are those of the resized map, so every map spans [0, 1]
-    and an all-constant map becomes zeros. ``relu=False`` / ``normalize=False`` skip those stages.
-    Returns ``[N, out_h, out_w]`` in the input dtype. Differentiable in ``cam``.
+    ``(out_h, out_w)``); the min and max are those of the resized map, so every map spans [0, 1].
+    The normalisation is scale-free: a map is constant, and becomes zeros, when its range is within 8
+    ulps of its magnitude. ``relu=False`` / ``normalize=False`` skip those stages. Returns
+    ``[N, out_h, out_w]`` in the input dtype. Differentiable in ``cam``. Outputs above
+    :data:`MAX_OUTPUT_ELEMENTS` elements are refused.
     """
     _require_tensor("cam_postprocess", "cam", cam)
     out_h, out_w = _output_size(size)
     if not torch.compiler.is_compiling():
         _check_cam_postprocess_args(cam, out_h, out_w)
+        if cam.dim() == 3:
+            check_output_size("cam_postprocess: size", cam.shape[0], out_h, out_w)
     return _ops.cam_postprocess.default(cam, out_h, out_w, bool(relu), bool(normalize))
 
 
@@ -151,7 +195,7 @@ def cam_postprocess(
 # Fake kernels: shapes, dtypes and strides of each op's outputs, for torch.compile / torch.export.
 
 
-@torch.library.register_fake("torchcam_ops::cam_reduce")
+@_register_fake("torchcam_ops::cam_reduce")
 def _cam_reduce_fake(activations: Tensor, gradients: Tensor, method: str) -> Tensor:
     _check_method("cam_reduce", method)
     _check_activations_and_gradients("cam_reduce", activations, gradients)
@@ -159,7 +203,7 @@ def _cam_reduce_fake(activations: Tensor, gradients: Tensor, method: str) -> Ten
     return activations.new_empty((n, h, w))
 
 
-@torch.library.register_fake("torchcam_ops::cam_reduce_backward")
+@_register_fake("torchcam_ops::cam_reduce_backward")
 def _cam_reduce_backward_fake(
     grad_cam: Tensor, activations: Tensor, gradients: Tensor, method: str
 ) -> tuple[Tensor, Tensor]:
@@ -171,13 +215,13 @@ def _cam_reduce_backward_fake(
     )
 
 
-@torch.library.register_fake("torchcam_ops::cam_postprocess")
+@_register_fake("torchcam_ops::cam_postprocess")
 def _cam_postprocess_fake(cam: Tensor, out_h: int, out_w: int, relu: bool = True, normalize: bool = True) -> Tensor:
     _check_cam_postprocess_args(cam, out_h, out_w)
     return cam.new_empty((cam.shape[0], out_h, out_w))
 
 
-@torch.library.register_fake("torchcam_ops::cam_postprocess_backward")
+@_register_fake("torchcam_ops::cam_postprocess_backward")
 def _cam_postprocess_backward_fake(
     grad_out: Tensor, cam: Tensor, out_h: int, out_w: int, relu: bool, normalize: bool
 ) -> Tensor:
@@ -217,10 +261,10 @@ def _cam_postprocess_backward(ctx, grad_out: Tensor):
     return grad_cam, None, None, None, None
 
 
-torch.library.register_autograd(
+_register_autograd(
     "torchcam_ops::cam_reduce", _cam_reduce_backward, setup_context=_cam_reduce_setup_context
 )
-torch.library.register_autograd(
+_register_autograd(
     "torchcam_ops::cam_postprocess", _cam_postprocess_backward, setup_context=_cam_postprocess_setup_context
 )
 
@@ -302,27 +346,27 @@ def _conv_out(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-@torch.library.register_fake("torchcam_ops::rectified_relu")
+@_register_fake("torchcam_ops::rectified_relu")
 def _rectified_relu_fake(input: Tensor, mode: str) -> Tensor:
     return torch.empty_like(input)
 
 
-@torch.library.register_fake("torchcam_ops::rectified_relu_backward")
+@_register_fake("torchcam_ops::rectified_relu_backward")
 def _rectified_relu_backward_fake(grad_output: Tensor, input: Tensor, mode: str) -> Tensor:
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 
-@torch.library.register_fake("torchcam_ops::tsgb_linear")
+@_register_fake("torchcam_ops::tsgb_linear")
 def _tsgb_linear_fake(input, weight, bias, beta=1.0):
     return input.new_empty((*input.shape[:-1], weight.shape[0]))
 
 
-@torch.library.register_fake("torchcam_ops::tsgb_linear_backward")
+@_register_fake("torchcam_ops::tsgb_linear_backward")
 def _tsgb_linear_backward_fake(grad_output, input, weight, beta):
     return input.new_empty(input.shape)
 
 
-@torch.library.register_fake("torchcam_ops::tsgb_conv2d")
+@_register_fake("torchcam_ops::tsgb_conv2d")
 def _tsgb_conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
     n, _, h, w = input.shape
     kh, kw = weight.shape[2:]
@@ -330,29 +374,29 @@ def _tsgb_conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
                             _conv_out(w, kw, stride[1], padding[1], dilation[1])))
 
 
-@torch.library.register_fake("torchcam_ops::tsgb_conv2d_backward")
+@_register_fake("torchcam_ops::tsgb_conv2d_backward")
 def _tsgb_conv2d_backward_fake(grad_output, input, output, kernel_size, stride, padding, dilation, groups):
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 
-@torch.library.register_fake("torchcam_ops::tsgb_batch_norm")
+@_register_fake("torchcam_ops::tsgb_batch_norm")
 def _tsgb_batch_norm_fake(input, weight, bias, running_mean, running_var, eps):
     return torch.empty_like(input)
 
 
-@torch.library.register_fake("torchcam_ops::tsgb_batch_norm_backward")
+@_register_fake("torchcam_ops::tsgb_batch_norm_backward")
 def _tsgb_batch_norm_backward_fake(grad_output, input, weight, bias, running_mean, running_var, eps):
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 
-@torch.library.register_fake("torchcam_ops::tsgb_avg_pool2d")
+@_register_fake("torchcam_ops::tsgb_avg_pool2d")
 def _tsgb_avg_pool2d_fake(input, kernel_size, stride, padding):
     n, c, h, w = input.shape
     return input.new_empty((n, c, _conv_out(h, kernel_size[0], stride[0], padding[0], 1),
                             _conv_out(w, kernel_size[1], stride[1], padding[1], 1)))
 
 
-@torch.library.register_fake("torchcam_ops::tsgb_avg_pool2d_backward")
+@_register_fake("torchcam_ops::tsgb_avg_pool2d_backward")
 def _tsgb_avg_pool2d_backward_fake(grad_output, input, output, kernel_size, stride, padding):
     return torch.empty_like(input)
 
@@ -459,5 +503,5 @@ for _name, _backward, _setup in [
     ("tsgb_batch_norm", _tsgb_batch_norm_backward, _tsgb_batch_norm_setup),
     ("tsgb_avg_pool2d", _tsgb_avg_pool2d_backward, _tsgb_avg_pool2d_setup),
 ]:
-    torch.library.register_autograd(f"torchcam_ops::{_name}", _backward, setup_context=_setup)
+    _register_autograd(f"torchcam_ops::{_name}", _backward, setup_context=_setup)
 del _name, _backward, _setup

@@ -1,20 +1,25 @@
-"""pytest plugin (entry point ``torchcam_ops``): saliency fixtures for your own test suites."""
+"""pytest plugin (entry point ``torchcam_ops``): saliency fixtures for your own test suites.
+
+pytest loads this module in every session of the environment, so it imports nothing of the package
+(nor torch) until a fixture is used: a broken or stale build never breaks unrelated test suites.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from torchcam_ops import testing
-from torchcam_ops.methods import explain
-
 
 @pytest.fixture
 def torchcam_explain():
     """The functional :func:`torchcam_ops.explain`."""
+    from torchcam_ops.methods import explain
+
     return explain
 
 
 @pytest.fixture(name="assert_explanation_in_region")
 def assert_explanation_in_region_fixture():
     """:func:`torchcam_ops.testing.assert_explanation_in_region`."""
+    from torchcam_ops import testing
+
     return testing.assert_explanation_in_region
