@@ -337,3 +337,20 @@ def test_functional_relus_take_the_guided_rule():
     leaf = x.clone().requires_grad_()
     expected = torch.autograd.grad(model.conv(leaf), leaf, g_z)[0]
     torch.testing.assert_close(grads, expected)
+
+
+def test_outputs_above_the_size_limit_are_refused_before_allocation():
+    from torchcam_ops import ops
+
+    with pytest.raises(ValueError, match=r"size: 1 maps of 50000x50000 would be 2500000000 elements, above the limit"):
+        ops.cam_postprocess(torch.rand(1, 1, 1), (50000, 50000))
+    model = threaded_model()
+    with GradCAM(model, ["3"]) as cam, pytest.raises(ValueError, match="output_size: 2 maps of 50000x50000"):
+        cam(torch.rand(2, 3, 8, 8), output_size=50000)
+    previous = ops.set_max_output_elements(100)
+    try:
+        with pytest.raises(ValueError, match="above the limit of 100"):
+            ops.cam_postprocess(torch.rand(1, 2, 2), (10, 11))
+        assert ops.cam_postprocess(torch.rand(1, 2, 2), (10, 10)).shape == (1, 10, 10)
+    finally:
+        ops.set_max_output_elements(previous)

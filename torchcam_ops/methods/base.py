@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from torchcam_ops.methods.capture import ExplainerHold, capture_outputs
 from torchcam_ops.methods.graphs import Graphable
-from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce
+from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce, check_output_size
 
 #: What ``targets`` may be: ``None`` (each image's top class), a class index, one index per image,
 #: a LongTensor ``[N]`` or ``[N, T]`` (T classes per image, one forward pass), or a callable that maps
@@ -257,6 +257,7 @@ class BaseCAM(Graphable):
         """
         x = check_input(x)
         size = self._output_size(x, output_size)
+        check_output_size("output_size", x.shape[0], *size)
         if not self._hold._held:
             raise RuntimeError(f"{type(self).__name__}: the explainer was closed")
         with preserve_buffers(self.model):
