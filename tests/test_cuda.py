@@ -168,5 +168,72 @@ def test_tsgb_method_cuda_matches_cpu():
     model = torchvision.models.resnet18(weights=None).eval()
     x = torch.rand(2, 3, 64, 64)
     cpu = TSGB(model)(x, [1, 2])
-    cuda = TSGB(model.cuda())(x.cuda(), [1, 2])
+    # Full float32 convolutions: with TF32 (cuDNN's default on Ampere and later) the forward's
+    # rounding alone moves the maps by about 1e-2.
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        cuda = TSGB(model.cuda())(x.cuda(), [1, 2])
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=1e-3, atol=1e-3)
+
+
+def _graph_explainers(model):
+    from torchcam_ops.methods import (TSGB, AbsCAM, GIGCAM, GradCAM, GradCAMPlusPlus, GuidedBackprop,
+                                      GuidedGradCAM, IntegratedGradCAM, LayerCAM)
+
+    return {
+        "gradcam": GradCAM(model, ["4"]), "gradcam++": GradCAMPlusPlus(model, ["4"]), "layercam": LayerCAM(model, ["4"]),
+        "abscam": AbsCAM(model, ["4"], batch_size=8), "integrated_gradcam": IntegratedGradCAM(model, ["4"], steps=4),
+        "gig_cam": GIGCAM(model, ["4"], steps=3), "gig_cam+m": GIGCAM(model, ["4"], steps=2, scales=(16, 24)),
+        "tsgb": TSGB(model), "guided": GuidedBackprop(model), "guided_gradcam": GuidedGradCAM(model, ["4"]),
+    }
+
+
+def test_explainers_never_synchronise_the_host():
+    from tests.test_methods import small_cnn
+
+    model = small_cnn().cuda()
+    x = torch.rand(2, 3, 16, 16, device="cuda")
+    for targets in (None, torch.tensor([1, 2], device="cuda"), torch.tensor([[1, 2], [3, 4]], device="cuda")):
+        for name, explainer in _graph_explainers(model).items():
+            explainer(x, targets)  # warm-up: lazy initialisation may synchronise once
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                explainer(x, targets)
+            except RuntimeError as error:
+                raise AssertionError(f"{name} synchronised the host: {error}") from error
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+
+def test_graphed_gradcam_replays_bitwise_equal_to_eager():
+    from tests.test_methods import small_cnn
+    from torchcam_ops.methods import GradCAM, TSGB
+
+    model = small_cnn().cuda()
+    targets = torch.tensor([1, 2, 3], device="cuda")
+    for explainer in (GradCAM(model, ["4"]), TSGB(model)):
+        graphed = explainer.graphed(torch.rand(3, 3, 16, 16, device="cuda"), targets)
+        for _ in range(3):
+            x = torch.rand(3, 3, 16, 16, device="cuda")
+            assert torch.equal(graphed(x), explainer(x, targets))
+        with pytest.raises(ValueError, match="this graphed call was made for"):
+            graphed(torch.rand(2, 3, 16, 16, device="cuda"))
+
+
+def test_compiled_explainers_equal_eager_on_cuda():
+    from tests.test_methods import small_cnn
+
+    model = small_cnn().cuda()
+    x = torch.rand(2, 3, 16, 16, device="cuda")
+    targets = torch.tensor([1, 2], device="cuda")
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            for name, explainer in _graph_explainers(model).items():
+                torch._dynamo.reset()
+                tol = 5e-2 if name.startswith("gig_cam") else 1e-5  # GIG-CAM's pixel ranking is discontinuous
+                torch.testing.assert_close(explainer.compiled()(x, targets), explainer(x, targets), rtol=tol,
+                                           atol=tol, msg=name)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32

@@ -24,7 +24,7 @@ def reference_conv_grad(x, w, b, stride, padding, dilation, groups, g):
     co, kh, kw = w.shape[0], w.shape[2], w.shape[3]
     relevance = (g * z).reshape(n, groups, co // groups, *z.shape[2:]).sum(2)
     activation = x.abs().reshape(n, groups, c // groups, h, width).sum(2)
-    ones = torch.ones(groups, 1, kh, kw, dtype=x.dtype)
+    ones = torch.ones(groups, 1, kh, kw, dtype=x.dtype, device=x.device)
     window = F.conv2d(activation, ones, None, stride, padding, dilation, groups)
     ratio = relevance / (window + 1e-10)
     natural = [(z.shape[2] - 1) * stride[0] - 2 * padding[0] + dilation[0] * (kh - 1) + 1,
