@@ -1,4 +1,4 @@
-"""Plain-PyTorch references of the op contracts in DESIGN.md, written independently of the kernels.
+"""Plain-PyTorch references of the op contracts in docs/design.md, written independently of the kernels.
 
 Everything is computed in float64 from the (possibly half-precision) inputs, so a reference is the
 exact value the kernels approximate.

@@ -1,4 +1,4 @@
-"""The TSGB rules of DESIGN.md written as plain PyTorch autograd Functions, and a model converter
+"""The TSGB rules of docs/design.md written as plain PyTorch autograd Functions, and a model converter
 that applies them by hand to a deep copy of a model (the reference the tests and the benchmark
 compare with)."""
 

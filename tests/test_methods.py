@@ -1,4 +1,4 @@
-"""The explainers against independent computations (hooks + autograd + the DESIGN.md formula +
+"""The explainers against independent computations (hooks + autograd + the docs/design.md formula +
 F.interpolate), a hand-computed case, and the guarantees about the user's model."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The TSGB and rectified-ReLU ops against plain-PyTorch references of the rules in DESIGN.md
+"""The TSGB and rectified-ReLU ops against plain-PyTorch references of the rules in docs/design.md
 (ones-kernel conv and conv_transpose for the window sums), relevance conservation, ordinary
 weight gradients, opcheck, compile and export, bad input."""
 

@@ -270,7 +270,7 @@ _register_autograd(
 
 
 # =============================================================================================
-# Rectified ReLU and the TSGB layers (DESIGN.md): forwards are the ordinary layers, each backward
+# Rectified ReLU and the TSGB layers (docs/design.md): forwards are the ordinary layers, each backward
 # to the input is a relevance rule implemented as an op of its own.
 
 RELU_MODES: tuple[str, ...] = ("guided", "deconvnet", "plain")

@@ -1,4 +1,4 @@
-"""Faithfulness and localisation metrics for saliency maps (definitions in DESIGN.md)."""
+"""Faithfulness and localisation metrics for saliency maps (definitions in docs/design.md)."""
 
 from torchcam_ops.metrics.confidence import average_drop_increase, confidence_scores, drop_and_increase
 from torchcam_ops.metrics.deletion_insertion import CurveResult, deletion, gaussian_blur, insertion
