@@ -354,3 +354,42 @@ def test_outputs_above_the_size_limit_are_refused_before_allocation():
         assert ops.cam_postprocess(torch.rand(1, 2, 2), (10, 10)).shape == (1, 10, 10)
     finally:
         ops.set_max_output_elements(previous)
+
+
+def _conv_args(**changes):
+    call = {"input": torch.rand(1, 4, 6, 6), "weight": torch.rand(3, 4, 3, 3), "bias": torch.rand(3)}
+    call.update(changes)
+    return call
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda: ops_module().tsgb_conv2d(**_conv_args(bias=torch.rand(3, dtype=torch.float64))), TypeError,
+     "tsgb_conv2d: bias must have the dtype of input"),
+    (lambda: ops_module().tsgb_conv2d(**_conv_args(bias=torch.rand(5))), ValueError, r"tsgb_conv2d: bias must be \[3\]"),
+    (lambda: ops_module().tsgb_conv2d(**_conv_args(weight=torch.rand(3, 4, 9, 9))), ValueError,
+     "tsgb_conv2d: the kernel .* is larger than the padded input"),
+    (lambda: ops_module().tsgb_conv2d(**_conv_args(weight=torch.rand(0, 4, 3, 3), bias=None)), ValueError,
+     "tsgb_conv2d: weight must have at least one output channel"),
+    (lambda: ops_module().tsgb_linear(torch.rand(2, 4), torch.rand(3, 4), torch.rand(4)), ValueError,
+     r"tsgb_linear: bias must be \[3\]"),
+    (lambda: ops_module().tsgb_linear(torch.rand(2, 4), [[1.0] * 4] * 3), TypeError,
+     "tsgb_linear: weight must be a torch.Tensor, got list"),
+    (lambda: ops_module().tsgb_linear(torch.rand(2, 4), torch.rand(3, 4), beta="x"), TypeError,
+     "tsgb_linear: beta must be a real number, got str"),
+    (lambda: ops_module().tsgb_linear(torch.rand(2, 4), torch.rand(3, 4), beta=float("nan")), ValueError,
+     "tsgb_linear: beta must be a finite number"),
+    (lambda: ops_module().tsgb_batch_norm(torch.rand(2, 3, 4, 4, dtype=torch.float64), torch.zeros(3), torch.ones(3)),
+     TypeError, "tsgb_batch_norm: running_mean must have the dtype of input"),
+    (lambda: ops_module().tsgb_avg_pool2d(torch.rand(1, 2, 8, 8), 2, padding=2), ValueError,
+     "tsgb_avg_pool2d: padding must be at most half the kernel size"),
+], ids=["conv-bias-dtype", "conv-bias-length", "conv-kernel-too-large", "conv-no-output-channel", "linear-bias-shape",
+        "linear-weight-list", "linear-beta-str", "linear-beta-nan", "bn-dtype", "avgpool-padding"])
+def test_tsgb_ops_name_the_bad_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def ops_module():
+    from torchcam_ops import ops
+
+    return ops

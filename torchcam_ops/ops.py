@@ -54,6 +54,14 @@ def _require_tensor(op: str, name: str, value: object) -> None:
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
 
 
+def _require_tensors(op: str, **values: object) -> None:
+    """Every named value is a tensor; None is accepted for the optional ``weight`` (of batch norm) and ``bias``."""
+    for name, value in values.items():
+        if value is None and name in ("bias",) + (("weight",) if op == "tsgb_batch_norm" else ()):
+            continue
+        _require_tensor(op, name, value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Argument checks, the same as the C++ ones (csrc/ops/*.cpp) with the same messages. The wrappers
 # run them before calling an op and the fake kernels while tracing, so bad input fails the same
@@ -305,7 +313,9 @@ def tsgb_linear(input: Tensor, weight: Tensor, bias: Tensor | None = None, beta:
     With :math:`\beta = 1`, :math:`\sum h\,g_h = 0` for a one-hot g. Weight and bias gradients are the
     ordinary ones.
     """
-    _require_tensor("tsgb_linear", "input", input)
+    _require_tensors("tsgb_linear", input=input, weight=weight, bias=bias)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        raise TypeError(f"tsgb_linear: beta must be a real number, got {type(beta).__name__}")
     return _ops.tsgb_linear.default(input, weight, bias, float(beta))
 
 
@@ -319,7 +329,7 @@ def tsgb_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, strid
     which conserves relevance: :math:`\sum X \odot \partial X = \sum G \odot Z`. Weight and bias
     gradients are the ordinary ones.
     """
-    _require_tensor("tsgb_conv2d", "input", input)
+    _require_tensors("tsgb_conv2d", input=input, weight=weight, bias=bias)
     return _ops.tsgb_conv2d.default(input, weight, bias, _pair("stride", stride), _pair("padding", padding),
                                     _pair("dilation", dilation), int(groups))
 
@@ -328,7 +338,8 @@ def tsgb_batch_norm(input: Tensor, running_mean: Tensor, running_var: Tensor, we
                     bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     r"""Inference batch norm forward; backward passes relevance unchanged:
     :math:`\partial X = G \odot Y / X` (0 where X = 0)."""
-    _require_tensor("tsgb_batch_norm", "input", input)
+    _require_tensors("tsgb_batch_norm", input=input, running_mean=running_mean, running_var=running_var,
+                     weight=weight, bias=bias)
     return _ops.tsgb_batch_norm.default(input, weight, bias, running_mean, running_var, float(eps))
 
 

@@ -7,7 +7,7 @@
 
 namespace torchcam_ops {
 
-// The channel-weighting rules of cam_reduce. See DESIGN.md for the formulas.
+// The channel-weighting rules of cam_reduce. See docs/design.md for the formulas.
 enum class CamMethod : int8_t {
   GradCAM,
   AbsCAM,
@@ -49,7 +49,7 @@ constexpr bool uses_channel_weights(CamMethod method) {
       method == CamMethod::XGradCAM || method == CamMethod::GradCAMPlusPlus;
 }
 
-// Stabilisers of the published formulas (DESIGN.md).
+// Stabilisers of the published formulas (docs/design.md).
 inline constexpr double kXGradCAMEps = 1e-7;
 inline constexpr double kGradCAMPlusPlusEps = 1e-6;
 

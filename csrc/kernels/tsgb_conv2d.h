@@ -1,6 +1,6 @@
 #pragma once
 
-// The TSGB-Conv backward rule (DESIGN.md) for one image and one group, on raw pointers.
+// The TSGB-Conv backward rule (docs/design.md) for one image and one group, on raw pointers.
 //
 // With A = sum over the group's input channels of |X| ([H, W]), R = sum over its output channels
 // of G * Z ([H', W']), S = the sum of A over each output position's receptive field, and

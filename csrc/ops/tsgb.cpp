@@ -1,5 +1,5 @@
 // TSGB (Target-Selective Gradient Backprop) layers: forwards are the ordinary layers; each
-// backward to the input is a relevance rule of its own op (DESIGN.md). Schemas, checks, the
+// backward to the input is a relevance rule of its own op (docs/design.md). Schemas, checks, the
 // forwards (ATen, any device), and the backward rules that are a few ATen ops on any device
 // (linear: two small matmuls; average pooling: the pooling adjoint and a division). The conv and
 // batch-norm rules have CPU and CUDA kernels (cpu/ and cuda/tsgb_*_kernel.*).
@@ -11,6 +11,9 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <utility>
+
 namespace torchcam_ops {
 
 namespace {
@@ -19,6 +22,14 @@ void check_pair(const char* op, const char* name, at::IntArrayRef values, int64_
   TORCH_CHECK_VALUE(values.size() == 2, op, ": ", name, " must have 2 values, got ", values.size());
   TORCH_CHECK_VALUE(values[0] >= minimum && values[1] >= minimum, op, ": ", name, " must be >= ", minimum, ", got ",
                     values);
+}
+
+void check_bias(const char* op, const std::optional<at::Tensor>& bias, int64_t features, const at::Tensor& input) {
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == features, op, ": bias must be [", features,
+                      "] (one value per output feature), got shape ", bias->sizes());
+    check_same_dtype_device(op, "bias", *bias, "input", input);
+  }
 }
 
 at::Tensor to_opmath(const at::Tensor& t) {
@@ -36,6 +47,8 @@ at::Tensor tsgb_linear(const at::Tensor& input, const at::Tensor& weight, const 
   TORCH_CHECK_VALUE(weight.size(1) == input.size(-1), op, ": weight must have in_features = ", input.size(-1),
                     " (the last dimension of input), got shape ", weight.sizes());
   check_same_dtype_device(op, "weight", weight, "input", input);
+  check_bias(op, bias, weight.size(0), input);
+  TORCH_CHECK_VALUE(std::isfinite(beta), op, ": beta must be a finite number, got ", beta);
   return at::linear(input, weight, bias);
 }
 
@@ -53,6 +66,15 @@ at::Tensor tsgb_conv2d(const at::Tensor& input, const at::Tensor& weight, const 
                         weight.size(1) * groups == input.size(1),
                     op, ": groups = ", groups, " does not fit input channels ", input.size(1), " and weight shape ",
                     weight.sizes());
+  TORCH_CHECK_VALUE(weight.size(0) >= 1, op, ": weight must have at least one output channel, got shape ",
+                    weight.sizes());
+  check_bias(op, bias, weight.size(0), input);
+  for (int64_t d = 0; d < 2; ++d) {
+    const int64_t span = dilation[d] * (weight.size(2 + d) - 1) + 1;
+    TORCH_CHECK_VALUE(input.size(2 + d) + 2 * padding[d] >= span, op, ": the kernel (", weight.size(2), "x",
+                      weight.size(3), ", dilation ", dilation, ") is larger than the padded input (",
+                      input.size(2), "x", input.size(3), ", padding ", padding, ")");
+  }
   return at::conv2d(input, weight, bias, stride, padding, dilation, groups);
 }
 
@@ -65,6 +87,15 @@ at::Tensor tsgb_batch_norm(const at::Tensor& input, const std::optional<at::Tens
   TORCH_CHECK_VALUE(running_mean.dim() == 1 && running_mean.size(0) == input.size(1) &&
                         running_var.sizes() == running_mean.sizes(),
                     op, ": running_mean and running_var must be [C] with C = ", input.size(1));
+  check_same_dtype_device(op, "running_mean", running_mean, "input", input);
+  check_same_dtype_device(op, "running_var", running_var, "input", input);
+  for (const auto& [name, affine] : {std::pair{"weight", weight}, std::pair{"bias", bias}}) {
+    if (affine.has_value() && affine->defined()) {
+      TORCH_CHECK_VALUE(affine->sizes() == running_mean.sizes(), op, ": ", name, " must be [", input.size(1),
+                        "], got shape ", affine->sizes());
+      check_same_dtype_device(op, name, *affine, "input", input);
+    }
+  }
   return at::batch_norm(input, weight, bias, running_mean, running_var, /*training=*/false, /*momentum=*/0.0, eps,
                         /*cudnn_enabled=*/false);
 }
@@ -77,6 +108,9 @@ at::Tensor tsgb_avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
   check_pair(op, "kernel_size", kernel_size, 1);
   check_pair(op, "stride", stride, 1);
   check_pair(op, "padding", padding, 0);
+  TORCH_CHECK_VALUE(2 * padding[0] <= kernel_size[0] && 2 * padding[1] <= kernel_size[1], op,
+                    ": padding must be at most half the kernel size, got padding ", padding, " for kernel ",
+                    kernel_size);
   return at::avg_pool2d(input, kernel_size, stride, padding);
 }
 
