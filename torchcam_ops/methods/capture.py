@@ -29,7 +29,9 @@ _thread_state = threading.local()
 #: The capture of the explainer call that torch.compile is tracing (tracing runs in one thread).
 _traced_capture: dict[int, tuple[str, list[Tensor]]] | None = None
 
-_registration_lock = threading.Lock()
+# Re-entrant: an explainer collected by the garbage collector inside open_explainer() releases its
+# hold from the same thread.
+_registration_lock = threading.RLock()
 _open_explainers = 0
 _hook_handle: Any = None
 
@@ -52,9 +54,9 @@ def open_explainer() -> None:
     """Registers the process-wide hook if no explainer holds it yet (pair with :func:`close_explainer`)."""
     global _open_explainers, _hook_handle
     with _registration_lock:
-        if _open_explainers == 0:
-            _hook_handle = register_module_forward_hook(_record_output)
         _open_explainers += 1
+        if _hook_handle is None:
+            _hook_handle = register_module_forward_hook(_record_output)
 
 
 def close_explainer() -> None:
