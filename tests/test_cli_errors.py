@@ -27,6 +27,9 @@ def image_and_factories(tmp_path_factory):
     (folder / "bad_factories.py").write_text(textwrap.dedent("""
         def wrong():
             return "not a model"
+
+        def broken():
+            raise RuntimeError("weights file missing")
     """))
     return folder
 
@@ -40,6 +43,9 @@ CASES = {
     "unknown model": (["--model", "nosuch"], "--model: model: unknown shipped model 'nosuch'"),
     "missing factory module": (["--model", "no_such_module:factory"], "--model 'no_such_module:factory': cannot load"),
     "factory returning the wrong thing": (["--model", "bad_factories:wrong"], "the factory must return (model, preprocess"),
+    "factory raising": (["--model", "bad_factories:broken"], "the factory raised RuntimeError: weights file missing"),
+    "bad call index": (["--layer", "_swish@x"], "--layer: '_swish@x': expected a call index after '@'"),
+    "shared layer without a call": (["--layer", "_swish"], "target layer '_swish' ran 2 times in one forward pass"),
     "no methods": (["--methods", ""], "--methods: expected one or more method names"),
     "unknown method": (["--methods", "gradcam,nope"], "--methods: unknown methods ['nope']"),
 }

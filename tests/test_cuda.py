@@ -216,6 +216,9 @@ def test_graphed_gradcam_replays_bitwise_equal_to_eager():
         for _ in range(3):
             x = torch.rand(3, 3, 16, 16, device="cuda")
             assert torch.equal(graphed(x), explainer(x, targets))
+        # Python ints become a device tensor before the capture (a copy during capture would sync)
+        from_ints = explainer.graphed(x, [1, 2, 3])
+        assert torch.equal(from_ints(x), explainer(x, targets))
         with pytest.raises(ValueError, match="this graphed call was made for"):
             graphed(torch.rand(2, 3, 16, 16, device="cuda"))
 

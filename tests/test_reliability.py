@@ -393,3 +393,59 @@ def ops_module():
     from torchcam_ops import ops
 
     return ops
+
+
+def test_a_copied_explainer_holds_the_hook_on_its_own():
+    import copy
+    import gc
+
+    model = threaded_model()
+    cam = GradCAM(model, ["3"])
+    twin = copy.deepcopy(cam)  # e.g. an explainer stored on a module that AveragedModel copies
+    restored = pickle.loads(pickle.dumps(cam))
+    for explainer in (twin, restored):
+        explainer.close()
+    assert capture.hook_is_registered()
+    x = torch.rand(1, 3, 8, 8)
+    torch.testing.assert_close(cam(x, [1]), GradCAM(model, ["3"])(x, [1]))
+    cam.close()
+    del twin, restored
+    gc.collect()
+    assert not capture.hook_is_registered()
+
+
+def test_graphed_calls_take_python_targets_and_refuse_create_graph():
+    torch._dynamo.reset()
+    model = threaded_model()
+    x = torch.rand(2, 3, 8, 8)
+    with GradCAM(model, ["3"]) as cam:
+        graphed = cam.graphed(x, [1, 2])
+        torch.testing.assert_close(graphed(x), cam(x, [1, 2]), rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="create_graph: a graphed call's outputs live in buffers"):
+            cam.graphed(x, [1, 2], create_graph=True)
+
+
+def test_tsgb_says_which_average_pools_keep_their_gradient():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+    with pytest.warns(UserWarning, match="keeps its ordinary gradient"):
+        TSGB(model)(torch.rand(1, 3, 7, 7), [0])
+
+
+def test_explain_checks_its_input_first():
+    from torchcam_ops import explain
+
+    with pytest.raises(TypeError, match=r"x: expected a torch.Tensor batch"):
+        explain(threaded_model(), [[1.0]], "gradcam", target_layers=["3"])
+
+
+def test_gig_cam_diagnostics_belong_to_the_calling_thread():
+    model = threaded_model()
+    explainer = GIGCAM(model, ["3"], steps=2)
+    explainer(torch.rand(1, 3, 8, 8), [1])
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(explainer.last_path_end))
+    thread.start()
+    thread.join()
+    assert seen == [None] and explainer.last_path_end.shape == (1, 8, 8)
+    assert int(explainer.last_unfinished_steps) == 0

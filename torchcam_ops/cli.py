@@ -89,7 +89,10 @@ def _load_model(spec: str, command: str = "explain"):
             factory = getattr(importlib.import_module(module_name), factory_name)
         except (ImportError, AttributeError) as err:
             raise SystemExit(f"{command}: --model {spec!r}: cannot load the factory: {err}") from err
-        made = factory()
+        try:
+            made = factory()
+        except Exception as err:  # the user's code: report it as one line, like every other user error
+            raise SystemExit(f"{command}: --model {spec!r}: the factory raised {type(err).__name__}: {err}") from err
         if (not isinstance(made, tuple) or len(made) != 3 or not isinstance(made[0], torch.nn.Module)
                 or not callable(made[1]) or not isinstance(made[2], str)):
             raise SystemExit(f"{command}: --model {spec!r}: the factory must return (model, preprocess, "
@@ -104,10 +107,12 @@ def _load_model(spec: str, command: str = "explain"):
 
 
 def _check_layer(command: str, model: torch.nn.Module, layer: str) -> str:
+    from torchcam_ops.methods.base import resolve_layers
+
     try:
-        model.get_submodule(layer.partition("@")[0])
-    except AttributeError:
-        raise SystemExit(f"{command}: --layer: the model has no submodule {layer!r}") from None
+        resolve_layers(model, [layer])
+    except ValueError as err:
+        raise SystemExit(f"{command}: --layer: {str(err).removeprefix('target_layers: ')}") from None
     return layer
 
 
@@ -189,14 +194,20 @@ def explain(args: argparse.Namespace) -> None:
     for (name, _), p, c in zip(images, top.values, top.indices):
         print(f"{name}: " + ", ".join(f"{label(int(i))} ({float(q):.2f})" for q, i in zip(p, c)))
 
-    out = _output_folder("explain", args.out)
+    _check_writable("explain", args.out)
     rows = [[_titled(tile, f"{name}: {label(int(t))}")] for (name, _), tile, t in zip(images, shown, targets)]
-    timings = []
+    timings, all_maps = [], []
     for method in methods:
-        with make_explainer(method, model, [layer], input_size=size) as explainer:
-            start = time.perf_counter()
-            maps = explainer(x, targets).numpy()
-            timings.append((method, (time.perf_counter() - start) / len(images)))
+        try:
+            with make_explainer(method, model, [layer], input_size=size) as explainer:
+                start = time.perf_counter()
+                all_maps.append(explainer(x, targets).numpy())
+                timings.append((method, (time.perf_counter() - start) / len(images)))
+        except ValueError as err:  # a layer the method cannot explain (runs twice, not [N, K, h, w]...)
+            raise SystemExit(f"explain: --layer {layer!r}, method {method}: {err}") from err
+    # Every map is made before the first file is written: a failing method leaves nothing behind.
+    out = _output_folder("explain", args.out)
+    for method, maps in zip(methods, all_maps):
         for i, ((name, _), tile) in enumerate(zip(images, shown)):
             blended = overlay(tile, maps[i])
             Image.fromarray(blended).save(out / f"{name}_{method}.png")

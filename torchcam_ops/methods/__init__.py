@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from torchcam_ops.methods.abscam import AbsCAM
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets
+from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, check_input
 from torchcam_ops.methods.gig_cam import GIGCAM, multiscale_fusion
 from torchcam_ops.methods.gradcam import GradCAM
 from torchcam_ops.methods.gradcam_elementwise import GradCAMElementWise
@@ -78,6 +78,7 @@ def explain(model: nn.Module, x: Tensor, method: str = "gradcam", *,
     ``options`` go to the explainer (e.g. ``steps`` for integrated_gradcam, ``phase`` for abscam,
     ``batch_size``).
     """
+    check_input(x)
     with make_explainer(method, model, target_layers, input_size=int(x.shape[-1]), **options) as explainer:
         if isinstance(explainer, TSGB):
             if output_size is not None:

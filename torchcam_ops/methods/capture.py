@@ -63,7 +63,7 @@ def close_explainer() -> None:
     """Releases one explainer's hold on the hook; the last one removes it."""
     global _open_explainers, _hook_handle
     with _registration_lock:
-        _open_explainers -= 1
+        _open_explainers = max(_open_explainers - 1, 0)
         if _open_explainers == 0 and _hook_handle is not None:
             _hook_handle.remove()
             _hook_handle = None
@@ -86,6 +86,17 @@ class ExplainerHold:
         if self._held:
             self._held = False
             close_explainer()
+
+    # A copied or unpickled explainer (an explainer stored on a module that is deep-copied, e.g. by
+    # AveragedModel) takes a hold of its own instead of sharing, and later releasing, this one.
+    def __copy__(self) -> ExplainerHold:
+        return ExplainerHold()
+
+    def __deepcopy__(self, memo: dict) -> ExplainerHold:
+        return ExplainerHold()
+
+    def __reduce__(self):
+        return (ExplainerHold, ())
 
     def __del__(self) -> None:
         try:

@@ -4,6 +4,7 @@ optional multi-scale fusion."""
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -12,6 +13,13 @@ from torch import Tensor, nn
 
 from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, map_dtype, slice_targets
 from torchcam_ops.ops import cam_postprocess
+
+
+def expanded_baseline(baseline: Tensor | float, x: Tensor) -> Tensor:
+    """The baseline as a tensor like x: a number is filled on x's device (no host-to-device copy)."""
+    if isinstance(baseline, Tensor):
+        return baseline.to(dtype=x.dtype, device=x.device).expand_as(x)
+    return torch.full_like(x, float(baseline))
 
 
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -90,10 +98,21 @@ class GIGCAM(BaseCAM):
         self.steps, self.fraction, self.max_dist = steps, fraction, max_dist
         self.baseline = baseline
         self.scales = tuple(scales) if scales is not None else None
-        #: After a call: the last path's final positions (fractions of the way to x, [N*T, H, W])
-        #: and how many (path, step) pairs did not reach their L1 target (a tensor, expected 0).
-        self.last_path_end: Tensor | None = None
-        self.last_unfinished_steps: Tensor | None = None
+        # Diagnostics of the calling thread's last call (see last_path_end), never shared between
+        # threads that call one explainer at once.
+        self._diagnostics = threading.local()
+
+    @property
+    def last_path_end(self) -> Tensor | None:
+        """After a call in this thread (not recorded while torch.compile traces): the last path's final
+        positions, as fractions of the way to x, ``[N*T, H, W]`` (all ones when every path reached x)."""
+        return getattr(self._diagnostics, "path_end", None)
+
+    @property
+    def last_unfinished_steps(self) -> Tensor | None:
+        """After a call in this thread: how many (path, step) pairs missed their L1 target (a device
+        tensor, so reading it is the caller's choice of synchronisation; expected 0)."""
+        return getattr(self._diagnostics, "unfinished_steps", None)
 
     def _explain(self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int],
                  create_graph: bool) -> Tensor | list[Tensor]:
@@ -134,7 +153,7 @@ class GIGCAM(BaseCAM):
         batch, count = indices.shape
         x = x.repeat_interleave(count, 0)  # path of (image n, class t) at row n * T + t
         targets = indices.reshape(-1)
-        baseline = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device).expand_as(x)
+        baseline = expanded_baseline(self.baseline, x)
         distance = (x - baseline).abs().sum(1).to(map_dtype(x.dtype))  # per-pixel L1 weight of the way to go
         total = distance.sum((1, 2))
         alpha = torch.zeros_like(distance)  # each pixel's position, as a fraction of the way
@@ -144,7 +163,6 @@ class GIGCAM(BaseCAM):
         rank = int(math.floor(self.fraction * (pixels - 1))) + 1  # the lower quantile, as a 1-based rank
         inner_iterations = math.ceil(1 / self.fraction) + 2
         tolerance = 1e-5 * total + 1e-12
-        inf = torch.tensor(float("inf"), device=x.device)
         for t in range(1, self.steps + 1):
             position = t / self.steps
             lower, upper = max(position - self.max_dist, 0.0), min(position + self.max_dist, 1.0)
@@ -154,21 +172,22 @@ class GIGCAM(BaseCAM):
             magnitude, gain = guide.detach().abs(), guide.relu()
             active = torch.ones(alpha.shape[0], dtype=torch.bool, device=x.device)
             for _ in range(inner_iterations):
-                alpha = torch.where(active[:, None, None] & (alpha < lower), alpha.new_tensor(lower), alpha)
+                alpha = torch.where(active[:, None, None] & (alpha < lower), lower, alpha)
                 remaining = (distance * (1 - alpha)).sum((1, 2))
                 phi = phi + gain * active[:, None, None]
                 active = active & ((remaining - target).abs() > tolerance)
-                candidates = torch.where(alpha >= upper, inf, magnitude)
+                candidates = torch.where(alpha >= upper, float("inf"), magnitude)
                 threshold = candidates.flatten(1).kthvalue(rank, dim=1).values
                 selected = (candidates <= threshold[:, None, None]) & candidates.isfinite() & active[:, None, None]
                 movable = (distance * (upper - alpha) * selected).sum((1, 2))
-                gamma = torch.where(movable > 0, (remaining - target) / movable.clamp_min(1e-30), inf)
+                gamma = torch.where(movable > 0, (remaining - target) / movable.clamp_min(1e-30), float("inf"))
                 full_move = gamma > 1
-                moved = torch.where(full_move[:, None, None], alpha.new_tensor(upper),
+                moved = torch.where(full_move[:, None, None], upper,
                                     alpha + gamma[:, None, None] * (upper - alpha))
                 alpha = torch.where(selected, moved, alpha)
                 active = active & full_move  # a partial move meets the target: the step ends
             unfinished += active.sum()
-        self.last_path_end = alpha.detach()
-        self.last_unfinished_steps = unfinished
+        if not torch.compiler.is_compiling():
+            self._diagnostics.path_end = alpha.detach()
+            self._diagnostics.unfinished_steps = unfinished
         return phi.reshape(batch, count, *phi.shape[-2:])

@@ -46,9 +46,16 @@ class GraphedExplainer:
             raise TypeError(f"example_x: expected a tensor, got {type(example_x).__name__}")
         if callable(targets) and not isinstance(targets, Tensor):
             raise TypeError("targets: a graphed call needs fixed targets (None, ints or a tensor), not a callable")
+        if call_options.get("create_graph"):
+            raise ValueError("create_graph: a graphed call's outputs live in buffers the next replay overwrites; "
+                             "call the explainer itself for maps that carry gradients")
         if isinstance(targets, Tensor) and targets.device != example_x.device:
             raise ValueError(f"targets: expected a tensor on {example_x.device} (the input's device), "
                              f"got {targets.device}")
+        if targets is not None and not isinstance(targets, Tensor):
+            # Python ints become a device tensor once here: a host-to-device copy during capture would
+            # synchronise, which CUDA graph capture forbids.
+            targets = torch.as_tensor(targets, dtype=torch.long).to(example_x.device)
         self.shape, self.dtype, self.device = tuple(example_x.shape), example_x.dtype, example_x.device
         self._explainer, self._targets, self._options = explainer, targets, call_options
         if self.device.type == "cuda":

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets
+from torchcam_ops.methods.gig_cam import expanded_baseline
 
 
 class IntegratedGradCAM(BaseCAM):
@@ -36,7 +37,7 @@ class IntegratedGradCAM(BaseCAM):
         path_targets, multi = self._fixed_targets(x, targets)
         if isinstance(path_targets, Tensor):
             path_targets = path_targets.repeat(self.steps, 1)  # path point m of image n at row m * N + n
-        baseline = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device).expand_as(x)
+        baseline = expanded_baseline(self.baseline, x)
         alphas = torch.arange(self.steps, dtype=x.dtype, device=x.device) / self.steps
         path = (baseline[None] + alphas[:, None, None, None, None] * (x - baseline)[None]).flatten(0, 1)
         sums: list[Tensor] | None = None

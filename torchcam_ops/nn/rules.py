@@ -104,6 +104,9 @@ class TSGBRules(TorchFunctionMode):
                     and call.get("divisor_override") is None):
                 return ops.tsgb_avg_pool2d(call["input"], call["kernel_size"], call.get("stride") or None,
                                            call.get("padding", 0))
+            warnings.warn("TSGB: an average pooling with ceil_mode, count_include_pad=False or divisor_override "
+                          "keeps its ordinary gradient (the equal-split rule covers floor mode with padding "
+                          "counted only)", stacklevel=2)
         elif func is F.relu and _call_arguments(("input", "inplace"), args, kwargs).get("inplace", False):
             return torch.relu(args[0] if args else kwargs["input"])
         elif func is torch.relu_ or func is torch.Tensor.relu_:
