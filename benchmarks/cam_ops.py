@@ -57,15 +57,25 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
-    print(f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"dtype={args.dtype}, torch {torch.__version__}, median of {args.repeats}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"device={device} ({where}), dtype={args.dtype}, torch {torch.__version__}, median of {args.repeats}")
     copy_bw = None
     if device.type == "cuda":
         copy_bw = copy_bandwidth(device, 1 << 30, args.repeats)
         print(f"measured copy bandwidth: {copy_bw / 1e9:.0f} GB/s (1 GiB device-to-device copy, read + write)")
 
-    headers = ["shape", "method", "fused ms", "reduce ms", "eager ms", "compiled ms", "floor ms",
-               "eager/fused", "compiled/fused", "fused/floor"]
+    headers = [
+        "shape",
+        "method",
+        "fused ms",
+        "reduce ms",
+        "eager ms",
+        "compiled ms",
+        "floor ms",
+        "eager/fused",
+        "compiled/fused",
+        "fused/floor",
+    ]
     if copy_bw:
         headers.append("fused % copy bw")
     rows = []
@@ -84,9 +94,18 @@ def main() -> None:
                 torch._dynamo.reset()
                 fn = torch.compile(lambda x, y: eager_pipeline(x, y, method, size), fullgraph=True)
                 compiled = median_seconds(lambda: fn(a, g), device, args.repeats)
-            row = [name, method, f"{fused * 1e3:.3f}", f"{reduce_only * 1e3:.3f}", f"{eager * 1e3:.3f}",
-                   f"{compiled * 1e3:.3f}", f"{floor * 1e3:.3f}", f"{eager / fused:.2f}x",
-                   f"{compiled / fused:.2f}x", f"{fused / floor:.2f}x"]
+            row = [
+                name,
+                method,
+                f"{fused * 1e3:.3f}",
+                f"{reduce_only * 1e3:.3f}",
+                f"{eager * 1e3:.3f}",
+                f"{compiled * 1e3:.3f}",
+                f"{floor * 1e3:.3f}",
+                f"{eager / fused:.2f}x",
+                f"{compiled / fused:.2f}x",
+                f"{fused / floor:.2f}x",
+            ]
             if copy_bw:
                 moved = 2 * a.numel() * a.element_size() + n * size * size * a.element_size()
                 row.append(f"{100 * moved / fused / copy_bw:.0f}%")

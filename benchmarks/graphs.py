@@ -60,8 +60,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--methods", default="gradcam,gradcam++,layercam,hirescam,tsgb,guided")
-    parser.add_argument("--compiled-methods", default="gradcam,tsgb",
-                        help="methods also timed compiled/graphed (compiling ResNet-50 costs about a minute on a CPU)")
+    parser.add_argument(
+        "--compiled-methods",
+        default="gradcam,tsgb",
+        help="methods also timed compiled/graphed (compiling ResNet-50 costs about a minute on a CPU)",
+    )
     parser.add_argument("--repeats", type=int, default=0, help="default: 20 on CUDA, 5 on the CPU")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -96,8 +99,17 @@ def main() -> None:
                         compiled = explainer.compiled()
                         fast = median_seconds(lambda: compiled(x, targets), device, repeats)
             limit = limits[method in INPUT_GRADIENT]
-            rows.append([method, str(batch), f"{eager * 1e3:.2f}", f"{fast * 1e3:.2f}" if fast else "-",
-                         f"{limit * 1e3:.2f}", f"{eager / limit:.2f}x", f"{eager / fast:.2f}x" if fast else "-"])
+            rows.append(
+                [
+                    method,
+                    str(batch),
+                    f"{eager * 1e3:.2f}",
+                    f"{fast * 1e3:.2f}" if fast else "-",
+                    f"{limit * 1e3:.2f}",
+                    f"{eager / limit:.2f}x",
+                    f"{eager / fast:.2f}x" if fast else "-",
+                ]
+            )
     kind = "graphed" if device.type == "cuda" else "compiled"
     print_table(["method", "batch", "eager ms", f"{kind} ms", "limit ms", "eager / limit", f"eager / {kind}"], rows)
 

@@ -22,8 +22,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _timing import median_seconds, print_table  # noqa: E402
 
 from tests.test_gig_cam import reference_gig_cam  # noqa: E402
-
-from torchcam_ops.methods import METHODS, GIGCAM, GradCAM  # noqa: E402
+from torchcam_ops.methods import GIGCAM, METHODS, GradCAM  # noqa: E402
 
 
 def reference_gig_cam_loop(model, layer, x, target, steps):
@@ -33,8 +32,7 @@ def reference_gig_cam_loop(model, layer, x, target, steps):
 
     def guide_of(z, target_class):
         raw = explainer(z[None], [target_class], raw=True)
-        return torch.nn.functional.interpolate(raw[None], size=z.shape[-2:], mode="bilinear",
-                                               align_corners=False)[0, 0]
+        return torch.nn.functional.interpolate(raw[None], size=z.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
 
     return reference_gig_cam(guide_of, x, target, steps=steps)[0]
 
@@ -45,7 +43,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps-ig", type=int, default=50)
-    parser.add_argument("--ig-batch", type=int, default=2, help="images for Integrated Grad-CAM (steps x images forwards)")
+    parser.add_argument(
+        "--ig-batch", type=int, default=2, help="images for Integrated Grad-CAM (steps x images forwards)"
+    )
     parser.add_argument("--gig-batch", type=int, default=8)
     parser.add_argument("--gig-steps", type=int, default=30)
     parser.add_argument("--abscam-phase2", action="store_true")
@@ -63,8 +63,10 @@ def main() -> None:
         p.requires_grad_(False)
     x = torch.rand(args.batch, 3, args.size, args.size, device=device)
     layer = [model.layer4]
-    print(f"ResNet-50 (random weights), {args.size}x{args.size}, device={device}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"ResNet-50 (random weights), {args.size}x{args.size}, device={device}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
 
     rows = []
     for name in ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam_elementwise", "abscam"):
@@ -86,18 +88,27 @@ def main() -> None:
     cam = GradCAM(model, layer)
     together = seconds(lambda: cam(x, targets))
     separate = seconds(lambda: [cam(x, targets[:, t]) for t in range(5)])
-    print(f"\nT = 5 targets per image, batch {args.batch}: one call {together:.2f} s, five calls {separate:.2f} s, "
-          f"speed-up {separate / together:.2f}x")
+    print(
+        f"\nT = 5 targets per image, batch {args.batch}: one call {together:.2f} s, five calls {separate:.2f} s, "
+        f"speed-up {separate / together:.2f}x"
+    )
 
     xg = x[: args.gig_batch]
     classes = cam.model(xg).argmax(1)
     gig = GIGCAM(model, layer, steps=args.gig_steps)
     batched = seconds(lambda: gig(xg, classes), repeats=1)
-    loop = seconds(lambda: [reference_gig_cam_loop(model, model.layer4, xg[n], int(classes[n]), args.gig_steps)
-                            for n in range(xg.shape[0])], repeats=1)
-    print(f"GIG-CAM ({args.gig_steps} steps), batch {xg.shape[0]}: batched {batched / xg.shape[0]:.2f} s / image, "
-          f"per-image reference loop {loop / xg.shape[0]:.2f} s / image, speed-up {loop / batched:.2f}x "
-          f"(unfinished steps: {int(gig.last_unfinished_steps)})")
+    loop = seconds(
+        lambda: [
+            reference_gig_cam_loop(model, model.layer4, xg[n], int(classes[n]), args.gig_steps)
+            for n in range(xg.shape[0])
+        ],
+        repeats=1,
+    )
+    print(
+        f"GIG-CAM ({args.gig_steps} steps), batch {xg.shape[0]}: batched {batched / xg.shape[0]:.2f} s / image, "
+        f"per-image reference loop {loop / xg.shape[0]:.2f} s / image, speed-up {loop / batched:.2f}x "
+        f"(unfinished steps: {int(gig.last_unfinished_steps)})"
+    )
 
 
 if __name__ == "__main__":

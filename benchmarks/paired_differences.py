@@ -55,7 +55,9 @@ def main() -> None:
             raise SystemExit(f"--methods: {method!r} is not in the file")
         cells = []
         for metric in metrics:
-            mean, half = mean_and_interval([a - b for a, b in zip(values[method][metric], values[args.baseline][metric])])
+            mean, half = mean_and_interval(
+                [a - b for a, b in zip(values[method][metric], values[args.baseline][metric])]
+            )
             cells.append(f"{mean:+.4f} ± {half:.4f}")
         print(f"{method:<22}" + "".join(f"{c:>22}" for c in cells))
 

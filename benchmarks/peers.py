@@ -35,8 +35,12 @@ def pytorch_grad_cam(model, method: str) -> Callable | None:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     except ImportError:
         return None
-    cls = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
-           "layercam": pgc.LayerCAM}[method]
+    cls = {
+        "gradcam": pgc.GradCAM,
+        "gradcam++": pgc.GradCAMPlusPlus,
+        "xgradcam": pgc.XGradCAM,
+        "layercam": pgc.LayerCAM,
+    }[method]
     cam = cls(model=model, target_layers=[model.layer4])
 
     def call(x, targets):
@@ -123,8 +127,17 @@ def main() -> None:
                 row.append(f"{peer_s * 1e3:.2f} ({peer_s / ours_s:.1f}x)")
             row.append(f"{float((our_maps - reference).abs().max()):.1e}" if reference is not None else "-")
             rows.append(row)
-    print_table(["method", "batch", "ours ms", "ours graphed ms", *[f"{p} ms (vs ours)" for p in PEERS],
-                 "max |ours - pytorch-grad-cam|"], rows)
+    print_table(
+        [
+            "method",
+            "batch",
+            "ours ms",
+            "ours graphed ms",
+            *[f"{p} ms (vs ours)" for p in PEERS],
+            "max |ours - pytorch-grad-cam|",
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def main() -> None:
         model.train()
         order = torch.randperm(args.canvases)
         for first in range(0, args.canvases, 64):
-            batch = order[first:first + 64]
+            batch = order[first : first + 64]
             loss = F.binary_cross_entropy_with_logits(model(train.images[batch]), targets[batch])
             optimizer.zero_grad()
             loss.backward()
@@ -43,11 +43,15 @@ def main() -> None:
         with torch.no_grad():
             top2 = model(test.images).topk(2, dim=1).indices.sort(1).values
         accuracy = (top2 == test.labels.sort(1).values).all(1).float().mean()
-        print(f"epoch {epoch + 1}: last loss {loss.item():.4f}, test canvases with both classes in the top 2: "
-              f"{accuracy:.3f}")
+        print(
+            f"epoch {epoch + 1}: last loss {loss.item():.4f}, test canvases with both classes in the top 2: "
+            f"{accuracy:.3f}"
+        )
     torch.save(model.state_dict(), WEIGHTS)
-    print(f"wrote {WEIGHTS} ({sum(p.numel() for p in model.parameters())} parameters) in "
-          f"{time.perf_counter() - start:.0f} s")
+    print(
+        f"wrote {WEIGHTS} ({sum(p.numel() for p in model.parameters())} parameters) in "
+        f"{time.perf_counter() - start:.0f} s"
+    )
 
 
 if __name__ == "__main__":

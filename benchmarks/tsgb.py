@@ -41,8 +41,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"device={device}, {torch.get_num_threads()} threads, {args.size}x{args.size}, median of {args.repeats}, "
-          f"torch {torch.__version__}")
+    print(
+        f"device={device}, {torch.get_num_threads()} threads, {args.size}x{args.size}, median of {args.repeats}, "
+        f"torch {torch.__version__}"
+    )
     rows = []
     for arch, classifier in (("resnet50", "fc"), ("vgg16", "classifier.6")):
         torch.manual_seed(0)
@@ -57,10 +59,20 @@ def main() -> None:
             tsgb_s = median_seconds(lambda: explainer(x, targets), device, args.repeats, warmup=1)
             plain_s = median_seconds(lambda: input_gradient(model, x, targets), device, args.repeats, warmup=1)
             reference_s = median_seconds(lambda: input_gradient(reference, x, targets), device, args.repeats, warmup=1)
-            rows.append([arch, str(batch), f"{tsgb_s * 1e3:.0f}", f"{plain_s * 1e3:.0f}", f"{reference_s * 1e3:.0f}",
-                         f"{tsgb_s / plain_s:.2f}x", f"{reference_s / tsgb_s:.2f}x"])
-    print_table(["model", "batch", "TSGB ms", "plain grad ms", "PyTorch rules ms", "TSGB / plain", "rules / TSGB"],
-                rows)
+            rows.append(
+                [
+                    arch,
+                    str(batch),
+                    f"{tsgb_s * 1e3:.0f}",
+                    f"{plain_s * 1e3:.0f}",
+                    f"{reference_s * 1e3:.0f}",
+                    f"{tsgb_s / plain_s:.2f}x",
+                    f"{reference_s / tsgb_s:.2f}x",
+                ]
+            )
+    print_table(
+        ["model", "batch", "TSGB ms", "plain grad ms", "PyTorch rules ms", "TSGB / plain", "rules / TSGB"], rows
+    )
 
 
 if __name__ == "__main__":

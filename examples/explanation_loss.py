@@ -55,8 +55,9 @@ def accuracy(model: torch.nn.Module, canvases: Canvases) -> float:
 
 
 def energy_in_box(cam: GradCAM, canvases: Canvases, masks: Tensor) -> float:
-    maps = torch.cat([cam(canvases.images[i:i + 100], canvases.labels[i:i + 100])
-                      for i in range(0, len(canvases.images), 100)])
+    maps = torch.cat(
+        [cam(canvases.images[i : i + 100], canvases.labels[i : i + 100]) for i in range(0, len(canvases.images), 100)]
+    )
     return float(1 - energy_outside(maps, masks).mean())
 
 
@@ -89,20 +90,23 @@ def main() -> None:
             order = torch.randperm(args.canvases)
             totals = torch.zeros(2)
             for first in range(0, args.canvases, args.batch):
-                batch = order[first:first + args.batch]
+                batch = order[first : first + args.batch]
                 classification, explanation = losses(model, cam, subset(train, batch), train_masks[batch])
                 optimizer.zero_grad()
                 (classification + args.weight * explanation).backward()
                 optimizer.step()
                 totals += torch.tensor([classification.item(), explanation.item()]) * len(batch)
             totals /= args.canvases
-            print(f"epoch {epoch + 1}: classification loss {totals[0]:.4f}, share of maps outside the box "
-                  f"{totals[1]:.3f}")
+            print(
+                f"epoch {epoch + 1}: classification loss {totals[0]:.4f}, share of maps outside the box {totals[1]:.3f}"
+            )
         after = (energy_in_box(cam, test, test_masks), accuracy(model, test))
     print(f"after:  energy in box {after[0]:.3f}, accuracy (both classes in the top 2) {after[1]:.3f}")
-    print(f"change: energy in box {after[0] - before[0]:+.3f}, accuracy {100 * (after[1] - before[1]):+.1f} points "
-          f"({time.perf_counter() - start:.0f} s, weight {args.weight}, lr {args.lr}, {args.epochs} epochs of "
-          f"{args.canvases} canvases)")
+    print(
+        f"change: energy in box {after[0] - before[0]:+.3f}, accuracy {100 * (after[1] - before[1]):+.1f} points "
+        f"({time.perf_counter() - start:.0f} s, weight {args.weight}, lr {args.lr}, {args.epochs} epochs of "
+        f"{args.canvases} canvases)"
+    )
 
 
 if __name__ == "__main__":

@@ -70,6 +70,4 @@ def assert_matches(actual: Tensor, expected: Tensor, dtype: torch.dtype) -> None
     the magnitude of the reference (sums of many terms lose absolute, not relative, precision)."""
     tol = tolerance(dtype)
     scale = float(expected.abs().max()) if expected.numel() else 1.0
-    torch.testing.assert_close(
-        actual.double(), expected, rtol=tol, atol=tol * max(scale, 1e-3), equal_nan=True
-    )
+    torch.testing.assert_close(actual.double(), expected, rtol=tol, atol=tol * max(scale, 1e-3), equal_nan=True)

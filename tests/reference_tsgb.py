@@ -91,11 +91,13 @@ def reference_tsgb_model(model: nn.Module, classifier_name: str, beta: float = 1
         if name == classifier_name:
             new = _Wrap(lambda h, m=module: _Linear.apply(h, m.weight, m.bias, beta))
         elif type(module) is nn.Conv2d:
-            new = _Wrap(lambda x, m=module: _Conv.apply(x, m.weight, m.bias, m.stride, m.padding, m.dilation,
-                                                        m.groups))
+            new = _Wrap(lambda x, m=module: _Conv.apply(x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups))
         elif type(module) is nn.BatchNorm2d:
-            new = _Wrap(lambda x, m=module: _Relevance.apply(x, lambda t: F.batch_norm(
-                t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)))
+            new = _Wrap(
+                lambda x, m=module: _Relevance.apply(
+                    x, lambda t: F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+                )
+            )
         elif type(module) is nn.AvgPool2d:
             new = _Wrap(lambda x, m=module: _AvgPool.apply(x, m.kernel_size, m.stride, m.padding))
         elif isinstance(module, nn.ReLU) and module.inplace:
@@ -106,8 +108,9 @@ def reference_tsgb_model(model: nn.Module, classifier_name: str, beta: float = 1
     return converted
 
 
-def reference_tsgb_maps(model: nn.Module, classifier_name: str, x: torch.Tensor, targets: torch.Tensor,
-                        raw: bool = False) -> torch.Tensor:
+def reference_tsgb_maps(
+    model: nn.Module, classifier_name: str, x: torch.Tensor, targets: torch.Tensor, raw: bool = False
+) -> torch.Tensor:
     """TSGB maps [N, H, W] of ``x`` for one class per image, by the reference rules."""
     converted = reference_tsgb_model(model, classifier_name)
     leaf = x.detach().requires_grad_(True)

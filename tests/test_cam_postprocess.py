@@ -58,8 +58,9 @@ def test_normalisation_is_scale_free(dtype):
     for scale in scales:
         out = cam_postprocess((cam * scale).to(dtype), (20, 24))
         assert_matches(out, expected, dtype)
-        torch.testing.assert_close(out.amax((1, 2)).double(), torch.ones(3, dtype=torch.float64), rtol=0,
-                                   atol=tolerance(dtype))
+        torch.testing.assert_close(
+            out.amax((1, 2)).double(), torch.ones(3, dtype=torch.float64), rtol=0, atol=tolerance(dtype)
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

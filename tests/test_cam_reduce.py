@@ -61,7 +61,9 @@ def test_channels_last_and_strided_inputs(method, dtype):
     transposed = cam_reduce(a.transpose(2, 3).contiguous().transpose(2, 3), g, method)
     assert_matches(transposed, expected, dtype)
     wide_a, wide_g = activations_and_gradients((3, 38, 6, 5), dtype)
-    assert_matches(cam_reduce(wide_a[:, ::2], wide_g[:, ::2], method), reference_cam(wide_a[:, ::2], wide_g[:, ::2], method), dtype)
+    assert_matches(
+        cam_reduce(wide_a[:, ::2], wide_g[:, ::2], method), reference_cam(wide_a[:, ::2], wide_g[:, ::2], method), dtype
+    )
 
 
 @pytest.mark.parametrize("method", CAM_METHODS)

@@ -24,13 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 def image_and_factories(tmp_path_factory):
     folder = tmp_path_factory.mktemp("inputs")
     Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(folder / "grey.png")
-    (folder / "bad_factories.py").write_text(textwrap.dedent("""
+    (folder / "bad_factories.py").write_text(
+        textwrap.dedent("""
         def wrong():
             return "not a model"
 
         def broken():
             raise RuntimeError("weights file missing")
-    """))
+    """)
+    )
     return folder
 
 
@@ -42,7 +44,10 @@ CASES = {
     "unknown layer": (["--layer", "nosuch"], "--layer: the model has no submodule 'nosuch'"),
     "unknown model": (["--model", "nosuch"], "--model: model: unknown shipped model 'nosuch'"),
     "missing factory module": (["--model", "no_such_module:factory"], "--model 'no_such_module:factory': cannot load"),
-    "factory returning the wrong thing": (["--model", "bad_factories:wrong"], "the factory must return (model, preprocess"),
+    "factory returning the wrong thing": (
+        ["--model", "bad_factories:wrong"],
+        "the factory must return (model, preprocess",
+    ),
     "factory raising": (["--model", "bad_factories:broken"], "the factory raised RuntimeError: weights file missing"),
     "bad call index": (["--layer", "_swish@x"], "--layer: '_swish@x': expected a call index after '@'"),
     "shared layer without a call": (["--layer", "_swish"], "target layer '_swish' ran 2 times in one forward pass"),
@@ -66,9 +71,23 @@ def test_explain_user_errors(case, image_and_factories, tmp_path, monkeypatch):
 
 def test_a_user_error_is_one_line_on_stderr_and_exit_status_1(image_and_factories, tmp_path):
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "torchcam_ops", "explain", str(image_and_factories / "grey.png"),
-                             "--targets", "abc", "--out", str(out)], capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torchcam_ops",
+            "explain",
+            str(image_and_factories / "grey.png"),
+            "--targets",
+            "abc",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip() and "cpp_extension" not in line]
     assert lines == ["explain: --targets: expected comma-separated class indices, got 'abc'"], result.stderr

@@ -12,7 +12,15 @@ from torchcam_ops import CAM_METHODS, cam_postprocess, cam_reduce
 
 pytestmark = pytest.mark.cuda
 
-SHAPES = [(1, 1, 1, 1), (3, 5, 7, 7), (2, 300, 14, 14), (4, 2048, 7, 7), (2, 64, 56, 56), (1, 9000, 3, 5), (700, 8, 2, 2)]
+SHAPES = [
+    (1, 1, 1, 1),
+    (3, 5, 7, 7),
+    (2, 300, 14, 14),
+    (4, 2048, 7, 7),
+    (2, 64, 56, 56),
+    (1, 9000, 3, 5),
+    (700, 8, 2, 2),
+]
 
 
 @pytest.mark.parametrize("method", CAM_METHODS)
@@ -131,8 +139,13 @@ def test_explainers_cuda_match_cpu(name):
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=tol, atol=tol)
 
 
-TSGB_CONV_CONFIGS = [((4, 6, 1), 3, 1, 1, 1), ((4, 6, 2), 3, 2, 1, 1), ((6, 6, 6), 3, 1, 1, 2), ((3, 8, 1), 7, 2, 3, 1),
-                     ((8, 4, 1), 1, 1, 0, 1)]
+TSGB_CONV_CONFIGS = [
+    ((4, 6, 1), 3, 1, 1, 1),
+    ((4, 6, 2), 3, 2, 1, 1),
+    ((6, 6, 6), 3, 1, 1, 2),
+    ((3, 8, 1), 7, 2, 3, 1),
+    ((8, 4, 1), 1, 1, 0, 1),
+]
 
 
 @pytest.mark.parametrize("config", TSGB_CONV_CONFIGS)
@@ -145,8 +158,9 @@ def test_tsgb_conv2d_backward_cuda_matches_cpu(config, dtype):
     g = torch.randn_like(z)
     args = ([k, k], [s, s], [p, p], [d, d], groups)
     cpu = torch.ops.torchcam_ops.tsgb_conv2d_backward(g.to(dtype), x.to(dtype), z.to(dtype), *args)
-    cuda = torch.ops.torchcam_ops.tsgb_conv2d_backward(g.to(dtype).cuda(), x.to(dtype).cuda(), z.to(dtype).cuda(),
-                                                       *args)
+    cuda = torch.ops.torchcam_ops.tsgb_conv2d_backward(
+        g.to(dtype).cuda(), x.to(dtype).cuda(), z.to(dtype).cuda(), *args
+    )
     tol = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2}[dtype]
     scale = float(cpu.double().abs().max())
     torch.testing.assert_close(cuda.cpu().double(), cpu.double(), rtol=tol, atol=tol * scale)
@@ -176,14 +190,29 @@ def test_tsgb_method_cuda_matches_cpu():
 
 
 def _graph_explainers(model):
-    from torchcam_ops.methods import (TSGB, AbsCAM, GIGCAM, GradCAM, GradCAMPlusPlus, GuidedBackprop,
-                                      GuidedGradCAM, IntegratedGradCAM, LayerCAM)
+    from torchcam_ops.methods import (
+        GIGCAM,
+        TSGB,
+        AbsCAM,
+        GradCAM,
+        GradCAMPlusPlus,
+        GuidedBackprop,
+        GuidedGradCAM,
+        IntegratedGradCAM,
+        LayerCAM,
+    )
 
     return {
-        "gradcam": GradCAM(model, ["4"]), "gradcam++": GradCAMPlusPlus(model, ["4"]), "layercam": LayerCAM(model, ["4"]),
-        "abscam": AbsCAM(model, ["4"], batch_size=8), "integrated_gradcam": IntegratedGradCAM(model, ["4"], steps=4),
-        "gig_cam": GIGCAM(model, ["4"], steps=3), "gig_cam+m": GIGCAM(model, ["4"], steps=2, scales=(16, 24)),
-        "tsgb": TSGB(model), "guided": GuidedBackprop(model), "guided_gradcam": GuidedGradCAM(model, ["4"]),
+        "gradcam": GradCAM(model, ["4"]),
+        "gradcam++": GradCAMPlusPlus(model, ["4"]),
+        "layercam": LayerCAM(model, ["4"]),
+        "abscam": AbsCAM(model, ["4"], batch_size=8),
+        "integrated_gradcam": IntegratedGradCAM(model, ["4"], steps=4),
+        "gig_cam": GIGCAM(model, ["4"], steps=3),
+        "gig_cam+m": GIGCAM(model, ["4"], steps=2, scales=(16, 24)),
+        "tsgb": TSGB(model),
+        "guided": GuidedBackprop(model),
+        "guided_gradcam": GuidedGradCAM(model, ["4"]),
     }
 
 
@@ -207,7 +236,7 @@ def test_explainers_never_synchronise_the_host():
 
 def test_graphed_gradcam_replays_bitwise_equal_to_eager():
     from tests.test_methods import small_cnn
-    from torchcam_ops.methods import GradCAM, TSGB
+    from torchcam_ops.methods import TSGB, GradCAM
 
     model = small_cnn().cuda()
     targets = torch.tensor([1, 2, 3], device="cuda")
@@ -236,7 +265,8 @@ def test_compiled_explainers_equal_eager_on_cuda():
             for name, explainer in _graph_explainers(model).items():
                 torch._dynamo.reset()
                 tol = 5e-2 if name.startswith("gig_cam") else 1e-5  # GIG-CAM's pixel ranking is discontinuous
-                torch.testing.assert_close(explainer.compiled()(x, targets), explainer(x, targets), rtol=tol,
-                                           atol=tol, msg=name)
+                torch.testing.assert_close(
+                    explainer.compiled()(x, targets), explainer(x, targets), rtol=tol, atol=tol, msg=name
+                )
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32

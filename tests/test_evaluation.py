@@ -14,8 +14,9 @@ from torchcam_ops.methods import GIGCAM, METHODS, AbsCAM, GradCAM
 
 def _small_model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(4, 3)).eval()
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
 
 
 def test_explainers_by_name():
@@ -47,18 +48,31 @@ def test_one_process_without_torchrun(monkeypatch):
 
 def _benchmark(count: int, others: bool) -> evaluation.Benchmark:
     masks = torch.zeros(count, 8, 8, dtype=torch.bool)
-    return evaluation.Benchmark("about", _small_model(), "1", torch.rand(count, 1, 8, 8), torch.tensor([0, 0, 1, 2]),
-                                masks, masks if others else None, step=16)
+    return evaluation.Benchmark(
+        "about",
+        _small_model(),
+        "1",
+        torch.rand(count, 1, 8, 8),
+        torch.tensor([0, 0, 1, 2]),
+        masks,
+        masks if others else None,
+        step=16,
+    )
 
 
 def test_summary_row_from_per_object_values():
     benchmark = _benchmark(4, others=True)
     tables = {
-        "deletion": torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0]] * 4), "insertion": torch.zeros(4, 5),
-        "deletion_auc": torch.tensor([0.1, 0.2, 0.3, 0.4]), "insertion_auc": torch.tensor([0.5, 0.5, 0.5, 0.9]),
-        "original": torch.tensor([0.5, 0.8, 0.4, 0.2]), "masked": torch.tensor([0.25, 0.9, 0.1, 0.2]),
-        "hit": torch.tensor([1.0, 0.0, 1.0, 0.0]), "energy": torch.tensor([0.2, 0.4, 0.6, 0.8]),
-        "other_hit": torch.tensor([0.0, 0.0, 0.0, 1.0]), "other_energy": torch.tensor([0.1, 0.1, 0.1, 0.1]),
+        "deletion": torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0]] * 4),
+        "insertion": torch.zeros(4, 5),
+        "deletion_auc": torch.tensor([0.1, 0.2, 0.3, 0.4]),
+        "insertion_auc": torch.tensor([0.5, 0.5, 0.5, 0.9]),
+        "original": torch.tensor([0.5, 0.8, 0.4, 0.2]),
+        "masked": torch.tensor([0.25, 0.9, 0.1, 0.2]),
+        "hit": torch.tensor([1.0, 0.0, 1.0, 0.0]),
+        "energy": torch.tensor([0.2, 0.4, 0.6, 0.8]),
+        "other_hit": torch.tensor([0.0, 0.0, 0.0, 1.0]),
+        "other_energy": torch.tensor([0.1, 0.1, 0.1, 0.1]),
         "seconds": torch.tensor([0.002, 0.006], dtype=torch.float64),
     }
     report = evaluation.summarize(benchmark, {"m": tables})

@@ -12,7 +12,8 @@ from torchcam_ops.localization import TARGET_LAYER, load_model, make_canvases
 from torchcam_ops.methods import GradCAM
 
 _spec = importlib.util.spec_from_file_location(
-    "explanation_loss", Path(__file__).resolve().parent.parent / "examples" / "explanation_loss.py")
+    "explanation_loss", Path(__file__).resolve().parent.parent / "examples" / "explanation_loss.py"
+)
 example = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(example)
 
@@ -36,7 +37,8 @@ def test_the_explanation_loss_reaches_every_layer():
     with GradCAM(model, [TARGET_LAYER]) as cam:
         classification, explanation = example.losses(model, cam, canvases, masks)
     assert 0 < explanation.item() < 1 and classification.item() > 0
-    grads = torch.autograd.grad(explanation, [model.features[0].weight, model.features[12].weight,
-                                              model.classifier.weight])
+    grads = torch.autograd.grad(
+        explanation, [model.features[0].weight, model.features[12].weight, model.classifier.weight]
+    )
     # before the layer (through A), at it, and after it (second order, through G)
     assert all(torch.isfinite(g).all() and g.abs().max() > 0 for g in grads)

@@ -18,8 +18,9 @@ def test_build_facts():
 def test_every_op_is_registered_with_cpu_kernel_and_pt2_tag():
     def has_kernel(op, key):
         # a kernel for the device, or one written with ATen ops for every device
-        return torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), key) or \
-            torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeExplicitAutograd")
+        return torch._C._dispatch_has_kernel_for_dispatch_key(
+            op.name(), key
+        ) or torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeExplicitAutograd")
 
     for name in _extension.EXPECTED_OPS:
         op = getattr(torch.ops.torchcam_ops, name).default
@@ -61,7 +62,9 @@ class TestNativeChecks:
         a = torch.rand(1, 2, 3, 3)
         with pytest.raises(ValueError, match="cam_reduce: unknown method 'nope'; expected one of 'gradcam'"):
             self.ops.cam_reduce.default(a, a, "nope")
-        with pytest.raises(ValueError, match=r"cam_reduce: gradients must have the shape of activations \[1, 2, 3, 3\]"):
+        with pytest.raises(
+            ValueError, match=r"cam_reduce: gradients must have the shape of activations \[1, 2, 3, 3\]"
+        ):
             self.ops.cam_reduce.default(a, a[:, :1], "gradcam")
         with pytest.raises(TypeError, match="cam_reduce: gradients must have the dtype of activations"):
             self.ops.cam_reduce.default(a, a.double(), "gradcam")

@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from tests.reference import reference_cam
+from tests.reference import reference_cam, reference_normalize
 from tests.test_methods import small_cnn
-from tests.reference import reference_normalize
 from torchcam_ops.methods import GIGCAM, multiscale_fusion
 
 
@@ -155,8 +154,12 @@ def test_multiscale_runs_at_each_scale():
 
 def test_bad_options():
     model = small_cnn()
-    for kwargs, message in [({"fraction": 0}, "fraction"), ({"max_dist": 2}, "max_dist"),
-                            ({"scales": (32, 16)}, "scales"), ({"steps": 0}, "steps")]:
+    for kwargs, message in [
+        ({"fraction": 0}, "fraction"),
+        ({"max_dist": 2}, "max_dist"),
+        ({"scales": (32, 16)}, "scales"),
+        ({"steps": 0}, "steps"),
+    ]:
         with pytest.raises(ValueError, match=message):
             GIGCAM(model, "4", **kwargs)
     with pytest.raises(ValueError, match="needs class indices"):

@@ -12,9 +12,9 @@ from torch import nn
 
 from tests.reference import reference_cam
 from torchcam_ops.methods import (
+    GIGCAM,
     TSGB,
     AbsCAM,
-    GIGCAM,
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
@@ -29,12 +29,22 @@ from torchcam_ops.methods import (
 
 def cnn(dtype: torch.dtype = torch.float32, activation: type[nn.Module] = nn.ReLU) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), activation(),
-        nn.Conv2d(8, 12, 3, stride=2, padding=1), activation(),
-        nn.Conv2d(12, 12, 3, padding=1), activation(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 6),
-    ).eval().to(dtype)
+    return (
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            activation(),
+            nn.Conv2d(8, 12, 3, stride=2, padding=1),
+            activation(),
+            nn.Conv2d(12, 12, 3, padding=1),
+            activation(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(12, 6),
+        )
+        .eval()
+        .to(dtype)
+    )
 
 
 EXPLAINERS = {
@@ -62,8 +72,11 @@ def test_every_explainer_runs_on_the_meta_device(name, targets):
     # device data on the host, so it can be captured in a CUDA graph.
     model = cnn().to("meta")
     x = torch.empty(2, 3, 12, 12, device="meta")
-    chosen = {"none": None, "tensor": torch.tensor([1, 4], device="meta"),
-              "tensor2d": torch.tensor([[1, 2], [4, 5]], device="meta")}[targets]
+    chosen = {
+        "none": None,
+        "tensor": torch.tensor([1, 4], device="meta"),
+        "tensor2d": torch.tensor([[1, 2], [4, 5]], device="meta"),
+    }[targets]
     with EXPLAINERS[name](model) as explainer:
         maps = explainer(x, chosen)
     assert maps.device.type == "meta"
@@ -100,8 +113,9 @@ def test_plain_torch_compile_with_autograd_tracing_switched_on():
     cam = GradCAM(model, ["3"])
     function = torch.compile(lambda x, t: cam(x, t), fullgraph=True, backend="aot_eager")
     with torch._dynamo.config.patch(trace_autograd_ops=True):
-        torch.testing.assert_close(function(x, torch.tensor([0, 5])), cam(x, torch.tensor([0, 5])), rtol=1e-5,
-                                   atol=1e-5)
+        torch.testing.assert_close(
+            function(x, torch.tensor([0, 5])), cam(x, torch.tensor([0, 5])), rtol=1e-5, atol=1e-5
+        )
     cam.close()
 
 
@@ -125,15 +139,19 @@ def test_graphed_call_on_the_cpu_is_the_compiled_one_and_refuses_other_shapes():
 # -- differentiable maps ----------------------------------------------------------------------
 
 
-SMOOTH = {"gradcam": lambda m: GradCAM(m, ["3"]), "layercam": lambda m: LayerCAM(m, ["3"]),
-          "hirescam": lambda m: HiResCAM(m, ["3"]), "gradcam++": lambda m: GradCAMPlusPlus(m, ["3"]),
-          "xgradcam": lambda m: XGradCAM(m, ["3"]),
-          "integrated_gradcam": lambda m: IntegratedGradCAM(m, ["3"], steps=3),
-          # The guided path picks which pixels move by ranking |C_t|, a choice that is piecewise
-          # constant in the parameters with jumps that finite differences cannot step over; with
-          # fraction=1 every pixel moves at each step and the map is smooth, so the gradients of the
-          # guides that Phi accumulates can be checked.
-          "gig_cam": lambda m: GIGCAM(m, ["3"], steps=3, fraction=1.0)}
+SMOOTH = {
+    "gradcam": lambda m: GradCAM(m, ["3"]),
+    "layercam": lambda m: LayerCAM(m, ["3"]),
+    "hirescam": lambda m: HiResCAM(m, ["3"]),
+    "gradcam++": lambda m: GradCAMPlusPlus(m, ["3"]),
+    "xgradcam": lambda m: XGradCAM(m, ["3"]),
+    "integrated_gradcam": lambda m: IntegratedGradCAM(m, ["3"], steps=3),
+    # The guided path picks which pixels move by ranking |C_t|, a choice that is piecewise
+    # constant in the parameters with jumps that finite differences cannot step over; with
+    # fraction=1 every pixel moves at each step and the map is smooth, so the gradients of the
+    # guides that Phi accumulates can be checked.
+    "gig_cam": lambda m: GIGCAM(m, ["3"], steps=3, fraction=1.0),
+}
 
 
 @pytest.mark.parametrize("name", list(SMOOTH))

@@ -45,8 +45,9 @@ def test_shipped_network_recognises_both_objects():
 def test_evaluate_localization(tmp_path, capsys):
     from torchcam_ops import cli
 
-    cli.main(["evaluate", "--benchmark", "localization", "--count", "6", "--methods", "gradcam,tsgb",
-              "--out", str(tmp_path)])
+    cli.main(
+        ["evaluate", "--benchmark", "localization", "--count", "6", "--methods", "gradcam,tsgb", "--out", str(tmp_path)]
+    )
     out = capsys.readouterr().out
     assert "points at other object" in out and "(6 Fashion-MNIST canvases of two objects" in out
     rows = (tmp_path / "evaluation.csv").read_text().strip().splitlines()
@@ -56,8 +57,23 @@ def test_evaluate_localization(tmp_path, capsys):
 
 
 def _evaluate_command(out, *launcher):
-    return [sys.executable, *launcher, "-m", "torchcam_ops", "evaluate", "--benchmark", "localization", "--count", "7",
-            "--chunk", "4", "--methods", "gradcam,tsgb", "--out", str(out)]
+    return [
+        sys.executable,
+        *launcher,
+        "-m",
+        "torchcam_ops",
+        "evaluate",
+        "--benchmark",
+        "localization",
+        "--count",
+        "7",
+        "--chunk",
+        "4",
+        "--methods",
+        "gradcam,tsgb",
+        "--out",
+        str(out),
+    ]
 
 
 def test_torchrun_evaluation_equals_one_process(tmp_path):
@@ -66,9 +82,13 @@ def test_torchrun_evaluation_equals_one_process(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     one = subprocess.run(_evaluate_command(tmp_path / "one"), env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run(_evaluate_command(tmp_path / "two", "-m", "torch.distributed.run", "--standalone",
-                                           "--nproc-per-node", "2"),
-                         env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        _evaluate_command(tmp_path / "two", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr
     assert "2 process(es) on cpu" in two.stdout and "1 process(es) on cpu" in one.stdout
     assert two.stdout.count("deletion AUC") == 1  # only the first process reports

@@ -40,10 +40,15 @@ CAM_FAMILY = {
 def small_cnn(classes: int = 7) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(16, 12, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, classes),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(16, 12, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(12, classes),
     ).eval()
 
 
@@ -61,6 +66,7 @@ def independent_maps(model, layers, x, classes, method):
         def hook(module, inputs, output):
             captured[key] = output
             return output.clone()
+
         return hook
 
     handles = [layer.register_forward_hook(keep(id(layer))) for layer in layers]
@@ -71,13 +77,15 @@ def independent_maps(model, layers, x, classes, method):
             h.remove()
     per_target = []
     for t in range(classes.shape[1]):
-        score = logits.gather(1, classes[:, t:t + 1]).sum()
+        score = logits.gather(1, classes[:, t : t + 1]).sum()
         outs = [captured[id(layer)] for layer in layers]
         grads = torch.autograd.grad(score, outs, retain_graph=True)
         maps = []
         for a, g in zip(outs, grads):
             cam = torch.relu(reference_cam(a.detach(), g, method))
-            maps.append(norm(F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]))
+            maps.append(
+                norm(F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0])
+            )
         fused = maps[0] if len(maps) == 1 else norm(torch.stack(maps).mean(0))
         per_target.append(fused)
     model.float()
@@ -136,7 +144,7 @@ def test_t_targets_equal_t_calls_and_batch_equals_images():
     for t in range(3):
         torch.testing.assert_close(together[:, t], cam(x, classes[:, t]), rtol=0, atol=1e-6)
     for n in range(4):
-        torch.testing.assert_close(together[n], cam(x[n:n + 1], classes[n:n + 1])[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(together[n], cam(x[n : n + 1], classes[n : n + 1])[0], rtol=0, atol=1e-6)
     # batch_size splits the forward passes, not the result
     torch.testing.assert_close(LayerCAM(model, [model[4]], batch_size=3)(x, classes), together, rtol=0, atol=1e-6)
 
@@ -168,8 +176,9 @@ class DictOutput(nn.Module):
 def test_functional_form_matches_class():
     model = small_cnn()
     x = torch.rand(2, 3, 16, 16)
-    torch.testing.assert_close(explain(model, x, "hirescam", target_layers=["2"], targets=[1, 2]),
-                               HiResCAM(model, ["2"])(x, [1, 2]))
+    torch.testing.assert_close(
+        explain(model, x, "hirescam", target_layers=["2"], targets=[1, 2]), HiResCAM(model, ["2"])(x, [1, 2])
+    )
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         explain(model, x, "nope", target_layers=["2"])
 
@@ -187,9 +196,11 @@ def count_hooks(model: nn.Module) -> int:
 
 
 def model_state(model: nn.Module):
-    return ({k: v.clone() for k, v in model.state_dict().items()},
-            [(type(m), m.training) for m in model.modules()],
-            [p.requires_grad for p in model.parameters()])
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [(type(m), m.training) for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+    )
 
 
 def assert_same_state(before, after):
@@ -296,13 +307,16 @@ class TestBadInput:
         with pytest.raises(ValueError, match="class index -1 is out of range"):
             GradCAM(self.model, "2")(torch.rand(2, 3, 8, 8), [0, -1])
 
-    @pytest.mark.parametrize("targets,message", [
-        (torch.zeros(3, dtype=torch.long), r"shape \[N\] or \[N, T\] with N = 2, got \[3\]"),
-        (torch.zeros(2, 2, 2, dtype=torch.long), r"got \[2, 2, 2\]"),
-        (torch.zeros(2), "integer tensor"),
-        ([1, 2, 3], "expected 2 class indices"),
-        ("cat", "expected None, an int"),
-    ])
+    @pytest.mark.parametrize(
+        "targets,message",
+        [
+            (torch.zeros(3, dtype=torch.long), r"shape \[N\] or \[N, T\] with N = 2, got \[3\]"),
+            (torch.zeros(2, 2, 2, dtype=torch.long), r"got \[2, 2, 2\]"),
+            (torch.zeros(2), "integer tensor"),
+            ([1, 2, 3], "expected 2 class indices"),
+            ("cat", "expected None, an int"),
+        ],
+    )
     def test_target_shapes_and_types(self, targets, message):
         with pytest.raises((ValueError, TypeError), match=message):
             GradCAM(self.model, "2")(torch.rand(2, 3, 8, 8), targets)
@@ -320,12 +334,15 @@ class TestBadInput:
         with pytest.raises(ValueError, match="no gradient to this layer"):
             GradCAM(Detached(small_cnn()), "net.2")(torch.rand(1, 3, 8, 8))
 
-    @pytest.mark.parametrize("x,message", [
-        (torch.rand(3, 8, 8), "4-D batch"),
-        (torch.rand(0, 3, 8, 8), "empty"),
-        (torch.ones(1, 3, 8, 8, dtype=torch.long), "floating-point"),
-        ([[1.0]], "torch.Tensor"),
-    ])
+    @pytest.mark.parametrize(
+        "x,message",
+        [
+            (torch.rand(3, 8, 8), "4-D batch"),
+            (torch.rand(0, 3, 8, 8), "empty"),
+            (torch.ones(1, 3, 8, 8, dtype=torch.long), "floating-point"),
+            ([[1.0]], "torch.Tensor"),
+        ],
+    )
     def test_bad_input_batch(self, x, message):
         with pytest.raises((ValueError, TypeError), match=message):
             GradCAM(self.model, "2")(x)
@@ -341,13 +358,15 @@ class TestBadInput:
 
 # -- Abs-CAM and Integrated Grad-CAM --------------------------------------------------------------
 
+
 def test_abscam_phase_one_is_the_abscam_weighting():
     model = small_cnn()
     x = torch.rand(2, 3, 16, 16)
     classes = torch.tensor([[2], [5]])
     expected = independent_maps(model, [model[2]], x, classes, "abscam")[:, 0]
-    torch.testing.assert_close(AbsCAM(model, [model[2]], phase=1)(x, classes[:, 0]).double(), expected,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        AbsCAM(model, [model[2]], phase=1)(x, classes[:, 0]).double(), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_abscam_phase_two_against_the_formula():
@@ -364,8 +383,9 @@ def test_abscam_phase_two_against_the_formula():
     a = raw_a["a"].detach()
     for n in range(2):
         w = grads[n].abs().mean((1, 2))
-        masks = norm(F.interpolate((w[:, None, None] * a[n])[:, None], size=(16, 16), mode="bilinear",
-                                   align_corners=False)[:, 0])
+        masks = norm(
+            F.interpolate((w[:, None, None] * a[n])[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
+        )
         with torch.no_grad():
             s = torch.softmax(model(x[n] * masks[:, None]), 1)[:, classes[n]]
         expected = norm(torch.relu(torch.einsum("k,khw->hw", s, masks)))
@@ -394,8 +414,20 @@ def test_integrated_gradcam_against_the_path_sum():
 
 
 def test_every_method_is_registered():
-    assert set(METHODS) >= {"gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam_elementwise",
-                            "abscam", "abscam_phase1", "integrated_gradcam", "gig_cam", "gig_cam+m", "tsgb"}
+    assert set(METHODS) >= {
+        "gradcam",
+        "gradcam++",
+        "xgradcam",
+        "layercam",
+        "hirescam",
+        "gradcam_elementwise",
+        "abscam",
+        "abscam_phase1",
+        "integrated_gradcam",
+        "gig_cam",
+        "gig_cam+m",
+        "tsgb",
+    }
 
 
 @pytest.mark.parametrize("method", ["tsgb", "gig_cam+m", "abscam_phase1"])

@@ -51,8 +51,7 @@ def test_deletion_follows_the_map_order():
     mean0 = 0.75
     bright_curve = [mean0 - min(k, 8) / 16 - max(k - 8, 0) * 0.5 / 16 for k in range(17)]
     fractions = torch.arange(17) / 16
-    torch.testing.assert_close(good, torch.trapezoid(torch.tensor([bright_curve]), fractions, dim=1), atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(good, torch.trapezoid(torch.tensor([bright_curve]), fractions, dim=1), atol=1e-5, rtol=0)
     assert float(good) < float(bad)
 
 
@@ -70,7 +69,7 @@ def test_gaussian_blur_weights():
     x[..., 15, 15] = 1
     blurred = gaussian_blur(x)
     coords = torch.arange(11.0) - 5
-    g = torch.exp(-coords**2 / 50)
+    g = torch.exp(-(coords**2) / 50)
     expected = torch.outer(g, g) / g.sum() ** 2
     torch.testing.assert_close(blurred[0, 0, 10:21, 10:21], expected)
     torch.testing.assert_close(blurred.sum(), torch.tensor(1.0))
@@ -81,8 +80,13 @@ def test_pointing_game_hits_and_misses():
     maps[0, 30, 30] = 1  # inside the box
     maps[1, 5, 5] = 1  # 15 px tolerance scaled to 60 px = 4.02 px: the box at x >= 8 is 3 px away in x
     maps[2, 50, 50] = 1  # far away
-    masks = torch.stack([boxes_to_mask([(20, 20, 40, 40)], 60, 60), boxes_to_mask([(8, 5, 20, 20)], 60, 60),
-                         boxes_to_mask([(0, 0, 10, 10)], 60, 60)])
+    masks = torch.stack(
+        [
+            boxes_to_mask([(20, 20, 40, 40)], 60, 60),
+            boxes_to_mask([(8, 5, 20, 20)], 60, 60),
+            boxes_to_mask([(0, 0, 10, 10)], 60, 60),
+        ]
+    )
     accuracy, per_class, hits = pointing_game(maps, masks, [1, 1, 2])
     assert hits.tolist() == [True, True, False]
     assert per_class == {1: 1.0, 2: 0.0}

@@ -103,7 +103,9 @@ def test_photos_benchmark_takes_voc_objects_from_the_dataset_masks():
         boxes = data["bboxes"][data["labels"] == data["class_names"].index(voc_class)]
         allowed = torch.zeros(224, 224, dtype=torch.bool)
         for y0, x0, y1, x1 in boxes:
-            allowed[max(int(y0 * 224 / height) - 1, 0):int(y1 * 224 / height) + 2,
-                    max(int(x0 * 224 / width) - 1, 0):int(x1 * 224 / width) + 2] = True
+            allowed[
+                max(int(y0 * 224 / height) - 1, 0) : int(y1 * 224 / height) + 2,
+                max(int(x0 * 224 / width) - 1, 0) : int(x1 * 224 / width) + 2,
+            ] = True
         assert mask.any() and not (mask & ~allowed).any()
         assert float(mask.float().mean()) < float(allowed.float().mean())  # a mask, not a box

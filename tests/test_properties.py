@@ -25,12 +25,20 @@ def _laid_out(t: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 @settings(max_examples=120, deadline=None)
-@given(n=st.integers(1, 3), k=st.integers(1, 9), h=st.integers(1, 6), w=st.integers(1, 6),
-       method=st.sampled_from(CAM_METHODS), dtype=DTYPES, layout=LAYOUTS, seed=st.integers(0, 2**16),
-       log_scale=st.integers(-6, 6))
+@given(
+    n=st.integers(1, 3),
+    k=st.integers(1, 9),
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    method=st.sampled_from(CAM_METHODS),
+    dtype=DTYPES,
+    layout=LAYOUTS,
+    seed=st.integers(0, 2**16),
+    log_scale=st.integers(-6, 6),
+)
 def test_cam_reduce_matches_the_reference(n, k, h, w, method, dtype, layout, seed, log_scale):
     generator = torch.Generator().manual_seed(seed)
-    scale = 10.0 ** log_scale if dtype in (torch.float32, torch.float64, torch.bfloat16) else 1.0
+    scale = 10.0**log_scale if dtype in (torch.float32, torch.float64, torch.bfloat16) else 1.0
     a = torch.rand(n, k, h, w, generator=generator, dtype=torch.float64) * scale
     g = torch.randn(n, k, h, w, generator=generator, dtype=torch.float64) / math.sqrt(h * w)
     a, g = a.to(dtype), g.to(dtype)
@@ -40,10 +48,18 @@ def test_cam_reduce_matches_the_reference(n, k, h, w, method, dtype, layout, see
 
 
 @settings(max_examples=120, deadline=None)
-@given(n=st.integers(1, 3), h=st.integers(1, 7), w=st.integers(1, 7), out_h=st.integers(1, 19),
-       out_w=st.integers(1, 19), dtype=DTYPES, relu=st.booleans(), normalize=st.booleans(),
-       kind=st.sampled_from(["random", "constant", "zeros", "scaled_small", "scaled_large", "one_pixel"]),
-       seed=st.integers(0, 2**16))
+@given(
+    n=st.integers(1, 3),
+    h=st.integers(1, 7),
+    w=st.integers(1, 7),
+    out_h=st.integers(1, 19),
+    out_w=st.integers(1, 19),
+    dtype=DTYPES,
+    relu=st.booleans(),
+    normalize=st.booleans(),
+    kind=st.sampled_from(["random", "constant", "zeros", "scaled_small", "scaled_large", "one_pixel"]),
+    seed=st.integers(0, 2**16),
+)
 def test_cam_postprocess_matches_the_reference(n, h, w, out_h, out_w, dtype, relu, normalize, kind, seed):
     generator = torch.Generator().manual_seed(seed)
     cam = torch.randn(n, h, w, generator=generator, dtype=torch.float64)
@@ -71,8 +87,13 @@ def test_cam_postprocess_matches_the_reference(n, h, w, out_h, out_w, dtype, rel
 
 
 @settings(max_examples=40, deadline=None)
-@given(h=st.integers(1, 6), w=st.integers(1, 6), y=st.integers(0, 5), x=st.integers(0, 5),
-       method=st.sampled_from(CAM_METHODS))
+@given(
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    y=st.integers(0, 5),
+    x=st.integers(0, 5),
+    method=st.sampled_from(CAM_METHODS),
+)
 def test_nan_reaches_the_maps_it_touches_and_no_other(h, w, y, x, method):
     a = torch.rand(2, 3, h, w)
     g = torch.randn(2, 3, h, w)

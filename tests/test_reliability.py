@@ -16,9 +16,9 @@ from torch import nn
 from tests.reference import reference_cam
 from tests.test_methods import assert_same_state, count_hooks, model_state
 from torchcam_ops.methods import (
+    GIGCAM,
     TSGB,
     AbsCAM,
-    GIGCAM,
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
@@ -28,18 +28,31 @@ from torchcam_ops.methods import (
     IntegratedGradCAM,
     LayerCAM,
     XGradCAM,
+    capture,
 )
-from torchcam_ops.methods import capture
 
-CAM_METHODS = {GradCAM: "gradcam", GradCAMPlusPlus: "gradcam++", XGradCAM: "xgradcam", LayerCAM: "layercam",
-               HiResCAM: "hirescam", GradCAMElementWise: "gradcam_elementwise"}
+CAM_METHODS = {
+    GradCAM: "gradcam",
+    GradCAMPlusPlus: "gradcam++",
+    XGradCAM: "xgradcam",
+    LayerCAM: "layercam",
+    HiResCAM: "hirescam",
+    GradCAMElementWise: "gradcam_elementwise",
+}
 
 
 def issue_model(inplace: bool) -> nn.Module:
     """The reported case: the target conv ("2") is followed by a ReLU that may run in place."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace), nn.Conv2d(8, 16, 3, padding=1),
-                         nn.ReLU(inplace), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(inplace),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(inplace),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()
 
 
 def conv_output_by_hand(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:
@@ -135,10 +148,17 @@ def test_a_layer_called_twice_is_refused_unless_a_call_is_named():
 def threaded_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(inplace=True), nn.AvgPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.AvgPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
     ).eval()
 
 
@@ -155,8 +175,9 @@ def test_explainers_in_threads_give_the_sequential_maps_and_leave_the_model_as_i
         "guided_gradcam": GuidedGradCAM(model, ["6"]),
     }
     expected = {name: explainer(x, targets) for name, explainer in explainers.items()}
-    plain_gradient = torch.autograd.grad(model(x.clone().requires_grad_()).gather(1, targets[:, None]).sum(),
-                                         [p for p in model.parameters()][0])[0]
+    plain_gradient = torch.autograd.grad(
+        model(x.clone().requires_grad_()).gather(1, targets[:, None]).sum(), [p for p in model.parameters()][0]
+    )[0]
     before, hooks = model_state(model), count_hooks(model)
     flags = [(type(m), getattr(m, "inplace", None), m.training) for m in model.modules()]
     rounds = 8
@@ -179,8 +200,9 @@ def test_explainers_in_threads_give_the_sequential_maps_and_leave_the_model_as_i
             start.wait()
             for _ in range(rounds):
                 leaf = x.clone().requires_grad_()
-                gradient = torch.autograd.grad(model(leaf).gather(1, targets[:, None]).sum(),
-                                               [p for p in model.parameters()][0])[0]
+                gradient = torch.autograd.grad(
+                    model(leaf).gather(1, targets[:, None]).sum(), [p for p in model.parameters()][0]
+                )[0]
                 if not torch.allclose(gradient, plain_gradient, rtol=1e-5, atol=1e-7):
                     mismatches.append("plain model gradient")
         except BaseException as error:
@@ -234,8 +256,9 @@ def test_rules_mode_is_thread_local_and_leaves_no_mode_behind():
     class Probe(nn.Module):
         def forward(self, t):
             # The TorchFunctionMode stack is per thread: another thread sees none.
-            other = threading.Thread(target=lambda: seen_in_other_thread.append(
-                torch.overrides._get_current_function_mode_stack()))
+            other = threading.Thread(
+                target=lambda: seen_in_other_thread.append(torch.overrides._get_current_function_mode_stack())
+            )
             other.start()
             other.join()
             return t
@@ -250,11 +273,18 @@ def test_rules_mode_is_thread_local_and_leaves_no_mode_behind():
 # -- bad input ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("make", [
-    lambda m: GradCAM(m, ["3"]), lambda m: TSGB(m), lambda m: GuidedBackprop(m),
-    lambda m: IntegratedGradCAM(m, ["3"], steps=2), lambda m: GIGCAM(m, ["3"], steps=2),
-    lambda m: AbsCAM(m, ["3"], phase=2),
-], ids=["gradcam", "tsgb", "guided", "igcam", "gigcam", "abscam"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: GradCAM(m, ["3"]),
+        lambda m: TSGB(m),
+        lambda m: GuidedBackprop(m),
+        lambda m: IntegratedGradCAM(m, ["3"], steps=2),
+        lambda m: GIGCAM(m, ["3"], steps=2),
+        lambda m: AbsCAM(m, ["3"], phase=2),
+    ],
+    ids=["gradcam", "tsgb", "guided", "igcam", "gigcam", "abscam"],
+)
 def test_nan_and_inf_inputs_are_refused(make):
     model = threaded_model()
     x = torch.rand(2, 3, 16, 16)
@@ -362,28 +392,75 @@ def _conv_args(**changes):
     return call
 
 
-@pytest.mark.parametrize("call,error,message", [
-    (lambda: ops_module().tsgb_conv2d(**_conv_args(bias=torch.rand(3, dtype=torch.float64))), TypeError,
-     "tsgb_conv2d: bias must have the dtype of input"),
-    (lambda: ops_module().tsgb_conv2d(**_conv_args(bias=torch.rand(5))), ValueError, r"tsgb_conv2d: bias must be \[3\]"),
-    (lambda: ops_module().tsgb_conv2d(**_conv_args(weight=torch.rand(3, 4, 9, 9))), ValueError,
-     "tsgb_conv2d: the kernel .* is larger than the padded input"),
-    (lambda: ops_module().tsgb_conv2d(**_conv_args(weight=torch.rand(0, 4, 3, 3), bias=None)), ValueError,
-     "tsgb_conv2d: weight must have at least one output channel"),
-    (lambda: ops_module().tsgb_linear(torch.rand(2, 4), torch.rand(3, 4), torch.rand(4)), ValueError,
-     r"tsgb_linear: bias must be \[3\]"),
-    (lambda: ops_module().tsgb_linear(torch.rand(2, 4), [[1.0] * 4] * 3), TypeError,
-     "tsgb_linear: weight must be a torch.Tensor, got list"),
-    (lambda: ops_module().tsgb_linear(torch.rand(2, 4), torch.rand(3, 4), beta="x"), TypeError,
-     "tsgb_linear: beta must be a real number, got str"),
-    (lambda: ops_module().tsgb_linear(torch.rand(2, 4), torch.rand(3, 4), beta=float("nan")), ValueError,
-     "tsgb_linear: beta must be a finite number"),
-    (lambda: ops_module().tsgb_batch_norm(torch.rand(2, 3, 4, 4, dtype=torch.float64), torch.zeros(3), torch.ones(3)),
-     TypeError, "tsgb_batch_norm: running_mean must have the dtype of input"),
-    (lambda: ops_module().tsgb_avg_pool2d(torch.rand(1, 2, 8, 8), 2, padding=2), ValueError,
-     "tsgb_avg_pool2d: padding must be at most half the kernel size"),
-], ids=["conv-bias-dtype", "conv-bias-length", "conv-kernel-too-large", "conv-no-output-channel", "linear-bias-shape",
-        "linear-weight-list", "linear-beta-str", "linear-beta-nan", "bn-dtype", "avgpool-padding"])
+@pytest.mark.parametrize(
+    "call,error,message",
+    [
+        (
+            lambda: ops_module().tsgb_conv2d(**_conv_args(bias=torch.rand(3, dtype=torch.float64))),
+            TypeError,
+            "tsgb_conv2d: bias must have the dtype of input",
+        ),
+        (
+            lambda: ops_module().tsgb_conv2d(**_conv_args(bias=torch.rand(5))),
+            ValueError,
+            r"tsgb_conv2d: bias must be \[3\]",
+        ),
+        (
+            lambda: ops_module().tsgb_conv2d(**_conv_args(weight=torch.rand(3, 4, 9, 9))),
+            ValueError,
+            "tsgb_conv2d: the kernel .* is larger than the padded input",
+        ),
+        (
+            lambda: ops_module().tsgb_conv2d(**_conv_args(weight=torch.rand(0, 4, 3, 3), bias=None)),
+            ValueError,
+            "tsgb_conv2d: weight must have at least one output channel",
+        ),
+        (
+            lambda: ops_module().tsgb_linear(torch.rand(2, 4), torch.rand(3, 4), torch.rand(4)),
+            ValueError,
+            r"tsgb_linear: bias must be \[3\]",
+        ),
+        (
+            lambda: ops_module().tsgb_linear(torch.rand(2, 4), [[1.0] * 4] * 3),
+            TypeError,
+            "tsgb_linear: weight must be a torch.Tensor, got list",
+        ),
+        (
+            lambda: ops_module().tsgb_linear(torch.rand(2, 4), torch.rand(3, 4), beta="x"),
+            TypeError,
+            "tsgb_linear: beta must be a real number, got str",
+        ),
+        (
+            lambda: ops_module().tsgb_linear(torch.rand(2, 4), torch.rand(3, 4), beta=float("nan")),
+            ValueError,
+            "tsgb_linear: beta must be a finite number",
+        ),
+        (
+            lambda: ops_module().tsgb_batch_norm(
+                torch.rand(2, 3, 4, 4, dtype=torch.float64), torch.zeros(3), torch.ones(3)
+            ),
+            TypeError,
+            "tsgb_batch_norm: running_mean must have the dtype of input",
+        ),
+        (
+            lambda: ops_module().tsgb_avg_pool2d(torch.rand(1, 2, 8, 8), 2, padding=2),
+            ValueError,
+            "tsgb_avg_pool2d: padding must be at most half the kernel size",
+        ),
+    ],
+    ids=[
+        "conv-bias-dtype",
+        "conv-bias-length",
+        "conv-kernel-too-large",
+        "conv-no-output-channel",
+        "linear-bias-shape",
+        "linear-weight-list",
+        "linear-beta-str",
+        "linear-beta-nan",
+        "bn-dtype",
+        "avgpool-padding",
+    ],
+)
 def test_tsgb_ops_name_the_bad_argument(call, error, message):
     with pytest.raises(error, match=message):
         call()
@@ -426,8 +503,12 @@ def test_graphed_calls_take_python_targets_and_refuse_create_graph():
 
 
 def test_tsgb_says_which_average_pools_keep_their_gradient():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False),
-                          nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 3),
+    ).eval()
     with pytest.warns(UserWarning, match="keeps its ordinary gradient"):
         TSGB(model)(torch.rand(1, 3, 7, 7), [0])
 

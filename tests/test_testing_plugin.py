@@ -36,8 +36,11 @@ def test_energy_and_assertion():
     energy = explanation_energy(model, x, 0, (0, 0, 4, 4), method="hirescam", target_layers="conv")
     assert energy == pytest.approx(1.0, abs=1e-6)
     assert assert_explanation_in_region(model, x, 0, (0, 0, 4, 4), method="hirescam", target_layers="conv") > 0.99
-    with pytest.raises(AssertionError, match=r"hirescam explanation of class 0: 0\.0% of its energy lies in "
-                                             r"\[4, 4, 8, 8\], expected at least 50%"):
+    with pytest.raises(
+        AssertionError,
+        match=r"hirescam explanation of class 0: 0\.0% of its energy lies in "
+        r"\[4, 4, 8, 8\], expected at least 50%",
+    ):
         assert_explanation_in_region(model, x, 0, (4, 4, 8, 8), method="hirescam", target_layers="conv")
     with pytest.raises(ValueError, match="one image"):
         assert_explanation_in_region(model, torch.rand(2, 1, 8, 8), 0, (0, 0, 4, 4), target_layers="conv")
@@ -69,4 +72,3 @@ def test_plugin_fixtures_in_a_users_suite(pytester):
     result = pytester.runpytest_subprocess("-p", "no:torchcam_ops", "-p", "torchcam_ops.pytest_plugin", "-q")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*0.0% of its energy lies in [[]4, 4, 8, 8[]]*"])
-

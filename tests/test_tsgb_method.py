@@ -40,8 +40,7 @@ def test_tsgb_matches_the_rules_applied_by_hand(arch, classifier):
     types = [type(m) for m in model.modules()]
     raw = TSGB(model)(x, targets, raw=True)
     maps = TSGB(model)(x, targets)
-    torch.testing.assert_close(raw, reference_tsgb_maps(model, classifier, x, targets, raw=True), rtol=1e-6,
-                               atol=1e-12)
+    torch.testing.assert_close(raw, reference_tsgb_maps(model, classifier, x, targets, raw=True), rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(maps, reference_tsgb_maps(model, classifier, x, targets), rtol=1e-6, atol=1e-9)
     assert maps.shape == (2, 64, 64) and float(maps.min()) >= 0 and float(maps.max()) <= 1
     assert_same_state(before, model_state(model))
@@ -102,9 +101,17 @@ def test_training_mode_batch_norm_is_a_clear_error():
 def test_compiled_converted_model_gives_eager_gradients():
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
-                          nn.AvgPool2d(2), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(inplace=True),
+        nn.AvgPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    ).eval()
     x = torch.rand(2, 3, 16, 16, requires_grad=True)
     seed = torch.zeros(2, 5)
     seed[:, 1] = 1
@@ -173,8 +180,9 @@ def test_functional_relu_out_of_place_is_covered():
     model = FunctionalRelu(inplace=False).eval().double()
     x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
     targets = torch.tensor([1, 3])
-    torch.testing.assert_close(TSGB(model)(x, targets, raw=True),
-                               reference_tsgb_maps(model, "fc", x, targets, raw=True), rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(
+        TSGB(model)(x, targets, raw=True), reference_tsgb_maps(model, "fc", x, targets, raw=True), rtol=1e-6, atol=1e-12
+    )
 
 
 def test_functional_inplace_relu_after_a_conv_equals_the_out_of_place_model():
@@ -195,17 +203,30 @@ class SamePaddingConv2d(nn.Conv2d):
         self.pad = pad
 
     def forward(self, x):
-        return nn.functional.conv2d(nn.functional.pad(x, self.pad), self.weight, self.bias, self.stride, 0,
-                                    self.dilation, self.groups)
+        return nn.functional.conv2d(
+            nn.functional.pad(x, self.pad), self.weight, self.bias, self.stride, 0, self.dilation, self.groups
+        )
 
 
 def _padded_twins():
     """The same network three ways: implicit integer padding (the reference's form), the last conv with
     ``padding="same"``, and conv subclasses that pad before convolving."""
     torch.manual_seed(0)
-    plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=2, padding=1),
-                          nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1, groups=2), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5)).double().eval()
+    plain = (
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 6, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(6, 6, 3, padding=1, groups=2),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(6, 5),
+        )
+        .double()
+        .eval()
+    )
     same = copy.deepcopy(plain)
     same[4] = nn.Conv2d(6, 6, 3, padding="same", groups=2).double()
     same[4].load_state_dict(plain[4].state_dict())

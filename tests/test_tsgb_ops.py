@@ -18,6 +18,7 @@ OPS = torch.ops.torchcam_ops
 
 # -- references ------------------------------------------------------------------------------------
 
+
 def reference_conv_grad(x, w, b, stride, padding, dilation, groups, g):
     z = F.conv2d(x, w, b, stride, padding, dilation, groups)
     n, c, h, width = x.shape
@@ -27,10 +28,13 @@ def reference_conv_grad(x, w, b, stride, padding, dilation, groups, g):
     ones = torch.ones(groups, 1, kh, kw, dtype=x.dtype, device=x.device)
     window = F.conv2d(activation, ones, None, stride, padding, dilation, groups)
     ratio = relevance / (window + 1e-10)
-    natural = [(z.shape[2] - 1) * stride[0] - 2 * padding[0] + dilation[0] * (kh - 1) + 1,
-               (z.shape[3] - 1) * stride[1] - 2 * padding[1] + dilation[1] * (kw - 1) + 1]
-    collected = F.conv_transpose2d(ratio, ones, None, stride, padding, (h - natural[0], width - natural[1]), groups,
-                                   dilation)
+    natural = [
+        (z.shape[2] - 1) * stride[0] - 2 * padding[0] + dilation[0] * (kh - 1) + 1,
+        (z.shape[3] - 1) * stride[1] - 2 * padding[1] + dilation[1] * (kw - 1) + 1,
+    ]
+    collected = F.conv_transpose2d(
+        ratio, ones, None, stride, padding, (h - natural[0], width - natural[1]), groups, dilation
+    )
     return torch.sign(x) * collected.repeat_interleave(c // groups, dim=1)
 
 
@@ -57,7 +61,8 @@ CONV_CONFIGS = [
     # (in_channels, out_channels, kernel, stride, padding, dilation, groups, H, W)
     (c_in, c_out, k, s, p, d, grp, h, w)
     for (c_in, c_out, grp), k, s, p, d, (h, w) in itertools.product(
-        [(4, 6, 1), (4, 6, 2), (6, 6, 6)], [1, 3, 7], [1, 2], [0, 1, 3], [1, 2], [(11, 9)])
+        [(4, 6, 1), (4, 6, 2), (6, 6, 6)], [1, 3, 7], [1, 2], [0, 1, 3], [1, 2], [(11, 9)]
+    )
     if (h + 2 * p - d * (k - 1) - 1) >= 0 and (w + 2 * p - d * (k - 1) - 1) >= 0
 ]
 
@@ -76,8 +81,9 @@ def test_conv_rule_matches_reference(config):
     torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-9)
     # relevance is conserved, sum X * grad_X = sum G * Z, over the output positions whose window
     # sees the input (a window on padding alone has no input to pass relevance to)
-    sees_input = F.conv2d(x.abs().sum(1, keepdim=True), torch.ones(1, 1, k, k, dtype=x.dtype), None, (s, s), (p, p),
-                          (d, d)) > 0
+    sees_input = (
+        F.conv2d(x.abs().sum(1, keepdim=True), torch.ones(1, 1, k, k, dtype=x.dtype), None, (s, s), (p, p), (d, d)) > 0
+    )
     torch.testing.assert_close((x * ours).sum(), (g * z * sees_input).sum(), rtol=1e-6, atol=1e-6)
 
 
@@ -107,6 +113,7 @@ def test_conv_rule_dtypes(dtype):
 
 
 # -- linear, batch norm, average pooling, ReLU ----------------------------------------------------
+
 
 @pytest.mark.parametrize("beta", [1.0, 0.5, 0.0])
 def test_linear_rule_and_conservation(beta):
@@ -171,6 +178,7 @@ def test_rectified_relu(mode, dtype):
 
 
 # -- ordinary weight gradients, opcheck, compile, export -----------------------------------------
+
 
 def test_weight_and_bias_gradients_are_the_ordinary_ones():
     x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
@@ -244,8 +252,13 @@ def test_compile_matches_eager_input_gradients():
 def test_export_keeps_the_ops():
     exported = torch.export.export(TinyTSGBNet(), (torch.rand(2, 3, 8, 8),))
     targets = {node.target for node in exported.graph.nodes if node.op == "call_function"}
-    assert {OPS.tsgb_conv2d.default, OPS.tsgb_batch_norm.default, OPS.rectified_relu.default,
-            OPS.tsgb_avg_pool2d.default, OPS.tsgb_linear.default} <= targets
+    assert {
+        OPS.tsgb_conv2d.default,
+        OPS.tsgb_batch_norm.default,
+        OPS.rectified_relu.default,
+        OPS.tsgb_avg_pool2d.default,
+        OPS.tsgb_linear.default,
+    } <= targets
 
 
 class TestBadInput:
@@ -263,8 +276,9 @@ class TestBadInput:
     def test_conv_backward_geometry(self):
         x = torch.rand(1, 4, 5, 5)
         with pytest.raises(ValueError, match="is not the output of a convolution"):
-            OPS.tsgb_conv2d_backward(torch.rand(1, 6, 4, 4), x, torch.rand(1, 6, 4, 4), [3, 3], [1, 1], [1, 1],
-                                     [1, 1], 1)
+            OPS.tsgb_conv2d_backward(
+                torch.rand(1, 6, 4, 4), x, torch.rand(1, 6, 4, 4), [3, 3], [1, 1], [1, 1], [1, 1], 1
+            )
 
     def test_linear(self):
         with pytest.raises(ValueError, match="weight must have in_features = 3"):

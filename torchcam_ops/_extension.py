@@ -17,10 +17,20 @@ from torchcam_ops._source_hash import source_hash
 
 BUILD_COMMAND = "pip install --no-build-isolation -e .   (from the repository root; or: ./run build)"
 EXPECTED_OPS = (
-    "cam_reduce", "cam_reduce_backward", "cam_postprocess", "cam_postprocess_backward",
-    "rectified_relu", "rectified_relu_backward",
-    "tsgb_linear", "tsgb_linear_backward", "tsgb_conv2d", "tsgb_conv2d_backward",
-    "tsgb_batch_norm", "tsgb_batch_norm_backward", "tsgb_avg_pool2d", "tsgb_avg_pool2d_backward",
+    "cam_reduce",
+    "cam_reduce_backward",
+    "cam_postprocess",
+    "cam_postprocess_backward",
+    "rectified_relu",
+    "rectified_relu_backward",
+    "tsgb_linear",
+    "tsgb_linear_backward",
+    "tsgb_conv2d",
+    "tsgb_conv2d_backward",
+    "tsgb_batch_norm",
+    "tsgb_batch_norm_backward",
+    "tsgb_avg_pool2d",
+    "tsgb_avg_pool2d_backward",
 )
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _SOURCE_DIR = _PACKAGE_DIR.parent / "csrc"
@@ -49,10 +59,14 @@ def load() -> ModuleType:
         raise _fail(f"the native extension torchcam_ops._C could not be loaded ({err}).") from err
 
     if _C.torch_version != torch.__version__:
-        raise _fail(f"the extension was built against torch {_C.torch_version}, but torch {torch.__version__} is installed.")
+        raise _fail(
+            f"the extension was built against torch {_C.torch_version}, but torch {torch.__version__} is installed."
+        )
     if _C.cpu_capability == "AVX2" and not _cpu_supports_avx2():
-        raise _fail("the extension was built with AVX2 CPU kernels and this CPU lacks AVX2; "
-                    "rebuild with TORCHCAM_OPS_CPU_CAPABILITY=DEFAULT.")
+        raise _fail(
+            "the extension was built with AVX2 CPU kernels and this CPU lacks AVX2; "
+            "rebuild with TORCHCAM_OPS_CPU_CAPABILITY=DEFAULT."
+        )
     # In a source checkout, a build older than the sources would run old kernels silently.
     if _SOURCE_DIR.is_dir() and os.environ.get("TORCHCAM_OPS_ALLOW_STALE_BUILD") != "1":
         current = source_hash(_SOURCE_DIR)

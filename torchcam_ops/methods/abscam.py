@@ -27,22 +27,33 @@ class AbsCAM(BaseCAM):
 
     method = "abscam"
 
-    def __init__(self, model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *, phase: int = 2,
-                 batch_size: int | None = 64) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: LayerSpec | Sequence[LayerSpec],
+        *,
+        phase: int = 2,
+        batch_size: int | None = 64,
+    ) -> None:
         if phase not in (1, 2):
             raise ValueError(f"phase: expected 1 or 2, got {phase!r}")
         super().__init__(model, target_layers, batch_size=batch_size)
         self.phase = phase
 
-    def _explain(self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int],
-                 create_graph: bool) -> Tensor | list[Tensor]:
+    def _explain(
+        self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool
+    ) -> Tensor | list[Tensor]:
         if self.phase == 1 or raw:
             return super()._explain(x, targets, raw, size, create_graph)
         if create_graph:
-            raise ValueError("create_graph: Abs-CAM phase 2 weights channels by the scores of masked images, "
-                             "computed without gradients; use phase=1 for maps that carry gradients")
-        maps = [self._phase_two(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), size)
-                for start, stop in self._chunks(x.shape[0])]
+            raise ValueError(
+                "create_graph: Abs-CAM phase 2 weights channels by the scores of masked images, "
+                "computed without gradients; use phase=1 for maps that carry gradients"
+            )
+        maps = [
+            self._phase_two(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), size)
+            for start, stop in self._chunks(x.shape[0])
+        ]
         multi = maps[0][1]
         fused = torch.cat([m for m, _ in maps])
         return fused if multi else fused[:, 0]
@@ -50,8 +61,9 @@ class AbsCAM(BaseCAM):
     def _phase_two(self, x: Tensor, targets: Targets, size: tuple[int, int]) -> tuple[Tensor, bool]:
         activations, gradients, multi, indices = self._activations_and_gradients(x, targets)
         if indices is None:
-            raise ValueError("targets: Abs-CAM phase 2 scores masked images by class, so it needs class indices, "
-                             "not a callable")
+            raise ValueError(
+                "targets: Abs-CAM phase 2 scores masked images by class, so it needs class indices, not a callable"
+            )
         with torch.no_grad():
             batch, count = indices.shape
             layer_maps = []
@@ -60,8 +72,9 @@ class AbsCAM(BaseCAM):
                 for t, g in enumerate(grads):
                     weights = g.to(maps.dtype).abs().mean((2, 3))  # [n, K]
                     for n in range(batch):
-                        maps[n, t] = self._refine(x[n], a[n].to(maps.dtype) * weights[n, :, None, None],
-                                                  indices[n, t:t + 1], size)
+                        maps[n, t] = self._refine(
+                            x[n], a[n].to(maps.dtype) * weights[n, :, None, None], indices[n, t : t + 1], size
+                        )
                 layer_maps.append(maps)
             if len(layer_maps) == 1:
                 return layer_maps[0], multi
@@ -75,8 +88,10 @@ class AbsCAM(BaseCAM):
         step = self.batch_size or masks.shape[0]
         scores = torch.empty(masks.shape[0], device=image.device, dtype=masks.dtype)
         for start in range(0, masks.shape[0], step):
-            chunk = masks[start:start + step]
-            probabilities = torch.softmax(self.model(image[None] * chunk[:, None].to(image.dtype)).to(masks.dtype), dim=1)
-            scores[start:start + step] = probabilities.index_select(1, target)[:, 0]
+            chunk = masks[start : start + step]
+            probabilities = torch.softmax(
+                self.model(image[None] * chunk[:, None].to(image.dtype)).to(masks.dtype), dim=1
+            )
+            scores[start : start + step] = probabilities.index_select(1, target)[:, 0]
         combined = torch.einsum("k,khw->hw", scores, masks)
         return cam_postprocess(combined[None], size)[0]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar, NamedTuple, Union
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -29,8 +29,8 @@ from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce, check_out
 #: a LongTensor ``[N]`` or ``[N, T]`` (T classes per image, one forward pass), or a callable that maps
 #: the model output to scores ``[N]`` or ``[N, T]`` (for models returning tuples/dicts, or
 #: segmentation-style scores).
-Targets = Union[None, int, Sequence[int], Tensor, Callable[[Any], Tensor]]
-LayerSpec = Union[str, nn.Module]
+Targets = None | int | Sequence[int] | Tensor | Callable[[Any], Tensor]
+LayerSpec = str | nn.Module
 
 
 def unwrap_compiled(model: nn.Module) -> nn.Module:
@@ -55,8 +55,10 @@ def resolve_layers(model: nn.Module, target_layers: LayerSpec | Sequence[LayerSp
     if isinstance(target_layers, (str, nn.Module)):
         target_layers = [target_layers]
     if not isinstance(target_layers, Sequence) or len(target_layers) == 0:
-        raise ValueError("target_layers: expected a module of the model, a dotted name such as 'layer4.2', "
-                         f"or a non-empty list of them, got {target_layers!r}")
+        raise ValueError(
+            "target_layers: expected a module of the model, a dotted name such as 'layer4.2', "
+            f"or a non-empty list of them, got {target_layers!r}"
+        )
     names = {id(module): name for name, module in model.named_modules()}
     layers = []
     for layer in target_layers:
@@ -65,8 +67,9 @@ def resolve_layers(model: nn.Module, target_layers: LayerSpec | Sequence[LayerSp
             try:
                 call_index = int(call) if call else None
             except ValueError:
-                raise ValueError(f"target_layers: {layer!r}: expected a call index after '@' "
-                                 "(e.g. '_swish@-1' for the last call)") from None
+                raise ValueError(
+                    f"target_layers: {layer!r}: expected a call index after '@' (e.g. '_swish@-1' for the last call)"
+                ) from None
             try:
                 layers.append(TargetLayer(layer, model.get_submodule(path), call_index))
             except AttributeError:
@@ -84,8 +87,12 @@ def resolve_layers(model: nn.Module, target_layers: LayerSpec | Sequence[LayerSp
 def preserve_buffers(model: nn.Module) -> Iterator[None]:
     """Restores the buffers of modules in training mode (BatchNorm running statistics) on exit:
     explaining a model that is being trained must not move its statistics."""
-    saved = [(buffer, buffer.detach().clone()) for module in model.modules() if module.training
-             for buffer in module.buffers(recurse=False)]
+    saved = [
+        (buffer, buffer.detach().clone())
+        for module in model.modules()
+        if module.training
+        for buffer in module.buffers(recurse=False)
+    ]
     try:
         yield
     finally:
@@ -121,8 +128,10 @@ def check_input(x: Any) -> Tensor:
     if not x.is_floating_point():
         raise TypeError(f"x: expected a floating-point tensor, got {x.dtype}")
     if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
-        raise RuntimeError("explainers need gradients, which torch.inference_mode() forbids; call the explainer "
-                           "outside it (torch.no_grad() is fine)")
+        raise RuntimeError(
+            "explainers need gradients, which torch.inference_mode() forbids; call the explainer "
+            "outside it (torch.no_grad() is fine)"
+        )
     check_on_device(torch.isfinite(x).all(), "x: the input contains NaN or infinite values")
     return x
 
@@ -133,20 +142,25 @@ def target_scores(output: Any, targets: Targets, batch: int) -> tuple[Tensor, bo
     if callable(targets) and not isinstance(targets, Tensor):
         scores = targets(output)
         if not isinstance(scores, Tensor) or scores.dim() not in (1, 2) or scores.shape[0] != batch:
-            raise ValueError(f"targets: a callable target must return scores [N] or [N, T] with N = {batch}, got "
-                             f"{list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__}")
+            raise ValueError(
+                f"targets: a callable target must return scores [N] or [N, T] with N = {batch}, got "
+                f"{list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__}"
+            )
         return (scores[:, None], False, None) if scores.dim() == 1 else (scores, True, None)
     if not isinstance(output, Tensor) or output.dim() != 2:
         described = f"shape {list(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
-        raise TypeError(f"the model output ({described}) is not [N, classes] logits; pass targets as a callable "
-                        "that maps the output to scores [N] or [N, T]")
+        raise TypeError(
+            f"the model output ({described}) is not [N, classes] logits; pass targets as a callable "
+            "that maps the output to scores [N] or [N, T]"
+        )
     indices, multi = class_indices(targets, batch, output.shape[1], output)
     indices = indices.to(output.device)
     return output.gather(1, indices), multi, indices
 
 
-def class_indices(targets: Targets, batch: int, num_classes: int | None,
-                  logits: Tensor | None = None) -> tuple[Tensor, bool]:
+def class_indices(
+    targets: Targets, batch: int, num_classes: int | None, logits: Tensor | None = None
+) -> tuple[Tensor, bool]:
     """Class indices ``[N, T]`` from a target specification, validated against ``num_classes``
     (not validated when it is None: the caller checks them against the model output later).
     Python ints are checked on the host; tensors with :func:`check_on_device`."""
@@ -169,27 +183,33 @@ def class_indices(targets: Targets, batch: int, num_classes: int | None,
         elif targets.dim() == 2 and targets.shape[0] == batch and targets.shape[1] >= 1:
             indices, multi = targets.long(), True
         else:
-            raise ValueError(f"targets: expected a tensor of shape [N] or [N, T] with N = {batch}, "
-                             f"got {list(targets.shape)}")
+            raise ValueError(
+                f"targets: expected a tensor of shape [N] or [N, T] with N = {batch}, got {list(targets.shape)}"
+            )
         if num_classes is not None:
-            check_on_device(((indices >= 0) & (indices < num_classes)).all(),
-                            f"targets: a class index is out of range for a model with {num_classes} outputs "
-                            f"(expected 0 <= index < {num_classes})")
+            check_on_device(
+                ((indices >= 0) & (indices < num_classes)).all(),
+                f"targets: a class index is out of range for a model with {num_classes} outputs "
+                f"(expected 0 <= index < {num_classes})",
+            )
         return indices, multi
     if isinstance(targets, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
         if len(targets) != batch:
             raise ValueError(f"targets: expected {batch} class indices (one per image), got {len(targets)}")
         _check_python_indices(targets, num_classes)
         return torch.tensor(list(targets), dtype=torch.long)[:, None], False
-    raise TypeError(f"targets: expected None, an int, a sequence of ints, a LongTensor or a callable, "
-                    f"got {type(targets).__name__}")
+    raise TypeError(
+        f"targets: expected None, an int, a sequence of ints, a LongTensor or a callable, got {type(targets).__name__}"
+    )
 
 
 def _check_python_indices(indices: Sequence[int], num_classes: int | None) -> None:
     for index in indices:
         if num_classes is not None and not 0 <= index < num_classes:
-            raise ValueError(f"targets: class index {index} is out of range for a model with {num_classes} outputs "
-                             f"(expected 0 <= index < {num_classes})")
+            raise ValueError(
+                f"targets: class index {index} is out of range for a model with {num_classes} outputs "
+                f"(expected 0 <= index < {num_classes})"
+            )
         if index < 0:
             raise ValueError(f"targets: class index {index} is out of range (class indices are non-negative)")
 
@@ -222,8 +242,9 @@ class BaseCAM(Graphable):
 
     method: ClassVar[str] = ""
 
-    def __init__(self, model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *,
-                 batch_size: int | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *, batch_size: int | None = None
+    ) -> None:
         if self.method not in CAM_METHODS:
             raise TypeError(f"{type(self).__name__} names no cam_reduce method")
         if not isinstance(model, nn.Module):
@@ -245,8 +266,15 @@ class BaseCAM(Graphable):
         """Releases this explainer's hold on the capture hook; later calls raise."""
         self._hold.release()
 
-    def __call__(self, x: Tensor, targets: Targets = None, *, raw: bool = False,
-                 output_size: int | tuple[int, int] | None = None, create_graph: bool = False) -> Tensor | list[Tensor]:
+    def __call__(
+        self,
+        x: Tensor,
+        targets: Targets = None,
+        *,
+        raw: bool = False,
+        output_size: int | tuple[int, int] | None = None,
+        create_graph: bool = False,
+    ) -> Tensor | list[Tensor]:
         """Maps of ``x`` ``[N, C, H, W]`` for ``targets``.
 
         ``raw=True``: the un-normalised layer-resolution maps (before ReLU), one tensor per layer
@@ -263,10 +291,13 @@ class BaseCAM(Graphable):
         with preserve_buffers(self.model):
             return self._explain(x, targets, raw, size, create_graph)
 
-    def _explain(self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int],
-                 create_graph: bool) -> Tensor | list[Tensor]:
-        raws = [self._layer_maps(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), create_graph)
-                for start, stop in self._chunks(x.shape[0])]
+    def _explain(
+        self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool
+    ) -> Tensor | list[Tensor]:
+        raws = [
+            self._layer_maps(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), create_graph)
+            for start, stop in self._chunks(x.shape[0])
+        ]
         multi = raws[0][1]
         per_layer = [torch.cat([chunk[0][i] for chunk in raws]) for i in range(len(self.layers))]
         if raw:
@@ -312,16 +343,24 @@ class BaseCAM(Graphable):
             outputs = [self._layer_output(layer, captured[id(layer.module)]) for layer in self.layers]
             for (name, _, _), out in zip(self.layers, outputs):
                 if not out.requires_grad or not scores.requires_grad:
-                    raise ValueError(f"target layer {name!r}: the model output has no gradient to this layer "
-                                     "(is its output detached, or computed without grad?)")
+                    raise ValueError(
+                        f"target layer {name!r}: the model output has no gradient to this layer "
+                        "(is its output detached, or computed without grad?)"
+                    )
                 if out.dim() != 4:
-                    raise ValueError(f"target layer {name!r}: expected a 4-D [N, K, h, w] output, "
-                                     f"got shape {list(out.shape)}")
+                    raise ValueError(
+                        f"target layer {name!r}: expected a 4-D [N, K, h, w] output, got shape {list(out.shape)}"
+                    )
             count = scores.shape[1]
             per_target = []
             for t in range(count):
-                grads = torch.autograd.grad(scores[:, t].sum(), outputs, retain_graph=create_graph or t + 1 < count,
-                                            create_graph=create_graph, allow_unused=True)
+                grads = torch.autograd.grad(
+                    scores[:, t].sum(),
+                    outputs,
+                    retain_graph=create_graph or t + 1 < count,
+                    create_graph=create_graph,
+                    allow_unused=True,
+                )
                 for (name, _, _), g in zip(self.layers, grads):
                     if g is None:
                         raise ValueError(f"target layer {name!r}: the model output has no gradient to this layer")
@@ -337,13 +376,17 @@ class BaseCAM(Graphable):
             raise ValueError(f"target_layers: {layer.name!r} did not run in the model's forward pass")
         if layer.call is None:
             if len(outputs) > 1:
-                raise ValueError(f"target layer {layer.name!r} ran {len(outputs)} times in one forward pass; a map "
-                                 "of one call would silently ignore the others. Name the call to explain, e.g. "
-                                 f"'{layer.name}@-1' for the last (0-based), or choose a module that runs once")
+                raise ValueError(
+                    f"target layer {layer.name!r} ran {len(outputs)} times in one forward pass; a map "
+                    "of one call would silently ignore the others. Name the call to explain, e.g. "
+                    f"'{layer.name}@-1' for the last (0-based), or choose a module that runs once"
+                )
             return outputs[0]
         if not -len(outputs) <= layer.call < len(outputs):
-            raise ValueError(f"target layer {layer.name!r}: call {layer.call} does not exist; the module ran "
-                             f"{len(outputs)} times in one forward pass")
+            raise ValueError(
+                f"target layer {layer.name!r}: call {layer.call} does not exist; the module ran "
+                f"{len(outputs)} times in one forward pass"
+            )
         return outputs[layer.call]
 
     def _fixed_targets(self, x: Tensor, targets: Targets) -> tuple[Targets, bool | None]:
@@ -356,8 +399,10 @@ class BaseCAM(Graphable):
             logits = self.model(x) if targets is None else None
         if logits is not None and (not isinstance(logits, Tensor) or logits.dim() != 2):
             described = f"shape {list(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
-            raise TypeError(f"the model output ({described}) is not [N, classes] logits; this explainer needs "
-                            "class indices (a callable target is not supported)")
+            raise TypeError(
+                f"the model output ({described}) is not [N, classes] logits; this explainer needs "
+                "class indices (a callable target is not supported)"
+            )
         # Without a forward pass the class count is unknown here; the first forward pass on the
         # derived inputs validates the indices against the real output.
         indices, multi = class_indices(targets, x.shape[0], None, logits)

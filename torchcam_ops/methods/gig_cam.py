@@ -46,8 +46,9 @@ def multiscale_fusion(maps: Sequence[Tensor]) -> Tensor:
     for g in maps[1:]:
         size = tuple(g.shape[-2:])
         smooth = upsample(F.avg_pool2d(g[:, None], 2)[:, 0], size)
-        detail = torch.where(smooth != 0, g / torch.where(smooth != 0, smooth, torch.ones_like(smooth)),
-                             torch.zeros_like(g))
+        detail = torch.where(
+            smooth != 0, g / torch.where(smooth != 0, smooth, torch.ones_like(smooth)), torch.zeros_like(g)
+        )
         fused = detail * upsample(fused, size)
         total = upsample(total, size) + fused
     return total
@@ -82,17 +83,27 @@ class GIGCAM(BaseCAM):
 
     method = "gradcam"
 
-    def __init__(self, model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *, steps: int = 30,
-                 fraction: float = 0.25, max_dist: float = 0.02, baseline: Tensor | float = 0.0,
-                 scales: Sequence[int] | None = None, batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: LayerSpec | Sequence[LayerSpec],
+        *,
+        steps: int = 30,
+        fraction: float = 0.25,
+        max_dist: float = 0.02,
+        baseline: Tensor | float = 0.0,
+        scales: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> None:
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps: expected a positive int, got {steps!r}")
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction: expected a value in (0, 1], got {fraction!r}")
         if not 0 <= max_dist <= 1:
             raise ValueError(f"max_dist: expected a value in [0, 1], got {max_dist!r}")
-        if scales is not None and (len(scales) == 0 or any(not isinstance(s, int) or s < 2 for s in scales)
-                                   or list(scales) != sorted(scales)):
+        if scales is not None and (
+            len(scales) == 0 or any(not isinstance(s, int) or s < 2 for s in scales) or list(scales) != sorted(scales)
+        ):
             raise ValueError(f"scales: expected increasing sizes >= 2, got {scales!r}")
         super().__init__(model, target_layers, batch_size=batch_size)
         self.steps, self.fraction, self.max_dist = steps, fraction, max_dist
@@ -114,10 +125,13 @@ class GIGCAM(BaseCAM):
         tensor, so reading it is the caller's choice of synchronisation; expected 0)."""
         return getattr(self._diagnostics, "unfinished_steps", None)
 
-    def _explain(self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int],
-                 create_graph: bool) -> Tensor | list[Tensor]:
-        chunks = [self._explain_chunk(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), create_graph)
-                  for start, stop in self._chunks(x.shape[0])]
+    def _explain(
+        self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool
+    ) -> Tensor | list[Tensor]:
+        chunks = [
+            self._explain_chunk(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), create_graph)
+            for start, stop in self._chunks(x.shape[0])
+        ]
         multi = chunks[0][1]
         maps = torch.cat([m for m, _ in chunks])  # [N, T, h, w]
         batch, count = maps.shape[:2]
@@ -128,14 +142,19 @@ class GIGCAM(BaseCAM):
     def _explain_chunk(self, x: Tensor, targets: Targets, create_graph: bool) -> tuple[Tensor, bool]:
         indices, multi = self._fixed_targets(x, targets)
         if not isinstance(indices, Tensor):
-            raise ValueError("targets: GIG-CAM walks one path per image and class, so it needs class indices, "
-                             "not a callable")
+            raise ValueError(
+                "targets: GIG-CAM walks one path per image and class, so it needs class indices, not a callable"
+            )
         batch, count = indices.shape
         if self.scales is None:
             maps = self._path_maps(x, indices, create_graph)
         else:
-            per_scale = [self._path_maps(F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False),
-                                         indices, create_graph).flatten(0, 1) for s in self.scales]
+            per_scale = [
+                self._path_maps(
+                    F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False), indices, create_graph
+                ).flatten(0, 1)
+                for s in self.scales
+            ]
             fused = multiscale_fusion(per_scale)
             maps = fused.reshape(batch, count, *fused.shape[-2:])
         return maps, bool(multi)
@@ -182,8 +201,7 @@ class GIGCAM(BaseCAM):
                 movable = (distance * (upper - alpha) * selected).sum((1, 2))
                 gamma = torch.where(movable > 0, (remaining - target) / movable.clamp_min(1e-30), float("inf"))
                 full_move = gamma > 1
-                moved = torch.where(full_move[:, None, None], upper,
-                                    alpha + gamma[:, None, None] * (upper - alpha))
+                moved = torch.where(full_move[:, None, None], upper, alpha + gamma[:, None, None] * (upper - alpha))
                 alpha = torch.where(selected, moved, alpha)
                 active = active & full_move  # a partial move meets the target: the step ends
             unfinished += active.sum()

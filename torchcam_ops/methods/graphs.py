@@ -40,18 +40,22 @@ class GraphedExplainer:
     An input of another shape, dtype or device raises ``ValueError``: make a new graphed call for it.
     """
 
-    def __init__(self, explainer: Callable[..., Any], example_x: Tensor, targets: Any = None,
-                 **call_options: Any) -> None:
+    def __init__(
+        self, explainer: Callable[..., Any], example_x: Tensor, targets: Any = None, **call_options: Any
+    ) -> None:
         if not isinstance(example_x, Tensor):
             raise TypeError(f"example_x: expected a tensor, got {type(example_x).__name__}")
         if callable(targets) and not isinstance(targets, Tensor):
             raise TypeError("targets: a graphed call needs fixed targets (None, ints or a tensor), not a callable")
         if call_options.get("create_graph"):
-            raise ValueError("create_graph: a graphed call's outputs live in buffers the next replay overwrites; "
-                             "call the explainer itself for maps that carry gradients")
+            raise ValueError(
+                "create_graph: a graphed call's outputs live in buffers the next replay overwrites; "
+                "call the explainer itself for maps that carry gradients"
+            )
         if isinstance(targets, Tensor) and targets.device != example_x.device:
-            raise ValueError(f"targets: expected a tensor on {example_x.device} (the input's device), "
-                             f"got {targets.device}")
+            raise ValueError(
+                f"targets: expected a tensor on {example_x.device} (the input's device), got {targets.device}"
+            )
         if targets is not None and not isinstance(targets, Tensor):
             # Python ints become a device tensor once here: a host-to-device copy during capture would
             # synchronise, which CUDA graph capture forbids.
@@ -82,8 +86,10 @@ class GraphedExplainer:
         if not isinstance(x, Tensor):
             raise TypeError(f"x: expected a tensor, got {type(x).__name__}")
         if tuple(x.shape) != self.shape or x.dtype != self.dtype or x.device != self.device:
-            raise ValueError(f"x: this graphed call was made for {list(self.shape)} {self.dtype} on {self.device}, "
-                             f"got {list(x.shape)} {x.dtype} on {x.device}; make a new graphed call for it")
+            raise ValueError(
+                f"x: this graphed call was made for {list(self.shape)} {self.dtype} on {self.device}, "
+                f"got {list(x.shape)} {x.dtype} on {x.device}; make a new graphed call for it"
+            )
         if self.device.type != "cuda":
             return self._function(x, self._targets, **self._options)
         self._static_x.copy_(x)

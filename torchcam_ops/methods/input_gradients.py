@@ -62,7 +62,7 @@ class _InputGradientExplainer(Graphable):
             count = indices.shape[1]
             grads = []
             for t in range(count):
-                seed = torch.zeros_like(logits).scatter_(1, indices[:, t:t + 1], 1.0)
+                seed = torch.zeros_like(logits).scatter_(1, indices[:, t : t + 1], 1.0)
                 (grad,) = torch.autograd.grad(logits, leaf, seed, retain_graph=t + 1 < count)
                 grads.append(grad)
         return leaf.detach(), torch.stack(grads), multi
@@ -107,7 +107,8 @@ class TSGB(_InputGradientExplainer):
 
 class GuidedBackprop(_InputGradientExplainer):
     r"""Guided backpropagation (Springenberg et al. 2015): the input gradient with every ReLU
-    (``nn.ReLU`` modules and functional ``F.relu``/``torch.relu`` calls) backpropagating :math:`G\,[X > 0]\,[G > 0]` (``mode="deconvnet"``: :math:`\mathrm{ReLU}(G)`).
+    (``nn.ReLU`` modules and functional ``F.relu``/``torch.relu`` calls) backpropagating
+    :math:`G\,[X > 0]\,[G > 0]` (``mode="deconvnet"``: :math:`\mathrm{ReLU}(G)`).
     Returns the gradient image ``[N, C, H, W]`` (``[N, T, C, H, W]`` for T targets per image)."""
 
     def __init__(self, model: nn.Module, mode: str = "guided") -> None:

@@ -25,8 +25,15 @@ class IntegratedGradCAM(BaseCAM):
 
     method = "gradcam"
 
-    def __init__(self, model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *, steps: int = 50,
-                 baseline: Tensor | float = 0.0, batch_size: int | None = 8) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: LayerSpec | Sequence[LayerSpec],
+        *,
+        steps: int = 50,
+        baseline: Tensor | float = 0.0,
+        batch_size: int | None = 8,
+    ) -> None:
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps: expected a positive int, got {steps!r}")
         super().__init__(model, target_layers, batch_size=batch_size)
@@ -43,8 +50,8 @@ class IntegratedGradCAM(BaseCAM):
         sums: list[Tensor] | None = None
         step = self.batch_size or path.shape[0]
         for start in range(0, path.shape[0], step):
-            chunk_targets = path_targets[start:start + step] if isinstance(path_targets, Tensor) else path_targets
-            maps, chunk_multi = super()._layer_maps(path[start:start + step], chunk_targets, create_graph)
+            chunk_targets = path_targets[start : start + step] if isinstance(path_targets, Tensor) else path_targets
+            maps, chunk_multi = super()._layer_maps(path[start : start + step], chunk_targets, create_graph)
             multi = chunk_multi if multi is None else multi
             contributions = [self._sum_over_path(m.relu(), start, x.shape[0]) for m in maps]
             sums = contributions if sums is None else [s + c for s, c in zip(sums, contributions)]
@@ -52,6 +59,6 @@ class IntegratedGradCAM(BaseCAM):
 
     def _sum_over_path(self, maps: Tensor, start: int, batch: int) -> Tensor:
         """Adds rows of path points [start, start + len(maps)) into per-image sums ``[N, ...]``."""
-        image = (torch.arange(start, start + maps.shape[0], device=maps.device) % batch)
+        image = torch.arange(start, start + maps.shape[0], device=maps.device) % batch
         total = maps.new_zeros(batch, *maps.shape[1:])
         return total.index_add_(0, image, maps)

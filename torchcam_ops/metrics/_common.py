@@ -12,8 +12,10 @@ def check_maps(x: Tensor, maps: Tensor) -> Tensor:
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f"x: expected a 4-D batch [N, C, H, W], got {getattr(x, 'shape', type(x).__name__)}")
     if not isinstance(maps, Tensor) or maps.dim() != 3 or maps.shape[0] != x.shape[0]:
-        raise ValueError(f"maps: expected [N, h, w] with N = {x.shape[0]}, got "
-                         f"{list(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__}")
+        raise ValueError(
+            f"maps: expected [N, h, w] with N = {x.shape[0]}, got "
+            f"{list(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__}"
+        )
     maps = maps.to(device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
     if tuple(maps.shape[-2:]) != tuple(x.shape[-2:]):
         maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -35,6 +37,6 @@ def class_probabilities(model: nn.Module, images: Tensor, targets: Tensor, batch
     """softmax(model(images))[i, targets[i]], in chunks of ``batch_size`` images."""
     out = []
     for start in range(0, images.shape[0], batch_size):
-        logits = model(images[start:start + batch_size])
-        out.append(torch.softmax(logits.float(), dim=1).gather(1, targets[start:start + batch_size, None])[:, 0])
+        logits = model(images[start : start + batch_size])
+        out.append(torch.softmax(logits.float(), dim=1).gather(1, targets[start : start + batch_size, None])[:, 0])
     return torch.cat(out)

@@ -35,8 +35,16 @@ def gaussian_blur(x: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tenso
     return F.conv2d(x, vertical, padding=(kernel_size // 2, 0), groups=channels)
 
 
-def _curves(model: nn.Module, start: Tensor, finish: Tensor, maps: Tensor, targets: Tensor, step: int,
-            batch_size: int, substrate: str) -> CurveResult:
+def _curves(
+    model: nn.Module,
+    start: Tensor,
+    finish: Tensor,
+    maps: Tensor,
+    targets: Tensor,
+    step: int,
+    batch_size: int,
+    substrate: str,
+) -> CurveResult:
     """Moves ``step`` pixels at a time from ``start`` to ``finish`` in decreasing saliency order."""
     batch, _, height, width = start.shape
     pixels = height * width
@@ -58,15 +66,22 @@ def _curves(model: nn.Module, start: Tensor, finish: Tensor, maps: Tensor, targe
         image, k = j // (steps + 1), counts[j % (steps + 1)]
         changed = (rank[image] < k[:, None]).reshape(-1, 1, height, width)
         perturbed = torch.where(changed, finish[image], start[image])
-        scores[first:first + j.shape[0]] = class_probabilities(model, perturbed, targets[image], batch_size)
+        scores[first : first + j.shape[0]] = class_probabilities(model, perturbed, targets[image], batch_size)
     scores = scores.reshape(batch, steps + 1)
     fractions = counts.float() / pixels
     auc = torch.trapezoid(scores, fractions, dim=1)
     return CurveResult(fractions, scores, auc, step, substrate)
 
 
-def deletion(model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor | list[int] | int, *, step: int = 224,
-             batch_size: int = 64) -> CurveResult:
+def deletion(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    targets: Tensor | list[int] | int,
+    *,
+    step: int = 224,
+    batch_size: int = 64,
+) -> CurveResult:
     """Deletion: the most salient pixels are set to 0 (in the model's normalised input) ``step`` at a
     time; the softmax probability of the target is recorded; lower AUC is better."""
     maps = check_maps(x, maps)
@@ -74,8 +89,15 @@ def deletion(model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor | list[i
     return _curves(model, x, torch.zeros_like(x), maps, targets, step, batch_size, "zeros")
 
 
-def insertion(model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor | list[int] | int, *, step: int = 224,
-              batch_size: int = 64) -> CurveResult:
+def insertion(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    targets: Tensor | list[int] | int,
+    *,
+    step: int = 224,
+    batch_size: int = 64,
+) -> CurveResult:
     """Insertion: the most salient pixels of x are inserted into a blurred copy (11x11 Gaussian,
     sigma 5) ``step`` at a time; higher AUC is better."""
     maps = check_maps(x, maps)

@@ -8,8 +8,9 @@ import torch
 from torch import Tensor
 
 
-def boxes_to_mask(boxes: Sequence[Sequence[float]] | Tensor, height: int, width: int,
-                  device: torch.device | None = None) -> Tensor:
+def boxes_to_mask(
+    boxes: Sequence[Sequence[float]] | Tensor, height: int, width: int, device: torch.device | None = None
+) -> Tensor:
     """The union of boxes ``(x0, y0, x1, y1)`` (pixel coordinates, x1 and y1 exclusive, clipped to
     the image) as a bool mask ``[height, width]``."""
     mask = torch.zeros(height, width, dtype=torch.bool, device=device)
@@ -25,12 +26,14 @@ def boxes_to_mask(boxes: Sequence[Sequence[float]] | Tensor, height: int, width:
 
 def _check(maps: Tensor, masks: Tensor) -> None:
     if maps.dim() != 3 or masks.shape != maps.shape:
-        raise ValueError(f"maps and masks: expected the same [N, H, W] shape, got {list(maps.shape)} and "
-                         f"{list(masks.shape)}")
+        raise ValueError(
+            f"maps and masks: expected the same [N, H, W] shape, got {list(maps.shape)} and {list(masks.shape)}"
+        )
 
 
-def pointing_game(maps: Tensor, masks: Tensor, classes: Tensor | Sequence[int], tolerance: float | None = None
-                  ) -> tuple[float, dict[int, float], Tensor]:
+def pointing_game(
+    maps: Tensor, masks: Tensor, classes: Tensor | Sequence[int], tolerance: float | None = None
+) -> tuple[float, dict[int, float], Tensor]:
     """Hit when the map's maximum lies within ``tolerance`` pixels (Euclidean) of a ground-truth
     pixel of the class. ``tolerance`` defaults to 15 px at 224 px, scaled with the shorter side.
 
@@ -53,8 +56,9 @@ def pointing_accuracy(hits: Tensor, classes: Tensor | Sequence[int]) -> tuple[fl
     """The mean of per-class hit rates, and the per-class rates, from hits ``[N]`` and classes ``[N]``."""
     classes = torch.as_tensor(classes, device=hits.device)
     if hits.dim() != 1 or classes.shape != hits.shape or hits.numel() == 0:
-        raise ValueError(f"hits and classes: expected two non-empty [N] tensors, got {list(hits.shape)} and "
-                         f"{list(classes.shape)}")
+        raise ValueError(
+            f"hits and classes: expected two non-empty [N] tensors, got {list(hits.shape)} and {list(classes.shape)}"
+        )
     per_class = {int(c): float(hits[classes == c].float().mean()) for c in classes.unique().tolist()}
     return sum(per_class.values()) / len(per_class), per_class
 
@@ -65,5 +69,6 @@ def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
     _check(maps, masks)
     inside = (maps * masks.to(maps.dtype)).flatten(1).sum(1)
     total = maps.flatten(1).sum(1)
-    return torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)),
-                       torch.zeros_like(total))
+    return torch.where(
+        total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total)
+    )

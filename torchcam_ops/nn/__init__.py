@@ -3,5 +3,14 @@
 from torchcam_ops.nn.convert import find_classifier, guided, swap_modules, tsgb
 from torchcam_ops.nn.modules import RectifiedReLU, TSGBAvgPool2d, TSGBBatchNorm2d, TSGBConv2d, TSGBLinear
 
-__all__ = ["RectifiedReLU", "TSGBAvgPool2d", "TSGBBatchNorm2d", "TSGBConv2d", "TSGBLinear", "find_classifier",
-           "guided", "swap_modules", "tsgb"]
+__all__ = [
+    "RectifiedReLU",
+    "TSGBAvgPool2d",
+    "TSGBBatchNorm2d",
+    "TSGBConv2d",
+    "TSGBLinear",
+    "find_classifier",
+    "guided",
+    "swap_modules",
+    "tsgb",
+]

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from torchcam_ops.nn.rules import _CONV2D_ARGUMENTS, tsgb_conv2d_call
 from torchcam_ops.nn.modules import RectifiedReLU, TSGBAvgPool2d, TSGBBatchNorm2d, TSGBConv2d, TSGBLinear
+from torchcam_ops.nn.rules import _CONV2D_ARGUMENTS, tsgb_conv2d_call
 
 
 def find_classifier(model: nn.Module, classifier: str | nn.Module | None = None) -> tuple[str, nn.Linear] | None:
@@ -86,8 +86,6 @@ class _TSGBConvCalls(TorchFunctionMode):
             if weight is not None and self._weights.get(id(weight)) is weight:
                 return tsgb_conv2d_call(call)
         return func(*args, **kwargs)
-
-
 
 
 @contextlib.contextmanager

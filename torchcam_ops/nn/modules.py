@@ -25,8 +25,10 @@ class TSGBConv2d(nn.Module):
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str) and conv.padding != "valid":
-            raise ValueError(f"TSGBConv2d: padding={conv.padding!r}, padding_mode={conv.padding_mode!r} is not "
-                             "supported (explicit zero padding only)")
+            raise ValueError(
+                f"TSGBConv2d: padding={conv.padding!r}, padding_mode={conv.padding_mode!r} is not "
+                "supported (explicit zero padding only)"
+            )
         _share(self, conv, ("weight", "bias"))
         self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
         self.padding = (0, 0) if conv.padding == "valid" else conv.padding
@@ -57,15 +59,19 @@ class TSGBBatchNorm2d(nn.Module):
         super().__init__()
         if bn.running_mean is None or bn.running_var is None:
             raise ValueError("TSGBBatchNorm2d: the BatchNorm2d has no running statistics (track_running_stats=False)")
-        buffers = ("running_mean", "running_var") + (("num_batches_tracked",) if bn.num_batches_tracked is not None else ())
+        buffers = ("running_mean", "running_var") + (
+            ("num_batches_tracked",) if bn.num_batches_tracked is not None else ()
+        )
         _share(self, bn, ("weight", "bias"), buffers)
         self.eps = bn.eps
         self.training = bn.training
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
-            raise RuntimeError("TSGBBatchNorm2d: the BatchNorm2d is in training mode; TSGB uses running statistics, "
-                               "call model.eval() before explaining")
+            raise RuntimeError(
+                "TSGBBatchNorm2d: the BatchNorm2d is in training mode; TSGB uses running statistics, "
+                "call model.eval() before explaining"
+            )
         return ops.tsgb_batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
 
 
@@ -75,8 +81,7 @@ class TSGBAvgPool2d(nn.Module):
     def __init__(self, pool: nn.AvgPool2d) -> None:
         super().__init__()
         if pool.ceil_mode or not pool.count_include_pad or pool.divisor_override is not None:
-            raise ValueError("TSGBAvgPool2d: ceil_mode, count_include_pad=False and divisor_override are not "
-                             "supported")
+            raise ValueError("TSGBAvgPool2d: ceil_mode, count_include_pad=False and divisor_override are not supported")
         self.kernel_size, self.stride, self.padding = pool.kernel_size, pool.stride, pool.padding
         self.training = pool.training
 

@@ -28,8 +28,15 @@ from torchcam_ops import ops
 _CONV2D_ARGUMENTS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _LINEAR_ARGUMENTS = ("input", "weight", "bias")
 _BATCH_NORM_ARGUMENTS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-_AVG_POOL2D_ARGUMENTS = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-                         "divisor_override")
+_AVG_POOL2D_ARGUMENTS = (
+    "input",
+    "kernel_size",
+    "stride",
+    "padding",
+    "ceil_mode",
+    "count_include_pad",
+    "divisor_override",
+)
 _RELU_CALLS = (F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_)
 
 
@@ -37,8 +44,9 @@ def _call_arguments(names: tuple[str, ...], args: tuple, kwargs: dict | None) ->
     return dict(zip(names, args), **(kwargs or {}))
 
 
-def _padding_pairs(padding: object, weight: Tensor, stride: object, dilation: object
-                   ) -> tuple[tuple[int, int], tuple[int, int]]:
+def _padding_pairs(
+    padding: object, weight: Tensor, stride: object, dilation: object
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """``F.conv2d``'s padding argument as (before, after) per spatial dimension."""
     if padding == "valid":
         return (0, 0), (0, 0)
@@ -71,8 +79,9 @@ class TSGBRules(TorchFunctionMode):
     to the equal split; and in-place ReLUs to out-of-place ones (the TSGB-Conv backward needs the
     convolution's output as it was computed). Everything else keeps its ordinary gradient."""
 
-    def __init__(self, convs: list[nn.Conv2d], classifier: nn.Linear | None, batch_norms: list[nn.BatchNorm2d],
-                 beta: float = 1.0) -> None:
+    def __init__(
+        self, convs: list[nn.Conv2d], classifier: nn.Linear | None, batch_norms: list[nn.BatchNorm2d], beta: float = 1.0
+    ) -> None:
         super().__init__()
         self._conv_weights = {id(conv.weight): conv.weight for conv in convs}
         self._classifier_weight = classifier.weight if classifier is not None else None
@@ -94,19 +103,34 @@ class TSGBRules(TorchFunctionMode):
             mean = call.get("running_mean")
             if mean is not None and self._running_means.get(id(mean)) is mean:
                 if call.get("training", False):
-                    raise RuntimeError("TSGB: a BatchNorm2d is in training mode; TSGB uses running statistics, "
-                                       "call model.eval() before explaining")
-                return ops.tsgb_batch_norm(call["input"], mean, call["running_var"], call.get("weight"),
-                                           call.get("bias"), call.get("eps", 1e-5))
+                    raise RuntimeError(
+                        "TSGB: a BatchNorm2d is in training mode; TSGB uses running statistics, "
+                        "call model.eval() before explaining"
+                    )
+                return ops.tsgb_batch_norm(
+                    call["input"],
+                    mean,
+                    call["running_var"],
+                    call.get("weight"),
+                    call.get("bias"),
+                    call.get("eps", 1e-5),
+                )
         elif func is F.avg_pool2d:
             call = _call_arguments(_AVG_POOL2D_ARGUMENTS, args, kwargs)
-            if (not call.get("ceil_mode", False) and call.get("count_include_pad", True)
-                    and call.get("divisor_override") is None):
-                return ops.tsgb_avg_pool2d(call["input"], call["kernel_size"], call.get("stride") or None,
-                                           call.get("padding", 0))
-            warnings.warn("TSGB: an average pooling with ceil_mode, count_include_pad=False or divisor_override "
-                          "keeps its ordinary gradient (the equal-split rule covers floor mode with padding "
-                          "counted only)", stacklevel=2)
+            if (
+                not call.get("ceil_mode", False)
+                and call.get("count_include_pad", True)
+                and call.get("divisor_override") is None
+            ):
+                return ops.tsgb_avg_pool2d(
+                    call["input"], call["kernel_size"], call.get("stride") or None, call.get("padding", 0)
+                )
+            warnings.warn(
+                "TSGB: an average pooling with ceil_mode, count_include_pad=False or divisor_override "
+                "keeps its ordinary gradient (the equal-split rule covers floor mode with padding "
+                "counted only)",
+                stacklevel=2,
+            )
         elif func is F.relu and _call_arguments(("input", "inplace"), args, kwargs).get("inplace", False):
             return torch.relu(args[0] if args else kwargs["input"])
         elif func is torch.relu_ or func is torch.Tensor.relu_:
@@ -134,8 +158,10 @@ class RectifiedReLURules(TorchFunctionMode):
 
 def _check_no_inference_mode(what: str) -> None:
     if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
-        raise RuntimeError(f"{what}: gradients cannot be computed under torch.inference_mode(); "
-                           "call the explainer outside it (torch.no_grad() is fine)")
+        raise RuntimeError(
+            f"{what}: gradients cannot be computed under torch.inference_mode(); "
+            "call the explainer outside it (torch.no_grad() is fine)"
+        )
 
 
 @contextlib.contextmanager
@@ -143,11 +169,16 @@ def tsgb_rules(model: nn.Module, classifier: nn.Linear | None, beta: float = 1.0
     """The TSGB rules for ``model``'s layers while the block runs, in the calling thread only."""
     _check_no_inference_mode("TSGB")
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    batch_norms = [m for m in model.modules()
-                   if type(m) is nn.BatchNorm2d and m.running_mean is not None and m.running_var is not None]
+    batch_norms = [
+        m
+        for m in model.modules()
+        if type(m) is nn.BatchNorm2d and m.running_mean is not None and m.running_var is not None
+    ]
     if not convs and classifier is None:
-        raise ValueError("TSGB: the model has no nn.Conv2d and no nn.Linear classifier, so no TSGB rule would "
-                         "apply; the map would be the plain gradient times the input")
+        raise ValueError(
+            "TSGB: the model has no nn.Conv2d and no nn.Linear classifier, so no TSGB rule would "
+            "apply; the map would be the plain gradient times the input"
+        )
     if not convs:
         warnings.warn("TSGB: the model has no nn.Conv2d; only the classifier takes the TSGB rule", stacklevel=3)
     if classifier is None:
