@@ -316,3 +316,11 @@ def test_linear_batch_norm_and_pooling_rules_in_low_precision(dtype):
     y = F.avg_pool2d(x, 2)
     expected = input_grad(lambda t: F.avg_pool2d(t, 2), x, gp * y) / x
     torch.testing.assert_close(low.double(), expected, rtol=tol, atol=tol * float(expected.abs().max()))
+
+
+def test_plain_rectified_relu_is_torchs_relu_gradient_with_nan():
+    x = torch.tensor([-1.0, 0.0, 2.0, float("nan"), 3.0, -2.0], requires_grad=True)
+    g = torch.tensor([1.0, 2.0, 3.0, 4.0, float("nan"), float("nan")])
+    (expected,) = torch.autograd.grad(torch.relu(x), x, g)
+    (ours,) = torch.autograd.grad(ops.rectified_relu(x, "plain"), x, g)
+    torch.testing.assert_close(ours, expected, equal_nan=True)

@@ -40,8 +40,8 @@ at::Tensor cam_postprocess_cpu(const at::Tensor& cam, int64_t out_h, int64_t out
   return out;
 }
 
-at::Tensor cam_postprocess_backward_cpu(const at::Tensor& grad_out, const at::Tensor& cam, int64_t out_h,
-                                        int64_t out_w, bool relu, bool normalize) {
+at::Tensor cam_postprocess_backward_cpu(const at::Tensor& grad_out, const at::Tensor& cam, int64_t out_h, int64_t out_w,
+                                        bool relu, bool normalize) {
   check_cam_postprocess_backward_args(grad_out, cam, out_h, out_w);
   const at::Tensor input = cam.contiguous();
   const at::Tensor go = grad_out.contiguous();

@@ -50,8 +50,8 @@ at::Tensor cam_reduce_cpu(const at::Tensor& activations, const at::Tensor& gradi
         } else {
           // The images after this one follow it in memory: a row's last vector may run into them.
           const int64_t readable_after = (batch - n - 1) * channels * pixels;
-          kernels::cam_reduce_forward_channels_first(a_data + offset, g_data + offset, cam_data + n * pixels,
-                                                     channels, pixels, method, workspace.data(), readable_after);
+          kernels::cam_reduce_forward_channels_first(a_data + offset, g_data + offset, cam_data + n * pixels, channels,
+                                                     pixels, method, workspace.data(), readable_after);
         }
       }
     });

@@ -17,8 +17,7 @@ namespace {
 
 constexpr int64_t kGrain = 32768;
 
-at::Tensor rectified_relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                       c10::string_view mode) {
+at::Tensor rectified_relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, c10::string_view mode) {
   const ReluRectification rule = check_rectified_relu_backward_args(grad_output, input, mode);
   const at::Tensor g = grad_output.contiguous();
   const at::Tensor x = input.contiguous();

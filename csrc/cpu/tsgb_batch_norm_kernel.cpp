@@ -34,7 +34,7 @@ at::Tensor tsgb_batch_norm_backward_cpu(const at::Tensor& grad_output, const at:
     const T* scale_data = scale.const_data_ptr<T>();
     const T* shift_data = shift.const_data_ptr<T>();
     at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> workspace(std::is_same_v<scalar_t, T> ? 0 : 3 * plane);  // half precision only
+      std::vector<T> workspace(std::is_same_v<scalar_t, T> ? 0 : 3 * plane); // half precision only
       for (int64_t p = begin; p < end; ++p) {
         const int64_t c = p % channels;
         kernels::tsgb_batch_norm_backward_plane(g_data + p * plane, x_data + p * plane, out + p * plane, plane,

@@ -39,10 +39,10 @@ at::Tensor tsgb_conv2d_backward_cpu(const at::Tensor& grad_output, const at::Ten
     at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
       std::vector<T> workspace(kernels::tsgb_conv2d_backward_workspace_size(geo));
       std::vector<double> table(kernels::tsgb_conv2d_backward_table_size(geo));
-      for (int64_t task = begin; task < end; ++task) {  // task = image * groups + group
+      for (int64_t task = begin; task < end; ++task) { // task = image * groups + group
         kernels::tsgb_conv2d_backward_group(x_data + task * in_group, z_data + task * out_group,
-                                            g_data + task * out_group, out + task * in_group, in_channels,
-                                            out_channels, geo, workspace.data(), table.data());
+                                            g_data + task * out_group, out + task * in_group, in_channels, out_channels,
+                                            geo, workspace.data(), table.data());
       }
     });
   });

@@ -5,8 +5,8 @@
 // each source cell only, by one small block per map; a second launch writes every output pixel
 // once, already normalised. Without normalisation only the second launch runs.
 
-#include "../ops/cam_postprocess.h"
 #include "../kernels/normalize.h"
+#include "../ops/cam_postprocess.h"
 #include "cuda_utils.cuh"
 
 #include <ATen/Dispatch.h>
@@ -52,14 +52,14 @@ template <typename T>
 __device__ __forceinline__ bool is_extreme_position(T scale, int dst, int out_size, int in_size) {
   const int cell = source_cell(scale, dst, in_size);
   return dst == 0 || dst == out_size - 1 || source_cell(scale, dst - 1, in_size) != cell ||
-      source_cell(scale, dst + 1, in_size) != cell;
+         source_cell(scale, dst + 1, in_size) != cell;
 }
 
 // Bilinear value at output (y, x), ReLU on the source samples; blends in the a + w1 (b - a) form
 // of the CPU kernel (exact on constant regions).
 template <typename T, typename scalar_t>
-__device__ __forceinline__ T resized_value(const scalar_t* map, const ResizeGeometry& geo, T scale_h, T scale_w,
-                                           int y, int x, bool relu) {
+__device__ __forceinline__ T resized_value(const scalar_t* map, const ResizeGeometry& geo, T scale_h, T scale_w, int y,
+                                           int x, bool relu) {
   const T sy = source_position(scale_h, y);
   const T sx = source_position(scale_w, x);
   const int y0 = min(static_cast<int>(sy), geo.in_h - 1);
@@ -80,9 +80,9 @@ __device__ __forceinline__ T resized_value(const scalar_t* map, const ResizeGeom
 
 // One block per map: min and max over the extreme rows x extreme columns.
 template <typename scalar_t, typename T>
-__global__ void __launch_bounds__(kThreads) map_extrema_kernel(const scalar_t* __restrict__ cam,
-                                                               T* __restrict__ extrema, ResizeGeometry geo, T scale_h,
-                                                               T scale_w, bool relu) {
+__global__ void __launch_bounds__(kThreads)
+    map_extrema_kernel(const scalar_t* __restrict__ cam, T* __restrict__ extrema, ResizeGeometry geo, T scale_h,
+                       T scale_w, bool relu) {
   __shared__ T scratch[2 * kThreads / cuda::kWarpSize];
   const scalar_t* map = cam + static_cast<int64_t>(blockIdx.x) * geo.in_h * geo.in_w;
   T lo = std::numeric_limits<T>::infinity();
@@ -107,10 +107,9 @@ __global__ void __launch_bounds__(kThreads) map_extrema_kernel(const scalar_t* _
 }
 
 template <typename scalar_t, typename T>
-__global__ void __launch_bounds__(kThreads) write_kernel(const scalar_t* __restrict__ cam,
-                                                         const T* __restrict__ extrema, scalar_t* __restrict__ out,
-                                                         ResizeGeometry geo, T scale_h, T scale_w, bool relu,
-                                                         bool normalize, int tiles) {
+__global__ void __launch_bounds__(kThreads)
+    write_kernel(const scalar_t* __restrict__ cam, const T* __restrict__ extrema, scalar_t* __restrict__ out,
+                 ResizeGeometry geo, T scale_h, T scale_w, bool relu, bool normalize, int tiles) {
   const int64_t n = blockIdx.x / tiles;
   const int tile = blockIdx.x % tiles;
   const int out_pixels = geo.out_h * geo.out_w;
@@ -149,8 +148,8 @@ at::Tensor cam_postprocess_cuda(const at::Tensor& cam, int64_t out_h, int64_t ou
                         input.size(1) * input.size(2) <= std::numeric_limits<int>::max(),
                     "cam_postprocess: one map may have at most 2^31 - 1 pixels, got ", input.size(1), "x",
                     input.size(2), " -> ", out_h, "x", out_w);
-  const ResizeGeometry geo{static_cast<int>(input.size(1)), static_cast<int>(input.size(2)),
-                           static_cast<int>(out_h), static_cast<int>(out_w)};
+  const ResizeGeometry geo{static_cast<int>(input.size(1)), static_cast<int>(input.size(2)), static_cast<int>(out_h),
+                           static_cast<int>(out_w)};
   const int tiles = static_cast<int>(ceil_div(out_h * out_w, kTilePixels));
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cam_postprocess_cuda", [&] {

@@ -85,15 +85,10 @@ __device__ __forceinline__ T warp_channel_weight(CamMethod method, const scalar_
 }
 
 template <typename scalar_t, typename T>
-__global__ void __launch_bounds__(kThreads) cam_reduce_partial_kernel(
-    const scalar_t* __restrict__ activations,
-    const scalar_t* __restrict__ gradients,
-    T* __restrict__ partial,
-    int64_t channels,
-    int64_t pixels,
-    int64_t num_chunks,
-    int64_t chunk_channels,
-    CamMethod method) {
+__global__ void __launch_bounds__(kThreads)
+    cam_reduce_partial_kernel(const scalar_t* __restrict__ activations, const scalar_t* __restrict__ gradients,
+                              T* __restrict__ partial, int64_t channels, int64_t pixels, int64_t num_chunks,
+                              int64_t chunk_channels, CamMethod method) {
   extern __shared__ unsigned char shared_bytes[];
   T* slice_sums = reinterpret_cast<T*>(shared_bytes); // kThreads values
   T* weights = slice_sums + kThreads;                 // chunk_channels values
@@ -211,16 +206,11 @@ at::Tensor cam_reduce_cuda(const at::Tensor& activations, const at::Tensor& grad
 // One warp per (image, channel): the channel's sums first, then dA and dG pixel by pixel.
 // The formulas are those of the CPU kernel (kernels/cam_reduce.h), one value at a time.
 template <typename scalar_t, typename T>
-__global__ void __launch_bounds__(kThreads) cam_reduce_backward_kernel(
-    const scalar_t* __restrict__ grad_cam,
-    const scalar_t* __restrict__ activations,
-    const scalar_t* __restrict__ gradients,
-    scalar_t* __restrict__ grad_activations,
-    scalar_t* __restrict__ grad_gradients,
-    int64_t batch,
-    int64_t channels,
-    int64_t pixels,
-    CamMethod method) {
+__global__ void __launch_bounds__(kThreads)
+    cam_reduce_backward_kernel(const scalar_t* __restrict__ grad_cam, const scalar_t* __restrict__ activations,
+                               const scalar_t* __restrict__ gradients, scalar_t* __restrict__ grad_activations,
+                               scalar_t* __restrict__ grad_gradients, int64_t batch, int64_t channels, int64_t pixels,
+                               CamMethod method) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize;
   if (row >= batch * channels) {
     return; // the whole warp leaves together
@@ -298,10 +288,8 @@ __global__ void __launch_bounds__(kThreads) cam_reduce_backward_kernel(
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> cam_reduce_backward_cuda(const at::Tensor& grad_cam,
-                                                            const at::Tensor& activations,
-                                                            const at::Tensor& gradients,
-                                                            c10::string_view method_name) {
+std::tuple<at::Tensor, at::Tensor> cam_reduce_backward_cuda(const at::Tensor& grad_cam, const at::Tensor& activations,
+                                                            const at::Tensor& gradients, c10::string_view method_name) {
   const CamMethod method = check_cam_reduce_backward_args(grad_cam, activations, gradients, method_name);
   const c10::cuda::CUDAGuard guard(activations.device());
   const at::Tensor gl = grad_cam.contiguous();

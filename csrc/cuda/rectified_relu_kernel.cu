@@ -33,16 +33,15 @@ __global__ void rectified_relu_backward_kernel(const scalar_t* __restrict__ grad
       case ReluRectification::Deconvnet:
         out = cuda::relu_keep_nan(g);
         break;
-      default:
-        out = g * T(x > T(0));
+      default: // torch's ReLU gradient: 0 where X <= 0, G elsewhere (also where X is NaN)
+        out = x <= T(0) ? T(0) : g;
         break;
     }
     grad_input[i] = static_cast<scalar_t>(out);
   }
 }
 
-at::Tensor rectified_relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                                        c10::string_view mode) {
+at::Tensor rectified_relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, c10::string_view mode) {
   const ReluRectification rule = check_rectified_relu_backward_args(grad_output, input, mode);
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor g = grad_output.contiguous();

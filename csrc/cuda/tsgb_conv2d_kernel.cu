@@ -23,7 +23,7 @@ using kernels::Conv2dGeometry;
 
 constexpr int kThreads = 256;
 
-#define TSGB_GRID_STRIDE_LOOP(index, count)                                                       \
+#define TSGB_GRID_STRIDE_LOOP(index, count)                                                          \
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < (count); \
        index += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
@@ -85,7 +85,7 @@ __global__ void collect_kernel(const T* __restrict__ ratio, T* __restrict__ coll
     const T* v = ratio + plane * out_pixels;
     T sum = T(0);
     for (int64_t ky = 0; ky < geo.kernel_h; ++ky) {
-      const int64_t ty = iy + geo.pad_h - ky * geo.dilation_h;  // = oy * stride
+      const int64_t ty = iy + geo.pad_h - ky * geo.dilation_h; // = oy * stride
       if (ty < 0 || ty % geo.stride_h != 0 || ty / geo.stride_h >= geo.out_h) {
         continue;
       }
@@ -106,7 +106,7 @@ __global__ void grad_input_kernel(const scalar_t* __restrict__ input, const T* _
                                   int64_t pixels) {
   TSGB_GRID_STRIDE_LOOP(index, total) {
     const int64_t i = index % pixels;
-    const int64_t plane = index / pixels / in_channels;  // image * groups + group
+    const int64_t plane = index / pixels / in_channels; // image * groups + group
     const T x = static_cast<T>(input[index]);
     const T sign = T(x > T(0)) - T(x < T(0));
     grad_input[index] = static_cast<scalar_t>(sign * collected[plane * pixels + i]);
@@ -151,8 +151,8 @@ at::Tensor tsgb_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Te
         ratio.const_data_ptr<T>(), collected.mutable_data_ptr<T>(), planes, geo);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     grad_input_kernel<scalar_t, T><<<blocks_for(x.numel()), kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), collected.const_data_ptr<T>(), grad_input.mutable_data_ptr<scalar_t>(),
-        x.numel(), in_channels, in_pixels);
+        x.const_data_ptr<scalar_t>(), collected.const_data_ptr<T>(), grad_input.mutable_data_ptr<scalar_t>(), x.numel(),
+        in_channels, in_pixels);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_input;

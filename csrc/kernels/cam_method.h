@@ -45,8 +45,8 @@ inline std::optional<CamMethod> cam_method_from_name(std::string_view name) {
 // Methods whose map is sum_k w_k A_k with one scalar weight per channel; the others
 // combine A and G pixel by pixel.
 constexpr bool uses_channel_weights(CamMethod method) {
-  return method == CamMethod::GradCAM || method == CamMethod::AbsCAM ||
-      method == CamMethod::XGradCAM || method == CamMethod::GradCAMPlusPlus;
+  return method == CamMethod::GradCAM || method == CamMethod::AbsCAM || method == CamMethod::XGradCAM ||
+         method == CamMethod::GradCAMPlusPlus;
 }
 
 // Stabilisers of the published formulas (docs/design.md).

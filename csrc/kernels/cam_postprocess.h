@@ -67,9 +67,9 @@ int64_t collect_extreme_positions(const BilinearTap<T>* taps, int64_t out_size, 
 template <typename T>
 struct ResizePlan {
   int64_t in_h, in_w, out_h, out_w;
-  const BilinearTap<T>* row_taps;  // out_h
-  const BilinearTap<T>* col_taps;  // out_w
-  const int64_t* extreme_rows;     // see collect_extreme_positions
+  const BilinearTap<T>* row_taps; // out_h
+  const BilinearTap<T>* col_taps; // out_w
+  const int64_t* extreme_rows;    // see collect_extreme_positions
   int64_t num_extreme_rows;
   const int64_t* extreme_cols;
   int64_t num_extreme_cols;
@@ -178,8 +178,8 @@ inline int64_t cam_postprocess_forward_workspace_size(int64_t in_h, int64_t out_
 }
 
 template <typename scalar_t>
-void cam_postprocess_forward(const scalar_t* cam, scalar_t* out, const ResizePlan<opmath_t<scalar_t>>& plan,
-                             bool relu, bool normalize, opmath_t<scalar_t>* workspace) {
+void cam_postprocess_forward(const scalar_t* cam, scalar_t* out, const ResizePlan<opmath_t<scalar_t>>& plan, bool relu,
+                             bool normalize, opmath_t<scalar_t>* workspace) {
   using T = opmath_t<scalar_t>;
   using Vec = at::vec::Vectorized<T>;
   const int64_t out_w = plan.out_w;
@@ -195,8 +195,8 @@ void cam_postprocess_forward(const scalar_t* cam, scalar_t* out, const ResizePla
     if (range == T(0)) {
       std::fill(resized_rows, resized_rows + plan.in_h * out_w, T(0)); // a constant map
     } else {
-      vec_apply(plan.in_h * out_w, resized_rows, [&](const Vec& u) { return (u - lo_vec) / range_vec; },
-                resized_rows);
+      vec_apply(
+          plan.in_h * out_w, resized_rows, [&](const Vec& u) { return (u - lo_vec) / range_vec; }, resized_rows);
     }
   }
   const Vec zero(T(0)), one(T(1));
@@ -208,11 +208,13 @@ void cam_postprocess_forward(const scalar_t* cam, scalar_t* out, const ResizePla
     const T* bottom = resized_rows + tap.index1 * out_w;
     if (normalize) {
       // Blending normalised rows can land an ulp outside [0, 1]; keep every map inside it.
-      vec_apply(out_w, dst, [&](const Vec& a, const Vec& b) {
-        return at::vec::minimum(at::vec::maximum(a + w1 * (b - a), zero), one);
-      }, top, bottom);
+      vec_apply(
+          out_w, dst,
+          [&](const Vec& a, const Vec& b) { return at::vec::minimum(at::vec::maximum(a + w1 * (b - a), zero), one); },
+          top, bottom);
     } else {
-      vec_apply(out_w, dst, [&](const Vec& a, const Vec& b) { return a + w1 * (b - a); }, top, bottom);
+      vec_apply(
+          out_w, dst, [&](const Vec& a, const Vec& b) { return a + w1 * (b - a); }, top, bottom);
     }
     store_opmath(dst, out_w, out + y * out_w);
   }

@@ -59,13 +59,16 @@ inline void channel_weights(CamMethod method, const T* const* a, const T* const*
   T channel_sums[kMaxRows];
   switch (method) {
     case CamMethod::GradCAM:
-      sum_rows(no_params, [](const Vec<T>&, const Vec<T>& gv, const Vec<T>&) { return gv; }, weights);
+      sum_rows(
+          no_params, [](const Vec<T>&, const Vec<T>& gv, const Vec<T>&) { return gv; }, weights);
       break;
     case CamMethod::AbsCAM:
-      sum_rows(no_params, [](const Vec<T>&, const Vec<T>& gv, const Vec<T>&) { return gv.abs(); }, weights);
+      sum_rows(
+          no_params, [](const Vec<T>&, const Vec<T>& gv, const Vec<T>&) { return gv.abs(); }, weights);
       break;
     case CamMethod::XGradCAM:
-      sum_rows(no_params, [](const Vec<T>& av, const Vec<T>& gv, const Vec<T>&) { return av * gv; }, weights);
+      sum_rows(
+          no_params, [](const Vec<T>& av, const Vec<T>& gv, const Vec<T>&) { return av * gv; }, weights);
       sum_rows(no_params, activation, channel_sums);
       for (int r = 0; r < rows; ++r) {
         weights[r] /= channel_sums[r] + static_cast<T>(kXGradCAMEps);
@@ -74,8 +77,7 @@ inline void channel_weights(CamMethod method, const T* const* a, const T* const*
     default: // GradCAMPlusPlus
       sum_rows(no_params, activation, channel_sums);
       sum_rows(
-          channel_sums,
-          [](const Vec<T>&, const Vec<T>& gv, const Vec<T>& s) { return gradcam_pp_term(gv, s); },
+          channel_sums, [](const Vec<T>&, const Vec<T>& gv, const Vec<T>& s) { return gradcam_pp_term(gv, s); },
           weights);
       return;
   }
@@ -110,15 +112,9 @@ inline int64_t cam_reduce_forward_workspace_size(int64_t channels, int64_t pixel
 // rows that follow in this image, they let the last partial vector of a row be a plain load where
 // that stays inside the buffers.
 template <typename scalar_t>
-void cam_reduce_forward_channels_first(
-    const scalar_t* activations,
-    const scalar_t* gradients,
-    scalar_t* cam,
-    int64_t channels,
-    int64_t pixels,
-    CamMethod method,
-    opmath_t<scalar_t>* workspace,
-    int64_t readable_after = 0) {
+void cam_reduce_forward_channels_first(const scalar_t* activations, const scalar_t* gradients, scalar_t* cam,
+                                       int64_t channels, int64_t pixels, CamMethod method,
+                                       opmath_t<scalar_t>* workspace, int64_t readable_after = 0) {
   using T = opmath_t<scalar_t>;
   using cam_detail::Vec;
   constexpr int64_t lanes = Vec<T>::size();
@@ -169,14 +165,9 @@ void cam_reduce_forward_channels_first(
 }
 
 template <typename scalar_t>
-void cam_reduce_forward_channels_last(
-    const scalar_t* activations,
-    const scalar_t* gradients,
-    scalar_t* cam,
-    int64_t channels,
-    int64_t pixels,
-    CamMethod method,
-    opmath_t<scalar_t>* workspace) {
+void cam_reduce_forward_channels_last(const scalar_t* activations, const scalar_t* gradients, scalar_t* cam,
+                                      int64_t channels, int64_t pixels, CamMethod method,
+                                      opmath_t<scalar_t>* workspace) {
   using T = opmath_t<scalar_t>;
   using cam_detail::Vec;
   T* weights = workspace;
@@ -193,57 +184,52 @@ void cam_reduce_forward_channels_last(
     const bool needs_channel_sums = method == CamMethod::XGradCAM || method == CamMethod::GradCAMPlusPlus;
     if (needs_channel_sums) {
       for (int64_t p = 0; p < pixels; ++p) {
-        vec_apply(channels, channel_sums, [](const Vec<T>& s, const Vec<T>& av) { return s + av; }, channel_sums,
-                  a_row(p));
+        vec_apply(
+            channels, channel_sums, [](const Vec<T>& s, const Vec<T>& av) { return s + av; }, channel_sums, a_row(p));
       }
     }
     for (int64_t p = 0; p < pixels; ++p) {
       const T* g = g_row(p);
       switch (method) {
         case CamMethod::GradCAM:
-          vec_apply(channels, weights, [](const Vec<T>& w, const Vec<T>& gv) { return w + gv; }, weights, g);
+          vec_apply(
+              channels, weights, [](const Vec<T>& w, const Vec<T>& gv) { return w + gv; }, weights, g);
           break;
         case CamMethod::AbsCAM:
-          vec_apply(channels, weights, [](const Vec<T>& w, const Vec<T>& gv) { return w + gv.abs(); }, weights, g);
+          vec_apply(
+              channels, weights, [](const Vec<T>& w, const Vec<T>& gv) { return w + gv.abs(); }, weights, g);
           break;
         case CamMethod::XGradCAM:
           vec_apply(
-              channels,
-              weights,
-              [](const Vec<T>& w, const Vec<T>& av, const Vec<T>& gv) { return w + av * gv; },
-              weights,
-              a_row(p),
-              g);
+              channels, weights, [](const Vec<T>& w, const Vec<T>& av, const Vec<T>& gv) { return w + av * gv; },
+              weights, a_row(p), g);
           break;
         default: // GradCAMPlusPlus
           vec_apply(
-              channels,
-              weights,
+              channels, weights,
               [](const Vec<T>& w, const Vec<T>& gv, const Vec<T>& s) { return w + cam_detail::gradcam_pp_term(gv, s); },
-              weights,
-              g,
-              channel_sums);
+              weights, g, channel_sums);
           break;
       }
     }
     if (method == CamMethod::XGradCAM) {
       const Vec<T> eps(static_cast<T>(kXGradCAMEps));
-      vec_apply(channels, weights, [&](const Vec<T>& w, const Vec<T>& s) { return w / (s + eps); }, weights,
-                channel_sums);
+      vec_apply(
+          channels, weights, [&](const Vec<T>& w, const Vec<T>& s) { return w / (s + eps); }, weights, channel_sums);
     } else if (method != CamMethod::GradCAMPlusPlus) {
       const Vec<T> scale(T(1) / static_cast<T>(pixels));
-      vec_apply(channels, weights, [&](const Vec<T>& w) { return w * scale; }, weights);
+      vec_apply(
+          channels, weights, [&](const Vec<T>& w) { return w * scale; }, weights);
     }
     for (int64_t p = 0; p < pixels; ++p) {
-      acc[p] = vec_sum<T>(channels, [](const Vec<T>& w, const Vec<T>& av) { return w * av; }, weights, a_row(p));
+      acc[p] = vec_sum<T>(
+          channels, [](const Vec<T>& w, const Vec<T>& av) { return w * av; }, weights, a_row(p));
     }
   } else {
     for (int64_t p = 0; p < pixels; ++p) {
       const T* a = a_row(p);
       acc[p] = vec_sum<T>(
-          channels,
-          [&](const Vec<T>& av, const Vec<T>& gv) { return cam_detail::elementwise_term(method, av, gv); },
-          a,
+          channels, [&](const Vec<T>& av, const Vec<T>& gv) { return cam_detail::elementwise_term(method, av, gv); }, a,
           g_row(p));
     }
   }
@@ -261,16 +247,10 @@ inline int64_t cam_reduce_backward_workspace_size(int64_t pixels) {
 
 // Gradients of cam_reduce for one channels-first image, given grad_cam [pixels].
 template <typename scalar_t>
-void cam_reduce_backward_channels_first(
-    const scalar_t* grad_cam,
-    const scalar_t* activations,
-    const scalar_t* gradients,
-    scalar_t* grad_activations,
-    scalar_t* grad_gradients,
-    int64_t channels,
-    int64_t pixels,
-    CamMethod method,
-    opmath_t<scalar_t>* workspace) {
+void cam_reduce_backward_channels_first(const scalar_t* grad_cam, const scalar_t* activations,
+                                        const scalar_t* gradients, scalar_t* grad_activations, scalar_t* grad_gradients,
+                                        int64_t channels, int64_t pixels, CamMethod method,
+                                        opmath_t<scalar_t>* workspace) {
   using T = opmath_t<scalar_t>;
   using cam_detail::relu;
   using cam_detail::Vec;
@@ -291,30 +271,39 @@ void cam_reduce_backward_channels_first(
 
     if (uses_channel_weights(method)) {
       // c_k = dLoss/dw_k = sum_p grad_cam[p] A[k, p]; every method passes w_k * grad_cam to A.
-      const Vec<T> c(vec_sum<T>(pixels, [](const Vec<T>& gl, const Vec<T>& av) { return gl * av; }, grad_l, a));
+      const Vec<T> c(vec_sum<T>(
+          pixels, [](const Vec<T>& gl, const Vec<T>& av) { return gl * av; }, grad_l, a));
       const Vec<T> w(cam_detail::channel_weight(method, a, g, pixels));
       switch (method) {
         case CamMethod::GradCAM:
-          vec_apply(pixels, ga, [&](const Vec<T>& gl) { return w * gl; }, grad_l);
-          vec_apply(pixels, gg, [&](const Vec<T>&) { return c * inv_pixels; }, g);
+          vec_apply(
+              pixels, ga, [&](const Vec<T>& gl) { return w * gl; }, grad_l);
+          vec_apply(
+              pixels, gg, [&](const Vec<T>&) { return c * inv_pixels; }, g);
           break;
         case CamMethod::AbsCAM:
-          vec_apply(pixels, ga, [&](const Vec<T>& gl) { return w * gl; }, grad_l);
-          vec_apply(pixels, gg, [&](const Vec<T>& gv) { return (gv.gt(zero) - gv.lt(zero)) * c * inv_pixels; }, g);
+          vec_apply(
+              pixels, ga, [&](const Vec<T>& gl) { return w * gl; }, grad_l);
+          vec_apply(
+              pixels, gg, [&](const Vec<T>& gv) { return (gv.gt(zero) - gv.lt(zero)) * c * inv_pixels; }, g);
           break;
         case CamMethod::XGradCAM: {
           // w = sum(A G) / (S + eps), S = sum(A): dw/dA_p = (G_p - w) / (S + eps), dw/dG_p = A_p / (S + eps).
-          const Vec<T> den(vec_sum<T>(pixels, [](const Vec<T>& av) { return av; }, a) + static_cast<T>(kXGradCAMEps));
+          const Vec<T> den(vec_sum<T>(
+                               pixels, [](const Vec<T>& av) { return av; }, a) +
+                           static_cast<T>(kXGradCAMEps));
           vec_apply(
               pixels, ga, [&](const Vec<T>& gl, const Vec<T>& gv) { return w * gl + c * (gv - w) / den; }, grad_l, g);
-          vec_apply(pixels, gg, [&](const Vec<T>& av) { return c * av / den; }, a);
+          vec_apply(
+              pixels, gg, [&](const Vec<T>& av) { return c * av / den; }, a);
           break;
         }
         default: { // GradCAMPlusPlus
           // w = sum_p f(G_p, S), f = ReLU(G) G^2 / D, D = 2 G^2 + S G^3 + eps.
           // df/dS = -ReLU(G) G^5 / D^2 reaches every A_p of the channel through S = sum(A);
           // df/dG = (3 G^2 D - G^3 (4 G + 3 S G^2)) / D^2 for G > 0, and 0 for G < 0.
-          const Vec<T> s(vec_sum<T>(pixels, [](const Vec<T>& av) { return av; }, a));
+          const Vec<T> s(vec_sum<T>(
+              pixels, [](const Vec<T>& av) { return av; }, a));
           const Vec<T> eps(static_cast<T>(kGradCAMPlusPlusEps));
           const Vec<T> two(T(2)), three(T(3)), four(T(4));
           const Vec<T> dw_ds(vec_sum<T>(
@@ -325,10 +314,10 @@ void cam_reduce_backward_channels_first(
                 return Vec<T>(T(0)) - relu(gv) * g2 * g2 * gv / (den * den);
               },
               g));
-          vec_apply(pixels, ga, [&](const Vec<T>& gl) { return w * gl + c * dw_ds; }, grad_l);
           vec_apply(
-              pixels,
-              gg,
+              pixels, ga, [&](const Vec<T>& gl) { return w * gl + c * dw_ds; }, grad_l);
+          vec_apply(
+              pixels, gg,
               [&](const Vec<T>& gv) {
                 const Vec<T> g2 = gv * gv;
                 const Vec<T> g3 = g2 * gv;
@@ -343,34 +332,27 @@ void cam_reduce_backward_channels_first(
     } else {
       switch (method) {
         case CamMethod::LayerCAM:
-          vec_apply(pixels, ga, [&](const Vec<T>& gl, const Vec<T>& gv) { return relu(gv) * gl; }, grad_l, g);
           vec_apply(
-              pixels,
-              gg,
-              [&](const Vec<T>& gl, const Vec<T>& av, const Vec<T>& gv) { return gv.gt(zero) * av * gl; },
-              grad_l,
-              a,
-              g);
+              pixels, ga, [&](const Vec<T>& gl, const Vec<T>& gv) { return relu(gv) * gl; }, grad_l, g);
+          vec_apply(
+              pixels, gg, [&](const Vec<T>& gl, const Vec<T>& av, const Vec<T>& gv) { return gv.gt(zero) * av * gl; },
+              grad_l, a, g);
           break;
         case CamMethod::HiResCAM:
-          vec_apply(pixels, ga, [](const Vec<T>& gl, const Vec<T>& gv) { return gv * gl; }, grad_l, g);
-          vec_apply(pixels, gg, [](const Vec<T>& gl, const Vec<T>& av) { return av * gl; }, grad_l, a);
+          vec_apply(
+              pixels, ga, [](const Vec<T>& gl, const Vec<T>& gv) { return gv * gl; }, grad_l, g);
+          vec_apply(
+              pixels, gg, [](const Vec<T>& gl, const Vec<T>& av) { return av * gl; }, grad_l, a);
           break;
         default: // GradCAMElementwise
           vec_apply(
-              pixels,
-              ga,
+              pixels, ga,
               [&](const Vec<T>& gl, const Vec<T>& av, const Vec<T>& gv) { return (gv * av).gt(zero) * gv * gl; },
-              grad_l,
-              a,
-              g);
+              grad_l, a, g);
           vec_apply(
-              pixels,
-              gg,
+              pixels, gg,
               [&](const Vec<T>& gl, const Vec<T>& av, const Vec<T>& gv) { return (gv * av).gt(zero) * av * gl; },
-              grad_l,
-              a,
-              g);
+              grad_l, a, g);
           break;
       }
     }

@@ -11,7 +11,7 @@ namespace torchcam_ops {
 enum class ReluRectification : int8_t {
   Guided,    // G * (X > 0) * (G > 0)
   Deconvnet, // ReLU(G)
-  Plain,     // G * (X > 0)
+  Plain,     // torch's ReLU gradient: 0 where X <= 0, else G (NaN inputs pass G, as torch does)
 };
 
 namespace kernels {
@@ -27,7 +27,7 @@ inline at::vec::Vectorized<T> rectified_relu_grad(ReluRectification rule, const 
     case ReluRectification::Deconvnet:
       return at::vec::maximum(g, zero);
     default:
-      return g * x.gt(zero);
+      return Vec::blendv(g, zero, x <= zero);
   }
 }
 
@@ -39,9 +39,12 @@ void rectified_relu_backward(const scalar_t* grad_output, const scalar_t* input,
   const T* g = load_opmath(grad_output, n, workspace);
   const T* x = load_opmath(input, n, workspace + n);
   T* out = opmath_target(grad_input, workspace + 2 * n);
-  vec_apply(n, out, [&](const at::vec::Vectorized<T>& gv, const at::vec::Vectorized<T>& xv) {
-    return rectified_relu_grad(rule, gv, xv);
-  }, g, x);
+  vec_apply(
+      n, out,
+      [&](const at::vec::Vectorized<T>& gv, const at::vec::Vectorized<T>& xv) {
+        return rectified_relu_grad(rule, gv, xv);
+      },
+      g, x);
   store_opmath(out, n, grad_input);
 }
 

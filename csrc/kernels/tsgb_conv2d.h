@@ -69,7 +69,7 @@ inline double box_sum(const double* table, int64_t h, int64_t w, int64_t r0, int
   }
   const int64_t stride = w + 1;
   return table[(r1 + 1) * stride + c1 + 1] - table[r0 * stride + c1 + 1] - table[(r1 + 1) * stride + c0] +
-      table[r0 * stride + c0];
+         table[r0 * stride + c0];
 }
 
 template <typename T>
@@ -90,23 +90,19 @@ inline int64_t tsgb_conv2d_backward_table_size(const Conv2dGeometry& geo) {
 }
 
 template <typename scalar_t>
-void tsgb_conv2d_backward_group(
-    const scalar_t* input,       // [in_channels, H, W] of this group
-    const scalar_t* output,      // [out_channels, H', W'] of this group
-    const scalar_t* grad_output, // [out_channels, H', W']
-    scalar_t* grad_input,        // [in_channels, H, W]
-    int64_t in_channels,
-    int64_t out_channels,
-    const Conv2dGeometry& geo,
-    opmath_t<scalar_t>* workspace,
-    double* table) {
+void tsgb_conv2d_backward_group(const scalar_t* input,       // [in_channels, H, W] of this group
+                                const scalar_t* output,      // [out_channels, H', W'] of this group
+                                const scalar_t* grad_output, // [out_channels, H', W']
+                                scalar_t* grad_input,        // [in_channels, H, W]
+                                int64_t in_channels, int64_t out_channels, const Conv2dGeometry& geo,
+                                opmath_t<scalar_t>* workspace, double* table) {
   using T = opmath_t<scalar_t>;
   using namespace tsgb_detail;
   const int64_t in_pixels = geo.in_h * geo.in_w;
   const int64_t out_pixels = geo.out_h * geo.out_w;
-  T* activation = workspace;                 // A
-  T* ratio = workspace + in_pixels;          // V
-  T* collected = ratio + out_pixels;         // U
+  T* activation = workspace;         // A
+  T* ratio = workspace + in_pixels;  // V
+  T* collected = ratio + out_pixels; // U
 
   std::fill(activation, activation + in_pixels, T(0));
   for (int64_t c = 0; c < in_channels; ++c) {

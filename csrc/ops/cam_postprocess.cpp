@@ -28,8 +28,7 @@ void check_cam_postprocess_backward_args(const at::Tensor& grad_out, const at::T
   check_cam_postprocess_args(cam, out_h, out_w);
   check_dim(op, "grad_out", grad_out, 3, "[N, out_h, out_w]");
   TORCH_CHECK_VALUE(grad_out.size(0) == cam.size(0) && grad_out.size(1) == out_h && grad_out.size(2) == out_w, op,
-                    ": grad_out must have shape [", cam.size(0), ", ", out_h, ", ", out_w, "], got ",
-                    grad_out.sizes());
+                    ": grad_out must have shape [", cam.size(0), ", ", out_h, ", ", out_w, "], got ", grad_out.sizes());
   check_same_dtype_device(op, "grad_out", grad_out, "cam", cam);
 }
 
@@ -46,8 +45,8 @@ at::Tensor cam_postprocess_backward_composite(const at::Tensor& grad_out, const 
     const at::Tensor resized = at::upsample_bilinear2d(rectified, {out_h, out_w}, /*align_corners=*/false);
     const at::Tensor lo = at::amin(resized, {2, 3}, /*keepdim=*/true);
     const at::Tensor hi = at::amax(resized, {2, 3}, /*keepdim=*/true);
-    const double epsilon = opmath == at::kDouble ? std::numeric_limits<double>::epsilon()
-                                                 : std::numeric_limits<float>::epsilon();
+    const double epsilon =
+        opmath == at::kDouble ? std::numeric_limits<double>::epsilon() : std::numeric_limits<float>::epsilon();
     const at::Tensor noise = at::maximum(lo.abs(), hi.abs()) * (kernels::kConstantMapUlps * epsilon);
     const at::Tensor constant = (hi - lo) <= noise;
     const at::Tensor range = at::where(constant, at::ones_like(lo), hi - lo);

@@ -35,8 +35,7 @@ void check_activations_and_gradients(const char* op, const at::Tensor& activatio
 
 } // namespace
 
-CamMethod check_cam_reduce_args(const at::Tensor& activations, const at::Tensor& gradients,
-                                c10::string_view method) {
+CamMethod check_cam_reduce_args(const at::Tensor& activations, const at::Tensor& gradients, c10::string_view method) {
   const CamMethod parsed = parse_method("cam_reduce", method);
   check_activations_and_gradients("cam_reduce", activations, gradients);
   return parsed;
@@ -49,8 +48,8 @@ CamMethod check_cam_reduce_backward_args(const at::Tensor& grad_cam, const at::T
   check_activations_and_gradients(op, activations, gradients);
   check_dim(op, "grad_cam", grad_cam, 3, "[N, h, w]");
   const auto sizes = activations.sizes();
-  TORCH_CHECK_VALUE(grad_cam.size(0) == sizes[0] && grad_cam.size(1) == sizes[2] && grad_cam.size(2) == sizes[3],
-                    op, ": grad_cam must have shape [", sizes[0], ", ", sizes[2], ", ", sizes[3], "], got ",
+  TORCH_CHECK_VALUE(grad_cam.size(0) == sizes[0] && grad_cam.size(1) == sizes[2] && grad_cam.size(2) == sizes[3], op,
+                    ": grad_cam must have shape [", sizes[0], ", ", sizes[2], ", ", sizes[3], "], got ",
                     grad_cam.sizes());
   check_same_dtype_device(op, "grad_cam", grad_cam, "activations", activations);
   return parsed;

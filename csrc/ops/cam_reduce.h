@@ -8,8 +8,7 @@
 namespace torchcam_ops {
 
 // Validates cam_reduce's arguments and returns the parsed method.
-CamMethod check_cam_reduce_args(const at::Tensor& activations, const at::Tensor& gradients,
-                                c10::string_view method);
+CamMethod check_cam_reduce_args(const at::Tensor& activations, const at::Tensor& gradients, c10::string_view method);
 
 // Validates cam_reduce_backward's arguments and returns the parsed method.
 CamMethod check_cam_reduce_backward_args(const at::Tensor& grad_cam, const at::Tensor& activations,

@@ -10,9 +10,8 @@ namespace torchcam_ops {
 
 inline void check_floating(const char* op, const char* name, const at::Tensor& t) {
   const auto dtype = t.scalar_type();
-  TORCH_CHECK_TYPE(
-      dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
-      op, ": ", name, " must be float32, float64, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
+                   ": ", name, " must be float32, float64, float16 or bfloat16, got ", dtype);
 }
 
 inline void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t dim, const char* layout) {
@@ -28,8 +27,8 @@ inline void check_same_shape(const char* op, const char* name, const at::Tensor&
 
 inline void check_same_dtype_device(const char* op, const char* name, const at::Tensor& t, const char* other_name,
                                     const at::Tensor& other) {
-  TORCH_CHECK_TYPE(t.scalar_type() == other.scalar_type(), op, ": ", name, " must have the dtype of ", other_name,
-                   " (", other.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == other.scalar_type(), op, ": ", name, " must have the dtype of ", other_name, " (",
+                   other.scalar_type(), "), got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.device() == other.device(), op, ": ", name, " must be on the device of ", other_name, " (",
                     other.device(), "), got ", t.device());
 }

@@ -72,8 +72,8 @@ at::Tensor tsgb_conv2d(const at::Tensor& input, const at::Tensor& weight, const 
   for (int64_t d = 0; d < 2; ++d) {
     const int64_t span = dilation[d] * (weight.size(2 + d) - 1) + 1;
     TORCH_CHECK_VALUE(input.size(2 + d) + 2 * padding[d] >= span, op, ": the kernel (", weight.size(2), "x",
-                      weight.size(3), ", dilation ", dilation, ") is larger than the padded input (",
-                      input.size(2), "x", input.size(3), ", padding ", padding, ")");
+                      weight.size(3), ", dilation ", dilation, ") is larger than the padded input (", input.size(2),
+                      "x", input.size(3), ", padding ", padding, ")");
   }
   return at::conv2d(input, weight, bias, stride, padding, dilation, groups);
 }
@@ -84,9 +84,9 @@ at::Tensor tsgb_batch_norm(const at::Tensor& input, const std::optional<at::Tens
   const char* op = "tsgb_batch_norm";
   check_floating(op, "input", input);
   TORCH_CHECK_VALUE(input.dim() >= 2, op, ": input must be [N, C, ...], got shape ", input.sizes());
-  TORCH_CHECK_VALUE(running_mean.dim() == 1 && running_mean.size(0) == input.size(1) &&
-                        running_var.sizes() == running_mean.sizes(),
-                    op, ": running_mean and running_var must be [C] with C = ", input.size(1));
+  TORCH_CHECK_VALUE(
+      running_mean.dim() == 1 && running_mean.size(0) == input.size(1) && running_var.sizes() == running_mean.sizes(),
+      op, ": running_mean and running_var must be [C] with C = ", input.size(1));
   check_same_dtype_device(op, "running_mean", running_mean, "input", input);
   check_same_dtype_device(op, "running_var", running_var, "input", input);
   for (const auto& [name, affine] : {std::pair{"weight", weight}, std::pair{"bias", bias}}) {
@@ -163,9 +163,9 @@ void check_tsgb_batch_norm_backward_args(const at::Tensor& grad_output, const at
   TORCH_CHECK_VALUE(input.dim() >= 2, op, ": input must be [N, C, ...], got shape ", input.sizes());
   check_same_shape(op, "grad_output", grad_output, "input", input);
   check_same_dtype_device(op, "grad_output", grad_output, "input", input);
-  TORCH_CHECK_VALUE(running_mean.dim() == 1 && running_mean.size(0) == input.size(1) &&
-                        running_var.sizes() == running_mean.sizes(),
-                    op, ": running_mean and running_var must be [C] with C = ", input.size(1));
+  TORCH_CHECK_VALUE(
+      running_mean.dim() == 1 && running_mean.size(0) == input.size(1) && running_var.sizes() == running_mean.sizes(),
+      op, ": running_mean and running_var must be [C] with C = ", input.size(1));
 }
 
 std::pair<at::Tensor, at::Tensor> batch_norm_affine(const at::Tensor& input, const std::optional<at::Tensor>& weight,
@@ -185,9 +185,9 @@ std::pair<at::Tensor, at::Tensor> batch_norm_affine(const at::Tensor& input, con
 }
 
 kernels::Conv2dGeometry check_tsgb_conv2d_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
-                                                         const at::Tensor& output, at::IntArrayRef kernel_size,
-                                                         at::IntArrayRef stride, at::IntArrayRef padding,
-                                                         at::IntArrayRef dilation, int64_t groups) {
+                                                        const at::Tensor& output, at::IntArrayRef kernel_size,
+                                                        at::IntArrayRef stride, at::IntArrayRef padding,
+                                                        at::IntArrayRef dilation, int64_t groups) {
   const char* op = "tsgb_conv2d_backward";
   check_dim(op, "input", input, 4, "[N, C, H, W]");
   check_floating(op, "input", input);
@@ -200,11 +200,12 @@ kernels::Conv2dGeometry check_tsgb_conv2d_backward_args(const at::Tensor& grad_o
   check_pair(op, "padding", padding, 0);
   check_pair(op, "dilation", dilation, 1);
   TORCH_CHECK_VALUE(output.size(0) == input.size(0), op, ": output must have the batch size of input");
-  TORCH_CHECK_VALUE(groups >= 1 && input.size(1) % groups == 0 && output.size(1) % groups == 0, op, ": groups = ",
-                    groups, " must divide the input channels ", input.size(1), " and output channels ",
+  TORCH_CHECK_VALUE(groups >= 1 && input.size(1) % groups == 0 && output.size(1) % groups == 0, op,
+                    ": groups = ", groups, " must divide the input channels ", input.size(1), " and output channels ",
                     output.size(1));
-  kernels::Conv2dGeometry geo{input.size(2), input.size(3), output.size(2), output.size(3), kernel_size[0],
-                              kernel_size[1], stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1]};
+  kernels::Conv2dGeometry geo{input.size(2),  input.size(3),  output.size(2), output.size(3),
+                              kernel_size[0], kernel_size[1], stride[0],      stride[1],
+                              padding[0],     padding[1],     dilation[0],    dilation[1]};
   const auto expected = [](int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
     return (in + 2 * p - d * (k - 1) - 1) / s + 1;
   };
@@ -220,22 +221,27 @@ TORCH_LIBRARY_FRAGMENT(torchcam_ops, m) {
   const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
   m.def("tsgb_linear(Tensor input, Tensor weight, Tensor? bias, float beta=1.0) -> Tensor", tags);
   m.def("tsgb_linear_backward(Tensor grad_output, Tensor input, Tensor weight, float beta) -> Tensor", tags);
-  m.def("tsgb_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
-        "int groups) -> Tensor",
-        tags);
-  m.def("tsgb_conv2d_backward(Tensor grad_output, Tensor input, Tensor output, int[2] kernel_size, int[2] stride, "
-        "int[2] padding, int[2] dilation, int groups) -> Tensor",
-        tags);
-  m.def("tsgb_batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor running_mean, Tensor running_var, "
-        "float eps) -> Tensor",
-        tags);
-  m.def("tsgb_batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
-        "Tensor running_mean, Tensor running_var, float eps) -> Tensor",
-        tags);
+  m.def(
+      "tsgb_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
+      "int groups) -> Tensor",
+      tags);
+  m.def(
+      "tsgb_conv2d_backward(Tensor grad_output, Tensor input, Tensor output, int[2] kernel_size, int[2] stride, "
+      "int[2] padding, int[2] dilation, int groups) -> Tensor",
+      tags);
+  m.def(
+      "tsgb_batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor running_mean, Tensor running_var, "
+      "float eps) -> Tensor",
+      tags);
+  m.def(
+      "tsgb_batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor running_mean, Tensor running_var, float eps) -> Tensor",
+      tags);
   m.def("tsgb_avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor", tags);
-  m.def("tsgb_avg_pool2d_backward(Tensor grad_output, Tensor input, Tensor output, int[2] kernel_size, "
-        "int[2] stride, int[2] padding) -> Tensor",
-        tags);
+  m.def(
+      "tsgb_avg_pool2d_backward(Tensor grad_output, Tensor input, Tensor output, int[2] kernel_size, "
+      "int[2] stride, int[2] padding) -> Tensor",
+      tags);
 }
 
 TORCH_LIBRARY_IMPL(torchcam_ops, CompositeExplicitAutograd, m) {

@@ -12,9 +12,9 @@ namespace torchcam_ops {
 
 // Validates tsgb_conv2d_backward's arguments and returns the geometry of the convolution.
 kernels::Conv2dGeometry check_tsgb_conv2d_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
-                                                         const at::Tensor& output, at::IntArrayRef kernel_size,
-                                                         at::IntArrayRef stride, at::IntArrayRef padding,
-                                                         at::IntArrayRef dilation, int64_t groups);
+                                                        const at::Tensor& output, at::IntArrayRef kernel_size,
+                                                        at::IntArrayRef stride, at::IntArrayRef padding,
+                                                        at::IntArrayRef dilation, int64_t groups);
 
 void check_tsgb_batch_norm_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
                                          const at::Tensor& running_mean, const at::Tensor& running_var);

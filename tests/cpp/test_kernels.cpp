@@ -92,8 +92,8 @@ TEST(CamReduce, ChannelsLastEqualsChannelsFirst) {
     const auto expected = reduce_channels_first(a, g, k, p, entry.method);
     std::vector<double> cam(p);
     std::vector<double> workspace(tk::cam_reduce_forward_workspace_size(k, p, true));
-    tk::cam_reduce_forward_channels_last(to_channels_last(a, k, p).data(), to_channels_last(g, k, p).data(),
-                                         cam.data(), k, p, entry.method, workspace.data());
+    tk::cam_reduce_forward_channels_last(to_channels_last(a, k, p).data(), to_channels_last(g, k, p).data(), cam.data(),
+                                         k, p, entry.method, workspace.data());
     expect_near(cam, expected, 1e-10);
   }
 }
@@ -250,7 +250,8 @@ TEST(TSGBConv2d, DilatedWindowSkipsTheMiddle) {
   // 1x3 input [1, 5, 3], 1x2 kernel with dilation 2: one output whose window is {0, 2}.
   // S = 1 + 3 = 4, R = 8, V = 2: the outer inputs collect 2, the middle one nothing.
   const tk::Conv2dGeometry geo{1, 3, 1, 1, 1, 2, 1, 1, 0, 0, 1, 2};
-  expect_near(tsgb_conv_grad({1.0, 5.0, 3.0}, {8.0}, {1.0}, 1, 1, geo), {8.0 / (4.0 + 1e-10), 0.0, 8.0 / (4.0 + 1e-10)});
+  expect_near(tsgb_conv_grad({1.0, 5.0, 3.0}, {8.0}, {1.0}, 1, 1, geo),
+              {8.0 / (4.0 + 1e-10), 0.0, 8.0 / (4.0 + 1e-10)});
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -288,13 +289,27 @@ std::vector<double> reference_cam(const std::vector<double>& a, const std::vecto
     }
     for (int64_t i = 0; i < p; ++i) {
       switch (method) {
-        case CamMethod::GradCAM: cam[i] += sum_g / p * ac[i]; break;
-        case CamMethod::AbsCAM: cam[i] += sum_abs_g / p * ac[i]; break;
-        case CamMethod::XGradCAM: cam[i] += sum_ag / (sum_a + torchcam_ops::kXGradCAMEps) * ac[i]; break;
-        case CamMethod::GradCAMPlusPlus: cam[i] += sum_pp * ac[i]; break;
-        case CamMethod::LayerCAM: cam[i] += std::max(gc[i], 0.0) * ac[i]; break;
-        case CamMethod::HiResCAM: cam[i] += gc[i] * ac[i]; break;
-        case CamMethod::GradCAMElementwise: cam[i] += std::max(gc[i] * ac[i], 0.0); break;
+        case CamMethod::GradCAM:
+          cam[i] += sum_g / p * ac[i];
+          break;
+        case CamMethod::AbsCAM:
+          cam[i] += sum_abs_g / p * ac[i];
+          break;
+        case CamMethod::XGradCAM:
+          cam[i] += sum_ag / (sum_a + torchcam_ops::kXGradCAMEps) * ac[i];
+          break;
+        case CamMethod::GradCAMPlusPlus:
+          cam[i] += sum_pp * ac[i];
+          break;
+        case CamMethod::LayerCAM:
+          cam[i] += std::max(gc[i], 0.0) * ac[i];
+          break;
+        case CamMethod::HiResCAM:
+          cam[i] += gc[i] * ac[i];
+          break;
+        case CamMethod::GradCAMElementwise:
+          cam[i] += std::max(gc[i] * ac[i], 0.0);
+          break;
       }
     }
   }
@@ -464,8 +479,8 @@ TEST(TinySizes, TSGBConv2dConservesRelevance) {
                         Case{5, 7, 3, 2, 1, 1}, Case{9, 2, 3, 1, 2, 2}, Case{2, 9, 1, 1, 0, 1}}) {
     const int64_t out_h = (c.h + 2 * c.pad - c.dilation * (c.kernel - 1) - 1) / c.stride + 1;
     const int64_t out_w = (c.w + 2 * c.pad - c.dilation * (c.kernel - 1) - 1) / c.stride + 1;
-    const tk::Conv2dGeometry geo{c.h,      c.w,      out_h,    out_w,    c.kernel,   c.kernel,
-                                 c.stride, c.stride, c.pad,    c.pad,    c.dilation, c.dilation};
+    const tk::Conv2dGeometry geo{c.h,      c.w,      out_h, out_w, c.kernel,   c.kernel,
+                                 c.stride, c.stride, c.pad, c.pad, c.dilation, c.dilation};
     const int64_t in_channels = 3, out_channels = 2;
     auto x = pattern(in_channels * c.h * c.w, 0.8, 0.5);
     for (double& v : x) v += 1.5; // no zero inputs, so no window sums to zero
@@ -493,9 +508,9 @@ void check_elementwise_backwards(int64_t n) {
     tk::rectified_relu_backward(g.data(), x.data(), out.data(), n, rule, workspace.data());
     for (int64_t i = 0; i < n; ++i) {
       const double gi = static_cast<double>(g[i]), xi = static_cast<double>(x[i]);
-      const double expected = rule == torchcam_ops::ReluRectification::Guided  ? (xi > 0 && gi > 0 ? gi : 0.0)
-          : rule == torchcam_ops::ReluRectification::Deconvnet ? std::max(gi, 0.0)
-                                                               : (xi > 0 ? gi : 0.0);
+      const double expected = rule == torchcam_ops::ReluRectification::Guided      ? (xi > 0 && gi > 0 ? gi : 0.0)
+                              : rule == torchcam_ops::ReluRectification::Deconvnet ? std::max(gi, 0.0)
+                                                                                   : (xi > 0 ? gi : 0.0);
       EXPECT_EQ(static_cast<double>(out[i]), expected) << "n=" << n << " i=" << i;
     }
   }
