@@ -14,6 +14,7 @@ Environment switches:
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import platform
@@ -26,7 +27,14 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
-VERSION = "0.1.0"
+# The version lives in torchcam_ops/__init__.py only; pyproject.toml reads it from there too.
+VERSION = ast.literal_eval(
+    next(
+        line.split("=", 1)[1].strip()
+        for line in (ROOT / "torchcam_ops" / "__init__.py").read_text().splitlines()
+        if line.startswith("__version__ =")
+    )
+)
 
 
 def _env_flag(name: str) -> bool:
