@@ -181,3 +181,17 @@ class TestBadInput:
         a = torch.rand(1, 2, 3, 3)
         with pytest.raises(ValueError, match="gradients must be on the device of activations"):
             cam_reduce(a, a.to("meta"))
+
+
+@pytest.mark.parametrize("scale", [1e-8, 1.0, 1e8, 1e15, 1e20])
+def test_gradcam_plusplus_does_not_overflow_in_float32(scale):
+    # G^2 and G^3 overflow float32 from |G| ~ 1e19 and 1e13; the kernel's form never forms them.
+    a, g = activations_and_gradients((2, 6, 5, 4), torch.float64)
+    expected = reference_cam(a, g * scale, "gradcam++")
+    out = cam_reduce(a.float(), (g * scale).float(), "gradcam++")
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
+    grad_a, grad_g = torch.ops.torchcam_ops.cam_reduce_backward(
+        torch.ones_like(out), a.float(), (g * scale).float(), "gradcam++"
+    )
+    assert torch.isfinite(grad_a).all() and torch.isfinite(grad_g).all()

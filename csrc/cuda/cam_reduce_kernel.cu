@@ -38,8 +38,8 @@ constexpr int64_t kMaxChunkChannels = 4096; // bounds the shared memory of one b
 
 template <typename T>
 __device__ __forceinline__ T gradcam_pp_term(T g, T channel_sum) {
-  const T g2 = g * g;
-  return relu_keep_nan(g) * g2 / (T(2) * g2 + channel_sum * g2 * g + T(kGradCAMPlusPlusEps));
+  // As kernels/cam_reduce.h: ReLU(G) / (2 + S G + eps / G^2), free of the overflowing G^2 and G^3.
+  return relu_keep_nan(g) / (T(2) + channel_sum * g + T(kGradCAMPlusPlusEps) / (g * g));
 }
 
 template <typename T>
@@ -271,17 +271,17 @@ __global__ void __launch_bounds__(kThreads)
     }
     default: { // GradCAMPlusPlus
       const T s = warp_row_sum<T>(a, g, pixels, [](T av, T) { return av; });
-      const auto den_of = [=](T gv) { return T(2) * gv * gv + s * (gv * gv) * gv + T(kGradCAMPlusPlusEps); };
+      // The formulas of kernels/cam_reduce.h: E = 2 + S G + r, r = eps / G^2.
       const T dw_ds = warp_row_sum<T>(a, g, pixels, [=](T, T gv) {
-        const T den = den_of(gv);
-        const T g2 = gv * gv;
-        return T(0) - relu_keep_nan(gv) * g2 * g2 * gv / (den * den);
+        const T e = T(2) + s * gv + T(kGradCAMPlusPlusEps) / (gv * gv);
+        return T(0) - (relu_keep_nan(gv) / e) * (gv / e); // not ReLU(G) G, which overflows
       });
       for (int64_t p = lane; p < pixels; p += kWarpSize) {
         const T gv = static_cast<T>(g[p]);
-        const T g2 = gv * gv, g3 = g2 * gv, den = den_of(gv);
-        const T df = (T(3) * g2 * den - g3 * (T(4) * gv + T(3) * s * g2)) / (den * den);
-        store(p, w * static_cast<T>(gl[p]) + c * dw_ds, c * T(gv > T(0)) * df);
+        const T r = T(kGradCAMPlusPlusEps) / (gv * gv);
+        const T e = T(2) + s * gv + r;
+        const T df = gv > T(0) && r < T(1e30) ? (T(2) + T(3) * r) / (e * e) : T(0);
+        store(p, w * static_cast<T>(gl[p]) + c * dw_ds, c * df);
       }
       break;
     }

@@ -28,9 +28,11 @@ inline Vec<T> relu(const Vec<T>& x) {
 // Grad-CAM++ per-pixel weight: a * ReLU(G) with a = G^2 / (2 G^2 + S G^3 + eps).
 template <typename T>
 inline Vec<T> gradcam_pp_term(const Vec<T>& g, const Vec<T>& channel_sum) {
-  const Vec<T> g2 = g * g;
-  const Vec<T> den = Vec<T>(T(2)) * g2 + channel_sum * g2 * g + Vec<T>(T(kGradCAMPlusPlusEps));
-  return relu(g) * g2 / den;
+  // Numerator and denominator divided by G^2: ReLU(G) / (2 + S G + eps / G^2) is the same value
+  // without G^2 and G^3, which overflow float32 from |G| ~ 1e19 and 1e13. Where G = 0 the
+  // denominator is inf and the term 0, as the G^2 factor makes it.
+  const Vec<T> scaled_den = Vec<T>(T(2)) + channel_sum * g + Vec<T>(T(kGradCAMPlusPlusEps)) / (g * g);
+  return relu(g) / scaled_den;
 }
 
 // The per-pixel contribution of the element-wise methods.
@@ -299,19 +301,19 @@ void cam_reduce_backward_channels_first(const scalar_t* grad_cam, const scalar_t
           break;
         }
         default: { // GradCAMPlusPlus
-          // w = sum_p f(G_p, S), f = ReLU(G) G^2 / D, D = 2 G^2 + S G^3 + eps.
-          // df/dS = -ReLU(G) G^5 / D^2 reaches every A_p of the channel through S = sum(A);
-          // df/dG = (3 G^2 D - G^3 (4 G + 3 S G^2)) / D^2 for G > 0, and 0 for G < 0.
+          // w = sum_p f(G_p, S), f = ReLU(G) / E, E = 2 + S G + r, r = eps / G^2 (gradcam_pp_term).
+          // df/dS = -ReLU(G) G / E^2 reaches every A_p of the channel through S = sum(A);
+          // df/dG = (2 + 3 r) / E^2 for G > 0, and 0 for G <= 0. Where r exceeds 1e30, df is
+          // below 3e-30 and is taken as 0 (r itself may overflow to inf there).
           const Vec<T> s(vec_sum<T>(
               pixels, [](const Vec<T>& av) { return av; }, a));
           const Vec<T> eps(static_cast<T>(kGradCAMPlusPlusEps));
-          const Vec<T> two(T(2)), three(T(3)), four(T(4));
+          const Vec<T> two(T(2)), three(T(3)), negligible(T(1e30));
           const Vec<T> dw_ds(vec_sum<T>(
               pixels,
               [&](const Vec<T>& gv) {
-                const Vec<T> g2 = gv * gv;
-                const Vec<T> den = two * g2 + s * g2 * gv + eps;
-                return Vec<T>(T(0)) - relu(gv) * g2 * g2 * gv / (den * den);
+                const Vec<T> e = two + s * gv + eps / (gv * gv);
+                return Vec<T>(T(0)) - (relu(gv) / e) * (gv / e); // not ReLU(G) G, which overflows
               },
               g));
           vec_apply(
@@ -319,11 +321,9 @@ void cam_reduce_backward_channels_first(const scalar_t* grad_cam, const scalar_t
           vec_apply(
               pixels, gg,
               [&](const Vec<T>& gv) {
-                const Vec<T> g2 = gv * gv;
-                const Vec<T> g3 = g2 * gv;
-                const Vec<T> den = two * g2 + s * g3 + eps;
-                const Vec<T> df = (three * g2 * den - g3 * (four * gv + three * s * g2)) / (den * den);
-                return c * gv.gt(zero) * df;
+                const Vec<T> r = eps / (gv * gv);
+                const Vec<T> e = two + s * gv + r;
+                return Vec<T>::blendv(zero, c * (two + three * r) / (e * e), (gv > zero) & (r < negligible));
               },
               g);
           break;
