@@ -324,3 +324,23 @@ def test_plain_rectified_relu_is_torchs_relu_gradient_with_nan():
     (expected,) = torch.autograd.grad(torch.relu(x), x, g)
     (ours,) = torch.autograd.grad(ops.rectified_relu(x, "plain"), x, g)
     torch.testing.assert_close(ours, expected, equal_nan=True)
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("special", [float("nan"), float("inf")])
+def test_tsgb_conv2d_non_finite_inputs_reach_exactly_the_gradients_the_rule_gives(special, dilation):
+    # Summed-area tables would spread a NaN (or inf - inf) to every window after it; the op must give
+    # non-finite gradients where the plain rule does and the same finite values everywhere else.
+    torch.manual_seed(0)
+    x = torch.rand(1, 2, 10, 10, dtype=torch.float64)
+    x[0, 0, 4, 4] = special
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    z = F.conv2d(x, w, None, 1, 1, dilation)
+    g = torch.randn_like(z)
+    expected = reference_conv_grad(x, w, None, (1, 1), (1, 1), (dilation, dilation), 1, g)
+    leaf = x.clone().requires_grad_()
+    (ours,) = torch.autograd.grad(ops.tsgb_conv2d(leaf, w, None, 1, 1, dilation, 1), leaf, g)
+    assert torch.equal(torch.isfinite(ours), torch.isfinite(expected))
+    assert int((~torch.isfinite(expected)).sum()) > 1
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(ours[finite], expected[finite], rtol=1e-9, atol=1e-12)

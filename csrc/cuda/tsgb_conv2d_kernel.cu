@@ -71,7 +71,7 @@ __global__ void ratio_kernel(const scalar_t* __restrict__ output, const scalar_t
       }
     }
     // as on the CPU: a window with S == 0 covers only inputs whose gradient is 0 anyway
-    ratio[index] = window > T(0) ? relevance / (window + T(kernels::kTSGBEps)) : T(0);
+    ratio[index] = kernels::tsgb_detail::relevance_ratio(relevance, window);
   }
 }
 
@@ -108,8 +108,7 @@ __global__ void grad_input_kernel(const scalar_t* __restrict__ input, const T* _
     const int64_t i = index % pixels;
     const int64_t plane = index / pixels / in_channels; // image * groups + group
     const T x = static_cast<T>(input[index]);
-    const T sign = T(x > T(0)) - T(x < T(0));
-    grad_input[index] = static_cast<scalar_t>(sign * collected[plane * pixels + i]);
+    grad_input[index] = static_cast<scalar_t>(kernels::tsgb_detail::sign_of(x) * collected[plane * pixels + i]);
   }
 }
 

@@ -17,6 +17,8 @@
 
 #include "vec_helpers.h"
 
+#include <c10/macros/Macros.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -72,9 +74,27 @@ inline double box_sum(const double* table, int64_t h, int64_t w, int64_t r0, int
          table[r0 * stride + c0];
 }
 
+// torch.sign: -1, 0 or 1, and NaN for NaN.
 template <typename T>
-inline T sign_of(T x) {
-  return static_cast<T>((x > T(0)) - (x < T(0)));
+C10_HOST_DEVICE inline T sign_of(T x) {
+  return x != x ? x : static_cast<T>((x > T(0)) - (x < T(0)));
+}
+
+// V = R / (S + eps) for a window of activation sum S: 0 where S == 0 (see the header comment), and
+// NaN where S is NaN, as the rule computes it.
+template <typename T>
+C10_HOST_DEVICE inline T relevance_ratio(T relevance, T window) {
+  return window > T(0) ? relevance / (window + static_cast<T>(kTSGBEps)) : (window == T(0) ? T(0) : window);
+}
+
+template <typename T>
+bool all_finite(const T* values, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(static_cast<double>(values[i]))) {
+      return false;
+    }
+  }
+  return true;
 }
 
 } // namespace tsgb_detail
@@ -120,8 +140,11 @@ void tsgb_conv2d_backward_group(const scalar_t* input,       // [in_channels, H,
     }
   }
 
-  // V = R / (S + eps), S the window sum of A
-  if (!geo.dilated()) {
+  // V = R / (S + eps), S the window sum of A. A NaN or inf in a summed-area table would reach
+  // every box sum taken after it (inf - inf = NaN), so such planes use the direct window sums,
+  // where a non-finite value reaches the windows that contain it only.
+  const bool box_sums = !geo.dilated() && all_finite(activation, in_pixels);
+  if (box_sums) {
     summed_area_table(activation, geo.in_h, geo.in_w, table);
   }
   for (int64_t oy = 0; oy < geo.out_h; ++oy) {
@@ -129,7 +152,7 @@ void tsgb_conv2d_backward_group(const scalar_t* input,       // [in_channels, H,
       const int64_t top = oy * geo.stride_h - geo.pad_h;
       const int64_t left = ox * geo.stride_w - geo.pad_w;
       double window = 0.0;
-      if (!geo.dilated()) {
+      if (box_sums) {
         window = box_sum(table, geo.in_h, geo.in_w, top, top + geo.kernel_h - 1, left, left + geo.kernel_w - 1);
       } else {
         for (int64_t ky = 0; ky < geo.kernel_h; ++ky) {
@@ -146,12 +169,12 @@ void tsgb_conv2d_backward_group(const scalar_t* input,       // [in_channels, H,
         }
       }
       T& v = ratio[oy * geo.out_w + ox];
-      v = window > 0.0 ? static_cast<T>(static_cast<double>(v) / (window + kTSGBEps)) : T(0);
+      v = static_cast<T>(relevance_ratio(static_cast<double>(v), window));
     }
   }
 
   // U: each input position collects V over the output positions whose window covers it
-  if (!geo.dilated()) {
+  if (!geo.dilated() && all_finite(ratio, out_pixels)) {
     summed_area_table(ratio, geo.out_h, geo.out_w, table);
     for (int64_t iy = 0; iy < geo.in_h; ++iy) {
       // oy * stride - pad <= iy <= oy * stride - pad + kernel - 1
