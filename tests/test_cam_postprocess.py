@@ -132,3 +132,13 @@ class TestBadInput:
     def test_integer_dtype(self):
         with pytest.raises(TypeError, match="cam must be float32, float64, float16 or bfloat16"):
             cam_postprocess(torch.ones(1, 3, 3, dtype=torch.int32), 4)
+
+
+@pytest.mark.parametrize("relu,normalize", [(False, True), (False, False), (True, True)])
+def test_values_near_the_float32_limit_do_not_overflow(relu, normalize):
+    # b - a and max - min overflow float32 for maps of values near +-3e38; float64 is the reference.
+    cam = (torch.rand(2, 5, 4, dtype=torch.float64) * 2 - 1) * 3e38
+    out = cam_postprocess(cam.float(), (9, 7), relu=relu, normalize=normalize)
+    assert torch.isfinite(out).all()
+    expected = reference_postprocess(cam, (9, 7), relu, normalize)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))

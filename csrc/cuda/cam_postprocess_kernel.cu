@@ -72,7 +72,7 @@ __device__ __forceinline__ T resized_value(const scalar_t* map, const ResizeGeom
     const T v = static_cast<T>(map[r * geo.in_w + c]);
     return relu ? relu_keep_nan(v) : v;
   };
-  const auto lerp = [](T a, T b, T w) { return a + w * (b - a); };
+  const auto lerp = [](T a, T b, T w) { return kernels::blend(a, b, w); };
   const T top = lerp(sample(y0, x0), sample(y0, x1), wx1);
   const T bottom = lerp(sample(y1, x0), sample(y1, x1), wx1);
   return lerp(top, bottom, wy1);
@@ -113,10 +113,11 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = blockIdx.x / tiles;
   const int tile = blockIdx.x % tiles;
   const int out_pixels = geo.out_h * geo.out_w;
-  T lo = T(0), range = T(1);
+  T lo = T(0), range = T(1), prescale = T(1);
   if (normalize) {
-    lo = extrema[2 * n];
-    range = kernels::normalization_range(lo, extrema[2 * n + 1]);
+    prescale = kernels::normalization_prescale(extrema[2 * n], extrema[2 * n + 1]);
+    lo = extrema[2 * n] * prescale;
+    range = kernels::normalization_range(lo, extrema[2 * n + 1] * prescale);
   }
   // A constant map (range 0) normalises to zeros: scale everything by 0 instead of dividing by it.
   const T scale = range == T(0) ? T(0) : T(1);
@@ -130,7 +131,7 @@ __global__ void __launch_bounds__(kThreads)
       const int y = i / geo.out_w;
       const T u = resized_value<T>(map, geo, scale_h, scale_w, y, i - y * geo.out_w, relu);
       // Values of non-extreme pixels may round an ulp outside [lo, hi]; keep maps inside [0, 1].
-      dst[i] = static_cast<scalar_t>(normalize ? min(max(scale * ((u - lo) / divisor), T(0)), T(1)) : u);
+      dst[i] = static_cast<scalar_t>(normalize ? min(max(scale * ((u * prescale - lo) / divisor), T(0)), T(1)) : u);
     }
   }
 }

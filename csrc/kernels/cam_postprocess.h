@@ -126,7 +126,19 @@ inline T max_keep_nan(T a, T b) {
 
 template <typename T>
 inline T lerp(T a, T b, T weight1) {
-  return a + weight1 * (b - a);
+  return blend(a, b, weight1);
+}
+
+// blend() on vectors.
+template <typename T>
+inline at::vec::Vectorized<T> lerp(const at::vec::Vectorized<T>& a, const at::vec::Vectorized<T>& b,
+                                   const at::vec::Vectorized<T>& weight1) {
+  using Vec = at::vec::Vectorized<T>;
+  const Vec difference = b - a;
+  const Vec usual = a + weight1 * difference;
+  // difference - difference is 0 for finite differences, NaN for overflowed (inf) ones
+  const Vec overflowed = (difference - difference != Vec(T(0))) & (difference == difference);
+  return Vec::blendv(usual, a * (Vec(T(1)) - weight1) + b * weight1, overflowed);
 }
 
 // resized_rows[r * out_w + x]: source row r resized to out_w, ReLU applied to the source first.
@@ -190,13 +202,15 @@ void cam_postprocess_forward(const scalar_t* cam, scalar_t* out, const ResizePla
   if (normalize) {
     T lo, hi;
     postprocess_detail::resized_min_max(resized_rows, plan, lo, hi);
-    const T range = normalization_range(lo, hi);
-    const Vec lo_vec(lo), range_vec(range);
+    const T prescale = normalization_prescale(lo, hi);
+    const T range = normalization_range(lo * prescale, hi * prescale);
+    const Vec lo_vec(lo * prescale), range_vec(range), prescale_vec(prescale);
     if (range == T(0)) {
       std::fill(resized_rows, resized_rows + plan.in_h * out_w, T(0)); // a constant map
     } else {
       vec_apply(
-          plan.in_h * out_w, resized_rows, [&](const Vec& u) { return (u - lo_vec) / range_vec; }, resized_rows);
+          plan.in_h * out_w, resized_rows, [&](const Vec& u) { return (u * prescale_vec - lo_vec) / range_vec; },
+          resized_rows);
     }
   }
   const Vec zero(T(0)), one(T(1));
@@ -213,8 +227,9 @@ void cam_postprocess_forward(const scalar_t* cam, scalar_t* out, const ResizePla
           [&](const Vec& a, const Vec& b) { return at::vec::minimum(at::vec::maximum(a + w1 * (b - a), zero), one); },
           top, bottom);
     } else {
+      // Raw values may be near the largest finite value, where b - a overflows: the safe blend.
       vec_apply(
-          out_w, dst, [&](const Vec& a, const Vec& b) { return a + w1 * (b - a); }, top, bottom);
+          out_w, dst, [&](const Vec& a, const Vec& b) { return postprocess_detail::lerp(a, b, w1); }, top, bottom);
     }
     store_opmath(dst, out_w, out + y * out_w);
   }

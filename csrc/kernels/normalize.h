@@ -26,4 +26,22 @@ C10_HOST_DEVICE inline T normalization_range(T lo, T hi) {
   return range > noise ? range : (range == range ? T(0) : range);
 }
 
+// 1/2 where the range hi - lo of finite extremes overflows (both near the largest finite value, with
+// opposite signs), else 1: the normalisation then runs on u/2, lo/2, hi/2 (halving is exact), which
+// gives the same y without the overflow.
+template <typename T>
+C10_HOST_DEVICE inline T normalization_prescale(T lo, T hi) {
+  const T range = hi - lo;
+  const bool finite_extremes = lo - lo == T(0) && hi - hi == T(0);
+  return finite_extremes && !(range - range == T(0)) ? T(0.5) : T(1);
+}
+
+// a + w (b - a), exact where a == b (constant regions stay constant); where b - a overflows (both
+// near the largest finite value, with opposite signs), the same blend as a (1 - w) + b w.
+template <typename T>
+C10_HOST_DEVICE inline T blend(T a, T b, T w) {
+  const T difference = b - a;
+  return difference - difference == T(0) || difference != difference ? a + w * difference : a * (T(1) - w) + b * w;
+}
+
 } // namespace torchcam_ops::kernels
