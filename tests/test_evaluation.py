@@ -33,17 +33,17 @@ def test_explainers_by_name():
 
 def test_one_process_without_torchrun(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    processes = evaluation.Processes("cpu")
+    processes = evaluation.TorchrunProcess("cpu")
     assert (processes.rank, processes.world, processes.distributed) == (0, 1, False)
     assert list(processes.mine(3)) == [0, 1, 2]
     table = {"a": torch.arange(4.0)}
     assert torch.equal(processes.assemble(table)["a"], table["a"])
     processes.close()
     with pytest.raises(ValueError, match="device: expected 'cpu' or 'cuda', got 'tpu'"):
-        evaluation.Processes("tpu")
+        evaluation.TorchrunProcess("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="torch sees no GPU"):
-            evaluation.Processes("cuda")
+            evaluation.TorchrunProcess("cuda")
 
 
 def _benchmark(count: int, others: bool) -> evaluation.Benchmark:

@@ -102,7 +102,7 @@ def test_torchrun_evaluation_equals_one_process(tmp_path):
     assert table(tmp_path / "two") == table(tmp_path / "one")
 
 
-class _ThreeProcesses(evaluation.Processes):
+class _ThreeProcesses(evaluation.TorchrunProcess):
     def __init__(self):
         self.rank, self.world, self.distributed, self.device = 0, 3, False, torch.device("cpu")
 

@@ -91,8 +91,9 @@ def test_pointing_game_hits_and_misses():
     assert hits.tolist() == [True, True, False]
     assert per_class == {1: 1.0, 2: 0.0}
     assert accuracy == 0.5
-    _, _, strict = pointing_game(maps, masks, [1, 1, 2], tolerance=0)
-    assert strict.tolist() == [True, False, False]
+    strict = pointing_game(maps, masks, [1, 1, 2], tolerance=0)
+    assert strict.hits.tolist() == [True, False, False]
+    assert strict.per_class == {1: 0.5, 2: 0.0} and strict.accuracy == 0.25
 
 
 def test_boxes_at_image_borders_are_clipped():

@@ -14,31 +14,21 @@ import torchvision
 from torch import nn
 
 from tests.reference import reference_cam
-from tests.test_methods import assert_same_state, count_hooks, model_state
+from tests.test_methods import CAM_FAMILY, assert_same_state, count_hooks, model_state
 from torchcam_ops.methods import (
     GIGCAM,
     TSGB,
     AbsCAM,
     GradCAM,
-    GradCAMElementWise,
     GradCAMPlusPlus,
     GuidedBackprop,
     GuidedGradCAM,
-    HiResCAM,
     IntegratedGradCAM,
     LayerCAM,
-    XGradCAM,
     capture,
 )
 
-CAM_METHODS = {
-    GradCAM: "gradcam",
-    GradCAMPlusPlus: "gradcam++",
-    XGradCAM: "xgradcam",
-    LayerCAM: "layercam",
-    HiResCAM: "hirescam",
-    GradCAMElementWise: "gradcam_elementwise",
-}
+CAM_METHODS = CAM_FAMILY  # class -> cam_reduce method
 
 
 def issue_model(inplace: bool) -> nn.Module:

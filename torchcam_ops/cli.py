@@ -283,7 +283,7 @@ def evaluate(args: argparse.Namespace) -> None:
     _check_writable("evaluate", args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        processes = evaluation.Processes(device)
+        processes = evaluation.TorchrunProcess(device)
     except ValueError as err:
         raise SystemExit(f"evaluate: {err}") from err
     try:

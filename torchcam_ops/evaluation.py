@@ -145,7 +145,7 @@ def localization_benchmark(count: int, layer: str = "") -> Benchmark:
     return Benchmark(about, localization.load_model(), layer, x, targets, masks, others, size * 4)
 
 
-class Processes:
+class TorchrunProcess:
     """This process's place among the ``torchrun`` processes (one process when not started by it).
 
     Initialises the default process group from torchrun's environment (gloo on the CPU, nccl on
@@ -208,7 +208,7 @@ def _progress(label: str, done: int, total: int, stream=sys.stderr) -> None:
 
 
 def evaluate_method(
-    benchmark: Benchmark, method: str, processes: Processes, chunk: int = 16, show_progress: bool = True
+    benchmark: Benchmark, method: str, processes: TorchrunProcess, chunk: int = 16, show_progress: bool = True
 ) -> dict[str, Tensor]:
     """Per-object tables of one method on the whole benchmark, identical for any number of processes.
 
@@ -249,12 +249,12 @@ def evaluate_method(
             "insertion_auc": inserted.auc,
             "original": original,
             "masked": masked,
-            "hit": pointing_game(maps, masks, targets)[2].float(),
+            "hit": pointing_game(maps, masks, targets).hits.float(),
             "energy": energy_pointing_game(maps, masks),
         }
         if benchmark.others is not None:
             others = benchmark.others[rows].to(device)
-            values["other_hit"] = pointing_game(maps, others, targets, tolerance=0)[2].float()
+            values["other_hit"] = pointing_game(maps, others, targets, tolerance=0).hits.float()
             values["other_energy"] = energy_pointing_game(maps, others)
         for name, value in values.items():
             if name not in tables:

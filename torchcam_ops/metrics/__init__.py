@@ -2,7 +2,13 @@
 
 from torchcam_ops.metrics.confidence import average_drop_increase, confidence_scores, drop_and_increase
 from torchcam_ops.metrics.deletion_insertion import CurveResult, deletion, gaussian_blur, insertion
-from torchcam_ops.metrics.pointing import boxes_to_mask, energy_pointing_game, pointing_accuracy, pointing_game
+from torchcam_ops.metrics.pointing import (
+    PointingResult,
+    boxes_to_mask,
+    energy_pointing_game,
+    pointing_accuracy,
+    pointing_game,
+)
 
 __all__ = [
     "CurveResult",
@@ -16,4 +22,5 @@ __all__ = [
     "insertion",
     "pointing_accuracy",
     "pointing_game",
+    "PointingResult",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -31,13 +32,28 @@ def _check(maps: Tensor, masks: Tensor) -> None:
         )
 
 
+class PointingResult(NamedTuple):
+    """What :func:`pointing_game` returns (a tuple, so ``accuracy, per_class, hits = ...`` works)."""
+
+    accuracy: float  # the mean of per-class accuracies
+    per_class: dict[int, float]  # each class's hit rate
+    hits: Tensor  # [N] bool, one per map
+
+
 def pointing_game(
     maps: Tensor, masks: Tensor, classes: Tensor | Sequence[int], tolerance: float | None = None
-) -> tuple[float, dict[int, float], Tensor]:
+) -> PointingResult:
     """Hit when the map's maximum lies within ``tolerance`` pixels (Euclidean) of a ground-truth
     pixel of the class. ``tolerance`` defaults to 15 px at 224 px, scaled with the shorter side.
 
-    Returns the mean of per-class accuracies, the per-class accuracies, and the hits ``[N]``.
+    Args:
+        maps: saliency maps ``[N, H, W]``.
+        masks: ground-truth pixels of each map's class ``[N, H, W]`` (boxes or instance masks).
+        classes: the class of each map ``[N]``, for the per-class accuracies.
+        tolerance: the hit radius in pixels.
+
+    Returns:
+        :class:`PointingResult`: the mean of per-class accuracies, the per-class accuracies, the hits.
     """
     _check(maps, masks)
     batch, height, width = maps.shape
@@ -49,7 +65,7 @@ def pointing_game(
     near = (ys - py[:, None, None]) ** 2 + (xs - px[:, None, None]) ** 2 <= tol**2
     hits = (near & masks.bool()).flatten(1).any(1)
     accuracy, per_class = pointing_accuracy(hits, classes)
-    return accuracy, per_class, hits
+    return PointingResult(accuracy, per_class, hits)
 
 
 def pointing_accuracy(hits: Tensor, classes: Tensor | Sequence[int]) -> tuple[float, dict[int, float]]:
