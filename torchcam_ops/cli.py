@@ -26,6 +26,7 @@ import torch
 
 from torchcam_ops import models
 from torchcam_ops.methods import METHODS, make_explainer
+from torchcam_ops.methods.base import check_class_indices, resolve_layers
 
 DEFAULT_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
@@ -114,8 +115,6 @@ def _load_model(spec: str, command: str = "explain"):
 
 
 def _check_layer(command: str, model: torch.nn.Module, layer: str) -> str:
-    from torchcam_ops.methods.base import resolve_layers
-
     try:
         resolve_layers(model, [layer])
     except ValueError as err:
@@ -131,9 +130,10 @@ def _parse_targets(text: str, images: int, classes: int) -> torch.Tensor:
     if len(targets) not in (1, images):
         expected = "1 class index" if images == 1 else f"1 class index (for every image) or {images} (one per image)"
         raise SystemExit(f"explain: --targets: expected {expected}, got {len(targets)}")
-    bad = [t for t in targets if not 0 <= t < classes]
-    if bad:
-        raise SystemExit(f"explain: --targets: class index {bad[0]} is out of range for a model with {classes} outputs")
+    try:
+        check_class_indices(targets, classes)
+    except ValueError as err:
+        raise SystemExit(f"explain: --targets: {str(err).removeprefix('targets: ')}") from None
     return torch.tensor(targets).expand(images) if len(targets) == 1 else torch.tensor(targets)
 
 

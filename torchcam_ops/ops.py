@@ -55,12 +55,11 @@ def _require_tensor(op: str, name: str, value: object) -> None:
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
 
 
-def _require_tensors(op: str, **values: object) -> None:
-    """Every named value is a tensor; None is accepted for the optional ``weight`` (of batch norm) and ``bias``."""
+def _require_tensors(op: str, optional: tuple[str, ...] = ("bias",), **values: object) -> None:
+    """Every named value is a tensor; the ``optional`` ones may also be None."""
     for name, value in values.items():
-        if value is None and name in ("bias",) + (("weight",) if op == "tsgb_batch_norm" else ()):
-            continue
-        _require_tensor(op, name, value)
+        if value is not None or name not in optional:
+            _require_tensor(op, name, value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,7 +359,13 @@ def tsgb_batch_norm(
     r"""Inference batch norm forward; backward passes relevance unchanged:
     :math:`\partial X = G \odot Y / X` (0 where X = 0)."""
     _require_tensors(
-        "tsgb_batch_norm", input=input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
+        "tsgb_batch_norm",
+        optional=("weight", "bias"),
+        input=input,
+        running_mean=running_mean,
+        running_var=running_var,
+        weight=weight,
+        bias=bias,
     )
     return _ops.tsgb_batch_norm.default(input, weight, bias, running_mean, running_var, float(eps))
 

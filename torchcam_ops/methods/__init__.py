@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from torchcam_ops.methods.abscam import AbsCAM
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, check_input
+from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets
 from torchcam_ops.methods.gig_cam import GIGCAM, multiscale_fusion
 from torchcam_ops.methods.gradcam import GradCAM
 from torchcam_ops.methods.gradcam_elementwise import GradCAMElementWise
@@ -98,12 +98,9 @@ def explain(
     ``options`` go to the explainer (e.g. ``steps`` for integrated_gradcam, ``phase`` for abscam,
     ``batch_size``).
     """
-    check_input(x)
-    with make_explainer(method, model, target_layers, input_size=int(x.shape[-1]), **options) as explainer:
-        if isinstance(explainer, TSGB):
-            if output_size is not None:
-                raise ValueError("output_size: TSGB maps are at the input's resolution")
-            return explainer(x, targets, raw=raw)
+    # The explainer checks x; its width only sizes methods whose settings scale with the input.
+    input_size = int(x.shape[-1]) if isinstance(x, Tensor) and x.dim() == 4 else None
+    with make_explainer(method, model, target_layers, input_size=input_size, **options) as explainer:
         return explainer(x, targets, raw=raw, output_size=output_size)
 
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from torchcam_ops.methods.capture import ExplainerHold, capture_outputs
 from torchcam_ops.methods.graphs import Graphable
+from torchcam_ops.nn.rules import refuse_inference_mode
 from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce, check_output_size
 
 #: What ``targets`` may be: ``None`` (each image's top class), a class index, one index per image,
@@ -106,6 +107,13 @@ def map_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def expanded_baseline(baseline: Tensor | float, x: Tensor) -> Tensor:
+    """The baseline as a tensor like x: a number is filled on x's device (no host-to-device copy)."""
+    if isinstance(baseline, Tensor):
+        return baseline.to(dtype=x.dtype, device=x.device).expand_as(x)
+    return torch.full_like(x, float(baseline))
+
+
 def check_on_device(ok: Tensor, message: str) -> None:
     """Raises ``ValueError(message)`` unless the boolean tensor ``ok`` is True. CPU tensors are
     checked at once; tensors on other devices, and any tensor while ``torch.compile`` traces, are
@@ -127,11 +135,7 @@ def check_input(x: Any) -> Tensor:
         raise ValueError("x: the batch is empty")
     if not x.is_floating_point():
         raise TypeError(f"x: expected a floating-point tensor, got {x.dtype}")
-    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            "explainers need gradients, which torch.inference_mode() forbids; call the explainer "
-            "outside it (torch.no_grad() is fine)"
-        )
+    refuse_inference_mode("explainer")
     check_on_device(torch.isfinite(x).all(), "x: the input contains NaN or infinite values")
     return x
 
@@ -171,7 +175,7 @@ def class_indices(
     if isinstance(targets, bool):
         raise TypeError("targets: expected class indices, got a bool")
     if isinstance(targets, int):
-        _check_python_indices([targets], num_classes)
+        check_class_indices([targets], num_classes)
         return torch.full((batch, 1), targets, dtype=torch.long), False
     if isinstance(targets, Tensor):
         if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
@@ -196,14 +200,15 @@ def class_indices(
     if isinstance(targets, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
         if len(targets) != batch:
             raise ValueError(f"targets: expected {batch} class indices (one per image), got {len(targets)}")
-        _check_python_indices(targets, num_classes)
+        check_class_indices(targets, num_classes)
         return torch.tensor(list(targets), dtype=torch.long)[:, None], False
     raise TypeError(
         f"targets: expected None, an int, a sequence of ints, a LongTensor or a callable, got {type(targets).__name__}"
     )
 
 
-def _check_python_indices(indices: Sequence[int], num_classes: int | None) -> None:
+def check_class_indices(indices: Sequence[int], num_classes: int | None) -> None:
+    """Python class indices in [0, num_classes) (non-negative when num_classes is None), else ValueError."""
     for index in indices:
         if num_classes is not None and not 0 <= index < num_classes:
             raise ValueError(
@@ -232,8 +237,8 @@ class BaseCAM(Graphable):
     maps are averaged and normalised again.
 
     The map describes the target layer's own output, before any in-place operation that follows it
-    in the model. A target layer must run once per forward pass: one that runs several times (a
-    shared block) is refused with an error naming it; target a module that runs once.
+    in the model. A target layer that runs several times in one forward pass (a shared block) is
+    refused with an error naming it, unless one call is named: ``"name@k"`` (0-based, ``@-1`` the last).
 
     An open explainer holds a process-wide forward hook that records outputs for the calling thread
     only (``capture.py``); ``close()`` or the end of a ``with`` block releases it (so does garbage

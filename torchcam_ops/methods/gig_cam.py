@@ -11,15 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, map_dtype, slice_targets
+from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, expanded_baseline, map_dtype, slice_targets
 from torchcam_ops.ops import cam_postprocess
-
-
-def expanded_baseline(baseline: Tensor | float, x: Tensor) -> Tensor:
-    """The baseline as a tensor like x: a number is filled on x's device (no host-to-device copy)."""
-    if isinstance(baseline, Tensor):
-        return baseline.to(dtype=x.dtype, device=x.device).expand_as(x)
-    return torch.full_like(x, float(baseline))
 
 
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:

@@ -27,7 +27,7 @@ from torchcam_ops.nn.rules import guided_rules, tsgb_rules
 
 
 class _InputGradientExplainer(Graphable):
-    """Gradients of the target logits with respect to the input, through ``self._converted()``."""
+    """Gradients of the target logits with respect to the input, under ``self._rules()``."""
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
@@ -72,7 +72,7 @@ class TSGB(_InputGradientExplainer):
     r"""Target-Selective Gradient Backprop (Cheng et al., IEEE TIP 2022).
 
     Every Conv2d backpropagates by the TSGB-Conv rule, the classifier by TSGB-FC (``beta``),
-    BatchNorm2d passes relevance through and AvgPool2d splits it equally (:func:`torchcam_ops.nn.tsgb`).
+    BatchNorm2d passes relevance through and AvgPool2d splits it equally (:func:`torchcam_ops.nn.rules.tsgb_rules`).
     Seeded with a one-hot on the target logit, the map is
 
     .. math:: M = \frac{\max(0, \sum_c x \odot \partial x)}{\max(\ldots)}\quad (0 \text{ where the maximum is } 0)
@@ -92,7 +92,9 @@ class TSGB(_InputGradientExplainer):
     def _rules(self):
         return tsgb_rules(self.model, self.classifier, self.beta)
 
-    def __call__(self, x: Tensor, targets: Targets = None, *, raw: bool = False) -> Tensor:
+    def __call__(self, x: Tensor, targets: Targets = None, *, raw: bool = False, output_size: None = None) -> Tensor:
+        if output_size is not None:
+            raise ValueError("output_size: TSGB maps are at the input's resolution")
         leaf, grads, multi = self._input_gradients(x, targets)
         dtype = map_dtype(leaf.dtype)
         relevance = (leaf[None].to(dtype) * grads.to(dtype)).sum(2).transpose(0, 1)  # [N, T, H, W]

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets
-from torchcam_ops.methods.gig_cam import expanded_baseline
+from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, expanded_baseline
 
 
 class IntegratedGradCAM(BaseCAM):

@@ -156,7 +156,8 @@ class RectifiedReLURules(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def _check_no_inference_mode(what: str) -> None:
+def refuse_inference_mode(what: str) -> None:
+    """Gradients, which every explainer needs, cannot be computed under ``torch.inference_mode()``."""
     if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
         raise RuntimeError(
             f"{what}: gradients cannot be computed under torch.inference_mode(); "
@@ -167,7 +168,7 @@ def _check_no_inference_mode(what: str) -> None:
 @contextlib.contextmanager
 def tsgb_rules(model: nn.Module, classifier: nn.Linear | None, beta: float = 1.0) -> Iterator[None]:
     """The TSGB rules for ``model``'s layers while the block runs, in the calling thread only."""
-    _check_no_inference_mode("TSGB")
+    refuse_inference_mode("TSGB")
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     batch_norms = [
         m
@@ -190,6 +191,6 @@ def tsgb_rules(model: nn.Module, classifier: nn.Linear | None, beta: float = 1.0
 @contextlib.contextmanager
 def guided_rules(mode: str = "guided") -> Iterator[None]:
     """Every ReLU with the ``mode`` backward while the block runs, in the calling thread only."""
-    _check_no_inference_mode("GuidedBackprop")
+    refuse_inference_mode("GuidedBackprop")
     with RectifiedReLURules(mode):
         yield
