@@ -2,8 +2,9 @@
 //
 // Normalising needs each map's min and max before anything is written. As on the CPU
 // (kernels/cam_postprocess.h), they are found on the first and last output row and column of
-// each source cell only, by one small block per map; a second launch writes every output pixel
-// once, already normalised. Without normalisation only the second launch runs.
+// each source cell only, by a few small blocks per map (one per band of output rows); a second
+// launch writes every output pixel once, already normalised, four pixels per store where rows
+// allow. Without normalisation only the second launch runs.
 
 #include "../kernels/normalize.h"
 #include "../ops/cam_postprocess.h"
@@ -28,7 +29,7 @@ using cuda::relu_keep_nan;
 
 constexpr int kThreads = 256;
 constexpr int kItemsPerThread = 4;
-constexpr int64_t kTilePixels = kThreads * kItemsPerThread;
+constexpr int64_t kTilePacks = kThreads * kItemsPerThread;
 
 struct ResizeGeometry {
   int in_h, in_w, out_h, out_w; // one map's sizes fit 32 bits; checked on the host
@@ -55,45 +56,63 @@ __device__ __forceinline__ bool is_extreme_position(T scale, int dst, int out_si
          source_cell(scale, dst + 1, in_size) != cell;
 }
 
-// Bilinear value at output (y, x), ReLU on the source samples; blends in the a + w1 (b - a) form
-// of the CPU kernel (exact on constant regions).
+// Where output index `dst` samples along one axis: the two source indices and the weight of the
+// second.
+template <typename T>
+struct AxisSample {
+  int first, second;
+  T weight;
+};
+
+template <typename T>
+__device__ __forceinline__ AxisSample<T> axis_sample(T scale, int dst, int in_size) {
+  const T src = source_position(scale, dst);
+  const int first = min(static_cast<int>(src), in_size - 1);
+  const int second = first < in_size - 1 ? first + 1 : first;
+  return {first, second, min(max(src - static_cast<T>(first), T(0)), T(1))};
+}
+
+// Bilinear value at output (row, column), ReLU on the source samples; blends in the a + w1 (b - a)
+// form of the CPU kernel (exact on constant regions).
 template <typename T, typename scalar_t>
-__device__ __forceinline__ T resized_value(const scalar_t* map, const ResizeGeometry& geo, T scale_h, T scale_w, int y,
-                                           int x, bool relu) {
-  const T sy = source_position(scale_h, y);
-  const T sx = source_position(scale_w, x);
-  const int y0 = min(static_cast<int>(sy), geo.in_h - 1);
-  const int x0 = min(static_cast<int>(sx), geo.in_w - 1);
-  const int y1 = y0 < geo.in_h - 1 ? y0 + 1 : y0;
-  const int x1 = x0 < geo.in_w - 1 ? x0 + 1 : x0;
-  const T wy1 = min(max(sy - static_cast<T>(y0), T(0)), T(1));
-  const T wx1 = min(max(sx - static_cast<T>(x0), T(0)), T(1));
+__device__ __forceinline__ T resized_value(const scalar_t* map, int in_w, const AxisSample<T>& row,
+                                           const AxisSample<T>& column, bool relu) {
   const auto sample = [&](int r, int c) {
-    const T v = static_cast<T>(map[r * geo.in_w + c]);
+    const T v = static_cast<T>(map[r * in_w + c]);
     return relu ? relu_keep_nan(v) : v;
   };
   const auto lerp = [](T a, T b, T w) { return kernels::blend(a, b, w); };
-  const T top = lerp(sample(y0, x0), sample(y0, x1), wx1);
-  const T bottom = lerp(sample(y1, x0), sample(y1, x1), wx1);
-  return lerp(top, bottom, wy1);
+  const T top = lerp(sample(row.first, column.first), sample(row.first, column.second), column.weight);
+  const T bottom = lerp(sample(row.second, column.first), sample(row.second, column.second), column.weight);
+  return lerp(top, bottom, row.weight);
 }
 
-// One block per map: min and max over the extreme rows x extreme columns.
+// Min and max of each map are found by kExtremaGroups blocks, each over a band of output rows,
+// so that small batches still spread over the device; the write kernel combines the bands.
+constexpr int kExtremaGroups = 8;
+
+// Block (map, band): min and max over the extreme rows of its band x the extreme columns.
 template <typename scalar_t, typename T>
 __global__ void __launch_bounds__(kThreads)
     map_extrema_kernel(const scalar_t* __restrict__ cam, T* __restrict__ extrema, ResizeGeometry geo, T scale_h,
                        T scale_w, bool relu) {
   __shared__ T scratch[2 * kThreads / cuda::kWarpSize];
-  const scalar_t* map = cam + static_cast<int64_t>(blockIdx.x) * geo.in_h * geo.in_w;
+  const int map_index = blockIdx.x / kExtremaGroups;
+  const int band = blockIdx.x % kExtremaGroups;
+  const int band_rows = (geo.out_h + kExtremaGroups - 1) / kExtremaGroups;
+  const int y_begin = band * band_rows;
+  const int y_end = min(geo.out_h, y_begin + band_rows);
+  const scalar_t* map = cam + static_cast<int64_t>(map_index) * geo.in_h * geo.in_w;
   T lo = std::numeric_limits<T>::infinity();
   T hi = -std::numeric_limits<T>::infinity();
   for (int x = threadIdx.x; x < geo.out_w; x += kThreads) {
     if (!is_extreme_position(scale_w, x, geo.out_w, geo.in_w)) {
       continue;
     }
-    for (int y = 0; y < geo.out_h; ++y) {
+    const AxisSample<T> column = axis_sample(scale_w, x, geo.in_w);
+    for (int y = y_begin; y < y_end; ++y) {
       if (is_extreme_position(scale_h, y, geo.out_h, geo.in_h)) {
-        const T u = resized_value<T>(map, geo, scale_h, scale_w, y, x, relu);
+        const T u = resized_value<T>(map, geo.in_w, axis_sample(scale_h, y, geo.in_h), column, relu);
         lo = cuda::min_keep_nan(lo, u);
         hi = cuda::max_keep_nan(hi, u);
       }
@@ -106,7 +125,14 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename scalar_t, typename T>
+// Output values per thread and per store: four consecutive pixels of a row when rows are a
+// multiple of four long (one 4-wide store), else one.
+template <int kWidth, typename scalar_t>
+struct alignas(sizeof(scalar_t) * kWidth) OutputPack {
+  scalar_t values[kWidth];
+};
+
+template <int kWidth, typename scalar_t, typename T>
 __global__ void __launch_bounds__(kThreads)
     write_kernel(const scalar_t* __restrict__ cam, const T* __restrict__ extrema, scalar_t* __restrict__ out,
                  ResizeGeometry geo, T scale_h, T scale_w, bool relu, bool normalize, int tiles) {
@@ -115,23 +141,37 @@ __global__ void __launch_bounds__(kThreads)
   const int out_pixels = geo.out_h * geo.out_w;
   T lo = T(0), range = T(1), prescale = T(1);
   if (normalize) {
-    prescale = kernels::normalization_prescale(extrema[2 * n], extrema[2 * n + 1]);
-    lo = extrema[2 * n] * prescale;
-    range = kernels::normalization_range(lo, extrema[2 * n + 1] * prescale);
+    T map_lo = extrema[2 * kExtremaGroups * n], map_hi = extrema[2 * kExtremaGroups * n + 1];
+    for (int band = 1; band < kExtremaGroups; ++band) {
+      map_lo = cuda::min_keep_nan(map_lo, extrema[2 * (kExtremaGroups * n + band)]);
+      map_hi = cuda::max_keep_nan(map_hi, extrema[2 * (kExtremaGroups * n + band) + 1]);
+    }
+    prescale = kernels::normalization_prescale(map_lo, map_hi);
+    lo = map_lo * prescale;
+    range = kernels::normalization_range(lo, map_hi * prescale);
   }
   // A constant map (range 0) normalises to zeros: scale everything by 0 instead of dividing by it.
   const T scale = range == T(0) ? T(0) : T(1);
   const T divisor = range == T(0) ? T(1) : range;
   const scalar_t* map = cam + n * geo.in_h * geo.in_w;
-  scalar_t* dst = out + n * out_pixels;
+  auto* dst = reinterpret_cast<OutputPack<kWidth, scalar_t>*>(out + n * out_pixels);
+  const int packs = out_pixels / kWidth;
 #pragma unroll
   for (int item = 0; item < kItemsPerThread; ++item) {
-    const int i = tile * kTilePixels + item * kThreads + threadIdx.x;
-    if (i < out_pixels) {
-      const int y = i / geo.out_w;
-      const T u = resized_value<T>(map, geo, scale_h, scale_w, y, i - y * geo.out_w, relu);
-      // Values of non-extreme pixels may round an ulp outside [lo, hi]; keep maps inside [0, 1].
-      dst[i] = static_cast<scalar_t>(normalize ? min(max(scale * ((u * prescale - lo) / divisor), T(0)), T(1)) : u);
+    const int pack = (tile * kItemsPerThread + item) * kThreads + threadIdx.x;
+    if (pack < packs) {
+      const int y = pack * kWidth / geo.out_w;
+      const int x0 = pack * kWidth - y * geo.out_w;
+      const AxisSample<T> row = axis_sample(scale_h, y, geo.in_h);
+      OutputPack<kWidth, scalar_t> values;
+#pragma unroll
+      for (int v = 0; v < kWidth; ++v) {
+        const T u = resized_value<T>(map, geo.in_w, row, axis_sample(scale_w, x0 + v, geo.in_w), relu);
+        // Values of non-extreme pixels may round an ulp outside [lo, hi]; keep maps inside [0, 1].
+        values.values[v] =
+            static_cast<scalar_t>(normalize ? min(max(scale * ((u * prescale - lo) / divisor), T(0)), T(1)) : u);
+      }
+      dst[pack] = values;
     }
   }
 }
@@ -151,7 +191,10 @@ at::Tensor cam_postprocess_cuda(const at::Tensor& cam, int64_t out_h, int64_t ou
                     input.size(2), " -> ", out_h, "x", out_w);
   const ResizeGeometry geo{static_cast<int>(input.size(1)), static_cast<int>(input.size(2)), static_cast<int>(out_h),
                            static_cast<int>(out_w)};
-  const int tiles = static_cast<int>(ceil_div(out_h * out_w, kTilePixels));
+  // 4-wide stores need every map to start on a pack boundary: rows a multiple of 4 long
+  const bool packed = out_w % 4 == 0;
+  const int width = packed ? 4 : 1;
+  const int tiles = static_cast<int>(ceil_div(out_h * out_w / width, kTilePacks));
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cam_postprocess_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -159,14 +202,21 @@ at::Tensor cam_postprocess_cuda(const at::Tensor& cam, int64_t out_h, int64_t ou
     const T scale_w = static_cast<T>(geo.in_w) / static_cast<T>(out_w);
     at::Tensor extrema;
     if (normalize) {
-      extrema = at::empty({batch, 2}, input.options().dtype(c10::CppTypeToScalarType<T>::value));
-      map_extrema_kernel<scalar_t, T><<<batch, kThreads, 0, stream>>>(
+      extrema = at::empty({batch, kExtremaGroups, 2}, input.options().dtype(c10::CppTypeToScalarType<T>::value));
+      map_extrema_kernel<scalar_t, T><<<batch * kExtremaGroups, kThreads, 0, stream>>>(
           input.const_data_ptr<scalar_t>(), extrema.mutable_data_ptr<T>(), geo, scale_h, scale_w, relu);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    write_kernel<scalar_t, T><<<batch * tiles, kThreads, 0, stream>>>(
-        input.const_data_ptr<scalar_t>(), normalize ? extrema.const_data_ptr<T>() : nullptr,
-        out.mutable_data_ptr<scalar_t>(), geo, scale_h, scale_w, relu, normalize, tiles);
+    const T* extrema_data = normalize ? extrema.const_data_ptr<T>() : nullptr;
+    if (packed) {
+      write_kernel<4, scalar_t, T><<<batch * tiles, kThreads, 0, stream>>>(
+          input.const_data_ptr<scalar_t>(), extrema_data, out.mutable_data_ptr<scalar_t>(), geo, scale_h, scale_w, relu,
+          normalize, tiles);
+    } else {
+      write_kernel<1, scalar_t, T><<<batch * tiles, kThreads, 0, stream>>>(
+          input.const_data_ptr<scalar_t>(), extrema_data, out.mutable_data_ptr<scalar_t>(), geo, scale_h, scale_w, relu,
+          normalize, tiles);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

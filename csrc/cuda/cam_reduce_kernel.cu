@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 
 namespace torchcam_ops {
 
@@ -54,14 +55,23 @@ __device__ __forceinline__ T elementwise_term(CamMethod method, T a, T g) {
   }
 }
 
-// Sum over one channel row of f(a[p], g[p]), by a whole warp; the total in every lane.
+// Sum over one channel row of f(a[p], g[p]), by a whole warp; the total in every lane. Each lane
+// keeps four accumulators so that four loads are in flight at once (rows of 56x56 maps and more
+// are read from global memory this way); they are combined in a fixed order.
 template <typename T, typename scalar_t, typename F>
 __device__ __forceinline__ T warp_row_sum(const scalar_t* a, const scalar_t* g, int64_t pixels, F f) {
-  T acc = T(0);
-  for (int64_t p = threadIdx.x % kWarpSize; p < pixels; p += kWarpSize) {
-    acc += f(static_cast<T>(a[p]), static_cast<T>(g[p]));
+  T acc[4] = {T(0), T(0), T(0), T(0)};
+  int64_t p = threadIdx.x % kWarpSize;
+  for (; p + 3 * kWarpSize < pixels; p += 4 * kWarpSize) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      acc[u] += f(static_cast<T>(a[p + u * kWarpSize]), static_cast<T>(g[p + u * kWarpSize]));
+    }
   }
-  return warp_all_sum(acc);
+  for (; p < pixels; p += kWarpSize) {
+    acc[0] += f(static_cast<T>(a[p]), static_cast<T>(g[p]));
+  }
+  return warp_all_sum((acc[0] + acc[1]) + (acc[2] + acc[3]));
 }
 
 template <typename T, typename scalar_t>
@@ -84,11 +94,144 @@ __device__ __forceinline__ T warp_channel_weight(CamMethod method, const scalar_
   }
 }
 
+// Copies `count` consecutive values from global to shared memory (as opmath values) with 16-byte
+// loads, kUnroll of them in flight per thread before any is stored: a chunk of a small map is
+// only a few kilobytes, so bandwidth comes from many independent loads, not long rows.
 template <typename scalar_t, typename T>
+__device__ __forceinline__ void stage_to_shared(const scalar_t* __restrict__ src, T* __restrict__ dst, int count) {
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  constexpr int kUnroll = 4;
+  struct alignas(16) Pack {
+    scalar_t values[kVec];
+  };
+  const auto misalignment = static_cast<int>((reinterpret_cast<uintptr_t>(src) % 16) / sizeof(scalar_t));
+  const int head = min(count, misalignment == 0 ? 0 : kVec - misalignment);
+  const int packs = (count - head) / kVec;
+  const Pack* packed = reinterpret_cast<const Pack*>(src + head);
+  for (int base = threadIdx.x; base < packs; base += kUnroll * blockDim.x) {
+    Pack loaded[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int index = base + u * blockDim.x;
+      if (index < packs) {
+        loaded[u] = packed[index];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int index = base + u * blockDim.x;
+      if (index < packs) {
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) {
+          dst[head + index * kVec + v] = static_cast<T>(loaded[u].values[v]);
+        }
+      }
+    }
+  }
+  // the unaligned head and the tail shorter than a pack
+  const int rest = head + (count - head) % kVec;
+  for (int i = threadIdx.x; i < rest; i += blockDim.x) {
+    const int at = i < head ? i : i + packs * kVec;
+    dst[at] = static_cast<T>(src[at]);
+  }
+}
+
+// Channel weights of rows [0, channels) of a chunk, one warp per row (weighted methods only).
+template <typename T, typename scalar_t>
+__device__ __forceinline__ void chunk_weights(CamMethod method, const scalar_t* a, const scalar_t* g, int64_t channels,
+                                              int64_t pixels, T* weights) {
+  for (int64_t k = threadIdx.x / kWarpSize; k < channels; k += kWarps) {
+    const T w = warp_channel_weight<T>(method, a + k * pixels, g + k * pixels, pixels);
+    if (threadIdx.x % kWarpSize == 0) {
+      weights[k] = w;
+    }
+  }
+}
+
+// The chunk's partial map: out[p] = sum over its channels k of the method's term, in a fixed order.
+template <typename T, typename scalar_t, typename out_t>
+__device__ __forceinline__ void chunk_map(CamMethod method, const scalar_t* a, const scalar_t* g, const T* weights,
+                                          int64_t channels, int64_t pixels, T* slice_sums, out_t* out) {
+  const bool weighted = uses_channel_weights(method);
+  const auto contribution = [&](int64_t k, int64_t p) -> T {
+    const T av = static_cast<T>(a[k * pixels + p]);
+    return weighted ? weights[k] * av : elementwise_term(method, av, static_cast<T>(g[k * pixels + p]));
+  };
+  if (pixels >= kThreads) {
+    for (int64_t p = threadIdx.x; p < pixels; p += kThreads) {
+      T acc = T(0);
+#pragma unroll 4
+      for (int64_t k = 0; k < channels; ++k) {
+        acc += contribution(k, p);
+      }
+      out[p] = static_cast<out_t>(acc);
+    }
+    return;
+  }
+  // Small maps (7x7, 14x14): several threads share a pixel, each summing a slice of the channels.
+  const int64_t slices = kThreads / pixels;
+  const int64_t slice = threadIdx.x / pixels;
+  const int64_t p = threadIdx.x % pixels;
+  T acc = T(0);
+  if (slice < slices) {
+#pragma unroll 4
+    for (int64_t k = slice; k < channels; k += slices) {
+      acc += contribution(k, p);
+    }
+  }
+  slice_sums[threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.x < pixels) {
+    T total = T(0);
+    for (int64_t s = 0; s < slices; ++s) {
+      total += slice_sums[s * pixels + threadIdx.x];
+    }
+    out[threadIdx.x] = static_cast<out_t>(total);
+  }
+}
+
+// Maps of at most this many pixels are reduced through shared memory, a chunk of at most
+// kStagedValues values of A and as many of G per block.
+constexpr int64_t kStagedMaxPixels = 1024;
+constexpr int64_t kStagedValues = 4096;
+
+// A block owns one image and a chunk of its channels, whose A and G rows are contiguous: both are
+// copied to shared memory first, then the weights and the partial map come from there.
+template <typename scalar_t, typename T, typename out_t>
 __global__ void __launch_bounds__(kThreads)
-    cam_reduce_partial_kernel(const scalar_t* __restrict__ activations, const scalar_t* __restrict__ gradients,
-                              T* __restrict__ partial, int64_t channels, int64_t pixels, int64_t num_chunks,
-                              int64_t chunk_channels, CamMethod method) {
+    cam_reduce_staged_kernel(const scalar_t* __restrict__ activations, const scalar_t* __restrict__ gradients,
+                             out_t* __restrict__ partial, int64_t channels, int64_t pixels, int64_t num_chunks,
+                             int64_t chunk_channels, CamMethod method) {
+  extern __shared__ unsigned char shared_bytes[];
+  T* slice_sums = reinterpret_cast<T*>(shared_bytes); // kThreads values
+  T* weights = slice_sums + kThreads;                 // chunk_channels values
+  T* a_chunk = weights + chunk_channels;              // chunk_channels * pixels values
+  T* g_chunk = a_chunk + chunk_channels * pixels;
+
+  const int64_t n = blockIdx.x / num_chunks;
+  const int64_t chunk = blockIdx.x % num_chunks;
+  const int64_t k_begin = chunk * chunk_channels;
+  const int64_t rows = std::min(channels, k_begin + chunk_channels) - k_begin;
+  const int64_t offset = (n * channels + k_begin) * pixels;
+  const auto count = static_cast<int>(rows * pixels);
+  stage_to_shared(gradients + offset, g_chunk, count);
+  stage_to_shared(activations + offset, a_chunk, count);
+  __syncthreads();
+  if (uses_channel_weights(method)) {
+    chunk_weights<T>(method, a_chunk, g_chunk, rows, pixels, weights);
+    __syncthreads();
+  }
+  chunk_map<T>(method, a_chunk, g_chunk, weights, rows, pixels, slice_sums,
+               partial + (n * num_chunks + chunk) * pixels);
+}
+
+// Larger maps: the block reads its rows from global memory directly (each row is long enough to
+// keep loads in flight).
+template <typename scalar_t, typename T, typename out_t>
+__global__ void __launch_bounds__(kThreads)
+    cam_reduce_rows_kernel(const scalar_t* __restrict__ activations, const scalar_t* __restrict__ gradients,
+                           out_t* __restrict__ partial, int64_t channels, int64_t pixels, int64_t num_chunks,
+                           int64_t chunk_channels, CamMethod method) {
   extern __shared__ unsigned char shared_bytes[];
   T* slice_sums = reinterpret_cast<T*>(shared_bytes); // kThreads values
   T* weights = slice_sums + kThreads;                 // chunk_channels values
@@ -96,59 +239,17 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = blockIdx.x / num_chunks;
   const int64_t chunk = blockIdx.x % num_chunks;
   const int64_t k_begin = chunk * chunk_channels;
-  const int64_t k_end = std::min(channels, k_begin + chunk_channels);
-  const scalar_t* a_image = activations + n * channels * pixels;
-  const scalar_t* g_image = gradients + n * channels * pixels;
-  const bool weighted = uses_channel_weights(method);
-
-  if (weighted) {
-    for (int64_t k = k_begin + threadIdx.x / kWarpSize; k < k_end; k += kWarps) {
-      const T w = warp_channel_weight<T>(method, a_image + k * pixels, g_image + k * pixels, pixels);
-      if (threadIdx.x % kWarpSize == 0) {
-        weights[k - k_begin] = w;
-      }
-    }
+  const int64_t rows = std::min(channels, k_begin + chunk_channels) - k_begin;
+  const scalar_t* a = activations + (n * channels + k_begin) * pixels;
+  const scalar_t* g = gradients + (n * channels + k_begin) * pixels;
+  if (uses_channel_weights(method)) {
+    chunk_weights<T>(method, a, g, rows, pixels, weights);
     __syncthreads();
   }
-
-  const auto contribution = [&](int64_t k, int64_t p) -> T {
-    const T a = static_cast<T>(a_image[k * pixels + p]);
-    return weighted ? weights[k - k_begin] * a : elementwise_term(method, a, static_cast<T>(g_image[k * pixels + p]));
-  };
-  T* out = partial + (n * num_chunks + chunk) * pixels;
-  if (pixels >= kThreads) {
-    for (int64_t p = threadIdx.x; p < pixels; p += kThreads) {
-      T acc = T(0);
-#pragma unroll 4
-      for (int64_t k = k_begin; k < k_end; ++k) {
-        acc += contribution(k, p);
-      }
-      out[p] = acc;
-    }
-  } else {
-    // Small maps (7x7, 14x14): several threads share a pixel, each summing a slice of the channels.
-    const int64_t slices = kThreads / pixels;
-    const int64_t slice = threadIdx.x / pixels;
-    const int64_t p = threadIdx.x % pixels;
-    T acc = T(0);
-    if (slice < slices) {
-#pragma unroll 4
-      for (int64_t k = k_begin + slice; k < k_end; k += slices) {
-        acc += contribution(k, p);
-      }
-    }
-    slice_sums[threadIdx.x] = acc;
-    __syncthreads();
-    if (threadIdx.x < pixels) {
-      T total = T(0);
-      for (int64_t s = 0; s < slices; ++s) {
-        total += slice_sums[s * pixels + threadIdx.x];
-      }
-      out[threadIdx.x] = total;
-    }
-  }
+  chunk_map<T>(method, a, g, weights, rows, pixels, slice_sums, partial + (n * num_chunks + chunk) * pixels);
 }
 
+// Adds the chunks' partial maps in chunk order; four accumulators keep four loads in flight.
 template <typename scalar_t, typename T>
 __global__ void cam_reduce_finalize_kernel(const T* __restrict__ partial, scalar_t* __restrict__ cam, int64_t batch,
                                            int64_t pixels, int64_t num_chunks) {
@@ -158,11 +259,19 @@ __global__ void cam_reduce_finalize_kernel(const T* __restrict__ partial, scalar
   }
   const int64_t n = index / pixels;
   const int64_t p = index % pixels;
-  T total = T(0);
-  for (int64_t c = 0; c < num_chunks; ++c) {
-    total += partial[(n * num_chunks + c) * pixels + p];
+  const T* column = partial + n * num_chunks * pixels + p;
+  T acc[4] = {T(0), T(0), T(0), T(0)};
+  int64_t c = 0;
+  for (; c + 4 <= num_chunks; c += 4) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      acc[u] += column[(c + u) * pixels];
+    }
   }
-  cam[index] = static_cast<scalar_t>(total);
+  for (; c < num_chunks; ++c) {
+    acc[0] += column[c * pixels];
+  }
+  cam[index] = static_cast<scalar_t>((acc[0] + acc[1]) + (acc[2] + acc[3]));
 }
 
 at::Tensor cam_reduce_cuda(const at::Tensor& activations, const at::Tensor& gradients, c10::string_view method_name) {
@@ -179,23 +288,46 @@ at::Tensor cam_reduce_cuda(const at::Tensor& activations, const at::Tensor& grad
     return cam.zero_();
   }
 
-  // Enough blocks to fill the device many times over (the loads of a channel row are short, so
-  // many rows must be in flight), each with at least one channel per warp.
+  // Chunks of channels: enough blocks to fill the device several times over, at most kMaxChunks
+  // per image (the finalize kernel reads them all), and small enough to stage or to bound the
+  // shared memory of the weights.
+  constexpr int64_t kMaxChunks = 64;
+  const bool staged = pixels <= kStagedMaxPixels;
   const int64_t sm_count = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  int64_t num_chunks = std::clamp<int64_t>(ceil_div(16 * sm_count, batch), 1, ceil_div(channels, kWarps));
-  num_chunks = std::max(num_chunks, ceil_div(channels, kMaxChunkChannels));
+  const int64_t max_chunk_channels = staged ? std::max<int64_t>(1, kStagedValues / pixels) : kMaxChunkChannels;
+  int64_t num_chunks = std::clamp<int64_t>(ceil_div(4 * sm_count, batch), 1, std::min(channels, kMaxChunks));
+  num_chunks = std::max(num_chunks, ceil_div(channels, max_chunk_channels));
   const int64_t chunk_channels = ceil_div(channels, num_chunks);
   num_chunks = ceil_div(channels, chunk_channels);
   const auto stream = at::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_reduce_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
+    const size_t shared_bytes = (kThreads + chunk_channels + (staged ? 2 * chunk_channels * pixels : 0)) * sizeof(T);
+    const auto launch = [&](auto* out) {
+      using out_t = std::remove_pointer_t<decltype(out)>;
+      if (staged) {
+        auto kernel = cam_reduce_staged_kernel<scalar_t, T, out_t>;
+        if (shared_bytes > 48 * 1024) { // double chunks: past the default limit, within every sm_70+ device's
+          C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              static_cast<int>(shared_bytes)));
+        }
+        kernel<<<batch * num_chunks, kThreads, shared_bytes, stream>>>(a.const_data_ptr<scalar_t>(),
+                                                                       g.const_data_ptr<scalar_t>(), out, channels,
+                                                                       pixels, num_chunks, chunk_channels, method);
+      } else {
+        cam_reduce_rows_kernel<scalar_t, T, out_t><<<batch * num_chunks, kThreads, shared_bytes, stream>>>(
+            a.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), out, channels, pixels, num_chunks,
+            chunk_channels, method);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (num_chunks == 1) {
+      launch(cam.mutable_data_ptr<scalar_t>()); // one chunk per image writes the map itself
+      return;
+    }
     at::Tensor partial = at::empty({batch, num_chunks, pixels}, a.options().dtype(c10::CppTypeToScalarType<T>::value));
-    const size_t shared_bytes = (kThreads + chunk_channels) * sizeof(T);
-    cam_reduce_partial_kernel<scalar_t, T><<<batch * num_chunks, kThreads, shared_bytes, stream>>>(
-        a.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<T>(), channels, pixels,
-        num_chunks, chunk_channels, method);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(partial.mutable_data_ptr<T>());
     cam_reduce_finalize_kernel<scalar_t, T><<<ceil_div(batch * pixels, kThreads), kThreads, 0, stream>>>(
         partial.const_data_ptr<T>(), cam.mutable_data_ptr<scalar_t>(), batch, pixels, num_chunks);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
