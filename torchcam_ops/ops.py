@@ -1,8 +1,9 @@
-"""Typed wrappers over ``torch.ops.torchcam_ops.*``, with their fake kernels and autograd formulas.
+"""Typed wrappers over ``torch.ops.torchcam_ops.*``, with their fake kernels.
 
-The ops themselves are defined and implemented in C++ (``csrc/``); importing this module after the
-extension registers what torch.compile and torch.export need: a fake (meta) kernel per op and the
-autograd formula of each forward op, whose backward is an op of its own.
+The ops themselves are defined and implemented in C++ (``csrc/``), autograd included (each forward
+op's backward is an op of its own, called from a C++ autograd kernel: see
+``csrc/ops/autograd_support.h`` for why not from Python). Importing this module after the extension
+registers what torch.compile and torch.export need besides: a fake (meta) kernel per op.
 """
 
 from __future__ import annotations
@@ -45,9 +46,8 @@ def _skip_registration(*args, **kwargs):
 
 
 _ops = torch.ops.torchcam_ops if HAS_OPS else _MissingOps()
-# Fake kernels and autograd formulas attach to the ops the extension defines.
+# Fake kernels attach to the ops the extension defines.
 _register_fake = torch.library.register_fake if HAS_OPS else _skip_registration
-_register_autograd = torch.library.register_autograd if HAS_OPS else (lambda *args, **kwargs: None)
 
 
 def _require_tensor(op: str, name: str, value: object) -> None:
@@ -238,45 +238,6 @@ def _cam_postprocess_backward_fake(
     return torch.empty_like(cam, memory_format=torch.contiguous_format)
 
 
-# ---------------------------------------------------------------------------------------------
-# Autograd: each forward op's backward is its own op (CPU and CUDA kernels).
-
-
-def _cam_reduce_setup_context(ctx, inputs, output) -> None:
-    activations, gradients, method = inputs
-    ctx.save_for_backward(activations, gradients)
-    ctx.method = method
-
-
-def _cam_reduce_backward(ctx, grad_cam: Tensor):
-    activations, gradients = ctx.saved_tensors
-    grad_activations, grad_gradients = _ops.cam_reduce_backward.default(grad_cam, activations, gradients, ctx.method)
-    return (
-        grad_activations if ctx.needs_input_grad[0] else None,
-        grad_gradients if ctx.needs_input_grad[1] else None,
-        None,
-    )
-
-
-def _cam_postprocess_setup_context(ctx, inputs, output) -> None:
-    cam, out_h, out_w, relu, normalize = inputs
-    ctx.save_for_backward(cam)
-    ctx.geometry = (out_h, out_w, relu, normalize)
-
-
-def _cam_postprocess_backward(ctx, grad_out: Tensor):
-    (cam,) = ctx.saved_tensors
-    out_h, out_w, relu, normalize = ctx.geometry
-    grad_cam = _ops.cam_postprocess_backward.default(grad_out, cam, out_h, out_w, relu, normalize)
-    return grad_cam, None, None, None, None
-
-
-_register_autograd("torchcam_ops::cam_reduce", _cam_reduce_backward, setup_context=_cam_reduce_setup_context)
-_register_autograd(
-    "torchcam_ops::cam_postprocess", _cam_postprocess_backward, setup_context=_cam_postprocess_setup_context
-)
-
-
 # =============================================================================================
 # Rectified ReLU and the TSGB layers (docs/design.md): forwards are the ordinary layers, each backward
 # to the input is a relevance rule implemented as an op of its own.
@@ -454,120 +415,3 @@ def _tsgb_avg_pool2d_fake(input, kernel_size, stride, padding):
 @_register_fake("torchcam_ops::tsgb_avg_pool2d_backward")
 def _tsgb_avg_pool2d_backward_fake(grad_output, input, output, kernel_size, stride, padding):
     return torch.empty_like(input)
-
-
-def _rectified_relu_setup(ctx, inputs, output) -> None:
-    input, mode = inputs
-    ctx.save_for_backward(input)
-    ctx.mode = mode
-
-
-def _rectified_relu_backward(ctx, grad):
-    (input,) = ctx.saved_tensors
-    return _ops.rectified_relu_backward.default(grad, input, ctx.mode), None
-
-
-def _tsgb_linear_setup(ctx, inputs, output) -> None:
-    input, weight, bias, beta = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.beta = beta
-
-
-def _tsgb_linear_backward(ctx, grad):
-    input, weight = ctx.saved_tensors
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_input = _ops.tsgb_linear_backward.default(grad, input, weight, ctx.beta)
-    if ctx.needs_input_grad[1]:
-        grad_weight = grad.reshape(-1, grad.shape[-1]).t().mm(input.reshape(-1, input.shape[-1]))
-    if ctx.needs_input_grad[2]:
-        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
-    return grad_input, grad_weight, grad_bias, None
-
-
-def _tsgb_conv2d_setup(ctx, inputs, output) -> None:
-    input, weight, bias, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(input, weight, output)
-    ctx.geometry = (stride, padding, dilation, groups)
-    ctx.bias_shape = None if bias is None else bias.shape
-
-
-def _tsgb_conv2d_backward(ctx, grad):
-    input, weight, output = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.geometry
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_input = _ops.tsgb_conv2d_backward.default(
-            grad, input, output, list(weight.shape[2:]), stride, padding, dilation, groups
-        )
-    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-        _, grad_weight, grad_bias = torch.ops.aten.convolution_backward.default(
-            grad,
-            input,
-            weight,
-            ctx.bias_shape,
-            stride,
-            padding,
-            dilation,
-            False,
-            [0, 0],
-            groups,
-            [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
-        )
-    return grad_input, grad_weight, grad_bias, None, None, None, None
-
-
-# Batch norm and average pooling do not save their output: networks modify it in place
-# (ReLU(inplace=True), `out += identity`). Batch norm's backward recomputes it inside the kernel,
-# average pooling's recomputes it (cheap) before calling its backward op.
-
-
-def _tsgb_batch_norm_setup(ctx, inputs, output) -> None:
-    input, weight, bias, running_mean, running_var, eps = inputs
-    # only tensors go through save_for_backward; which of weight and bias exist is kept aside
-    ctx.present = (weight is not None, bias is not None)
-    ctx.save_for_backward(input, running_mean, running_var, *(t for t in (weight, bias) if t is not None))
-    ctx.eps = eps
-
-
-def _tsgb_batch_norm_backward(ctx, grad):
-    input, running_mean, running_var, *affine = ctx.saved_tensors
-    weight = affine.pop(0) if ctx.present[0] else None
-    bias = affine.pop(0) if ctx.present[1] else None
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_input = _ops.tsgb_batch_norm_backward.default(
-            grad, input, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var, eps=ctx.eps
-        )
-    reduce_dims = [0, *range(2, input.dim())]
-    if ctx.needs_input_grad[1]:
-        shape = [1, -1] + [1] * (input.dim() - 2)
-        normalized = (input - running_mean.reshape(shape)) * torch.rsqrt(running_var.reshape(shape) + ctx.eps)
-        grad_weight = (grad * normalized).sum(reduce_dims)
-    if ctx.needs_input_grad[2]:
-        grad_bias = grad.sum(reduce_dims)
-    return grad_input, grad_weight, grad_bias, None, None, None
-
-
-def _tsgb_avg_pool2d_setup(ctx, inputs, output) -> None:
-    input, kernel_size, stride, padding = inputs
-    ctx.save_for_backward(input)
-    ctx.geometry = (kernel_size, stride, padding)
-
-
-def _tsgb_avg_pool2d_backward(ctx, grad):
-    (input,) = ctx.saved_tensors
-    with torch.no_grad():
-        output = _ops.tsgb_avg_pool2d.default(input, *ctx.geometry)
-    return _ops.tsgb_avg_pool2d_backward.default(grad, input, output, *ctx.geometry), None, None, None
-
-
-for _name, _backward, _setup in [
-    ("rectified_relu", _rectified_relu_backward, _rectified_relu_setup),
-    ("tsgb_linear", _tsgb_linear_backward, _tsgb_linear_setup),
-    ("tsgb_conv2d", _tsgb_conv2d_backward, _tsgb_conv2d_setup),
-    ("tsgb_batch_norm", _tsgb_batch_norm_backward, _tsgb_batch_norm_setup),
-    ("tsgb_avg_pool2d", _tsgb_avg_pool2d_backward, _tsgb_avg_pool2d_setup),
-]:
-    _register_autograd(f"torchcam_ops::{_name}", _backward, setup_context=_setup)
-del _name, _backward, _setup

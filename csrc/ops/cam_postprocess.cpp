@@ -3,6 +3,7 @@
 
 #include "cam_postprocess.h"
 #include "../kernels/normalize.h"
+#include "autograd_support.h"
 #include "checks.h"
 
 #include <ATen/ATen.h>
@@ -74,6 +75,50 @@ TORCH_LIBRARY_FRAGMENT(torchcam_ops, m) {
       "cam_postprocess_backward(Tensor grad_out, Tensor cam, SymInt out_h, SymInt out_w, bool relu, bool normalize)"
       " -> Tensor",
       {at::Tag::pt2_compliant_tag});
+}
+
+namespace {
+
+// Autograd (see autograd_support.h): the backward is its own op.
+class CamPostprocessFunction : public torch::autograd::Function<CamPostprocessFunction> {
+ public:
+  static at::Tensor forward(autograd::AutogradContext* ctx, const at::Tensor& cam, const c10::SymInt& out_h,
+                            const c10::SymInt& out_w, bool relu, bool normalize) {
+    static const auto op = autograd::op_handle<at::Tensor(const at::Tensor&, c10::SymInt, c10::SymInt, bool, bool)>(
+        "torchcam_ops::cam_postprocess");
+    at::Tensor out;
+    {
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      out = op.call(cam, out_h, out_w, relu, normalize);
+    }
+    ctx->save_for_backward({cam});
+    ctx->saved_data["out_h"] = out_h;
+    ctx->saved_data["out_w"] = out_w;
+    ctx->saved_data["relu"] = relu;
+    ctx->saved_data["normalize"] = normalize;
+    return out;
+  }
+
+  static autograd::variable_list backward(autograd::AutogradContext* ctx, autograd::variable_list grads) {
+    static const auto backward_op =
+        autograd::op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, c10::SymInt, bool, bool)>(
+            "torchcam_ops::cam_postprocess_backward");
+    const at::Tensor grad_cam = backward_op.call(
+        grads[0], ctx->get_saved_variables()[0], ctx->saved_data["out_h"].toSymInt(),
+        ctx->saved_data["out_w"].toSymInt(), ctx->saved_data["relu"].toBool(), ctx->saved_data["normalize"].toBool());
+    return {grad_cam, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor cam_postprocess_autograd(const at::Tensor& cam, c10::SymInt out_h, c10::SymInt out_w, bool relu,
+                                    bool normalize) {
+  return CamPostprocessFunction::apply(cam, out_h, out_w, relu, normalize);
+}
+
+} // namespace
+
+TORCH_LIBRARY_IMPL(torchcam_ops, Autograd, m) {
+  m.impl("cam_postprocess", &cam_postprocess_autograd);
 }
 
 } // namespace torchcam_ops

@@ -2,6 +2,7 @@
 // Schema and argument checks; kernels in cpu/ and cuda/.
 
 #include "cam_reduce.h"
+#include "autograd_support.h"
 #include "checks.h"
 
 #include <torch/library.h>
@@ -60,6 +61,47 @@ TORCH_LIBRARY_FRAGMENT(torchcam_ops, m) {
   m.def("cam_reduce(Tensor activations, Tensor gradients, str method) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def("cam_reduce_backward(Tensor grad_cam, Tensor activations, Tensor gradients, str method) -> (Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
+}
+
+namespace {
+
+// Autograd (see autograd_support.h): the backward is its own op.
+class CamReduceFunction : public torch::autograd::Function<CamReduceFunction> {
+ public:
+  static at::Tensor forward(autograd::AutogradContext* ctx, const at::Tensor& activations, const at::Tensor& gradients,
+                            c10::string_view method) {
+    static const auto op = autograd::op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view)>(
+        "torchcam_ops::cam_reduce");
+    at::Tensor cam;
+    {
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      cam = op.call(activations, gradients, method);
+    }
+    ctx->save_for_backward({activations, gradients});
+    ctx->saved_data["method"] = std::string(method.data(), method.size());
+    return cam;
+  }
+
+  static autograd::variable_list backward(autograd::AutogradContext* ctx, autograd::variable_list grads) {
+    static const auto backward_op =
+        autograd::op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                               c10::string_view)>("torchcam_ops::cam_reduce_backward");
+    const auto saved = ctx->get_saved_variables();
+    const std::string method = ctx->saved_data["method"].toStringRef();
+    auto [grad_activations, grad_gradients] = backward_op.call(grads[0], saved[0], saved[1], method);
+    return {ctx->needs_input_grad(0) ? grad_activations : at::Tensor(),
+            ctx->needs_input_grad(1) ? grad_gradients : at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor cam_reduce_autograd(const at::Tensor& activations, const at::Tensor& gradients, c10::string_view method) {
+  return CamReduceFunction::apply(activations, gradients, method);
+}
+
+} // namespace
+
+TORCH_LIBRARY_IMPL(torchcam_ops, Autograd, m) {
+  m.impl("cam_reduce", &cam_reduce_autograd);
 }
 
 } // namespace torchcam_ops

@@ -23,7 +23,7 @@
 #endif
 
 TORCH_LIBRARY(torchcam_ops, m) {
-  // Fake kernels and autograd formulas live in this Python module.
+  // Fake kernels live in this Python module (autograd kernels are registered in C++, next to each op).
   m.set_python_module("torchcam_ops.ops");
 }
 

@@ -5,10 +5,12 @@
 // batch-norm rules have CPU and CUDA kernels (cpu/ and cuda/tsgb_*_kernel.*).
 
 #include "tsgb.h"
+#include "autograd_support.h"
 #include "checks.h"
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -251,6 +253,229 @@ TORCH_LIBRARY_IMPL(torchcam_ops, CompositeExplicitAutograd, m) {
   m.impl("tsgb_avg_pool2d", &tsgb_avg_pool2d);
   m.impl("tsgb_linear_backward", &tsgb_linear_backward);
   m.impl("tsgb_avg_pool2d_backward", &tsgb_avg_pool2d_backward);
+}
+
+} // namespace torchcam_ops
+
+// -- autograd (see autograd_support.h) ----------------------------------------------------------
+// Gradients to the input follow the rules' backward ops; gradients to parameters, when asked for,
+// are the ordinary ones of the layer.
+
+namespace torchcam_ops {
+
+namespace {
+
+using autograd::AutogradContext;
+using autograd::defined;
+using autograd::InputEdges;
+using autograd::op_handle;
+using autograd::variable_list;
+
+class TSGBLinearFunction : public torch::autograd::Function<TSGBLinearFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, double beta) {
+    static const auto op = op_handle<decltype(tsgb_linear)>("torchcam_ops::tsgb_linear");
+    at::Tensor output;
+    {
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      output = op.call(input, weight, bias, beta);
+    }
+    ctx->save_for_backward({input, weight});
+    ctx->saved_data["beta"] = beta;
+    ctx->saved_data["has_bias"] = defined(bias);
+    return output;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op = op_handle<decltype(tsgb_linear_backward)>("torchcam_ops::tsgb_linear_backward");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &weight = saved[1], &grad = grads[0];
+    const InputEdges edges{true, true, ctx->saved_data["has_bias"].toBool(), false};
+    at::Tensor grad_input, grad_weight, grad_bias;
+    if (edges.needs_grad(ctx, 0)) {
+      grad_input = backward_op.call(grad, input, weight, ctx->saved_data["beta"].toDouble());
+    }
+    const at::Tensor rows = grad.reshape({-1, grad.size(-1)});
+    if (edges.needs_grad(ctx, 1)) {
+      grad_weight = rows.t().mm(input.reshape({-1, input.size(-1)}));
+    }
+    if (edges.needs_grad(ctx, 2)) {
+      grad_bias = rows.sum(0);
+    }
+    return {grad_input, grad_weight, grad_bias, at::Tensor()};
+  }
+};
+
+class TSGBConv2dFunction : public torch::autograd::Function<TSGBConv2dFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation, int64_t groups) {
+    static const auto op = op_handle<decltype(tsgb_conv2d)>("torchcam_ops::tsgb_conv2d");
+    at::Tensor output;
+    {
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      output = op.call(input, weight, bias, stride, padding, dilation, groups);
+    }
+    ctx->save_for_backward({input, weight, output});
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["dilation"] = dilation.vec();
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["has_bias"] = defined(bias);
+    return output;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op =
+        op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
+                             at::IntArrayRef, at::IntArrayRef, int64_t)>("torchcam_ops::tsgb_conv2d_backward");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &weight = saved[1], &output = saved[2], &grad = grads[0];
+    const auto stride = ctx->saved_data["stride"].toIntVector();
+    const auto padding = ctx->saved_data["padding"].toIntVector();
+    const auto dilation = ctx->saved_data["dilation"].toIntVector();
+    const int64_t groups = ctx->saved_data["groups"].toInt();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const InputEdges edges{true, true, has_bias, false, false, false, false};
+    at::Tensor grad_input, grad_weight, grad_bias;
+    if (edges.needs_grad(ctx, 0)) {
+      grad_input = backward_op.call(grad, input, output, weight.sizes().slice(2), stride, padding, dilation, groups);
+    }
+    const bool weight_grad = edges.needs_grad(ctx, 1), bias_grad = edges.needs_grad(ctx, 2);
+    if (weight_grad || bias_grad) {
+      const std::vector<int64_t> bias_sizes{weight.size(0)};
+      std::tie(std::ignore, grad_weight, grad_bias) = at::convolution_backward(
+          grad, input, weight, has_bias ? at::OptionalIntArrayRef(bias_sizes) : at::OptionalIntArrayRef(), stride,
+          padding, dilation, /*transposed=*/false, /*output_padding=*/{0, 0}, groups, {false, weight_grad, bias_grad});
+    }
+    return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class TSGBBatchNormFunction : public torch::autograd::Function<TSGBBatchNormFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                            const std::optional<at::Tensor>& bias, const at::Tensor& running_mean,
+                            const at::Tensor& running_var, double eps) {
+    static const auto op = op_handle<decltype(tsgb_batch_norm)>("torchcam_ops::tsgb_batch_norm");
+    at::Tensor output;
+    {
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      output = op.call(input, weight, bias, running_mean, running_var, eps);
+    }
+    // Not the output: networks modify it in place (ReLU(inplace=True), `out += identity`); the
+    // backward op recomputes it from the channel's affine map.
+    ctx->save_for_backward(
+        {input, running_mean, running_var, weight.value_or(at::Tensor()), bias.value_or(at::Tensor())});
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["has_weight"] = defined(weight);
+    ctx->saved_data["has_bias"] = defined(bias);
+    return output;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op =
+        op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                             const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, double)>(
+            "torchcam_ops::tsgb_batch_norm_backward");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &running_mean = saved[1], &running_var = saved[2], &grad = grads[0];
+    const bool has_weight = ctx->saved_data["has_weight"].toBool(), has_bias = ctx->saved_data["has_bias"].toBool();
+    const std::optional<at::Tensor> weight = has_weight ? std::optional<at::Tensor>(saved[3]) : std::nullopt;
+    const std::optional<at::Tensor> bias = has_bias ? std::optional<at::Tensor>(saved[4]) : std::nullopt;
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const InputEdges edges{true, has_weight, has_bias, true, true, false};
+    at::Tensor grad_input, grad_weight, grad_bias;
+    if (edges.needs_grad(ctx, 0)) {
+      grad_input = backward_op.call(grad, input, weight, bias, running_mean, running_var, eps);
+    }
+    std::vector<int64_t> reduce_dims{0};
+    for (int64_t d = 2; d < input.dim(); ++d) {
+      reduce_dims.push_back(d);
+    }
+    if (edges.needs_grad(ctx, 1)) {
+      std::vector<int64_t> shape(input.dim(), 1);
+      shape[1] = -1;
+      const at::Tensor normalized = (input - running_mean.reshape(shape)) * at::rsqrt(running_var.reshape(shape) + eps);
+      grad_weight = (grad * normalized).sum(reduce_dims);
+    }
+    if (edges.needs_grad(ctx, 2)) {
+      grad_bias = grad.sum(reduce_dims);
+    }
+    return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class TSGBAvgPool2dFunction : public torch::autograd::Function<TSGBAvgPool2dFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, at::IntArrayRef kernel_size,
+                            at::IntArrayRef stride, at::IntArrayRef padding) {
+    at::Tensor output;
+    {
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      output = forward_op().call(input, kernel_size, stride, padding);
+    }
+    ctx->save_for_backward({input}); // not the output, for the reason of batch norm's
+    ctx->saved_data["kernel_size"] = kernel_size.vec();
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["padding"] = padding.vec();
+    return output;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op =
+        op_handle<decltype(tsgb_avg_pool2d_backward)>("torchcam_ops::tsgb_avg_pool2d_backward");
+    const at::Tensor input = ctx->get_saved_variables()[0];
+    const auto kernel_size = ctx->saved_data["kernel_size"].toIntVector();
+    const auto stride = ctx->saved_data["stride"].toIntVector();
+    const auto padding = ctx->saved_data["padding"].toIntVector();
+    at::Tensor output;
+    {
+      const at::NoGradGuard no_grad; // recomputed: cheap, and the saved one may have been modified
+      output = forward_op().call(input, kernel_size, stride, padding);
+    }
+    return {backward_op.call(grads[0], input, output, kernel_size, stride, padding), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+
+ private:
+  static const c10::TypedOperatorHandle<decltype(tsgb_avg_pool2d)>& forward_op() {
+    static const auto op = op_handle<decltype(tsgb_avg_pool2d)>("torchcam_ops::tsgb_avg_pool2d");
+    return op;
+  }
+};
+
+at::Tensor tsgb_linear_autograd(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, double beta) {
+  return TSGBLinearFunction::apply(input, weight, bias, beta);
+}
+
+at::Tensor tsgb_conv2d_autograd(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                                at::IntArrayRef dilation, int64_t groups) {
+  return TSGBConv2dFunction::apply(input, weight, bias, stride, padding, dilation, groups);
+}
+
+at::Tensor tsgb_batch_norm_autograd(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                                    const std::optional<at::Tensor>& bias, const at::Tensor& running_mean,
+                                    const at::Tensor& running_var, double eps) {
+  return TSGBBatchNormFunction::apply(input, weight, bias, running_mean, running_var, eps);
+}
+
+at::Tensor tsgb_avg_pool2d_autograd(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                    at::IntArrayRef padding) {
+  return TSGBAvgPool2dFunction::apply(input, kernel_size, stride, padding);
+}
+
+} // namespace
+
+TORCH_LIBRARY_IMPL(torchcam_ops, Autograd, m) {
+  m.impl("tsgb_linear", &tsgb_linear_autograd);
+  m.impl("tsgb_conv2d", &tsgb_conv2d_autograd);
+  m.impl("tsgb_batch_norm", &tsgb_batch_norm_autograd);
+  m.impl("tsgb_avg_pool2d", &tsgb_avg_pool2d_autograd);
 }
 
 } // namespace torchcam_ops
