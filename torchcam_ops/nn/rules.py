@@ -169,12 +169,12 @@ def refuse_inference_mode(what: str) -> None:
 def tsgb_rules(model: nn.Module, classifier: nn.Linear | None, beta: float = 1.0) -> Iterator[None]:
     """The TSGB rules for ``model``'s layers while the block runs, in the calling thread only."""
     refuse_inference_mode("TSGB")
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    batch_norms = [
-        m
-        for m in model.modules()
-        if type(m) is nn.BatchNorm2d and m.running_mean is not None and m.running_var is not None
-    ]
+    convs, batch_norms = [], []
+    for module in model.modules():  # one pass: this runs on every call
+        if isinstance(module, nn.Conv2d):
+            convs.append(module)
+        elif type(module) is nn.BatchNorm2d and module.running_mean is not None and module.running_var is not None:
+            batch_norms.append(module)
     if not convs and classifier is None:
         raise ValueError(
             "TSGB: the model has no nn.Conv2d and no nn.Linear classifier, so no TSGB rule would "
