@@ -65,12 +65,17 @@ def _cpu_capability() -> str:
     return "DEFAULT"
 
 
-def _source_hash() -> str:
-    """Hash of the C++/CUDA sources, checked at import time to detect a stale build."""
-    spec = importlib.util.spec_from_file_location("_source_hash", ROOT / "torchcam_ops" / "_source_hash.py")
+def _package_file(name: str):
+    """A standalone module of the package, loaded before the package itself can be imported."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "torchcam_ops" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.source_hash(CSRC)
+    return module
+
+
+def _source_hash() -> str:
+    """Hash of the C++/CUDA sources, checked at import time to detect a stale build."""
+    return _package_file("_source_hash").source_hash(CSRC)
 
 
 def _openmp_link_args() -> list[str]:
@@ -136,9 +141,31 @@ def _extension():
     )
 
 
+class _CheckedBuildExtension(BuildExtension):
+    """BuildExtension that refuses an extension with its own copy of libstdc++'s streams.
+
+    Such a build (a compiler that links libstdc++ statically) crashes the interpreter on its first
+    C++ error message; see torchcam_ops/_link_check.py.
+    """
+
+    def build_extension(self, ext) -> None:
+        super().build_extension(ext)
+        link_check = _package_file("_link_check")
+        library = Path(self.get_ext_fullpath(ext.name))
+        private = link_check.private_stream_symbols(library)
+        if private:
+            library.unlink()
+            compiler = os.environ.get("CXX", "the default C++ compiler")
+            raise SystemExit(
+                f"torchcam_ops: {library.name} was built with its own copy of the C++ standard library "
+                f"(it defines {', '.join(private[:3])}; compiler: {compiler}). Such a build kills the "
+                f"interpreter on its first error message, so it was removed: {link_check.FIX}."
+            )
+
+
 def _cmdclass():
     use_ninja = shutil.which("ninja") is not None
-    return {"build_ext": BuildExtension.with_options(use_ninja=use_ninja)}
+    return {"build_ext": _CheckedBuildExtension.with_options(use_ninja=use_ninja)}
 
 
 setup(ext_modules=[_extension()], cmdclass=_cmdclass())

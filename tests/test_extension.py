@@ -114,3 +114,44 @@ def test_without_a_usable_build_the_package_imports_and_the_first_op_call_says_w
     assert result.returncode == 0, result.stderr
     assert "ExtensionBuildError torchcam_ops: the native extension torchcam_ops._C could not be loaded" in result.stdout
     assert "Build the extension with:" in result.stdout
+
+
+def _shared_library(tmp_path, name: str, *flags: str):
+    import shutil
+    import subprocess
+
+    compiler = shutil.which("g++")
+    if compiler is None or shutil.which("nm") is None:
+        pytest.skip("needs g++ and nm")
+    source = tmp_path / "describe.cpp"
+    source.write_text(
+        "#include <sstream>\n#include <string>\n"
+        "std::string describe(long v) { std::ostringstream out; out << v; return out.str(); }\n"
+    )
+    library = tmp_path / name
+    result = subprocess.run(
+        [compiler, "-shared", "-fPIC", *flags, str(source), "-o", str(library)], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"this g++ cannot link {flags}: {result.stderr.decode()[-200:]}")
+    return library
+
+
+def test_link_check_finds_a_private_libstdcxx_and_passes_this_build(tmp_path):
+    # The build that killed the interpreter on its first error message defined the stream code
+    # itself; the check that setup.py runs after every build refuses such a library.
+    from torchcam_ops._link_check import private_stream_symbols
+
+    assert private_stream_symbols(_shared_library(tmp_path, "static.so", "-static-libstdc++"))
+    assert private_stream_symbols(_shared_library(tmp_path, "shared.so")) == []
+    assert private_stream_symbols(_C.__file__) == []
+
+
+def test_a_native_error_message_with_numbers_raises_in_a_fresh_process():
+    # Where a badly linked build dies; the session start runs the same probe and stops the session
+    # with the fix instead of letting the first error-path test kill it.
+    from tests.conftest import native_error_probe
+
+    result = native_error_probe()
+    assert result.returncode == 0, f"the child died (status {result.returncode}):\n{result.stderr[-2000:]}"
+    assert "ValueError cam_postprocess: out_h and out_w must be >= 1, got 0 and 4" in result.stdout
