@@ -37,3 +37,37 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
     print("-" * len(line))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def graph_seconds(fn: Callable[[], object], repeats: int, calls: int = 10) -> float:
+    """Device time of one call of ``fn`` on CUDA, host launch cost excluded.
+
+    ``calls`` calls are captured in one CUDA graph, which is replayed ``repeats`` times between
+    events; the median replay over ``calls``. Kernels of tens of microseconds are otherwise timed
+    at the speed the host launches them.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return median_seconds(graph.replay, torch.device("cuda"), repeats) / calls
+
+
+def record_figures(path: str | None, figures: list[dict]) -> None:
+    """Appends figures ({"figure", "value", "goal", "met"}) to ``path`` as JSON lines.
+
+    benchmarks/gpu_summary.py prints them as one table; nothing is written without a path.
+    """
+    if not path:
+        return
+    import json
+
+    with open(path, "a", encoding="utf-8") as file:
+        for figure in figures:
+            file.write(json.dumps(figure) + "\n")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot GPU check, bounded to about 8 minutes on an H100 with a 16-core host and at most 8 files in
 # $OUT (default ./gpu_check_out): build with the system g++, the CUDA and graph tests, then the GPU
-# benchmarks. A failing step does not stop the next one; summary.txt has each step's status and time.
+# benchmarks, then one table of every GPU figure next to its goal (table.txt, from figures.jsonl).
+# A failing step does not stop the next one; summary.txt has each step's status and time.
 #   bash benchmarks/gpu_check.sh
 # Reuses a carried build (torchcam_ops/_C*.so built for this torch and Python) when SKIP_BUILD=1.
 set -u
@@ -32,12 +33,16 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 # 1. correctness: CUDA kernels against the CPU, explainers without host syncs, CUDA-graph replay,
 #    compiled explainers; the CPU error path; the reliability and graph suites on this machine.
-step tests 200 "$PYTHON" -X faulthandler -m pytest -q -x -p no:cacheprovider tests/test_cuda.py \
+step tests 200 "$PYTHON" -X faulthandler -m pytest -q -rf --maxfail=30 -p no:cacheprovider tests/test_cuda.py \
   tests/test_graphs.py tests/test_reliability.py tests/test_extension.py
 # 2. speed: explainers eager vs graphed vs the limit (goal: Grad-CAM ResNet-50 batch 1 graphed <= 1.3 ms, >= 3.5x)
-step bench_graphs 150 "$PYTHON" benchmarks/graphs.py --device cuda --batches 1,16
-# 3. the fused ops against eager, compiled and the copy bandwidth
-step bench_cam_ops 90 "$PYTHON" benchmarks/cam_ops.py --device cuda --repeats 50
+FIGURES="$OUT/figures.jsonl"
+rm -f "$FIGURES"
+step bench_graphs 150 "$PYTHON" benchmarks/graphs.py --device cuda --batches 1,16 --figures "$FIGURES"
+# 3. the fused ops against eager, compiled and the copy bandwidth (device time, CUDA graphs)
+step bench_cam_ops 100 "$PYTHON" benchmarks/cam_ops.py --device cuda --repeats 30 --figures "$FIGURES"
 # 4. TSGB against a plain gradient and the rules as plain PyTorch
-step bench_tsgb 90 "$PYTHON" benchmarks/tsgb.py --device cuda --repeats 5
+step bench_tsgb 100 "$PYTHON" benchmarks/tsgb.py --device cuda --repeats 5 --batches 1,16 --figures "$FIGURES" --profile
+# 5. every figure next to its goal
+"$PYTHON" benchmarks/gpu_summary.py "$FIGURES" --tests "$OUT/tests.txt" | tee "$OUT/table.txt"
 echo "files in $OUT: $(ls "$OUT" | wc -l)"

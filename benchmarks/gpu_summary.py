@@ -1,0 +1,44 @@
+"""One table of the figures the benchmarks recorded (``--figures FILE``), each next to its goal.
+
+    python benchmarks/gpu_summary.py FILE [--tests TESTS_LOG]
+
+gpu_check.sh runs it last. With ``--tests``, the last line of a pytest log is added as a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import print_table  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("figures")
+    parser.add_argument("--tests", help="a pytest log; its summary line becomes a figure")
+    args = parser.parse_args()
+    rows = []
+    if args.tests and Path(args.tests).exists():
+        lines = [line for line in Path(args.tests).read_text().splitlines() if line.strip()]
+        summary = next((line for line in reversed(lines) if " passed" in line or " failed" in line), "no summary")
+        rows.append(
+            ["CUDA, graph, reliability, extension tests", summary.strip("= "), "all pass", "failed" not in summary]
+        )
+    if Path(args.figures).exists():
+        for line in Path(args.figures).read_text().splitlines():
+            figure = json.loads(line)
+            rows.append([figure["figure"], figure["value"], figure["goal"], figure["met"]])
+    if not rows:
+        print("no figures recorded")
+        return
+    met = sum(bool(row[3]) for row in rows)
+    print_table(["figure", "measured", "goal", "met"], [[*row[:3], "yes" if row[3] else "NO"] for row in rows])
+    print(f"{met} of {len(rows)} goals met")
+
+
+if __name__ == "__main__":
+    main()
