@@ -20,6 +20,9 @@ SHAPES = [
     (2, 64, 56, 56),
     (1, 9000, 3, 5),
     (700, 8, 2, 2),
+    (2, 333, 13, 13),  # chunks staged in shared memory from unaligned offsets
+    (3, 70, 32, 32),  # the largest staged maps
+    (2, 20, 33, 33),  # the smallest maps read row by row
 ]
 
 
@@ -164,6 +167,49 @@ def test_tsgb_conv2d_backward_cuda_matches_cpu(config, dtype):
     tol = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2}[dtype]
     scale = float(cpu.double().abs().max())
     torch.testing.assert_close(cuda.cpu().double(), cpu.double(), rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("pixels", [(7, 7), (20, 20)], ids=["7x7", "20x20"])
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_tsgb_conv2d_backward_cuda_deep_layers_match_cpu(pixels, kernel):
+    # many channels over few pixels: the channel sums split over whole blocks
+    x = torch.randn(3, 300, *pixels, dtype=torch.float64)
+    weight = torch.randn(200, 300, kernel, kernel, dtype=torch.float64)
+    z = torch.nn.functional.conv2d(x, weight, None, 1, kernel // 2)
+    g = torch.randn_like(z)
+    args = ([kernel, kernel], [1, 1], [kernel // 2] * 2, [1, 1], 1)
+    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-4)):
+        cpu = torch.ops.torchcam_ops.tsgb_conv2d_backward(g.to(dtype), x.to(dtype), z.to(dtype), *args)
+        cuda = torch.ops.torchcam_ops.tsgb_conv2d_backward(
+            g.to(dtype).cuda(), x.to(dtype).cuda(), z.to(dtype).cuda(), *args
+        )
+        scale = float(cpu.double().abs().max())
+        torch.testing.assert_close(cuda.cpu().double(), cpu.double(), rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
+def test_tsgb_batch_norm_backward_cuda_matches_cpu(affine, dtype):
+    x = torch.randn(4, 6, 5, 7, dtype=torch.float64)
+    x[0, 0, :2] = 0.0  # the rule's X == 0 case
+    g = torch.randn_like(x)
+    mean, var = torch.randn(6, dtype=torch.float64), torch.rand(6, dtype=torch.float64) + 0.1
+    weight, bias = (
+        (torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)) if affine else (None, None)
+    )
+
+    def run(device):
+        def on(t):
+            return None if t is None else t.to(dtype).to(device)
+
+        return torch.ops.torchcam_ops.tsgb_batch_norm_backward(
+            on(g), on(x), on(weight), on(bias), on(mean), on(var), 1e-5
+        ).cpu()
+
+    cpu, cuda = run("cpu"), run("cuda")
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
+    scale = float(cpu.double().abs().max())
+    torch.testing.assert_close(cuda.double(), cpu.double(), rtol=tol, atol=tol * scale)
 
 
 @pytest.mark.parametrize("mode", ["guided", "deconvnet", "plain"])

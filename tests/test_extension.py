@@ -80,6 +80,16 @@ class TestNativeChecks:
         with pytest.raises(TypeError, match="cam_postprocess: cam must be float32"):
             self.ops.cam_postprocess.default(torch.ones(1, 3, 3, dtype=torch.int64), 4, 4)
 
+    def test_tsgb_batch_norm_backward(self):
+        x = torch.rand(2, 4, 3, 3)
+        mean, var = torch.zeros(4), torch.ones(4)
+        with pytest.raises(
+            ValueError, match=r"tsgb_batch_norm_backward: weight must be \[C\] with C = 4, got shape \[5\]"
+        ):
+            self.ops.tsgb_batch_norm_backward.default(x, x, torch.ones(5), None, mean, var, 1e-5)
+        with pytest.raises(ValueError, match="tsgb_batch_norm_backward: running_mean and running_var must be"):
+            self.ops.tsgb_batch_norm_backward.default(x, x, None, None, mean[:3], var, 1e-5)
+
     def test_cam_postprocess_backward(self):
         with pytest.raises(ValueError, match=r"cam_postprocess_backward: grad_out must have shape \[1, 4, 4\]"):
             self.ops.cam_postprocess_backward.default(torch.rand(1, 4, 5), torch.rand(1, 3, 3), 4, 4, True, True)

@@ -55,7 +55,7 @@ __global__ void tsgb_batch_norm_backward_kernel(const scalar_t* __restrict__ gra
 at::Tensor tsgb_batch_norm_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
                                          const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
                                          const at::Tensor& running_mean, const at::Tensor& running_var, double eps) {
-  check_tsgb_batch_norm_backward_args(grad_output, input, running_mean, running_var);
+  check_tsgb_batch_norm_backward_args(grad_output, input, weight, bias, running_mean, running_var);
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = input.contiguous();
   const at::Tensor g = grad_output.contiguous();

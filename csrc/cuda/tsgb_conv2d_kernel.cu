@@ -1,6 +1,9 @@
-// CUDA kernel of tsgb_conv2d_backward (the rule in kernels/tsgb_conv2d.h), in four element-wise
-// launches over [N, groups, ...] planes: A = sum |X| per group, V = R / (S + eps) per output
-// position (window sums as direct loops over the kernel), U per input position, grad_X.
+// CUDA kernel of tsgb_conv2d_backward (the rule in kernels/tsgb_conv2d.h), over [N, groups, ...]
+// planes: A = sum |X| per group; R = sum G Z per group and, in the same launch, V = R / (S + eps)
+// per output position (window sums as direct loops over the kernel); U per input position; grad_X.
+// The channel sums split the channels of a few pixels over a whole block (deep layers have many
+// channels and few pixels), summed in a fixed order. A 1x1 convolution with stride 1 and no padding
+// has U = V: no collect launch.
 
 #include "../ops/tsgb.h"
 #include "cuda_utils.cuh"
@@ -27,36 +30,93 @@ constexpr int kThreads = 256;
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < (count); \
        index += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
-template <typename scalar_t, typename T>
-__global__ void activation_sum_kernel(const scalar_t* __restrict__ input, T* __restrict__ activation,
-                                      int64_t planes /* N * groups */, int64_t in_channels, int64_t pixels) {
-  TSGB_GRID_STRIDE_LOOP(index, planes * pixels) {
-    const int64_t plane = index / pixels, i = index % pixels;
-    const scalar_t* x = input + plane * in_channels * pixels + i;
-    T sum = T(0);
-    for (int64_t c = 0; c < in_channels; ++c) {
-      const T v = static_cast<T>(x[c * pixels]);
-      sum += v < T(0) ? -v : v;
+// Block-wide sums over channels: a block owns kPixels pixels of one plane and splits the channels
+// into kThreads / kPixels slices; epilogue(plane, pixel, total) runs once per pixel.
+template <int kPixels, typename T, typename Term, typename Epilogue>
+__global__ void __launch_bounds__(kThreads)
+    channel_sum_kernel(int64_t channels, int64_t pixels, int64_t tiles, Term term, Epilogue epilogue) {
+  constexpr int kSlices = kThreads / kPixels;
+  __shared__ T slice_sums[kThreads];
+  const int64_t plane = blockIdx.x / tiles;
+  const int64_t pixel = (blockIdx.x % tiles) * kPixels + threadIdx.x % kPixels;
+  const int slice = threadIdx.x / kPixels;
+  T acc[2] = {T(0), T(0)};
+  if (pixel < pixels) {
+    int64_t c = slice;
+    for (; c + kSlices < channels; c += 2 * kSlices) {
+      acc[0] += term(plane, c, pixel);
+      acc[1] += term(plane, c + kSlices, pixel);
     }
-    activation[index] = sum;
+    if (c < channels) {
+      acc[0] += term(plane, c, pixel);
+    }
+  }
+  slice_sums[threadIdx.x] = acc[0] + acc[1];
+  __syncthreads();
+  if (slice == 0 && pixel < pixels) {
+    T total = T(0);
+    for (int s = 0; s < kSlices; ++s) {
+      total += slice_sums[s * kPixels + threadIdx.x];
+    }
+    epilogue(plane, pixel, total);
   }
 }
 
+template <typename T, typename Term, typename Epilogue>
+void launch_channel_sum(int64_t planes, int64_t channels, int64_t pixels, Term term, Epilogue epilogue,
+                        cudaStream_t stream) {
+  // wide tiles where rows are long (coalesced loads), narrow ones for deep 7x7 and 14x14 layers
+  if (pixels >= 256) {
+    const int64_t tiles = ceil_div(pixels, 32);
+    channel_sum_kernel<32, T><<<planes * tiles, kThreads, 0, stream>>>(channels, pixels, tiles, term, epilogue);
+  } else {
+    const int64_t tiles = ceil_div(pixels, 8);
+    channel_sum_kernel<8, T><<<planes * tiles, kThreads, 0, stream>>>(channels, pixels, tiles, term, epilogue);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// |X| of input channel c (the group's c-th) at pixel i of a plane.
 template <typename scalar_t, typename T>
-__global__ void ratio_kernel(const scalar_t* __restrict__ output, const scalar_t* __restrict__ grad_output,
-                             const T* __restrict__ activation, T* __restrict__ ratio, int64_t planes,
-                             int64_t out_channels, Conv2dGeometry geo) {
-  const int64_t out_pixels = geo.out_h * geo.out_w, in_pixels = geo.in_h * geo.in_w;
-  TSGB_GRID_STRIDE_LOOP(index, planes * out_pixels) {
-    const int64_t plane = index / out_pixels, o = index % out_pixels;
+struct AbsInput {
+  const scalar_t* input;
+  int64_t channels, pixels;
+  __device__ T operator()(int64_t plane, int64_t c, int64_t i) const {
+    const T v = static_cast<T>(input[(plane * channels + c) * pixels + i]);
+    return v < T(0) ? -v : v;
+  }
+};
+
+// G Z of output channel c at output position o.
+template <typename scalar_t, typename T>
+struct Relevance {
+  const scalar_t* grad_output;
+  const scalar_t* output;
+  int64_t channels, pixels;
+  __device__ T operator()(int64_t plane, int64_t c, int64_t o) const {
+    const int64_t at = (plane * channels + c) * pixels + o;
+    return static_cast<T>(grad_output[at]) * static_cast<T>(output[at]);
+  }
+};
+
+template <typename T>
+struct StoreActivation {
+  T* activation;
+  int64_t pixels;
+  __device__ void operator()(int64_t plane, int64_t i, T total) const {
+    activation[plane * pixels + i] = total;
+  }
+};
+
+// V = R / (S + eps), S the window sum of A over output position o's receptive field.
+template <typename T>
+struct StoreRatio {
+  const T* activation;
+  T* ratio;
+  Conv2dGeometry geo;
+  __device__ void operator()(int64_t plane, int64_t o, T relevance) const {
     const int64_t oy = o / geo.out_w, ox = o % geo.out_w;
-    const scalar_t* z = output + plane * out_channels * out_pixels + o;
-    const scalar_t* g = grad_output + plane * out_channels * out_pixels + o;
-    T relevance = T(0);
-    for (int64_t c = 0; c < out_channels; ++c) {
-      relevance += static_cast<T>(g[c * out_pixels]) * static_cast<T>(z[c * out_pixels]);
-    }
-    const T* a = activation + plane * in_pixels;
+    const T* a = activation + plane * geo.in_h * geo.in_w;
     T window = T(0);
     for (int64_t ky = 0; ky < geo.kernel_h; ++ky) {
       const int64_t iy = oy * geo.stride_h - geo.pad_h + ky * geo.dilation_h;
@@ -71,9 +131,9 @@ __global__ void ratio_kernel(const scalar_t* __restrict__ output, const scalar_t
       }
     }
     // as on the CPU: a window with S == 0 covers only inputs whose gradient is 0 anyway
-    ratio[index] = kernels::tsgb_detail::relevance_ratio(relevance, window);
+    ratio[plane * geo.out_h * geo.out_w + o] = kernels::tsgb_detail::relevance_ratio(relevance, window);
   }
-}
+};
 
 template <typename T>
 __global__ void collect_kernel(const T* __restrict__ ratio, T* __restrict__ collected, int64_t planes,
@@ -138,17 +198,23 @@ at::Tensor tsgb_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Te
     const auto options = x.options().dtype(c10::CppTypeToScalarType<T>::value);
     at::Tensor activation = at::empty({planes, in_pixels}, options);
     at::Tensor ratio = at::empty({planes, out_pixels}, options);
-    at::Tensor collected = at::empty({planes, in_pixels}, options);
-    activation_sum_kernel<scalar_t, T><<<blocks_for(planes * in_pixels), kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), activation.mutable_data_ptr<T>(), planes, in_channels, in_pixels);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    ratio_kernel<scalar_t, T><<<blocks_for(planes * out_pixels), kThreads, 0, stream>>>(
-        z.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), activation.const_data_ptr<T>(),
-        ratio.mutable_data_ptr<T>(), planes, out_channels, geo);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    collect_kernel<T><<<blocks_for(planes * in_pixels), kThreads, 0, stream>>>(
-        ratio.const_data_ptr<T>(), collected.mutable_data_ptr<T>(), planes, geo);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_channel_sum<T>(planes, in_channels, in_pixels,
+                          AbsInput<scalar_t, T>{x.const_data_ptr<scalar_t>(), in_channels, in_pixels},
+                          StoreActivation<T>{activation.mutable_data_ptr<T>(), in_pixels}, stream);
+    launch_channel_sum<T>(
+        planes, out_channels, out_pixels,
+        Relevance<scalar_t, T>{g.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), out_channels, out_pixels},
+        StoreRatio<T>{activation.const_data_ptr<T>(), ratio.mutable_data_ptr<T>(), geo}, stream);
+    // a 1x1 window without stride or padding: each input position collects its own V
+    const bool pointwise = geo.kernel_h == 1 && geo.kernel_w == 1 && geo.stride_h == 1 && geo.stride_w == 1 &&
+                           geo.pad_h == 0 && geo.pad_w == 0;
+    at::Tensor collected = ratio;
+    if (!pointwise) {
+      collected = at::empty({planes, in_pixels}, options);
+      collect_kernel<T><<<blocks_for(planes * in_pixels), kThreads, 0, stream>>>(
+          ratio.const_data_ptr<T>(), collected.mutable_data_ptr<T>(), planes, geo);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     grad_input_kernel<scalar_t, T><<<blocks_for(x.numel()), kThreads, 0, stream>>>(
         x.const_data_ptr<scalar_t>(), collected.const_data_ptr<T>(), grad_input.mutable_data_ptr<scalar_t>(), x.numel(),
         in_channels, in_pixels);

@@ -33,4 +33,10 @@ inline void check_same_dtype_device(const char* op, const char* name, const at::
                     other.device(), "), got ", t.device());
 }
 
+inline void check_same_device(const char* op, const char* name, const at::Tensor& t, const char* other_name,
+                              const at::Tensor& other) {
+  TORCH_CHECK_VALUE(t.device() == other.device(), op, ": ", name, " must be on the device of ", other_name, " (",
+                    other.device(), "), got ", t.device());
+}
+
 } // namespace torchcam_ops

@@ -159,6 +159,7 @@ at::Tensor tsgb_avg_pool2d_backward(const at::Tensor& grad_output, const at::Ten
 } // namespace
 
 void check_tsgb_batch_norm_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                         const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
                                          const at::Tensor& running_mean, const at::Tensor& running_var) {
   const char* op = "tsgb_batch_norm_backward";
   check_floating(op, "input", input);
@@ -168,6 +169,16 @@ void check_tsgb_batch_norm_backward_args(const at::Tensor& grad_output, const at
   TORCH_CHECK_VALUE(
       running_mean.dim() == 1 && running_mean.size(0) == input.size(1) && running_var.sizes() == running_mean.sizes(),
       op, ": running_mean and running_var must be [C] with C = ", input.size(1));
+  // the kernels read the per-channel tensors where the input is
+  check_same_device(op, "running_mean", running_mean, "input", input);
+  check_same_device(op, "running_var", running_var, "input", input);
+  for (const auto& [name, parameter] : {std::pair{"weight", &weight}, std::pair{"bias", &bias}}) {
+    if (parameter->has_value() && (*parameter)->defined()) {
+      TORCH_CHECK_VALUE((*parameter)->dim() == 1 && (*parameter)->size(0) == input.size(1), op, ": ", name,
+                        " must be [C] with C = ", input.size(1), ", got shape ", (*parameter)->sizes());
+      check_same_device(op, name, **parameter, "input", input);
+    }
+  }
 }
 
 std::pair<at::Tensor, at::Tensor> batch_norm_affine(const at::Tensor& input, const std::optional<at::Tensor>& weight,

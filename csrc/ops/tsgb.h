@@ -17,6 +17,7 @@ kernels::Conv2dGeometry check_tsgb_conv2d_backward_args(const at::Tensor& grad_o
                                                         at::IntArrayRef dilation, int64_t groups);
 
 void check_tsgb_batch_norm_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                         const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
                                          const at::Tensor& running_mean, const at::Tensor& running_var);
 
 // Per-channel (scale, shift) of inference batch norm, Y = scale * X + shift, in opmath precision.
