@@ -106,16 +106,34 @@ def test_compiled_fullgraph_equals_eager_and_does_not_recompile(name):
         torch.testing.assert_close(again, explainer(x2, targets), rtol=1e-5, atol=1e-5)
 
 
-def test_plain_torch_compile_with_autograd_tracing_switched_on():
+def _traces_requires_grad() -> bool:
+    """Whether this torch.compile traces ``requires_grad_`` (torch 2.11 does not; 2.15 does)."""
+    torch._dynamo.reset()
+    try:
+        torch.compile(lambda t: t.detach().requires_grad_(True).detach() * 2, fullgraph=True, backend="eager")(
+            torch.ones(2)
+        )
+    except torch._dynamo.exc.Unsupported:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("input_requires_grad", [True, False], ids=["x_requires_grad", "plain_x"])
+def test_plain_torch_compile_with_autograd_tracing_switched_on(input_requires_grad):
+    # An input that requires grad is the explainer's own graph input (no requires_grad_ to trace):
+    # every supported torch compiles it; a plain input needs a torch.compile that traces requires_grad_.
+    if not input_requires_grad and not _traces_requires_grad():
+        pytest.skip(f"torch {torch.__version__}: torch.compile cannot trace requires_grad_ (explainer.compiled() can)")
     torch._dynamo.reset()
     model = cnn()
-    x = torch.rand(2, 3, 16, 16)
+    x = torch.rand(2, 3, 16, 16).requires_grad_(input_requires_grad)
     cam = GradCAM(model, ["3"])
     function = torch.compile(lambda x, t: cam(x, t), fullgraph=True, backend="aot_eager")
     with torch._dynamo.config.patch(trace_autograd_ops=True):
         torch.testing.assert_close(
             function(x, torch.tensor([0, 5])), cam(x, torch.tensor([0, 5])), rtol=1e-5, atol=1e-5
         )
+    assert x.grad is None
     cam.close()
 
 

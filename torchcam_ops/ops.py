@@ -246,6 +246,12 @@ RELU_MODES: tuple[str, ...] = ("guided", "deconvnet", "plain")
 
 
 def _pair(name: str, value: int | Sequence[int]) -> list[int]:
+    # exact-type checks first: this runs for every convolution an explainer routes (an ABC
+    # isinstance check costs more than the rest of the call)
+    if type(value) is int:
+        return [value, value]
+    if type(value) in (tuple, list) and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return [value[0], value[1]]
     if isinstance(value, int) and not isinstance(value, bool):
         return [value, value]
     if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value):

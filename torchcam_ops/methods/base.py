@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from torchcam_ops.methods.capture import ExplainerHold, capture_outputs
-from torchcam_ops.methods.graphs import Graphable
-from torchcam_ops.nn.rules import refuse_inference_mode
+from torchcam_ops.methods.graphs import Graphable, graph_input
+from torchcam_ops.nn.rules import refuse_inference_mode, submodules
 from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce, check_output_size
 
 #: What ``targets`` may be: ``None`` (each image's top class), a class index, one index per image,
@@ -90,9 +90,10 @@ def preserve_buffers(model: nn.Module) -> Iterator[None]:
     explaining a model that is being trained must not move its statistics."""
     saved = [
         (buffer, buffer.detach().clone())
-        for module in model.modules()
+        for module in submodules(model)
         if module.training
-        for buffer in module.buffers(recurse=False)
+        for buffer in module._buffers.values()
+        if buffer is not None
     ]
     try:
         yield
@@ -341,9 +342,7 @@ class BaseCAM(Graphable):
         the T targets; whether T targets per image were asked for; the class indices [N, T] (None
         for callable targets)."""
         with capture_outputs(self.layers) as captured, torch.enable_grad():
-            # A leaf that requires grad makes the layer outputs part of a graph even when every
-            # parameter is frozen; the caller's tensor is left alone.
-            output = self.model(x.detach().requires_grad_(True))
+            output = self.model(graph_input(x))
             scores, multi, indices = target_scores(output, targets, x.shape[0])
             outputs = [self._layer_output(layer, captured[id(layer.module)]) for layer in self.layers]
             for (name, _, _), out in zip(self.layers, outputs):

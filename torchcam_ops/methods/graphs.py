@@ -5,7 +5,8 @@ forward pass, gradients and map arithmetic, can be traced by ``torch.compile(ful
 captured in a CUDA graph. Torch traces ``torch.autograd.grad`` only with
 ``torch._dynamo.config.trace_autograd_ops = True`` (off by default in torch 2.15): :func:`compiled`
 sets it for the calls it makes; a plain ``torch.compile(lambda x, t: explainer(x, t), fullgraph=True)``
-works once the user has set it.
+works once the user has set it and, with a torch.compile that cannot trace ``requires_grad_`` (torch
+2.11), passes an ``x`` that requires grad (:func:`graph_input`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,17 @@ import torch
 from torch import Tensor
 
 
+def graph_input(x: Tensor) -> Tensor:
+    """``x`` as the start of a graph: itself when it requires grad, else a detached copy that does.
+
+    A leaf that requires grad makes the layer outputs part of a graph even when every parameter is
+    frozen; the caller's tensor is left alone. :func:`compiled` makes
+    that leaf before the compiled region, because torch.compile before torch 2.15 cannot trace
+    ``requires_grad_``; inputs derived from it inside (path points, masked images) require grad too.
+    """
+    return x if x.requires_grad else x.detach().requires_grad_(True)
+
+
 def compiled(explainer: Callable[..., Any], **compile_options: Any) -> Callable[..., Any]:
     """``torch.compile`` of ``explainer``'s call, ``fullgraph=True`` unless given otherwise, with the
     tracing of ``torch.autograd.grad`` switched on for its own compilations only. Same arguments and
@@ -24,9 +36,11 @@ def compiled(explainer: Callable[..., Any], **compile_options: Any) -> Callable[
     compile_options.setdefault("fullgraph", True)
     function = torch.compile(lambda *args, **kwargs: explainer(*args, **kwargs), **compile_options)
 
-    def call(*args: Any, **kwargs: Any) -> Any:
+    def call(x: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(x, Tensor):
+            x = graph_input(x)  # outside the graph: older torch.compile cannot trace requires_grad_
         with torch._dynamo.config.patch(trace_autograd_ops=True):
-            return function(*args, **kwargs)
+            return function(x, *args, **kwargs)
 
     return call
 

@@ -21,7 +21,7 @@ from torchcam_ops.methods.base import (
     unwrap_compiled,
 )
 from torchcam_ops.methods.gradcam import GradCAM
-from torchcam_ops.methods.graphs import Graphable
+from torchcam_ops.methods.graphs import Graphable, graph_input
 from torchcam_ops.nn.convert import find_classifier
 from torchcam_ops.nn.rules import guided_rules, tsgb_rules
 
@@ -53,7 +53,7 @@ class _InputGradientExplainer(Graphable):
         if callable(targets) and not isinstance(targets, Tensor):
             raise ValueError("targets: this explainer seeds one-hot class logits, so it needs class indices")
         with preserve_buffers(self.model), self._rules(), torch.enable_grad():
-            leaf = x.detach().requires_grad_(True)
+            leaf = graph_input(x)
             logits = self.model(leaf)
             if not isinstance(logits, Tensor) or logits.dim() != 2:
                 raise TypeError("the model output is not [N, classes] logits")

@@ -40,6 +40,22 @@ _AVG_POOL2D_ARGUMENTS = (
 _RELU_CALLS = (F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_)
 
 
+def submodules(model: nn.Module) -> list[nn.Module]:
+    """``model`` and every module below it, once each: ``model.modules()`` without the dotted names
+    it builds, which cost a millisecond per call of a ResNet-50 explainer."""
+    seen: set[int] = set()
+    found: list[nn.Module] = []
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        found.append(module)
+        stack.extend(child for child in module._modules.values() if child is not None)
+    return found
+
+
 def _call_arguments(names: tuple[str, ...], args: tuple, kwargs: dict | None) -> dict:
     return dict(zip(names, args), **(kwargs or {}))
 
@@ -170,7 +186,7 @@ def tsgb_rules(model: nn.Module, classifier: nn.Linear | None, beta: float = 1.0
     """The TSGB rules for ``model``'s layers while the block runs, in the calling thread only."""
     refuse_inference_mode("TSGB")
     convs, batch_norms = [], []
-    for module in model.modules():  # one pass: this runs on every call
+    for module in submodules(model):  # one pass: this runs on every call
         if isinstance(module, nn.Conv2d):
             convs.append(module)
         elif type(module) is nn.BatchNorm2d and module.running_mean is not None and module.running_var is not None:
