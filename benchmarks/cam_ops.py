@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     parser.add_argument("--figures", help="append the goal figures to this JSON-lines file (gpu_summary.py)")
+    parser.add_argument("--profile", action="store_true", help="then the kernels of the fused ops on the first shape")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -140,6 +141,21 @@ def main() -> None:
     print_table(headers, rows)
     if device.type == "cuda":
         record_figures(args.figures, figures)
+    if args.profile:
+        n, k, h, w, size = next(iter(SHAPES.values()))
+        a = torch.rand(n, k, h, w, device=device, dtype=dtype)
+        g = torch.randn(n, k, h, w, device=device, dtype=dtype) / (h * w)
+        for method in args.methods.split(","):
+            torchcam_ops.cam_postprocess(torchcam_ops.cam_reduce(a, g, method), size)
+        with torch.profiler.profile() as prof:
+            for method in args.methods.split(","):
+                for _ in range(10):
+                    torchcam_ops.cam_postprocess(torchcam_ops.cam_reduce(a, g, method), size)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(f"\n{next(iter(SHAPES))}, 10 calls per method:")
+        print(prof.key_averages().table(sort_by=sort, row_limit=12, max_name_column_width=70))
 
 
 if __name__ == "__main__":

@@ -40,9 +40,9 @@ FIGURES="$OUT/figures.jsonl"
 rm -f "$FIGURES"
 step bench_graphs 120 "$PYTHON" benchmarks/graphs.py --device cuda --batches 1,16 --figures "$FIGURES"
 # 3. the fused ops against eager, compiled and the copy bandwidth (device time, CUDA graphs)
-step bench_cam_ops 100 "$PYTHON" benchmarks/cam_ops.py --device cuda --repeats 30 --figures "$FIGURES"
+step bench_cam_ops 100 "$PYTHON" benchmarks/cam_ops.py --device cuda --repeats 30 --figures "$FIGURES" --profile
 # 4. TSGB against a plain gradient and the rules as plain PyTorch
-step bench_tsgb 100 "$PYTHON" benchmarks/tsgb.py --device cuda --repeats 5 --batches 1,16 --figures "$FIGURES" --profile
+step bench_tsgb 100 "$PYTHON" benchmarks/tsgb.py --device cuda --repeats 10 --batches 1,16 --figures "$FIGURES" --profile
 # 5. every figure next to its goal
 "$PYTHON" benchmarks/gpu_summary.py "$FIGURES" --tests "$OUT/tests.txt" | tee "$OUT/table.txt"
 echo "files in $OUT: $(ls "$OUT" | wc -l)"

@@ -60,9 +60,9 @@ def main() -> None:
         for batch in (int(b) for b in args.batches.split(",")):
             x = torch.rand(batch, 3, args.size, args.size, device=device)
             targets = torch.randint(0, 1000, (batch,), device=device)
-            tsgb_s = median_seconds(lambda: explainer(x, targets), device, args.repeats, warmup=1)
-            plain_s = median_seconds(lambda: input_gradient(model, x, targets), device, args.repeats, warmup=1)
-            reference_s = median_seconds(lambda: input_gradient(reference, x, targets), device, args.repeats, warmup=1)
+            tsgb_s = median_seconds(lambda: explainer(x, targets), device, args.repeats, warmup=3)
+            plain_s = median_seconds(lambda: input_gradient(model, x, targets), device, args.repeats, warmup=3)
+            reference_s = median_seconds(lambda: input_gradient(reference, x, targets), device, args.repeats, warmup=3)
             rows.append(
                 [
                     arch,

@@ -61,7 +61,16 @@ def test_cam_reduce_backward_cuda_matches_cpu(method, dtype):
 
 
 @pytest.mark.parametrize("relu,normalize", [(True, True), (False, True), (True, False), (False, False)])
-@pytest.mark.parametrize("resize", [((7, 7), (224, 224)), ((56, 56), (28, 28)), ((5, 9), (31, 17)), ((1, 1), (3, 3))])
+@pytest.mark.parametrize(
+    "resize",
+    [
+        ((7, 7), (224, 224)),
+        ((56, 56), (28, 28)),
+        ((5, 9), (31, 17)),
+        ((1, 1), (3, 3)),
+        ((2000, 30), (50, 100)),  # too many source rows per band for the shared table: pixel by pixel
+    ],
+)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_cam_postprocess_cuda_matches_cpu(resize, relu, normalize, dtype):
     (h, w), size = resize

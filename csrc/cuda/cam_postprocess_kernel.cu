@@ -18,6 +18,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 
 namespace torchcam_ops {
@@ -176,6 +178,71 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The same values as write_kernel, a band of output rows per block: the rows of the source map that
+// the band samples are first blended horizontally for every output column into shared memory (the
+// top and bottom values of resized_value, for each source row once), so each output pixel costs one
+// vertical blend. Bitwise what write_kernel writes.
+template <int kWidth, typename scalar_t, typename T>
+__global__ void __launch_bounds__(kThreads)
+    write_rows_kernel(const scalar_t* __restrict__ cam, const T* __restrict__ extrema, scalar_t* __restrict__ out,
+                      ResizeGeometry geo, T scale_h, T scale_w, bool relu, bool normalize, int bands, int band_rows) {
+  extern __shared__ unsigned char shared_bytes[];
+  T* blended = reinterpret_cast<T*>(shared_bytes); // [source rows of the band, out_w]
+  const int64_t n = blockIdx.x / bands;
+  const int y_begin = (blockIdx.x % bands) * band_rows;
+  const int y_end = min(geo.out_h, y_begin + band_rows);
+  const int first_row = axis_sample(scale_h, y_begin, geo.in_h).first;
+  const int last_row = axis_sample(scale_h, y_end - 1, geo.in_h).second; // sampling is monotonic
+  const scalar_t* map = cam + n * geo.in_h * geo.in_w;
+  const auto sample = [&](int r, int c) {
+    const T v = static_cast<T>(map[r * geo.in_w + c]);
+    return relu ? relu_keep_nan(v) : v;
+  };
+  for (int i = threadIdx.x; i < (last_row - first_row + 1) * geo.out_w; i += kThreads) {
+    const int r = i / geo.out_w;
+    const AxisSample<T> column = axis_sample(scale_w, i - r * geo.out_w, geo.in_w);
+    blended[i] =
+        kernels::blend(sample(first_row + r, column.first), sample(first_row + r, column.second), column.weight);
+  }
+  __syncthreads();
+
+  T lo = T(0), range = T(1), prescale = T(1);
+  if (normalize) {
+    T map_lo = extrema[2 * kExtremaGroups * n], map_hi = extrema[2 * kExtremaGroups * n + 1];
+    for (int band = 1; band < kExtremaGroups; ++band) {
+      map_lo = cuda::min_keep_nan(map_lo, extrema[2 * (kExtremaGroups * n + band)]);
+      map_hi = cuda::max_keep_nan(map_hi, extrema[2 * (kExtremaGroups * n + band) + 1]);
+    }
+    prescale = kernels::normalization_prescale(map_lo, map_hi);
+    lo = map_lo * prescale;
+    range = kernels::normalization_range(lo, map_hi * prescale);
+  }
+  const T scale = range == T(0) ? T(0) : T(1);
+  const T divisor = range == T(0) ? T(1) : range;
+  auto* dst = reinterpret_cast<OutputPack<kWidth, scalar_t>*>(out + n * geo.out_h * geo.out_w +
+                                                              static_cast<int64_t>(y_begin) * geo.out_w);
+  const int packs = (y_end - y_begin) * geo.out_w / kWidth;
+  for (int pack = threadIdx.x; pack < packs; pack += kThreads) {
+    const int local_y = pack * kWidth / geo.out_w;
+    const int x0 = pack * kWidth - local_y * geo.out_w;
+    const AxisSample<T> row = axis_sample(scale_h, y_begin + local_y, geo.in_h);
+    const T* top = blended + (row.first - first_row) * geo.out_w + x0;
+    const T* bottom = blended + (row.second - first_row) * geo.out_w + x0;
+    OutputPack<kWidth, scalar_t> values;
+#pragma unroll
+    for (int v = 0; v < kWidth; ++v) {
+      const T u = kernels::blend(top[v], bottom[v], row.weight);
+      values.values[v] =
+          static_cast<scalar_t>(normalize ? min(max(scale * ((u * prescale - lo) / divisor), T(0)), T(1)) : u);
+    }
+    dst[pack] = values;
+  }
+}
+
+// Output rows per block of write_rows_kernel, and the source rows its table then holds at most.
+constexpr int kBandPixels = 4096;
+constexpr int64_t kMaxTableBytes = 32 * 1024;
+
 at::Tensor cam_postprocess_cuda(const at::Tensor& cam, int64_t out_h, int64_t out_w, bool relu, bool normalize) {
   check_cam_postprocess_args(cam, out_h, out_w);
   const c10::cuda::CUDAGuard guard(cam.device());
@@ -208,7 +275,24 @@ at::Tensor cam_postprocess_cuda(const at::Tensor& cam, int64_t out_h, int64_t ou
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     const T* extrema_data = normalize ? extrema.const_data_ptr<T>() : nullptr;
-    if (packed) {
+    // Bands of rows with their source rows blended once in shared memory, where the table fits
+    // (any upsampling); otherwise every pixel blends its four samples.
+    const int band_rows = std::max<int>(1, kBandPixels / geo.out_w);
+    const int64_t table_rows = std::min<int64_t>(
+        geo.in_h, static_cast<int64_t>(std::ceil((band_rows - 1) * static_cast<double>(scale_h))) + 3);
+    const int64_t table_bytes = table_rows * geo.out_w * static_cast<int64_t>(sizeof(T));
+    if (table_bytes <= kMaxTableBytes) {
+      const int bands = static_cast<int>(ceil_div(geo.out_h, band_rows));
+      if (packed) {
+        write_rows_kernel<4, scalar_t, T><<<batch * bands, kThreads, table_bytes, stream>>>(
+            input.const_data_ptr<scalar_t>(), extrema_data, out.mutable_data_ptr<scalar_t>(), geo, scale_h, scale_w,
+            relu, normalize, bands, band_rows);
+      } else {
+        write_rows_kernel<1, scalar_t, T><<<batch * bands, kThreads, table_bytes, stream>>>(
+            input.const_data_ptr<scalar_t>(), extrema_data, out.mutable_data_ptr<scalar_t>(), geo, scale_h, scale_w,
+            relu, normalize, bands, band_rows);
+      }
+    } else if (packed) {
       write_kernel<4, scalar_t, T><<<batch * tiles, kThreads, 0, stream>>>(
           input.const_data_ptr<scalar_t>(), extrema_data, out.mutable_data_ptr<scalar_t>(), geo, scale_h, scale_w, relu,
           normalize, tiles);

@@ -74,72 +74,139 @@ __device__ __forceinline__ T warp_row_sum(const scalar_t* a, const scalar_t* g, 
   return warp_all_sum((acc[0] + acc[1]) + (acc[2] + acc[3]));
 }
 
-template <typename T, typename scalar_t>
-__device__ __forceinline__ T warp_channel_weight(CamMethod method, const scalar_t* a, const scalar_t* g,
-                                                 int64_t pixels) {
+// Sum over one channel row by one thread, in pixel order: for rows in shared memory short enough
+// that a thread per channel beats a warp per channel and its shuffles.
+template <typename T, typename scalar_t, typename F>
+__device__ __forceinline__ T serial_row_sum(const scalar_t* a, const scalar_t* g, int64_t pixels, F f) {
+  T acc = T(0);
+  for (int64_t p = 0; p < pixels; ++p) {
+    acc += f(static_cast<T>(a[p]), static_cast<T>(g[p]));
+  }
+  return acc;
+}
+
+struct WarpRowSum {
+  template <typename T, typename scalar_t, typename F>
+  __device__ T sum(const scalar_t* a, const scalar_t* g, int64_t pixels, F f) const {
+    return warp_row_sum<T>(a, g, pixels, f);
+  }
+};
+
+struct SerialRowSum {
+  template <typename T, typename scalar_t, typename F>
+  __device__ T sum(const scalar_t* a, const scalar_t* g, int64_t pixels, F f) const {
+    return serial_row_sum<T>(a, g, pixels, f);
+  }
+};
+
+// The channel weight of one row (weighted methods), its sums taken by `rows`.
+template <typename T, typename RowSum, typename scalar_t>
+__device__ __forceinline__ T channel_weight(CamMethod method, const scalar_t* a, const scalar_t* g, int64_t pixels,
+                                            RowSum rows) {
   switch (method) {
     case CamMethod::GradCAM:
-      return warp_row_sum<T>(a, g, pixels, [](T, T gv) { return gv; }) / static_cast<T>(pixels);
+      return rows.template sum<T>(a, g, pixels, [](T, T gv) { return gv; }) / static_cast<T>(pixels);
     case CamMethod::AbsCAM:
-      return warp_row_sum<T>(a, g, pixels, [](T, T gv) { return gv < T(0) ? -gv : gv; }) / static_cast<T>(pixels);
+      return rows.template sum<T>(a, g, pixels, [](T, T gv) { return gv < T(0) ? -gv : gv; }) / static_cast<T>(pixels);
     case CamMethod::XGradCAM: {
-      const T weighted = warp_row_sum<T>(a, g, pixels, [](T av, T gv) { return av * gv; });
-      const T activation_sum = warp_row_sum<T>(a, g, pixels, [](T av, T) { return av; });
+      const T weighted = rows.template sum<T>(a, g, pixels, [](T av, T gv) { return av * gv; });
+      const T activation_sum = rows.template sum<T>(a, g, pixels, [](T av, T) { return av; });
       return weighted / (activation_sum + T(kXGradCAMEps));
     }
     default: { // GradCAMPlusPlus
-      const T activation_sum = warp_row_sum<T>(a, g, pixels, [](T av, T) { return av; });
-      return warp_row_sum<T>(a, g, pixels, [=](T, T gv) { return gradcam_pp_term(gv, activation_sum); });
+      const T activation_sum = rows.template sum<T>(a, g, pixels, [](T av, T) { return av; });
+      return rows.template sum<T>(a, g, pixels, [=](T, T gv) { return gradcam_pp_term(gv, activation_sum); });
     }
   }
 }
 
-// Copies `count` consecutive values from global to shared memory (as opmath values) with 16-byte
-// loads, kUnroll of them in flight per thread before any is stored: a chunk of a small map is
-// only a few kilobytes, so bandwidth comes from many independent loads, not long rows.
-template <typename scalar_t, typename T>
-__device__ __forceinline__ void stage_to_shared(const scalar_t* __restrict__ src, T* __restrict__ dst, int count) {
-  constexpr int kVec = 16 / sizeof(scalar_t);
-  constexpr int kUnroll = 4;
+template <typename T, typename scalar_t>
+__device__ __forceinline__ T warp_channel_weight(CamMethod method, const scalar_t* a, const scalar_t* g,
+                                                 int64_t pixels) {
+  return channel_weight<T>(method, a, g, pixels, WarpRowSum{});
+}
+
+// Copies `count` consecutive values of two tensors from global to shared memory (as opmath values)
+// with 16-byte loads, kUnroll of each in flight per thread before any is stored: a chunk of a small
+// map is only a few kilobytes, so bandwidth comes from many independent loads, not long rows.
+template <typename scalar_t>
+struct StagedSource {
+  static constexpr int kVec = 16 / sizeof(scalar_t);
   struct alignas(16) Pack {
     scalar_t values[kVec];
   };
-  const auto misalignment = static_cast<int>((reinterpret_cast<uintptr_t>(src) % 16) / sizeof(scalar_t));
-  const int head = min(count, misalignment == 0 ? 0 : kVec - misalignment);
-  const int packs = (count - head) / kVec;
-  const Pack* packed = reinterpret_cast<const Pack*>(src + head);
+
+  __device__ StagedSource(const scalar_t* source, int count) : src(source) {
+    const auto misalignment = static_cast<int>((reinterpret_cast<uintptr_t>(src) % 16) / sizeof(scalar_t));
+    head = min(count, misalignment == 0 ? 0 : kVec - misalignment);
+    packs = (count - head) / kVec;
+    rest = head + (count - head) % kVec; // the unaligned head and the tail shorter than a pack
+    packed = reinterpret_cast<const Pack*>(src + head);
+  }
+
+  const scalar_t* src;
+  const Pack* packed;
+  int head, packs, rest;
+};
+
+template <typename scalar_t, typename T>
+__device__ __forceinline__ void stage_to_shared(const scalar_t* __restrict__ g_src, T* __restrict__ g_dst,
+                                                const scalar_t* __restrict__ a_src, T* __restrict__ a_dst, int count) {
+  using Source = StagedSource<scalar_t>;
+  constexpr int kVec = Source::kVec;
+  constexpr int kUnroll = 4;
+  const Source g(g_src, count), a(a_src, count);
+  const int packs = max(g.packs, a.packs);
   for (int base = threadIdx.x; base < packs; base += kUnroll * blockDim.x) {
-    Pack loaded[kUnroll];
+    typename Source::Pack g_loaded[kUnroll], a_loaded[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int index = base + u * blockDim.x;
-      if (index < packs) {
-        loaded[u] = packed[index];
+      if (index < g.packs) {
+        g_loaded[u] = g.packed[index];
+      }
+      if (index < a.packs) {
+        a_loaded[u] = a.packed[index];
       }
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int index = base + u * blockDim.x;
-      if (index < packs) {
 #pragma unroll
-        for (int v = 0; v < kVec; ++v) {
-          dst[head + index * kVec + v] = static_cast<T>(loaded[u].values[v]);
+      for (int v = 0; v < kVec; ++v) {
+        if (index < g.packs) {
+          g_dst[g.head + index * kVec + v] = static_cast<T>(g_loaded[u].values[v]);
+        }
+        if (index < a.packs) {
+          a_dst[a.head + index * kVec + v] = static_cast<T>(a_loaded[u].values[v]);
         }
       }
     }
   }
-  // the unaligned head and the tail shorter than a pack
-  const int rest = head + (count - head) % kVec;
-  for (int i = threadIdx.x; i < rest; i += blockDim.x) {
-    const int at = i < head ? i : i + packs * kVec;
-    dst[at] = static_cast<T>(src[at]);
+  for (int i = threadIdx.x; i < max(g.rest, a.rest); i += blockDim.x) {
+    if (i < g.rest) {
+      const int at = i < g.head ? i : i + g.packs * kVec;
+      g_dst[at] = static_cast<T>(g_src[at]);
+    }
+    if (i < a.rest) {
+      const int at = i < a.head ? i : i + a.packs * kVec;
+      a_dst[at] = static_cast<T>(a_src[at]);
+    }
   }
 }
 
-// Channel weights of rows [0, channels) of a chunk, one warp per row (weighted methods only).
+// Channel weights of rows [0, channels) of a chunk (weighted methods only): one thread per row for
+// short rows in shared memory whose stride spreads over the banks (7x7 maps: 49 values, odd), else
+// one warp per row.
 template <typename T, typename scalar_t>
 __device__ __forceinline__ void chunk_weights(CamMethod method, const scalar_t* a, const scalar_t* g, int64_t channels,
-                                              int64_t pixels, T* weights) {
+                                              int64_t pixels, bool serial, T* weights) {
+  if (serial) {
+    for (int64_t k = threadIdx.x; k < channels; k += kThreads) {
+      weights[k] = channel_weight<T>(method, a + k * pixels, g + k * pixels, pixels, SerialRowSum{});
+    }
+    return;
+  }
   for (int64_t k = threadIdx.x / kWarpSize; k < channels; k += kWarps) {
     const T w = warp_channel_weight<T>(method, a + k * pixels, g + k * pixels, pixels);
     if (threadIdx.x % kWarpSize == 0) {
@@ -214,11 +281,12 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t rows = std::min(channels, k_begin + chunk_channels) - k_begin;
   const int64_t offset = (n * channels + k_begin) * pixels;
   const auto count = static_cast<int>(rows * pixels);
-  stage_to_shared(gradients + offset, g_chunk, count);
-  stage_to_shared(activations + offset, a_chunk, count);
+  stage_to_shared(gradients + offset, g_chunk, activations + offset, a_chunk, count);
   __syncthreads();
   if (uses_channel_weights(method)) {
-    chunk_weights<T>(method, a_chunk, g_chunk, rows, pixels, weights);
+    // rows of odd length (or 2) put the threads' reads in distinct banks
+    const bool serial = pixels <= 64 && (pixels % 2 == 1 || pixels == 2);
+    chunk_weights<T>(method, a_chunk, g_chunk, rows, pixels, serial, weights);
     __syncthreads();
   }
   chunk_map<T>(method, a_chunk, g_chunk, weights, rows, pixels, slice_sums,
@@ -243,35 +311,34 @@ __global__ void __launch_bounds__(kThreads)
   const scalar_t* a = activations + (n * channels + k_begin) * pixels;
   const scalar_t* g = gradients + (n * channels + k_begin) * pixels;
   if (uses_channel_weights(method)) {
-    chunk_weights<T>(method, a, g, rows, pixels, weights);
+    chunk_weights<T>(method, a, g, rows, pixels, /*serial=*/false, weights);
     __syncthreads();
   }
   chunk_map<T>(method, a, g, weights, rows, pixels, slice_sums, partial + (n * num_chunks + chunk) * pixels);
 }
 
-// Adds the chunks' partial maps in chunk order; four accumulators keep four loads in flight.
+// Adds the chunks' partial maps, a warp per output pixel (lanes over chunks, then the fixed
+// butterfly order): few pixels with many chunks each would leave a thread per pixel waiting on
+// one load after another.
 template <typename scalar_t, typename T>
-__global__ void cam_reduce_finalize_kernel(const T* __restrict__ partial, scalar_t* __restrict__ cam, int64_t batch,
-                                           int64_t pixels, int64_t num_chunks) {
-  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+__global__ void __launch_bounds__(kThreads)
+    cam_reduce_finalize_kernel(const T* __restrict__ partial, scalar_t* __restrict__ cam, int64_t batch, int64_t pixels,
+                               int64_t num_chunks) {
+  const int64_t index = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize;
   if (index >= batch * pixels) {
-    return;
+    return; // the whole warp leaves together
   }
   const int64_t n = index / pixels;
   const int64_t p = index % pixels;
   const T* column = partial + n * num_chunks * pixels + p;
-  T acc[4] = {T(0), T(0), T(0), T(0)};
-  int64_t c = 0;
-  for (; c + 4 <= num_chunks; c += 4) {
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      acc[u] += column[(c + u) * pixels];
-    }
+  T acc = T(0);
+  for (int64_t c = threadIdx.x % kWarpSize; c < num_chunks; c += kWarpSize) {
+    acc += column[c * pixels];
   }
-  for (; c < num_chunks; ++c) {
-    acc[0] += column[c * pixels];
+  acc = warp_all_sum(acc);
+  if (threadIdx.x % kWarpSize == 0) {
+    cam[index] = static_cast<scalar_t>(acc);
   }
-  cam[index] = static_cast<scalar_t>((acc[0] + acc[1]) + (acc[2] + acc[3]));
 }
 
 at::Tensor cam_reduce_cuda(const at::Tensor& activations, const at::Tensor& gradients, c10::string_view method_name) {
@@ -328,7 +395,7 @@ at::Tensor cam_reduce_cuda(const at::Tensor& activations, const at::Tensor& grad
     }
     at::Tensor partial = at::empty({batch, num_chunks, pixels}, a.options().dtype(c10::CppTypeToScalarType<T>::value));
     launch(partial.mutable_data_ptr<T>());
-    cam_reduce_finalize_kernel<scalar_t, T><<<ceil_div(batch * pixels, kThreads), kThreads, 0, stream>>>(
+    cam_reduce_finalize_kernel<scalar_t, T><<<ceil_div(batch * pixels, kWarps), kThreads, 0, stream>>>(
         partial.const_data_ptr<T>(), cam.mutable_data_ptr<scalar_t>(), batch, pixels, num_chunks);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
