@@ -93,32 +93,54 @@ __device__ __forceinline__ T resized_value(const scalar_t* map, int in_w, const 
 // so that small batches still spread over the device; the write kernel combines the bands.
 constexpr int kExtremaGroups = 8;
 
-// Block (map, band): min and max over the extreme rows of its band x the extreme columns.
+// Block (map, band): min and max over the extreme rows of its band x the extreme columns. The band's
+// extreme rows are listed first (in order, a few hundred rows at a time), then the block's threads
+// share the (row, column) pairs: a 7x7 map upsampled to 224 has a couple of extreme rows per band.
 template <typename scalar_t, typename T>
 __global__ void __launch_bounds__(kThreads)
     map_extrema_kernel(const scalar_t* __restrict__ cam, T* __restrict__ extrema, ResizeGeometry geo, T scale_h,
                        T scale_w, bool relu) {
-  __shared__ T scratch[2 * kThreads / cuda::kWarpSize];
+  constexpr int kWarps = kThreads / cuda::kWarpSize;
+  __shared__ T scratch[2 * kWarps];
+  __shared__ int extreme_rows[kThreads];
+  __shared__ int warp_counts[kWarps];
   const int map_index = blockIdx.x / kExtremaGroups;
   const int band = blockIdx.x % kExtremaGroups;
   const int band_rows = (geo.out_h + kExtremaGroups - 1) / kExtremaGroups;
   const int y_begin = band * band_rows;
   const int y_end = min(geo.out_h, y_begin + band_rows);
   const scalar_t* map = cam + static_cast<int64_t>(map_index) * geo.in_h * geo.in_w;
+  const int warp = threadIdx.x / cuda::kWarpSize, lane = threadIdx.x % cuda::kWarpSize;
   T lo = std::numeric_limits<T>::infinity();
   T hi = -std::numeric_limits<T>::infinity();
-  for (int x = threadIdx.x; x < geo.out_w; x += kThreads) {
-    if (!is_extreme_position(scale_w, x, geo.out_w, geo.in_w)) {
-      continue;
+  for (int rows_begin = y_begin; rows_begin < y_end; rows_begin += kThreads) {
+    const int y = rows_begin + threadIdx.x;
+    const bool extreme = y < y_end && is_extreme_position(scale_h, y, geo.out_h, geo.in_h);
+    const unsigned ballot = __ballot_sync(0xffffffffu, extreme);
+    if (lane == 0) {
+      warp_counts[warp] = __popc(ballot);
     }
-    const AxisSample<T> column = axis_sample(scale_w, x, geo.in_w);
-    for (int y = y_begin; y < y_end; ++y) {
-      if (is_extreme_position(scale_h, y, geo.out_h, geo.in_h)) {
-        const T u = resized_value<T>(map, geo.in_w, axis_sample(scale_h, y, geo.in_h), column, relu);
+    __syncthreads();
+    int offset = 0, count = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      offset += w < warp ? warp_counts[w] : 0;
+      count += warp_counts[w];
+    }
+    if (extreme) {
+      extreme_rows[offset + __popc(ballot & ((1u << lane) - 1u))] = y;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < count * geo.out_w; i += kThreads) {
+      const int row_index = i / geo.out_w;
+      const int x = i - row_index * geo.out_w;
+      if (is_extreme_position(scale_w, x, geo.out_w, geo.in_w)) {
+        const T u = resized_value<T>(map, geo.in_w, axis_sample(scale_h, extreme_rows[row_index], geo.in_h),
+                                     axis_sample(scale_w, x, geo.in_w), relu);
         lo = cuda::min_keep_nan(lo, u);
         hi = cuda::max_keep_nan(hi, u);
       }
     }
+    __syncthreads(); // the list is rewritten for the next rows
   }
   cuda::block_min_max(lo, hi, scratch);
   if (threadIdx.x == 0) {
