@@ -10,7 +10,11 @@ from torchcam_ops import _C, _extension
 
 
 def test_build_facts():
+    import torchcam_ops
+
     assert _C.torch_version == torch.__version__
+    # the method names have one definition, kCamMethods in C++; Python reads them from the build
+    assert torchcam_ops.CAM_METHODS == _C.cam_methods and "gradcam" in _C.cam_methods
     assert _C.cpu_capability in {"AVX2", "DEFAULT"}
     assert _C.with_cuda in {0, 1}
 

@@ -76,9 +76,19 @@ def load() -> ModuleType:
                 "(set TORCHCAM_OPS_ALLOW_STALE_BUILD=1 to use it anyway)."
             )
     missing = [name for name in EXPECTED_OPS if not hasattr(torch.ops.torchcam_ops, name)]
+    if not hasattr(_C, "cam_methods"):
+        missing.append("cam_methods")
     if missing:
         raise _fail(f"the extension does not register {', '.join(missing)}.")
     return _C
+
+
+def cam_methods() -> tuple[str, ...]:
+    """The method names of cam_reduce, from the loaded extension (its ``kCamMethods``)."""
+    assert_has_ops()
+    from torchcam_ops import _C
+
+    return tuple(_C.cam_methods)
 
 
 _load_error: ExtensionBuildError | None = None

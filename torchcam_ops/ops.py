@@ -21,16 +21,9 @@ HAS_OPS = _extension.try_load()
 
 __all__ = ["CAM_METHODS", "cam_reduce", "cam_postprocess"]
 
-#: Names accepted by :func:`cam_reduce`.
-CAM_METHODS: tuple[str, ...] = (
-    "gradcam",
-    "abscam",
-    "xgradcam",
-    "gradcam++",
-    "layercam",
-    "hirescam",
-    "gradcam_elementwise",
-)
+#: Names accepted by :func:`cam_reduce`, as the extension defines them (``kCamMethods`` in
+#: ``csrc/kernels/cam_method.h``); empty when the extension could not load.
+CAM_METHODS: tuple[str, ...] = _extension.cam_methods() if HAS_OPS else ()
 
 
 class _MissingOps:
@@ -100,6 +93,8 @@ def _check_activations_and_gradients(op: str, activations: Tensor, gradients: Te
 
 
 def _check_method(op: str, method: str) -> None:
+    if not CAM_METHODS:
+        _extension.assert_has_ops()  # without the extension there are no methods: say why
     torch._check_value(method in CAM_METHODS, lambda: f"{op}: unknown method {method!r}; expected one of {CAM_METHODS}")
 
 

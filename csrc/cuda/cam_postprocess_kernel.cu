@@ -332,8 +332,6 @@ at::Tensor cam_postprocess_cuda(const at::Tensor& cam, int64_t out_h, int64_t ou
 
 TORCH_LIBRARY_IMPL(torchcam_ops, CUDA, m) {
   m.impl("cam_postprocess", &cam_postprocess_cuda);
-  // The backward is not a hot path: on CUDA it is the same maths composed of ATen ops.
-  m.impl("cam_postprocess_backward", &cam_postprocess_backward_composite);
 }
 
 } // namespace torchcam_ops

@@ -3,6 +3,8 @@
 // Warp and block reductions shared by the CUDA kernels. All results are bitwise reproducible:
 // the butterfly (xor) exchange adds the same pairs in every lane, whatever the scheduling.
 
+#include "../kernels/nan_semantics.h"
+
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -23,15 +25,9 @@ __device__ __forceinline__ T warp_all_sum(T value) {
   return value;
 }
 
-template <typename T>
-__device__ __forceinline__ T min_keep_nan(T a, T b) {
-  return (isnan(a) || a < b) ? a : b;
-}
-
-template <typename T>
-__device__ __forceinline__ T max_keep_nan(T a, T b) {
-  return (isnan(a) || a > b) ? a : b;
-}
+using kernels::max_keep_nan;
+using kernels::min_keep_nan;
+using kernels::relu_keep_nan;
 
 // Min and max over the block, NaN-propagating, the result in every thread. `scratch` holds
 // 2 * (blockDim.x / 32) values.
@@ -56,11 +52,6 @@ __device__ __forceinline__ void block_min_max(T& lo, T& hi, T* scratch) {
     hi = max_keep_nan(hi, scratch[warps + w]);
   }
   __syncthreads(); // scratch may be reused by the caller
-}
-
-template <typename T>
-__device__ __forceinline__ T relu_keep_nan(T x) {
-  return x < T(0) ? T(0) : x;
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) {

@@ -14,6 +14,7 @@
 // most 2 per source pixel). Normalisation is affine and commutes with the blends, so it is
 // applied to the in_h x out_w horizontally resized rows instead of the out_h x out_w output.
 
+#include "nan_semantics.h"
 #include "normalize.h"
 #include "vec_helpers.h"
 
@@ -109,20 +110,9 @@ class ResizePlanStorage {
 
 namespace postprocess_detail {
 
-template <typename T>
-inline T relu_keep_nan(T x) {
-  return x < T(0) ? T(0) : x; // NaN compares false and passes through, like torch.relu
-}
-
-template <typename T>
-inline T min_keep_nan(T a, T b) {
-  return (std::isnan(a) || a < b) ? a : b;
-}
-
-template <typename T>
-inline T max_keep_nan(T a, T b) {
-  return (std::isnan(a) || a > b) ? a : b;
-}
+using kernels::max_keep_nan;
+using kernels::min_keep_nan;
+using kernels::relu_keep_nan;
 
 template <typename T>
 inline T lerp(T a, T b, T weight1) {

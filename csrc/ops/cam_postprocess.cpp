@@ -121,4 +121,10 @@ TORCH_LIBRARY_IMPL(torchcam_ops, Autograd, m) {
   m.impl("cam_postprocess", &cam_postprocess_autograd);
 }
 
+// The backward is not a hot path: devices without a kernel of their own (CUDA) run the same maths
+// composed of ATen ops; the CPU kernel (cpu/cam_postprocess_kernel.cpp) takes precedence there.
+TORCH_LIBRARY_IMPL(torchcam_ops, CompositeExplicitAutograd, m) {
+  m.impl("cam_postprocess_backward", &cam_postprocess_backward_composite);
+}
+
 } // namespace torchcam_ops

@@ -3,6 +3,8 @@
 // Importing torchcam_ops._C runs the static registrations of every op in this extension.
 // The module carries the facts the Python package checks at import time to detect a stale build.
 
+#include "../kernels/cam_method.h"
+
 #include <Python.h>
 #include <torch/library.h>
 
@@ -51,6 +53,27 @@ PyMODINIT_FUNC PyInit__C(void) {
       PyModule_AddStringConstant(module, "torch_version", TORCHCAM_OPS_TORCH_VERSION) < 0 ||
       PyModule_AddStringConstant(module, "cpu_capability", TORCHCAM_OPS_CPU_CAPABILITY) < 0 ||
       PyModule_AddIntConstant(module, "with_cuda", with_cuda) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  // The names cam_reduce accepts, in their documented order: Python reads them from here.
+  PyObject* methods = PyTuple_New(static_cast<Py_ssize_t>(torchcam_ops::kCamMethods.size()));
+  if (methods == nullptr) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  for (size_t i = 0; i < torchcam_ops::kCamMethods.size(); ++i) {
+    const auto& name = torchcam_ops::kCamMethods[i].name;
+    PyObject* item = PyUnicode_FromStringAndSize(name.data(), static_cast<Py_ssize_t>(name.size()));
+    if (item == nullptr) {
+      Py_DECREF(methods);
+      Py_DECREF(module);
+      return nullptr;
+    }
+    PyTuple_SET_ITEM(methods, static_cast<Py_ssize_t>(i), item); // steals the reference
+  }
+  if (PyModule_AddObject(module, "cam_methods", methods) < 0) { // steals the reference on success
+    Py_DECREF(methods);
     Py_DECREF(module);
     return nullptr;
   }

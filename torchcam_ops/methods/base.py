@@ -21,6 +21,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from torchcam_ops._extension import assert_has_ops
 from torchcam_ops.methods.capture import ExplainerHold, capture_outputs
 from torchcam_ops.methods.graphs import Graphable, graph_input
 from torchcam_ops.nn.rules import refuse_inference_mode, submodules
@@ -251,6 +252,7 @@ class BaseCAM(Graphable):
     def __init__(
         self, model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *, batch_size: int | None = None
     ) -> None:
+        assert_has_ops()  # the build error, not a misleading one about the method, without an extension
         if self.method not in CAM_METHODS:
             raise TypeError(f"{type(self).__name__} names no cam_reduce method")
         if not isinstance(model, nn.Module):
