@@ -243,3 +243,21 @@ def test_maps_are_detached_by_default_and_parameter_grads_untouched():
 def test_abscam_phase_two_refuses_create_graph():
     with AbsCAM(cnn(), ["5"]) as cam, pytest.raises(ValueError, match="create_graph: Abs-CAM phase 2"):
         cam(torch.rand(1, 3, 8, 8), [0], create_graph=True)
+
+
+def test_maps_never_reach_the_callers_tensor_or_its_hooks():
+    # Every call starts its graph from a detached copy of x: a create_graph map carries gradients to
+    # the parameters only, never upstream of x, and hooks on x never run.
+    model = cnn()
+    raw = torch.rand(2, 3, 16, 16, requires_grad=True)
+    x = raw * 2
+    with GradCAM(model, ["3"]) as cam:
+        cam(x, torch.tensor([1, 2]), create_graph=True).sum().backward()
+    assert raw.grad is None
+    assert any(p.grad is not None for p in model.parameters())
+
+    hooked = torch.rand(2, 3, 16, 16, requires_grad=True)
+    hooked.register_hook(lambda grad: grad * 0)
+    with GuidedBackprop(model) as guided:
+        torch.testing.assert_close(guided(hooked, [1, 2]), guided(hooked.detach(), [1, 2]))
+    assert hooked.grad is None

@@ -370,12 +370,15 @@ at::Tensor cam_reduce_cuda(const at::Tensor& activations, const at::Tensor& grad
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_reduce_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
-    const size_t shared_bytes = (kThreads + chunk_channels + (staged ? 2 * chunk_channels * pixels : 0)) * sizeof(T);
+    // Double chunks can need more shared memory than older devices give a block: those read rows.
+    const size_t staged_bytes = (kThreads + chunk_channels + 2 * chunk_channels * pixels) * sizeof(T);
+    const bool use_staged = staged && staged_bytes <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+    const size_t shared_bytes = use_staged ? staged_bytes : (kThreads + chunk_channels) * sizeof(T);
     const auto launch = [&](auto* out) {
       using out_t = std::remove_pointer_t<decltype(out)>;
-      if (staged) {
+      if (use_staged) {
         auto kernel = cam_reduce_staged_kernel<scalar_t, T, out_t>;
-        if (shared_bytes > 48 * 1024) { // double chunks: past the default limit, within every sm_70+ device's
+        if (shared_bytes > 48 * 1024) { // past the default limit: opt in (within the device's, checked above)
           C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               static_cast<int>(shared_bytes)));
         }

@@ -19,14 +19,18 @@ from torch import Tensor
 
 
 def graph_input(x: Tensor) -> Tensor:
-    """``x`` as the start of a graph: itself when it requires grad, else a detached copy that does.
+    """Where an explainer's graph starts: a detached copy of ``x`` that requires grad, so that maps
+    never carry gradients to the caller's tensor (or anything upstream of it) and the caller's
+    tensor hooks never run.
 
-    A leaf that requires grad makes the layer outputs part of a graph even when every parameter is
-    frozen; the caller's tensor is left alone. :func:`compiled` makes
-    that leaf before the compiled region, because torch.compile before torch 2.15 cannot trace
-    ``requires_grad_``; inputs derived from it inside (path points, masked images) require grad too.
+    Inside a compiled region an ``x`` that already requires grad is used as is: torch.compile before
+    torch 2.15 cannot trace ``requires_grad_``, so :func:`compiled` makes that fresh leaf before the
+    region (and a plain ``torch.compile`` of an explainer on such a torch needs an ``x`` that requires
+    grad, which the graph then starts from).
     """
-    return x if x.requires_grad else x.detach().requires_grad_(True)
+    if torch.compiler.is_compiling() and x.requires_grad:
+        return x
+    return x.detach().requires_grad_(True)
 
 
 def compiled(explainer: Callable[..., Any], **compile_options: Any) -> Callable[..., Any]:
@@ -38,7 +42,8 @@ def compiled(explainer: Callable[..., Any], **compile_options: Any) -> Callable[
 
     def call(x: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(x, Tensor):
-            x = graph_input(x)  # outside the graph: older torch.compile cannot trace requires_grad_
+            # a fresh leaf, made outside the graph: older torch.compile cannot trace requires_grad_
+            x = x.detach().requires_grad_(True)
         with torch._dynamo.config.patch(trace_autograd_ops=True):
             return function(x, *args, **kwargs)
 
