@@ -1,10 +1,9 @@
 // CUDA kernels of cam_reduce and cam_reduce_backward (channels-first layout).
 //
-// Forward: a block owns one image and a chunk of its channels and sums the weighted channels
-// pixel by pixel into a float partial map; a small kernel adds the chunks' partial maps in a fixed
-// order. Maps of up to 1024 pixels are staged in shared memory first and the block computes the
-// chunk's channel weights there; larger maps take their weights from a kernel of their own (a warp
-// per channel row). No atomics, so results are reproducible.
+// Forward: a block owns one image and a chunk of its channels. Warps compute the channel
+// weights (one channel per warp, lanes striding over pixels), then the block's threads sum the
+// weighted channels pixel by pixel into a float partial map; a second small kernel adds the
+// chunks' partial maps in a fixed order. No atomics, so results are reproducible.
 // Backward: one warp per (image, channel).
 
 #include "../kernels/cam_method.h"
@@ -294,29 +293,13 @@ __global__ void __launch_bounds__(kThreads)
                partial + (n * num_chunks + chunk) * pixels);
 }
 
-// The channel weights of every (image, channel) row of larger maps, a warp per row: all rows are
-// in flight at once, instead of a few per block before the block can start on its map.
-template <typename scalar_t, typename T>
-__global__ void __launch_bounds__(kThreads)
-    channel_weights_kernel(const scalar_t* __restrict__ activations, const scalar_t* __restrict__ gradients,
-                           T* __restrict__ weights, int64_t rows, int64_t pixels, CamMethod method) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize;
-  if (row >= rows) {
-    return; // the whole warp leaves together
-  }
-  const T w = warp_channel_weight<T>(method, activations + row * pixels, gradients + row * pixels, pixels);
-  if (threadIdx.x % kWarpSize == 0) {
-    weights[row] = w;
-  }
-}
-
 // Larger maps: the block reads its rows from global memory directly (each row is long enough to
-// keep loads in flight), with the channel weights of channel_weights_kernel (weighted methods).
+// keep loads in flight).
 template <typename scalar_t, typename T, typename out_t>
 __global__ void __launch_bounds__(kThreads)
     cam_reduce_rows_kernel(const scalar_t* __restrict__ activations, const scalar_t* __restrict__ gradients,
-                           const T* __restrict__ row_weights, out_t* __restrict__ partial, int64_t channels,
-                           int64_t pixels, int64_t num_chunks, int64_t chunk_channels, CamMethod method) {
+                           out_t* __restrict__ partial, int64_t channels, int64_t pixels, int64_t num_chunks,
+                           int64_t chunk_channels, CamMethod method) {
   extern __shared__ unsigned char shared_bytes[];
   T* slice_sums = reinterpret_cast<T*>(shared_bytes); // kThreads values
   T* weights = slice_sums + kThreads;                 // chunk_channels values
@@ -328,9 +311,7 @@ __global__ void __launch_bounds__(kThreads)
   const scalar_t* a = activations + (n * channels + k_begin) * pixels;
   const scalar_t* g = gradients + (n * channels + k_begin) * pixels;
   if (uses_channel_weights(method)) {
-    for (int64_t k = threadIdx.x; k < rows; k += kThreads) {
-      weights[k] = row_weights[n * channels + k_begin + k];
-    }
+    chunk_weights<T>(method, a, g, rows, pixels, /*serial=*/false, weights);
     __syncthreads();
   }
   chunk_map<T>(method, a, g, weights, rows, pixels, slice_sums, partial + (n * num_chunks + chunk) * pixels);
@@ -405,18 +386,8 @@ at::Tensor cam_reduce_cuda(const at::Tensor& activations, const at::Tensor& grad
                                                                        g.const_data_ptr<scalar_t>(), out, channels,
                                                                        pixels, num_chunks, chunk_channels, method);
       } else {
-        const T* row_weights = nullptr;
-        at::Tensor weights;
-        if (uses_channel_weights(method)) {
-          weights = at::empty({batch * channels}, a.options().dtype(c10::CppTypeToScalarType<T>::value));
-          channel_weights_kernel<scalar_t, T><<<ceil_div(batch * channels, kWarps), kThreads, 0, stream>>>(
-              a.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), weights.mutable_data_ptr<T>(),
-              batch * channels, pixels, method);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-          row_weights = weights.const_data_ptr<T>();
-        }
         cam_reduce_rows_kernel<scalar_t, T, out_t><<<batch * num_chunks, kThreads, shared_bytes, stream>>>(
-            a.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), row_weights, out, channels, pixels, num_chunks,
+            a.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), out, channels, pixels, num_chunks,
             chunk_channels, method);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
