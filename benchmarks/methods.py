@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _timing import median_seconds, print_table  # noqa: E402
 
-from tests.test_gig_cam import reference_gig_cam  # noqa: E402
+from tests.reference import reference_gig_cam  # noqa: E402
 from torchcam_ops.methods import GIGCAM, METHODS, GradCAM  # noqa: E402
 
 

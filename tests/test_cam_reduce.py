@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from tests.conftest import DTYPES
+from tests.helpers import activations_and_gradients
 from tests.reference import assert_matches, reference_cam
 from torchcam_ops import CAM_METHODS, cam_reduce
 
@@ -19,14 +18,6 @@ SHAPES = [
     (2, 64, 56, 33),
     (4, 37, 17, 1),
 ]
-
-
-def activations_and_gradients(shape, dtype, positive_activations=True):
-    # Post-ReLU activations (non-negative) and signed gradients, as in a real network.
-    a = torch.randn(shape, dtype=torch.float64)
-    a = a.abs() if positive_activations else a
-    g = torch.randn(shape, dtype=torch.float64) / math.sqrt(shape[2] * shape[3])
-    return a.to(dtype), g.to(dtype)
 
 
 @pytest.mark.parametrize("method", CAM_METHODS)

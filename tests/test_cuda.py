@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from tests.conftest import DTYPES
+from tests.helpers import activations_and_gradients as _inputs
+from tests.helpers import small_cnn
 from tests.reference import assert_matches, reference_cam, reference_postprocess, tolerance
-from tests.test_cam_reduce import activations_and_gradients as _inputs
 from torchcam_ops import CAM_METHODS, cam_postprocess, cam_reduce
 
 pytestmark = pytest.mark.cuda
@@ -136,7 +137,6 @@ def test_no_host_synchronisation():
 
 @pytest.mark.parametrize("name", ["gradcam", "gradcam++", "layercam", "integrated_gradcam", "gig_cam", "abscam"])
 def test_explainers_cuda_match_cpu(name):
-    from tests.test_methods import small_cnn
     from torchcam_ops.methods import METHODS
 
     model = small_cnn()
@@ -272,7 +272,6 @@ def _graph_explainers(model):
 
 
 def test_explainers_never_synchronise_the_host():
-    from tests.test_methods import small_cnn
 
     model = small_cnn().cuda()
     x = torch.rand(2, 3, 16, 16, device="cuda")
@@ -290,7 +289,6 @@ def test_explainers_never_synchronise_the_host():
 
 
 def test_graphed_gradcam_replays_bitwise_equal_to_eager():
-    from tests.test_methods import small_cnn
     from torchcam_ops.methods import TSGB, GradCAM
 
     model = small_cnn().cuda()
@@ -308,7 +306,6 @@ def test_graphed_gradcam_replays_bitwise_equal_to_eager():
 
 
 def test_compiled_explainers_equal_eager_on_cuda():
-    from tests.test_methods import small_cnn
 
     model = small_cnn().cuda()
     x = torch.rand(2, 3, 16, 16, device="cuda")

@@ -3,15 +3,13 @@ convergence, and the multi-scale fusion."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 
-from tests.reference import reference_cam, reference_normalize
-from tests.test_methods import small_cnn
+from tests.helpers import small_cnn
+from tests.reference import reference_cam, reference_gig_cam, reference_normalize
 from torchcam_ops.methods import GIGCAM, multiscale_fusion
 
 
@@ -33,38 +31,6 @@ def reference_guide(model, layer, z, target):
         handle.remove()
     (g,) = torch.autograd.grad(score, captured["a"])
     return up(reference_cam(captured["a"].detach(), g, "gradcam")[0].float(), z.shape[-2:])
-
-
-def reference_gig_cam(guide_of, x, target, steps=30, fraction=0.25, max_dist=0.02):
-    """One image, written the straightforward way: host-side control flow, one pixel set at a time.
-    ``guide_of(z, target)`` gives C_t; the pixel selection is discontinuous in it, so comparisons
-    of whole paths use the explainer's own guide, which test_guide_is_upsampled_raw_gradcam checks."""
-    distance = x.abs().sum(0)  # baseline 0
-    total = float(distance.sum())
-    alpha = torch.zeros_like(distance)
-    phi = torch.zeros_like(distance)
-    for t in range(1, steps + 1):
-        position = t / steps
-        lower, upper = max(position - max_dist, 0.0), min(position + max_dist, 1.0)
-        target_l1 = total * (1 - position)
-        guide = guide_of(alpha[None] * x, target)
-        while True:
-            alpha = torch.where(alpha < lower, torch.full_like(alpha, lower), alpha)
-            remaining = float((distance * (1 - alpha)).sum())
-            phi += guide.relu()
-            if abs(remaining - target_l1) <= 1e-5 * total + 1e-12:
-                break
-            candidates = torch.where(alpha >= upper, torch.full_like(guide, math.inf), guide.abs())
-            threshold = torch.quantile(candidates.flatten().double(), fraction, interpolation="lower").float()
-            selected = (candidates <= threshold) & torch.isfinite(candidates)
-            movable = float((distance * (upper - alpha) * selected).sum())
-            gamma = (remaining - target_l1) / movable if movable > 0 else math.inf
-            if gamma > 1:
-                alpha = torch.where(selected, torch.full_like(alpha, upper), alpha)
-            else:
-                alpha = torch.where(selected, alpha + gamma * (upper - alpha), alpha)
-                break
-    return phi, alpha
 
 
 def test_guide_is_upsampled_raw_gradcam():

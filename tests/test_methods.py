@@ -13,43 +13,17 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from tests.helpers import CAM_FAMILY, assert_same_state, count_hooks, model_state, small_cnn
 from tests.reference import reference_cam, reference_normalize
 from torchcam_ops import explain
 from torchcam_ops.methods import (
     METHODS,
     AbsCAM,
     GradCAM,
-    GradCAMElementWise,
-    GradCAMPlusPlus,
     HiResCAM,
     IntegratedGradCAM,
     LayerCAM,
-    XGradCAM,
 )
-
-CAM_FAMILY = {
-    GradCAM: "gradcam",
-    GradCAMPlusPlus: "gradcam++",
-    XGradCAM: "xgradcam",
-    LayerCAM: "layercam",
-    HiResCAM: "hirescam",
-    GradCAMElementWise: "gradcam_elementwise",
-}
-
-
-def small_cnn(classes: int = 7) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(16, 12, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(12, classes),
-    ).eval()
 
 
 def norm(m: torch.Tensor) -> torch.Tensor:
@@ -189,24 +163,6 @@ def test_raw_and_output_size():
     raw = GradCAM(model, ["2", "4"])(x, raw=True)
     assert [r.shape for r in raw] == [(2, 8, 8), (2, 8, 8)]
     assert GradCAM(model, ["4"])(x, output_size=(5, 7)).shape == (2, 5, 7)
-
-
-def count_hooks(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
-
-
-def model_state(model: nn.Module):
-    return (
-        {k: v.clone() for k, v in model.state_dict().items()},
-        [(type(m), m.training) for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-    )
-
-
-def assert_same_state(before, after):
-    assert before[1] == after[1] and before[2] == after[2]
-    for key in before[0]:
-        assert torch.equal(before[0][key], after[0][key]), key
 
 
 def test_model_untouched_frozen_and_no_grad():

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from tests.helpers import CAM_FAMILY, assert_same_state, count_hooks, model_state
 from tests.reference import reference_cam
-from tests.test_methods import CAM_FAMILY, assert_same_state, count_hooks, model_state
 from torchcam_ops.methods import (
     GIGCAM,
     TSGB,

@@ -10,8 +10,8 @@ import torch
 import torchvision
 from torch import nn
 
+from tests.helpers import assert_same_state, count_hooks, model_state
 from tests.reference_tsgb import reference_tsgb_maps
-from tests.test_methods import assert_same_state, count_hooks, model_state
 from torchcam_ops.methods import TSGB, GradCAM, GuidedBackprop, GuidedGradCAM
 from torchcam_ops.nn import TSGBConv2d, find_classifier, guided, tsgb
 

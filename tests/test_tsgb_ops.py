@@ -11,42 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import DTYPES
+from tests.reference_tsgb import reference_conv_grad, reference_linear_grad, reference_relevance_grad
 from torchcam_ops import ops
 
 OPS = torch.ops.torchcam_ops
 
 
 # -- references ------------------------------------------------------------------------------------
-
-
-def reference_conv_grad(x, w, b, stride, padding, dilation, groups, g):
-    z = F.conv2d(x, w, b, stride, padding, dilation, groups)
-    n, c, h, width = x.shape
-    co, kh, kw = w.shape[0], w.shape[2], w.shape[3]
-    relevance = (g * z).reshape(n, groups, co // groups, *z.shape[2:]).sum(2)
-    activation = x.abs().reshape(n, groups, c // groups, h, width).sum(2)
-    ones = torch.ones(groups, 1, kh, kw, dtype=x.dtype, device=x.device)
-    window = F.conv2d(activation, ones, None, stride, padding, dilation, groups)
-    ratio = relevance / (window + 1e-10)
-    natural = [
-        (z.shape[2] - 1) * stride[0] - 2 * padding[0] + dilation[0] * (kh - 1) + 1,
-        (z.shape[3] - 1) * stride[1] - 2 * padding[1] + dilation[1] * (kw - 1) + 1,
-    ]
-    collected = F.conv_transpose2d(
-        ratio, ones, None, stride, padding, (h - natural[0], width - natural[1]), groups, dilation
-    )
-    return torch.sign(x) * collected.repeat_interleave(c // groups, dim=1)
-
-
-def reference_linear_grad(h, w, g, beta):
-    positive, negative = w.clamp_min(0), w.clamp_max(0)
-    z_positive, z_negative = h @ positive.t(), h @ negative.t()
-    ratio = torch.where(z_negative != 0, z_positive / z_negative.abs(), torch.zeros_like(z_positive))
-    return g @ positive + beta * (g * ratio) @ negative
-
-
-def reference_relevance_grad(x, y, g):
-    return torch.where(x != 0, g * y / x, torch.zeros_like(x))
 
 
 def input_grad(fn, x, g):

@@ -1,0 +1,60 @@
+"""Models, inputs and model-state checks shared by the test modules (no test module imports another)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from torchcam_ops.methods import GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+
+CAM_FAMILY = {
+    GradCAM: "gradcam",
+    GradCAMPlusPlus: "gradcam++",
+    XGradCAM: "xgradcam",
+    LayerCAM: "layercam",
+    HiResCAM: "hirescam",
+    GradCAMElementWise: "gradcam_elementwise",
+}
+
+
+def small_cnn(classes: int = 7) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(16, 12, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(12, classes),
+    ).eval()
+
+
+def count_hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def model_state(model: nn.Module):
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [(type(m), m.training) for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+    )
+
+
+def assert_same_state(before, after):
+    assert before[1] == after[1] and before[2] == after[2]
+    for key in before[0]:
+        assert torch.equal(before[0][key], after[0][key]), key
+
+
+def activations_and_gradients(shape, dtype, positive_activations=True):
+    # Post-ReLU activations (non-negative) and signed gradients, as in a real network.
+    a = torch.randn(shape, dtype=torch.float64)
+    a = a.abs() if positive_activations else a
+    g = torch.randn(shape, dtype=torch.float64) / math.sqrt(shape[2] * shape[3])
+    return a.to(dtype), g.to(dtype)
