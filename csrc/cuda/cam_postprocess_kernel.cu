@@ -149,6 +149,35 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The min-max normalisation of one map from its bands' extrema (the identity without normalize).
+template <typename T>
+struct MinMax {
+  __device__ MinMax(const T* extrema, int64_t map, bool normalize) : enabled(normalize) {
+    if (!normalize) {
+      return;
+    }
+    T map_lo = extrema[2 * kExtremaGroups * map], map_hi = extrema[2 * kExtremaGroups * map + 1];
+    for (int band = 1; band < kExtremaGroups; ++band) {
+      map_lo = cuda::min_keep_nan(map_lo, extrema[2 * (kExtremaGroups * map + band)]);
+      map_hi = cuda::max_keep_nan(map_hi, extrema[2 * (kExtremaGroups * map + band) + 1]);
+    }
+    prescale = kernels::normalization_prescale(map_lo, map_hi);
+    lo = map_lo * prescale;
+    const T range = kernels::normalization_range(lo, map_hi * prescale);
+    // A constant map (range 0) normalises to zeros: scale everything by 0 instead of dividing by it.
+    scale = range == T(0) ? T(0) : T(1);
+    divisor = range == T(0) ? T(1) : range;
+  }
+
+  // Values of non-extreme pixels may round an ulp outside [lo, hi]: maps are kept inside [0, 1].
+  __device__ T operator()(T u) const {
+    return enabled ? min(max(scale * ((u * prescale - lo) / divisor), T(0)), T(1)) : u;
+  }
+
+  bool enabled;
+  T lo = T(0), prescale = T(1), scale = T(1), divisor = T(1);
+};
+
 // Output values per thread and per store: four consecutive pixels of a row when rows are a
 // multiple of four long (one 4-wide store), else one.
 template <int kWidth, typename scalar_t>
@@ -163,20 +192,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = blockIdx.x / tiles;
   const int tile = blockIdx.x % tiles;
   const int out_pixels = geo.out_h * geo.out_w;
-  T lo = T(0), range = T(1), prescale = T(1);
-  if (normalize) {
-    T map_lo = extrema[2 * kExtremaGroups * n], map_hi = extrema[2 * kExtremaGroups * n + 1];
-    for (int band = 1; band < kExtremaGroups; ++band) {
-      map_lo = cuda::min_keep_nan(map_lo, extrema[2 * (kExtremaGroups * n + band)]);
-      map_hi = cuda::max_keep_nan(map_hi, extrema[2 * (kExtremaGroups * n + band) + 1]);
-    }
-    prescale = kernels::normalization_prescale(map_lo, map_hi);
-    lo = map_lo * prescale;
-    range = kernels::normalization_range(lo, map_hi * prescale);
-  }
-  // A constant map (range 0) normalises to zeros: scale everything by 0 instead of dividing by it.
-  const T scale = range == T(0) ? T(0) : T(1);
-  const T divisor = range == T(0) ? T(1) : range;
+  const MinMax<T> normalization(extrema, n, normalize);
   const scalar_t* map = cam + n * geo.in_h * geo.in_w;
   auto* dst = reinterpret_cast<OutputPack<kWidth, scalar_t>*>(out + n * out_pixels);
   const int packs = out_pixels / kWidth;
@@ -191,9 +207,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int v = 0; v < kWidth; ++v) {
         const T u = resized_value<T>(map, geo.in_w, row, axis_sample(scale_w, x0 + v, geo.in_w), relu);
-        // Values of non-extreme pixels may round an ulp outside [lo, hi]; keep maps inside [0, 1].
-        values.values[v] =
-            static_cast<scalar_t>(normalize ? min(max(scale * ((u * prescale - lo) / divisor), T(0)), T(1)) : u);
+        values.values[v] = static_cast<scalar_t>(normalization(u));
       }
       dst[pack] = values;
     }
@@ -228,19 +242,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  T lo = T(0), range = T(1), prescale = T(1);
-  if (normalize) {
-    T map_lo = extrema[2 * kExtremaGroups * n], map_hi = extrema[2 * kExtremaGroups * n + 1];
-    for (int band = 1; band < kExtremaGroups; ++band) {
-      map_lo = cuda::min_keep_nan(map_lo, extrema[2 * (kExtremaGroups * n + band)]);
-      map_hi = cuda::max_keep_nan(map_hi, extrema[2 * (kExtremaGroups * n + band) + 1]);
-    }
-    prescale = kernels::normalization_prescale(map_lo, map_hi);
-    lo = map_lo * prescale;
-    range = kernels::normalization_range(lo, map_hi * prescale);
-  }
-  const T scale = range == T(0) ? T(0) : T(1);
-  const T divisor = range == T(0) ? T(1) : range;
+  const MinMax<T> normalization(extrema, n, normalize);
   auto* dst = reinterpret_cast<OutputPack<kWidth, scalar_t>*>(out + n * geo.out_h * geo.out_w +
                                                               static_cast<int64_t>(y_begin) * geo.out_w);
   const int packs = (y_end - y_begin) * geo.out_w / kWidth;
@@ -254,8 +256,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int v = 0; v < kWidth; ++v) {
       const T u = kernels::blend(top[v], bottom[v], row.weight);
-      values.values[v] =
-          static_cast<scalar_t>(normalize ? min(max(scale * ((u * prescale - lo) / divisor), T(0)), T(1)) : u);
+      values.values[v] = static_cast<scalar_t>(normalization(u));
     }
     dst[pack] = values;
   }

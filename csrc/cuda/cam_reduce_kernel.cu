@@ -257,6 +257,17 @@ __device__ __forceinline__ void chunk_map(CamMethod method, const scalar_t* a, c
   }
 }
 
+// The image, chunk index, first channel and channel count of a block of the reduce kernels.
+struct BlockChunk {
+  int64_t image, chunk, first_channel, channels;
+};
+
+__device__ __forceinline__ BlockChunk block_chunk(int64_t channels, int64_t num_chunks, int64_t chunk_channels) {
+  const int64_t chunk = blockIdx.x % num_chunks;
+  const int64_t first = chunk * chunk_channels;
+  return {blockIdx.x / num_chunks, chunk, first, std::min(channels, first + chunk_channels) - first};
+}
+
 // Maps of at most this many pixels are reduced through shared memory, a chunk of at most
 // kStagedValues values of A and as many of G per block.
 constexpr int64_t kStagedMaxPixels = 1024;
@@ -275,10 +286,7 @@ __global__ void __launch_bounds__(kThreads)
   T* a_chunk = weights + chunk_channels;              // chunk_channels * pixels values
   T* g_chunk = a_chunk + chunk_channels * pixels;
 
-  const int64_t n = blockIdx.x / num_chunks;
-  const int64_t chunk = blockIdx.x % num_chunks;
-  const int64_t k_begin = chunk * chunk_channels;
-  const int64_t rows = std::min(channels, k_begin + chunk_channels) - k_begin;
+  const auto [n, chunk, k_begin, rows] = block_chunk(channels, num_chunks, chunk_channels);
   const int64_t offset = (n * channels + k_begin) * pixels;
   const auto count = static_cast<int>(rows * pixels);
   stage_to_shared(gradients + offset, g_chunk, activations + offset, a_chunk, count);
@@ -304,10 +312,7 @@ __global__ void __launch_bounds__(kThreads)
   T* slice_sums = reinterpret_cast<T*>(shared_bytes); // kThreads values
   T* weights = slice_sums + kThreads;                 // chunk_channels values
 
-  const int64_t n = blockIdx.x / num_chunks;
-  const int64_t chunk = blockIdx.x % num_chunks;
-  const int64_t k_begin = chunk * chunk_channels;
-  const int64_t rows = std::min(channels, k_begin + chunk_channels) - k_begin;
+  const auto [n, chunk, k_begin, rows] = block_chunk(channels, num_chunks, chunk_channels);
   const scalar_t* a = activations + (n * channels + k_begin) * pixels;
   const scalar_t* g = gradients + (n * channels + k_begin) * pixels;
   if (uses_channel_weights(method)) {
