@@ -25,18 +25,17 @@ inline void check_same_shape(const char* op, const char* name, const at::Tensor&
                     other.sizes(), ", got ", t.sizes());
 }
 
-inline void check_same_dtype_device(const char* op, const char* name, const at::Tensor& t, const char* other_name,
-                                    const at::Tensor& other) {
-  TORCH_CHECK_TYPE(t.scalar_type() == other.scalar_type(), op, ": ", name, " must have the dtype of ", other_name, " (",
-                   other.scalar_type(), "), got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == other.device(), op, ": ", name, " must be on the device of ", other_name, " (",
-                    other.device(), "), got ", t.device());
-}
-
 inline void check_same_device(const char* op, const char* name, const at::Tensor& t, const char* other_name,
                               const at::Tensor& other) {
   TORCH_CHECK_VALUE(t.device() == other.device(), op, ": ", name, " must be on the device of ", other_name, " (",
                     other.device(), "), got ", t.device());
+}
+
+inline void check_same_dtype_device(const char* op, const char* name, const at::Tensor& t, const char* other_name,
+                                    const at::Tensor& other) {
+  TORCH_CHECK_TYPE(t.scalar_type() == other.scalar_type(), op, ": ", name, " must have the dtype of ", other_name, " (",
+                   other.scalar_type(), "), got ", t.scalar_type());
+  check_same_device(op, name, t, other_name, other);
 }
 
 } // namespace torchcam_ops

@@ -34,6 +34,24 @@ void check_bias(const char* op, const std::optional<at::Tensor>& bias, int64_t f
   }
 }
 
+// Batch norm's optional weight and bias: [C] with C = input.size(1), on the input's device (and of
+// its dtype where the op needs it).
+void check_batch_norm_affine(const char* op, const std::optional<at::Tensor>& weight,
+                             const std::optional<at::Tensor>& bias, const at::Tensor& input, bool same_dtype) {
+  for (const auto& [name, parameter] : {std::pair{"weight", &weight}, std::pair{"bias", &bias}}) {
+    if (parameter->has_value() && (*parameter)->defined()) {
+      const at::Tensor& t = **parameter;
+      TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == input.size(1), op, ": ", name,
+                        " must be [C] with C = ", input.size(1), ", got shape ", t.sizes());
+      if (same_dtype) {
+        check_same_dtype_device(op, name, t, "input", input);
+      } else {
+        check_same_device(op, name, t, "input", input);
+      }
+    }
+  }
+}
+
 at::Tensor to_opmath(const at::Tensor& t) {
   return t.to(at::toOpMathType(t.scalar_type()));
 }
@@ -91,13 +109,7 @@ at::Tensor tsgb_batch_norm(const at::Tensor& input, const std::optional<at::Tens
       op, ": running_mean and running_var must be [C] with C = ", input.size(1));
   check_same_dtype_device(op, "running_mean", running_mean, "input", input);
   check_same_dtype_device(op, "running_var", running_var, "input", input);
-  for (const auto& [name, affine] : {std::pair{"weight", weight}, std::pair{"bias", bias}}) {
-    if (affine.has_value() && affine->defined()) {
-      TORCH_CHECK_VALUE(affine->sizes() == running_mean.sizes(), op, ": ", name, " must be [", input.size(1),
-                        "], got shape ", affine->sizes());
-      check_same_dtype_device(op, name, *affine, "input", input);
-    }
-  }
+  check_batch_norm_affine(op, weight, bias, input, /*same_dtype=*/true);
   return at::batch_norm(input, weight, bias, running_mean, running_var, /*training=*/false, /*momentum=*/0.0, eps,
                         /*cudnn_enabled=*/false);
 }
@@ -172,13 +184,7 @@ void check_tsgb_batch_norm_backward_args(const at::Tensor& grad_output, const at
   // the kernels read the per-channel tensors where the input is
   check_same_device(op, "running_mean", running_mean, "input", input);
   check_same_device(op, "running_var", running_var, "input", input);
-  for (const auto& [name, parameter] : {std::pair{"weight", &weight}, std::pair{"bias", &bias}}) {
-    if (parameter->has_value() && (*parameter)->defined()) {
-      TORCH_CHECK_VALUE((*parameter)->dim() == 1 && (*parameter)->size(0) == input.size(1), op, ": ", name,
-                        " must be [C] with C = ", input.size(1), ", got shape ", (*parameter)->sizes());
-      check_same_device(op, name, **parameter, "input", input);
-    }
-  }
+  check_batch_norm_affine(op, weight, bias, input, /*same_dtype=*/false); // converted to opmath there
 }
 
 std::pair<at::Tensor, at::Tensor> batch_norm_affine(const at::Tensor& input, const std::optional<at::Tensor>& weight,
