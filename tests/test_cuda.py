@@ -322,3 +322,27 @@ def test_compiled_explainers_equal_eager_on_cuda():
                 )
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+
+
+def test_explaining_a_compiled_model_on_cuda_runs_inductor_code_with_the_eager_maps():
+    from torchcam_ops.methods import TSGB, GradCAM
+
+    torch._dynamo.reset()
+    model = small_cnn().cuda()
+    x = torch.rand(4, 3, 16, 16, device="cuda")
+    targets = torch.tensor([1, 2, 3, 0], device="cuda")
+    compiled_model = torch.compile(model)
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            for explainer, eager in (
+                (GradCAM(compiled_model, ["4"]), GradCAM(model, ["4"])),
+                (TSGB(compiled_model), TSGB(model)),
+            ):
+                torch.testing.assert_close(explainer(x, targets), eager(x, targets), rtol=1e-5, atol=1e-5)
+                with torch._dynamo.config.patch(error_on_recompile=True):
+                    x2 = torch.rand_like(x)
+                    torch.testing.assert_close(explainer(x2, targets), eager(x2, targets), rtol=1e-5, atol=1e-5)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32

@@ -4,6 +4,9 @@ and maps that carry gradients to the model's parameters (create_graph=True)."""
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import pytest
 import torch
 import torch._dynamo
@@ -152,6 +155,105 @@ def test_graphed_call_on_the_cpu_is_the_compiled_one_and_refuses_other_shapes():
                 graphed(other)
         with pytest.raises(TypeError, match="needs fixed targets"):
             cam.graphed(x, lambda out: out[:, 0])
+
+
+def test_bad_targets_of_a_compiled_call_raise_the_explainers_own_error():
+    torch._dynamo.reset()
+    with GradCAM(cnn(), ["3"]) as cam:
+        compiled = cam.compiled(backend="eager")
+        with pytest.raises(ValueError, match="class index 9 is out of range"):
+            compiled(torch.rand(2, 3, 8, 8), 9)
+
+
+def test_many_explainers_compile_without_reaching_the_recompile_limit():
+    # Each compiled call has its own code object: torch.compile counts recompilations per code
+    # object (8 by default), so the ninth explainer would otherwise fail under fullgraph=True.
+    torch._dynamo.reset()
+    model = cnn()
+    x = torch.rand(2, 3, 8, 8)
+    for layer in ["0", "1", "2", "3", "4", "5", "6"]:
+        for explainer in (GradCAM(model, [layer]), LayerCAM(model, [layer])):
+            torch.testing.assert_close(explainer.compiled(backend="eager")(x), explainer(x), rtol=1e-5, atol=1e-5)
+            explainer.close()
+
+
+class CountingBackend:
+    """A torch.compile backend (aot_eager underneath) that counts the graphs it compiles and the
+    times their compiled code runs."""
+
+    def __init__(self) -> None:
+        self.compiled = self.runs = 0
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        from torch._dynamo.backends.debugging import aot_eager
+
+        self.compiled += 1
+        compiled = aot_eager(graph, example_inputs)
+
+        def run(*args):
+            self.runs += 1
+            return compiled(*args)
+
+        return run
+
+
+@pytest.mark.parametrize("name", ["gradcam", "gradcam++", "abscam", "integrated_gradcam", "tsgb", "guided_gradcam"])
+def test_explaining_a_compiled_model_runs_compiled_code_with_the_eager_maps(name):
+    torch._dynamo.reset()
+    model = cnn()
+    backend = CountingBackend()
+    compiled_model = torch.compile(model, backend=backend)
+    x = torch.rand(2, 3, 16, 16)
+    targets = torch.tensor([1, 4])
+    with EXPLAINERS[name](compiled_model) as explainer, EXPLAINERS[name](model) as eager:
+        assert explainer.model is model
+        torch.testing.assert_close(explainer(x, targets), eager(x, targets), rtol=1e-5, atol=1e-5)
+        assert backend.compiled >= 1 and backend.runs >= 1
+        runs, graphs = backend.runs, backend.compiled
+        x2 = torch.rand(2, 3, 16, 16)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            torch.testing.assert_close(explainer(x2, targets), eager(x2, targets), rtol=1e-5, atol=1e-5)
+        assert backend.runs > runs and backend.compiled == graphs
+        # ValueError at once, or (a class count known only after the traced forward pass) the
+        # asynchronous check's RuntimeError with the same message
+        with pytest.raises((ValueError, RuntimeError), match="out of range"):
+            explainer(x, [0, 99])
+    assert model.training is False and not any(p.grad is not None for p in model.parameters())
+
+
+class GraphBreakingModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = cnn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._dynamo.graph_break()
+        return self.body(x)
+
+
+def test_a_compiled_model_with_a_graph_break_is_explained_eagerly_with_a_warning():
+    torch._dynamo.reset()
+    model = GraphBreakingModel()
+    x = torch.rand(2, 3, 16, 16)
+    with GradCAM(torch.compile(model, backend="eager"), ["body.3"]) as cam, GradCAM(model, ["body.3"]) as eager:
+        with pytest.warns(RuntimeWarning, match="cannot be traced as one graph.*eager module"):
+            maps = cam(x, [1, 2])
+        torch.testing.assert_close(maps, eager(x, [1, 2]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # warned once: later calls go straight to the eager module
+            torch.testing.assert_close(cam(x, [1, 2]), eager(x, [1, 2]))
+
+
+def test_an_explainer_of_a_compiled_model_copies_and_pickles():
+    torch._dynamo.reset()
+    model = cnn()
+    x = torch.rand(2, 3, 16, 16)
+    with GradCAM(torch.compile(model, backend="eager"), ["3"]) as cam, GradCAM(model, ["3"]) as eager:
+        expected = eager(x)
+        torch.testing.assert_close(cam(x), expected)
+        twin = copy.deepcopy(cam)
+        torch.testing.assert_close(twin(x), expected)
+        twin.close()
 
 
 # -- differentiable maps ----------------------------------------------------------------------

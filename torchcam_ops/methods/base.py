@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from torchcam_ops._extension import assert_has_ops
 from torchcam_ops.methods.capture import ExplainerHold, capture_outputs
-from torchcam_ops.methods.graphs import Graphable, graph_input
+from torchcam_ops.methods.graphs import Graphable, explainer_call, graph_input
 from torchcam_ops.nn.rules import refuse_inference_mode, submodules
 from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce, check_output_size
 
@@ -33,12 +33,6 @@ from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce, check_out
 #: segmentation-style scores).
 Targets = None | int | Sequence[int] | Tensor | Callable[[Any], Tensor]
 LayerSpec = str | nn.Module
-
-
-def unwrap_compiled(model: nn.Module) -> nn.Module:
-    """The eager module behind ``torch.compile(model)``: hooks and gradients with respect to
-    intermediate outputs need the module's own forward (the maps are the eager ones)."""
-    return getattr(model, "_orig_mod", model)
 
 
 class TargetLayer(NamedTuple):
@@ -259,7 +253,7 @@ class BaseCAM(Graphable):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
-        self.model = unwrap_compiled(model)
+        self._bind_model(model)
         self.layers = resolve_layers(self.model, target_layers)
         self.batch_size = batch_size
         self._hold = ExplainerHold()
@@ -274,6 +268,7 @@ class BaseCAM(Graphable):
         """Releases this explainer's hold on the capture hook; later calls raise."""
         self._hold.release()
 
+    @explainer_call
     def __call__(
         self,
         x: Tensor,

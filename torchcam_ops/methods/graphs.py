@@ -11,11 +11,16 @@ works once the user has set it and, with a torch.compile that cannot trace ``req
 
 from __future__ import annotations
 
+import functools
+import types
+import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+Call = TypeVar("Call", bound=Callable[..., Any])
 
 
 def graph_input(x: Tensor) -> Tensor:
@@ -36,9 +41,26 @@ def graph_input(x: Tensor) -> Tensor:
 def compiled(explainer: Callable[..., Any], **compile_options: Any) -> Callable[..., Any]:
     """``torch.compile`` of ``explainer``'s call, ``fullgraph=True`` unless given otherwise, with the
     tracing of ``torch.autograd.grad`` switched on for its own compilations only. Same arguments and
-    results as the explainer; a new shape or dtype compiles once more."""
-    compile_options.setdefault("fullgraph", True)
-    function = torch.compile(lambda *args, **kwargs: explainer(*args, **kwargs), **compile_options)
+    results as the explainer; a new shape or dtype compiles once more.
+
+    A call that cannot be traced runs once more in eager mode, so that bad arguments raise the
+    explainer's own error (``ValueError``, ``TypeError``) instead of the compiler's; if the eager
+    call succeeds, the compiler's error (``torch._dynamo.exc.Unsupported``) is raised."""
+    function = _traced(explainer, compile_options)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except torch._dynamo.exc.Unsupported:
+            explainer(*args, **kwargs)
+            raise
+
+    return call
+
+
+def _traced(explainer: Callable[..., Any], compile_options: dict[str, Any]) -> Callable[..., Any]:
+    compile_options = {"fullgraph": True, **compile_options}
+    function = torch.compile(_own_code(lambda *args, **kwargs: explainer(*args, **kwargs)), **compile_options)
 
     def call(x: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(x, Tensor):
@@ -48,6 +70,53 @@ def compiled(explainer: Callable[..., Any], **compile_options: Any) -> Callable[
             return function(x, *args, **kwargs)
 
     return call
+
+
+def _own_code(function: types.FunctionType) -> types.FunctionType:
+    """``function`` with a code object of its own. torch.compile keeps its compiled entries, and
+    counts recompilations against ``recompile_limit`` (8), per code object: without this, every
+    explainer compiled in a process would share one code object, and the ninth explainer (another
+    layer, method or model) would fail with ``FailOnRecompileLimitHit`` under ``fullgraph=True``."""
+    return types.FunctionType(
+        function.__code__.replace(),
+        function.__globals__,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+
+
+def split_compiled(model: nn.Module) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The eager module behind ``torch.compile(model)`` and the options to compile explainer calls
+    with: the model's own backend (with its mode and options) and ``dynamic`` setting. For a model
+    that is not compiled: the model itself and None.
+
+    Hooks and gradients with respect to a layer's output need the layer to run in the explainer's
+    own graph, so an explainer of a compiled model does not call the model's compiled code as it is:
+    it compiles its whole call, the model's forward included, with the same compiler."""
+    if not isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        return model, None
+    options: dict[str, Any] = {}
+    context = getattr(model, "dynamo_ctx", None)
+    try:
+        options["backend"] = torch._dynamo.eval_frame.innermost_backend(context.callback)
+        options["dynamic"] = context._dynamic
+    except AttributeError:  # a torch that keeps them elsewhere: the default compiler
+        options.clear()
+    return model._orig_mod, options
+
+
+def explainer_call(call: Call) -> Call:
+    """Marks an explainer's ``__call__``: for an explainer of a ``torch.compile``d model, the call
+    runs compiled (:meth:`Graphable._call_compiled`) unless it is already being traced."""
+
+    @functools.wraps(call)
+    def dispatch(self: Graphable, *args: Any, **kwargs: Any) -> Any:
+        if self._model_compile_options is None or torch.compiler.is_compiling():
+            return call(self, *args, **kwargs)
+        return self._call_compiled(call, *args, **kwargs)
+
+    return dispatch  # type: ignore[return-value]
 
 
 class GraphedExplainer:
@@ -119,7 +188,41 @@ class GraphedExplainer:
 
 
 class Graphable:
-    """``compiled()`` and ``graphed()`` for an explainer class (a mixin)."""
+    """``compiled()`` and ``graphed()`` for an explainer class (a mixin), and the compiled calls of
+    an explainer whose model was given compiled (:func:`split_compiled`, :func:`explainer_call`)."""
+
+    model: nn.Module
+    _model_compile_options: dict[str, Any] | None = None
+    _compiled_call: Callable[..., Any] | None = None
+
+    def _bind_model(self, model: nn.Module) -> None:
+        """``self.model``: the eager module; a compiled model's compile options are kept."""
+        self.model, self._model_compile_options = split_compiled(model)
+        self._compiled_call = None
+
+    def _call_compiled(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``call(self, ...)`` compiled with the model's compile options. A model that cannot be
+        traced as one graph with the explainer (a graph break in its forward) is explained with its
+        eager module from then on, with a warning that says why."""
+        if self._compiled_call is None:
+            self._compiled_call = _traced(functools.partial(call, self), self._model_compile_options)
+        try:
+            return self._compiled_call(*args, **kwargs)
+        except torch._dynamo.exc.Unsupported as error:
+            result = call(self, *args, **kwargs)  # bad arguments raised their own error above
+            reason = str(error).strip().splitlines()[0]
+            warnings.warn(
+                f"{type(self).__name__}: the compiled model cannot be traced as one graph with the "
+                f"explainer ({reason}); explaining its eager module instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._model_compile_options, self._compiled_call = None, None
+            return result
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a compiled function neither pickles nor belongs to a copy: the copy compiles its own
+        return {**self.__dict__, "_compiled_call": None}
 
     def compiled(self, **compile_options: Any) -> Callable[..., Any]:
         """This explainer's call through ``torch.compile`` (``fullgraph=True``); see :func:`compiled`."""

@@ -18,10 +18,9 @@ from torchcam_ops.methods.base import (
     class_indices,
     map_dtype,
     preserve_buffers,
-    unwrap_compiled,
 )
 from torchcam_ops.methods.gradcam import GradCAM
-from torchcam_ops.methods.graphs import Graphable, graph_input
+from torchcam_ops.methods.graphs import Graphable, explainer_call, graph_input
 from torchcam_ops.nn.convert import find_classifier
 from torchcam_ops.nn.rules import guided_rules, tsgb_rules
 
@@ -32,7 +31,7 @@ class _InputGradientExplainer(Graphable):
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-        self.model = unwrap_compiled(model)
+        self._bind_model(model)
 
     def __enter__(self):
         return self
@@ -92,6 +91,7 @@ class TSGB(_InputGradientExplainer):
     def _rules(self):
         return tsgb_rules(self.model, self.classifier, self.beta)
 
+    @explainer_call
     def __call__(self, x: Tensor, targets: Targets = None, *, raw: bool = False, output_size: None = None) -> Tensor:
         if output_size is not None:
             raise ValueError("output_size: TSGB maps are at the input's resolution")
@@ -122,6 +122,7 @@ class GuidedBackprop(_InputGradientExplainer):
     def _rules(self):
         return guided_rules(self.mode)
 
+    @explainer_call
     def __call__(self, x: Tensor, targets: Targets = None) -> Tensor:
         _, grads, multi = self._input_gradients(x, targets)
         grads = grads.transpose(0, 1).to(map_dtype(grads.dtype))
@@ -135,6 +136,7 @@ class GuidedGradCAM(Graphable):
     def __init__(self, model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec]) -> None:
         self.guided = GuidedBackprop(model)
         self.gradcam = GradCAM(model, target_layers)
+        self.model = self.gradcam.model
 
     def __enter__(self):
         return self
