@@ -6,6 +6,7 @@
 // chunks' partial maps in a fixed order. No atomics, so results are reproducible.
 // Backward: one warp per (image, channel).
 
+#include "../kernels/cam_formulas.h"
 #include "../kernels/cam_method.h"
 #include "../ops/cam_reduce.h"
 #include "cuda_utils.cuh"
@@ -30,30 +31,19 @@ namespace {
 
 using cuda::ceil_div;
 using cuda::kWarpSize;
-using cuda::relu_keep_nan;
 using cuda::warp_all_sum;
+using kernels::elementwise_grad_activation;
+using kernels::elementwise_grad_gradient;
+using kernels::elementwise_term;
+using kernels::gradcam_pp_term;
+using kernels::gradcam_pp_term_dg;
+using kernels::gradcam_pp_term_dsum;
+using kernels::xgradcam_grad_activation;
+using kernels::xgradcam_grad_gradient;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / kWarpSize;
 constexpr int64_t kMaxChunkChannels = 4096; // bounds the shared memory of one block
-
-template <typename T>
-__device__ __forceinline__ T gradcam_pp_term(T g, T channel_sum) {
-  // As kernels/cam_reduce.h: ReLU(G) / (2 + S G + eps / G^2), free of the overflowing G^2 and G^3.
-  return relu_keep_nan(g) / (T(2) + channel_sum * g + T(kGradCAMPlusPlusEps) / (g * g));
-}
-
-template <typename T>
-__device__ __forceinline__ T elementwise_term(CamMethod method, T a, T g) {
-  switch (method) {
-    case CamMethod::LayerCAM:
-      return relu_keep_nan(g) * a;
-    case CamMethod::HiResCAM:
-      return g * a;
-    default: // GradCAMElementwise
-      return relu_keep_nan(g * a);
-  }
-}
 
 // Sum over one channel row of f(a[p], g[p]), by a whole warp; the total in every lane. Each lane
 // keeps four accumulators so that four loads are in flight at once (rows of 56x56 maps and more
@@ -411,7 +401,7 @@ at::Tensor cam_reduce_cuda(const at::Tensor& activations, const at::Tensor& grad
 }
 
 // One warp per (image, channel): the channel's sums first, then dA and dG pixel by pixel.
-// The formulas are those of the CPU kernel (kernels/cam_reduce.h), one value at a time.
+// The per-value formulas are the CPU kernel's (kernels/cam_formulas.h), one value at a time.
 template <typename scalar_t, typename T>
 __global__ void __launch_bounds__(kThreads)
     cam_reduce_backward_kernel(const scalar_t* __restrict__ grad_cam, const scalar_t* __restrict__ activations,
@@ -436,19 +426,7 @@ __global__ void __launch_bounds__(kThreads)
   if (!uses_channel_weights(method)) {
     for (int64_t p = lane; p < pixels; p += kWarpSize) {
       const T gr = static_cast<T>(gl[p]), av = static_cast<T>(a[p]), gv = static_cast<T>(g[p]);
-      switch (method) {
-        case CamMethod::LayerCAM:
-          store(p, relu_keep_nan(gv) * gr, T(gv > T(0)) * av * gr);
-          break;
-        case CamMethod::HiResCAM:
-          store(p, gv * gr, av * gr);
-          break;
-        default: { // GradCAMElementwise
-          const T mask = T(gv * av > T(0));
-          store(p, mask * gv * gr, mask * av * gr);
-          break;
-        }
-      }
+      store(p, elementwise_grad_activation(method, gr, av, gv), elementwise_grad_gradient(method, gr, av, gv));
     }
     return;
   }
@@ -464,31 +442,23 @@ __global__ void __launch_bounds__(kThreads)
       break;
     case CamMethod::AbsCAM:
       for (int64_t p = lane; p < pixels; p += kWarpSize) {
-        const T gv = static_cast<T>(g[p]);
-        store(p, w * static_cast<T>(gl[p]), (T(gv > T(0)) - T(gv < T(0))) * c * inv_pixels);
+        store(p, w * static_cast<T>(gl[p]), kernels::sign(static_cast<T>(g[p])) * c * inv_pixels);
       }
       break;
     case CamMethod::XGradCAM: {
       const T den = warp_row_sum<T>(a, g, pixels, [](T av, T) { return av; }) + T(kXGradCAMEps);
       for (int64_t p = lane; p < pixels; p += kWarpSize) {
-        const T gv = static_cast<T>(g[p]);
-        store(p, w * static_cast<T>(gl[p]) + c * (gv - w) / den, c * static_cast<T>(a[p]) / den);
+        store(p, xgradcam_grad_activation(static_cast<T>(gl[p]), static_cast<T>(g[p]), w, c, den),
+              xgradcam_grad_gradient(static_cast<T>(a[p]), c, den));
       }
       break;
     }
     default: { // GradCAMPlusPlus
       const T s = warp_row_sum<T>(a, g, pixels, [](T av, T) { return av; });
-      // The formulas of kernels/cam_reduce.h: E = 2 + S G + r, r = eps / G^2.
-      const T dw_ds = warp_row_sum<T>(a, g, pixels, [=](T, T gv) {
-        const T e = T(2) + s * gv + T(kGradCAMPlusPlusEps) / (gv * gv);
-        return T(0) - (relu_keep_nan(gv) / e) * (gv / e); // not ReLU(G) G, which overflows
-      });
+      const T dw_ds = warp_row_sum<T>(a, g, pixels, [=](T, T gv) { return gradcam_pp_term_dsum(gv, s); });
       for (int64_t p = lane; p < pixels; p += kWarpSize) {
         const T gv = static_cast<T>(g[p]);
-        const T r = T(kGradCAMPlusPlusEps) / (gv * gv);
-        const T e = T(2) + s * gv + r;
-        const T df = gv > T(0) && r < T(1e30) ? (T(2) + T(3) * r) / (e * e) : T(0);
-        store(p, w * static_cast<T>(gl[p]) + c * dw_ds, c * df);
+        store(p, w * static_cast<T>(gl[p]) + c * dw_ds, c * gradcam_pp_term_dg(gv, s));
       }
       break;
     }

@@ -6,6 +6,7 @@
 // (NHWC). Arithmetic runs in opmath_t (float for half/bfloat16). The caller provides a workspace
 // of *_workspace_size() opmath elements, reused across images by one thread.
 
+#include "cam_formulas.h"
 #include "cam_method.h"
 #include "vec_helpers.h"
 
@@ -18,35 +19,6 @@ namespace cam_detail {
 
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
-
-template <typename T>
-inline Vec<T> relu(const Vec<T>& x) {
-  // maximum() propagates NaN like torch.relu.
-  return at::vec::maximum(x, Vec<T>(T(0)));
-}
-
-// Grad-CAM++ per-pixel weight: a * ReLU(G) with a = G^2 / (2 G^2 + S G^3 + eps).
-template <typename T>
-inline Vec<T> gradcam_pp_term(const Vec<T>& g, const Vec<T>& channel_sum) {
-  // Numerator and denominator divided by G^2: ReLU(G) / (2 + S G + eps / G^2) is the same value
-  // without G^2 and G^3, which overflow float32 from |G| ~ 1e19 and 1e13. Where G = 0 the
-  // denominator is inf and the term 0, as the G^2 factor makes it.
-  const Vec<T> scaled_den = Vec<T>(T(2)) + channel_sum * g + Vec<T>(T(kGradCAMPlusPlusEps)) / (g * g);
-  return relu(g) / scaled_den;
-}
-
-// The per-pixel contribution of the element-wise methods.
-template <typename T>
-inline Vec<T> elementwise_term(CamMethod method, const Vec<T>& a, const Vec<T>& g) {
-  switch (method) {
-    case CamMethod::LayerCAM:
-      return relu(g) * a;
-    case CamMethod::HiResCAM:
-      return g * a;
-    default: // GradCAMElementwise
-      return relu(g * a);
-  }
-}
 
 // w_k of a channel-weighted method for up to kMaxRows channels at once, from their rows of A and
 // G (length `pixels`); extents[r] elements may be read from a[r] and g[r] (see load_row).
@@ -152,8 +124,8 @@ void cam_reduce_forward_channels_first(const scalar_t* activations, const scalar
     } else {
       for (int r = 0; r < rows; ++r) {
         for (int64_t i = 0; i < pixels; i += lanes) {
-          const Vec<T> term = cam_detail::elementwise_term(method, load_row(a[r], i, pixels, extents[r]),
-                                                           load_row(g[r], i, pixels, extents[r]));
+          const Vec<T> term =
+              elementwise_term(method, load_row(a[r], i, pixels, extents[r]), load_row(g[r], i, pixels, extents[r]));
           (Vec<T>::loadu(acc + i) + term).store(acc + i);
         }
       }
@@ -209,8 +181,8 @@ void cam_reduce_forward_channels_last(const scalar_t* activations, const scalar_
         default: // GradCAMPlusPlus
           vec_apply(
               channels, weights,
-              [](const Vec<T>& w, const Vec<T>& gv, const Vec<T>& s) { return w + cam_detail::gradcam_pp_term(gv, s); },
-              weights, g, channel_sums);
+              [](const Vec<T>& w, const Vec<T>& gv, const Vec<T>& s) { return w + gradcam_pp_term(gv, s); }, weights, g,
+              channel_sums);
           break;
       }
     }
@@ -231,8 +203,7 @@ void cam_reduce_forward_channels_last(const scalar_t* activations, const scalar_
     for (int64_t p = 0; p < pixels; ++p) {
       const T* a = a_row(p);
       acc[p] = vec_sum<T>(
-          channels, [&](const Vec<T>& av, const Vec<T>& gv) { return cam_detail::elementwise_term(method, av, gv); }, a,
-          g_row(p));
+          channels, [&](const Vec<T>& av, const Vec<T>& gv) { return elementwise_term(method, av, gv); }, a, g_row(p));
     }
   }
   if constexpr (std::is_same_v<scalar_t, T>) {
@@ -254,14 +225,12 @@ void cam_reduce_backward_channels_first(const scalar_t* grad_cam, const scalar_t
                                         int64_t channels, int64_t pixels, CamMethod method,
                                         opmath_t<scalar_t>* workspace) {
   using T = opmath_t<scalar_t>;
-  using cam_detail::relu;
   using cam_detail::Vec;
   const T* grad_l = load_opmath(grad_cam, pixels, workspace);
   T* a_scratch = workspace + pixels;
   T* g_scratch = workspace + 2 * pixels;
   T* ga_scratch = workspace + 3 * pixels;
   T* gg_scratch = workspace + 4 * pixels;
-  const Vec<T> zero(T(0));
   const Vec<T> inv_pixels(T(1) / static_cast<T>(pixels));
 
   for (int64_t k = 0; k < channels; ++k) {
@@ -287,74 +256,45 @@ void cam_reduce_backward_channels_first(const scalar_t* grad_cam, const scalar_t
           vec_apply(
               pixels, ga, [&](const Vec<T>& gl) { return w * gl; }, grad_l);
           vec_apply(
-              pixels, gg, [&](const Vec<T>& gv) { return (gv.gt(zero) - gv.lt(zero)) * c * inv_pixels; }, g);
+              pixels, gg, [&](const Vec<T>& gv) { return sign(gv) * c * inv_pixels; }, g);
           break;
         case CamMethod::XGradCAM: {
-          // w = sum(A G) / (S + eps), S = sum(A): dw/dA_p = (G_p - w) / (S + eps), dw/dG_p = A_p / (S + eps).
           const Vec<T> den(vec_sum<T>(
                                pixels, [](const Vec<T>& av) { return av; }, a) +
                            static_cast<T>(kXGradCAMEps));
           vec_apply(
-              pixels, ga, [&](const Vec<T>& gl, const Vec<T>& gv) { return w * gl + c * (gv - w) / den; }, grad_l, g);
+              pixels, ga,
+              [&](const Vec<T>& gl, const Vec<T>& gv) { return xgradcam_grad_activation(gl, gv, w, c, den); }, grad_l,
+              g);
           vec_apply(
-              pixels, gg, [&](const Vec<T>& av) { return c * av / den; }, a);
+              pixels, gg, [&](const Vec<T>& av) { return xgradcam_grad_gradient(av, c, den); }, a);
           break;
         }
         default: { // GradCAMPlusPlus
-          // w = sum_p f(G_p, S), f = ReLU(G) / E, E = 2 + S G + r, r = eps / G^2 (gradcam_pp_term).
-          // df/dS = -ReLU(G) G / E^2 reaches every A_p of the channel through S = sum(A);
-          // df/dG = (2 + 3 r) / E^2 for G > 0, and 0 for G <= 0. Where r exceeds 1e30, df is
-          // below 3e-30 and is taken as 0 (r itself may overflow to inf there).
           const Vec<T> s(vec_sum<T>(
               pixels, [](const Vec<T>& av) { return av; }, a));
-          const Vec<T> eps(static_cast<T>(kGradCAMPlusPlusEps));
-          const Vec<T> two(T(2)), three(T(3)), negligible(T(1e30));
           const Vec<T> dw_ds(vec_sum<T>(
-              pixels,
-              [&](const Vec<T>& gv) {
-                const Vec<T> e = two + s * gv + eps / (gv * gv);
-                return Vec<T>(T(0)) - (relu(gv) / e) * (gv / e); // not ReLU(G) G, which overflows
-              },
-              g));
+              pixels, [&](const Vec<T>& gv) { return gradcam_pp_term_dsum(gv, s); }, g));
           vec_apply(
               pixels, ga, [&](const Vec<T>& gl) { return w * gl + c * dw_ds; }, grad_l);
           vec_apply(
-              pixels, gg,
-              [&](const Vec<T>& gv) {
-                const Vec<T> r = eps / (gv * gv);
-                const Vec<T> e = two + s * gv + r;
-                return Vec<T>::blendv(zero, c * (two + three * r) / (e * e), (gv > zero) & (r < negligible));
-              },
-              g);
+              pixels, gg, [&](const Vec<T>& gv) { return c * gradcam_pp_term_dg(gv, s); }, g);
           break;
         }
       }
     } else {
-      switch (method) {
-        case CamMethod::LayerCAM:
-          vec_apply(
-              pixels, ga, [&](const Vec<T>& gl, const Vec<T>& gv) { return relu(gv) * gl; }, grad_l, g);
-          vec_apply(
-              pixels, gg, [&](const Vec<T>& gl, const Vec<T>& av, const Vec<T>& gv) { return gv.gt(zero) * av * gl; },
-              grad_l, a, g);
-          break;
-        case CamMethod::HiResCAM:
-          vec_apply(
-              pixels, ga, [](const Vec<T>& gl, const Vec<T>& gv) { return gv * gl; }, grad_l, g);
-          vec_apply(
-              pixels, gg, [](const Vec<T>& gl, const Vec<T>& av) { return av * gl; }, grad_l, a);
-          break;
-        default: // GradCAMElementwise
-          vec_apply(
-              pixels, ga,
-              [&](const Vec<T>& gl, const Vec<T>& av, const Vec<T>& gv) { return (gv * av).gt(zero) * gv * gl; },
-              grad_l, a, g);
-          vec_apply(
-              pixels, gg,
-              [&](const Vec<T>& gl, const Vec<T>& av, const Vec<T>& gv) { return (gv * av).gt(zero) * av * gl; },
-              grad_l, a, g);
-          break;
-      }
+      vec_apply(
+          pixels, ga,
+          [&](const Vec<T>& gl, const Vec<T>& av, const Vec<T>& gv) {
+            return elementwise_grad_activation(method, gl, av, gv);
+          },
+          grad_l, a, g);
+      vec_apply(
+          pixels, gg,
+          [&](const Vec<T>& gl, const Vec<T>& av, const Vec<T>& gv) {
+            return elementwise_grad_gradient(method, gl, av, gv);
+          },
+          grad_l, a, g);
     }
     store_opmath(ga, pixels, grad_activations + offset);
     store_opmath(gg, pixels, grad_gradients + offset);

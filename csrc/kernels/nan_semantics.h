@@ -23,4 +23,22 @@ C10_HOST_DEVICE inline T max_keep_nan(T a, T b) {
   return (a != a || a > b) ? a : b;
 }
 
+// The primitives the formulas of cam_formulas.h are written with, for a value type V. This
+// primary template is for scalars (the CUDA kernels, one value at a time); vec_helpers.h
+// specialises it for at::vec::Vectorized (the CPU kernels, a vector at a time).
+template <typename V>
+struct ValueOps {
+  C10_HOST_DEVICE static V relu(V x) {
+    return relu_keep_nan(x);
+  }
+  // 1 where x > 0, else 0 (also for NaN).
+  C10_HOST_DEVICE static V positive_indicator(V x) {
+    return x > V(0) ? V(1) : V(0);
+  }
+  // value where condition > 0, else 0 (also where condition is NaN, whatever value is).
+  C10_HOST_DEVICE static V where_positive(V condition, V value) {
+    return condition > V(0) ? value : V(0);
+  }
+};
+
 } // namespace torchcam_ops::kernels

@@ -4,6 +4,8 @@
 // Every loop runs whole Vectorized<T> lanes and finishes with one partial lane,
 // so the order of additions (and therefore the result) never depends on threads.
 
+#include "nan_semantics.h"
+
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -15,6 +17,21 @@ namespace torchcam_ops::kernels {
 
 template <typename scalar_t>
 using opmath_t = at::opmath_type<scalar_t>;
+
+// The formula primitives (nan_semantics.h) on a vector at a time, with the scalar versions' results lane by lane.
+template <typename T>
+struct ValueOps<at::vec::Vectorized<T>> {
+  using V = at::vec::Vectorized<T>;
+  static V relu(const V& x) {
+    return at::vec::maximum(x, V(T(0))); // maximum() propagates NaN like torch.relu
+  }
+  static V positive_indicator(const V& x) {
+    return x.gt(V(T(0)));
+  }
+  static V where_positive(const V& condition, const V& value) {
+    return V::blendv(V(T(0)), value, condition > V(T(0)));
+  }
+};
 
 // out[i] = f(in[i]...) for i < n. `f` takes and returns Vectorized<T>; out may alias an input.
 template <typename T, typename F, typename... In>

@@ -117,6 +117,72 @@ TEST(CamReduceBackward, GradCAMByHand) {
   expect_near(grad_g, {2.5, 2.5, 2.5, 2.5, 0.5, 0.5, 0.5, 0.5});
 }
 
+// The formulas of cam_formulas.h run as vectors on the CPU and as scalars on CUDA: both
+// instantiations must give the same values, lane by lane, also at 0, +-inf, NaN and the overflow
+// edges (+0 and -0 count as the same value: ReLU's vector maximum and its scalar select differ there).
+template <typename T>
+void expect_vector_equals_scalar(const char* formula, T (*scalar)(T, T),
+                                 at::vec::Vectorized<T> (*vector)(at::vec::Vectorized<T>, at::vec::Vectorized<T>)) {
+  using Vec = at::vec::Vectorized<T>;
+  const T inf = std::numeric_limits<T>::infinity(), nan = std::numeric_limits<T>::quiet_NaN();
+  const std::vector<T> values = {0,       -T(0),    1,        -1,  T(0.5), T(-2.5), T(1e-20), T(-1e-20),
+                                 T(1e19), T(-1e13), T(3e-19), inf, -inf,   nan,     T(7),     T(-0.125)};
+  for (const T second : values) {
+    for (size_t start = 0; start < values.size(); start += Vec::size()) {
+      const auto count = static_cast<int>(std::min<size_t>(Vec::size(), values.size() - start));
+      T lanes[Vec::size()];
+      vector(Vec::loadu(values.data() + start, count), Vec(second)).store(lanes);
+      for (int i = 0; i < count; ++i) {
+        const T expected = scalar(values[start + i], second);
+        const bool same = (std::isnan(expected) && std::isnan(lanes[i])) || expected == lanes[i];
+        EXPECT_TRUE(same) << formula << "(" << values[start + i] << ", " << second << "): vector " << lanes[i]
+                          << ", scalar " << expected;
+      }
+    }
+  }
+}
+
+template <typename T>
+void expect_every_formula_vector_equals_scalar() {
+  using Vec = at::vec::Vectorized<T>;
+  expect_vector_equals_scalar<T>(
+      "gradcam_pp_term", [](T g, T s) { return tk::gradcam_pp_term(g, s); },
+      [](Vec g, Vec s) { return tk::gradcam_pp_term(g, s); });
+  expect_vector_equals_scalar<T>(
+      "gradcam_pp_term_dsum", [](T g, T s) { return tk::gradcam_pp_term_dsum(g, s); },
+      [](Vec g, Vec s) { return tk::gradcam_pp_term_dsum(g, s); });
+  expect_vector_equals_scalar<T>(
+      "gradcam_pp_term_dg", [](T g, T s) { return tk::gradcam_pp_term_dg(g, s); },
+      [](Vec g, Vec s) { return tk::gradcam_pp_term_dg(g, s); });
+  expect_vector_equals_scalar<T>(
+      "sign", [](T g, T) { return tk::sign(g); }, [](Vec g, Vec) { return tk::sign(g); });
+  expect_vector_equals_scalar<T>(
+      "xgradcam_grad_activation", [](T g, T w) { return tk::xgradcam_grad_activation(T(0.75), g, w, T(2), T(3)); },
+      [](Vec g, Vec w) { return tk::xgradcam_grad_activation(Vec(T(0.75)), g, w, Vec(T(2)), Vec(T(3))); });
+  for (const CamMethod method : {CamMethod::LayerCAM, CamMethod::HiResCAM, CamMethod::GradCAMElementwise}) {
+    // a function pointer cannot capture the method: one lambda per method through a static
+    static CamMethod current;
+    current = method;
+    expect_vector_equals_scalar<T>(
+        "elementwise_term", [](T a, T g) { return tk::elementwise_term(current, a, g); },
+        [](Vec a, Vec g) { return tk::elementwise_term(current, a, g); });
+    expect_vector_equals_scalar<T>(
+        "elementwise_grad_activation", [](T a, T g) { return tk::elementwise_grad_activation(current, T(1.5), a, g); },
+        [](Vec a, Vec g) { return tk::elementwise_grad_activation(current, Vec(T(1.5)), a, g); });
+    expect_vector_equals_scalar<T>(
+        "elementwise_grad_gradient", [](T a, T g) { return tk::elementwise_grad_gradient(current, T(1.5), a, g); },
+        [](Vec a, Vec g) { return tk::elementwise_grad_gradient(current, Vec(T(1.5)), a, g); });
+  }
+}
+
+TEST(CamFormulas, VectorEqualsScalarFloat) {
+  expect_every_formula_vector_equals_scalar<float>();
+}
+
+TEST(CamFormulas, VectorEqualsScalarDouble) {
+  expect_every_formula_vector_equals_scalar<double>();
+}
+
 TEST(BilinearTaps, HalfPixelCentres) {
   // 2 -> 4: source positions -0.25 (clamped to 0), 0.25, 0.75, 1.25 (last index stays 1).
   std::vector<tk::BilinearTap<double>> taps(4);
