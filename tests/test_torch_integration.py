@@ -76,6 +76,41 @@ def test_compile_reports_bad_input_clearly():
         compiled(torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 4))
 
 
+BAD_CALLS = {
+    "reduce_3d": ("cam_reduce", (torch.rand(2, 3, 4), torch.rand(2, 3, 4), "gradcam")),
+    "reduce_shapes": ("cam_reduce", (torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 4), "gradcam")),
+    "reduce_dtypes": ("cam_reduce", (torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3, dtype=torch.float64), "gradcam")),
+    "reduce_integers": ("cam_reduce", (torch.ones(1, 2, 3, 3, dtype=torch.int32),) * 2 + ("gradcam",)),
+    "reduce_method": ("cam_reduce", (torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3), "gradcam+++")),
+    "backward_method": (
+        "cam_reduce_backward",
+        (torch.rand(1, 3, 3), torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3), "no-such-method"),
+    ),
+    "postprocess_2d": ("cam_postprocess", (torch.rand(3, 4), 8, 8, True, True)),
+    "postprocess_empty_map": ("cam_postprocess", (torch.rand(2, 0, 4), 8, 8, True, True)),
+    "postprocess_size": ("cam_postprocess", (torch.rand(2, 3, 4), 0, 8, True, True)),
+    "postprocess_integers": ("cam_postprocess", (torch.ones(2, 3, 4, dtype=torch.int64), 8, 8, True, True)),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_the_fake_kernels_refuse_bad_input_as_the_cpp_checks_do(case):
+    # In eager code the C++ checks are the only ones; the fake kernels repeat them for tracing
+    # (torch.compile, torch.export). Both must raise the same exception type with the same message.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    name, args = BAD_CALLS[case]
+    op = getattr(OPS, name).default
+    with pytest.raises(Exception) as eager:
+        op(*args)
+    with FakeTensorMode() as mode:
+        fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        with pytest.raises(Exception) as traced:
+            op(*fake_args)
+    assert type(traced.value) is type(eager.value), (eager.value, traced.value)
+    assert str(traced.value).splitlines()[0] == str(eager.value).splitlines()[0]
+
+
 class _Explainer(torch.nn.Module):
     def forward(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return cam_postprocess(cam_reduce(a, g, "hirescam"), 16)

@@ -68,7 +68,7 @@ at::Tensor cam_postprocess_backward_composite(const at::Tensor& grad_out, const 
 }
 
 TORCH_LIBRARY_FRAGMENT(torchcam_ops, m) {
-  m.set_python_module("torchcam_ops.ops");
+  m.set_python_module("torchcam_ops.ops.cam");
   m.def("cam_postprocess(Tensor cam, SymInt out_h, SymInt out_w, bool relu=True, bool normalize=True) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   m.def(

@@ -57,7 +57,7 @@ CamMethod check_cam_reduce_backward_args(const at::Tensor& grad_cam, const at::T
 }
 
 TORCH_LIBRARY_FRAGMENT(torchcam_ops, m) {
-  m.set_python_module("torchcam_ops.ops");
+  m.set_python_module("torchcam_ops.ops.cam");
   m.def("cam_reduce(Tensor activations, Tensor gradients, str method) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def("cam_reduce_backward(Tensor grad_cam, Tensor activations, Tensor gradients, str method) -> (Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});

@@ -6,12 +6,42 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <string>
+
 namespace torchcam_ops {
+
+// A dtype as Python spells it (torch.float32), so that messages read like the fake kernels'.
+inline std::string python_dtype(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat:
+      return "torch.float32";
+    case at::kDouble:
+      return "torch.float64";
+    case at::kHalf:
+      return "torch.float16";
+    case at::kBFloat16:
+      return "torch.bfloat16";
+    case at::kInt:
+      return "torch.int32";
+    case at::kLong:
+      return "torch.int64";
+    case at::kShort:
+      return "torch.int16";
+    case at::kChar:
+      return "torch.int8";
+    case at::kByte:
+      return "torch.uint8";
+    case at::kBool:
+      return "torch.bool";
+    default:
+      return std::string("torch.") + c10::toString(dtype);
+  }
+}
 
 inline void check_floating(const char* op, const char* name, const at::Tensor& t) {
   const auto dtype = t.scalar_type();
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
-                   ": ", name, " must be float32, float64, float16 or bfloat16, got ", dtype);
+                   ": ", name, " must be float32, float64, float16 or bfloat16, got ", python_dtype(dtype));
 }
 
 inline void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t dim, const char* layout) {
@@ -34,7 +64,7 @@ inline void check_same_device(const char* op, const char* name, const at::Tensor
 inline void check_same_dtype_device(const char* op, const char* name, const at::Tensor& t, const char* other_name,
                                     const at::Tensor& other) {
   TORCH_CHECK_TYPE(t.scalar_type() == other.scalar_type(), op, ": ", name, " must have the dtype of ", other_name, " (",
-                   other.scalar_type(), "), got ", t.scalar_type());
+                   python_dtype(other.scalar_type()), "), got ", python_dtype(t.scalar_type()));
   check_same_device(op, name, t, other_name, other);
 }
 

@@ -24,10 +24,10 @@
 #define TORCHCAM_OPS_CPU_CAPABILITY "DEFAULT"
 #endif
 
-TORCH_LIBRARY(torchcam_ops, m) {
-  // Fake kernels live in this Python module (autograd kernels are registered in C++, next to each op).
-  m.set_python_module("torchcam_ops.ops");
-}
+// The ops are defined in fragments, one per op family, each naming the Python module of its fake
+// kernels (torchcam_ops.ops.cam, torchcam_ops.ops.tsgb); autograd kernels are registered in C++,
+// next to each op.
+TORCH_LIBRARY(torchcam_ops, m) {}
 
 extern "C" {
 

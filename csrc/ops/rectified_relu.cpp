@@ -48,7 +48,7 @@ at::Tensor rectified_relu_forward(const at::Tensor& input, c10::string_view mode
 } // namespace
 
 TORCH_LIBRARY_FRAGMENT(torchcam_ops, m) {
-  m.set_python_module("torchcam_ops.ops");
+  m.set_python_module("torchcam_ops.ops.tsgb");
   m.def("rectified_relu(Tensor input, str mode) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def("rectified_relu_backward(Tensor grad_output, Tensor input, str mode) -> Tensor", {at::Tag::pt2_compliant_tag});
 }

@@ -236,7 +236,7 @@ kernels::Conv2dGeometry check_tsgb_conv2d_backward_args(const at::Tensor& grad_o
 }
 
 TORCH_LIBRARY_FRAGMENT(torchcam_ops, m) {
-  m.set_python_module("torchcam_ops.ops");
+  m.set_python_module("torchcam_ops.ops.tsgb");
   const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
   m.def("tsgb_linear(Tensor input, Tensor weight, Tensor? bias, float beta=1.0) -> Tensor", tags);
   m.def("tsgb_linear_backward(Tensor grad_output, Tensor input, Tensor weight, float beta) -> Tensor", tags);

@@ -67,11 +67,11 @@ def _padding_pairs(
     if padding == "valid":
         return (0, 0), (0, 0)
     if padding == "same":
-        if ops._pair("stride", stride) != [1, 1]:
+        if ops.int_pair("stride", stride) != [1, 1]:
             raise ValueError(f"padding='same' needs stride 1, got stride {stride!r}")
-        totals = [d * (k - 1) for d, k in zip(ops._pair("dilation", dilation), weight.shape[-2:])]
+        totals = [d * (k - 1) for d, k in zip(ops.int_pair("dilation", dilation), weight.shape[-2:])]
         return tuple((t // 2, t - t // 2) for t in totals)  # type: ignore[return-value]
-    return tuple((p, p) for p in ops._pair("padding", padding))  # type: ignore[return-value]
+    return tuple((p, p) for p in ops.int_pair("padding", padding))  # type: ignore[return-value]
 
 
 def tsgb_conv2d_call(call: dict) -> Tensor:

@@ -1,0 +1,197 @@
+"""Rectified ReLU and the TSGB layers (docs/design.md): each forward is the ordinary layer, each
+backward to the input a relevance rule implemented as an op of its own; with their fake kernels.
+
+Argument checks: in eager code the C++ checks are the only ones (the wrappers check only that tensors
+are tensors and normalise ``int | pair`` arguments); the fake kernels compute the output shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from torchcam_ops.ops._registration import ops, register_fake, require_tensor, require_tensors
+
+__all__ = ["RELU_MODES", "rectified_relu", "tsgb_avg_pool2d", "tsgb_batch_norm", "tsgb_conv2d", "tsgb_linear"]
+
+RELU_MODES: tuple[str, ...] = ("guided", "deconvnet", "plain")
+
+
+def int_pair(name: str, value: int | Sequence[int]) -> list[int]:
+    # exact-type checks first: this runs for every convolution an explainer routes (an ABC
+    # isinstance check costs more than the rest of the call)
+    if type(value) is int:
+        return [value, value]
+    if type(value) in (tuple, list) and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return [value[0], value[1]]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value, value]
+    if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return [int(v) for v in value]
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def rectified_relu(input: Tensor, mode: str = "guided") -> Tensor:
+    r"""ReLU forward with a rectified backward.
+
+    ``guided`` (guided backpropagation): :math:`\partial x = G\,[X > 0]\,[G > 0]`;
+    ``deconvnet``: :math:`\partial x = \mathrm{ReLU}(G)`; ``plain``: the ordinary :math:`G\,[X > 0]`.
+    """
+    require_tensor("rectified_relu", "input", input)
+    if mode not in RELU_MODES:
+        raise ValueError(f"rectified_relu: unknown mode {mode!r}; expected one of {RELU_MODES}")
+    return ops.rectified_relu.default(input, mode)
+
+
+def tsgb_linear(input: Tensor, weight: Tensor, bias: Tensor | None = None, beta: float = 1.0) -> Tensor:
+    r"""``F.linear`` forward; TSGB-FC backward to the input.
+
+    .. math:: W^\pm = \max/\min(W, 0),\ z^\pm = h W^{\pm\top},\ r = z^+ / |z^-|\ (0 \text{ where } z^- = 0),\
+              g_h = g W^+ + \beta\,(g \odot r) W^-
+
+    With :math:`\beta = 1`, :math:`\sum h\,g_h = 0` for a one-hot g. Weight and bias gradients are the
+    ordinary ones.
+    """
+    require_tensors("tsgb_linear", input=input, weight=weight, bias=bias)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        raise TypeError(f"tsgb_linear: beta must be a real number, got {type(beta).__name__}")
+    return ops.tsgb_linear.default(input, weight, bias, float(beta))
+
+
+def tsgb_conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> Tensor:
+    r"""``F.conv2d`` forward; TSGB-Conv backward to the input, per group:
+
+    .. math:: R = \sum_{c_o} G \odot Z,\ S = \textstyle\sum_{\text{window}} \sum_{c_i} |X|,\
+              U = \text{window}^\top(R / (S + 10^{-10})),\ \partial X_{c_i} = \operatorname{sign}(X_{c_i})\, U
+
+    which conserves relevance: :math:`\sum X \odot \partial X = \sum G \odot Z`. Weight and bias
+    gradients are the ordinary ones.
+    """
+    require_tensors("tsgb_conv2d", input=input, weight=weight, bias=bias)
+    return ops.tsgb_conv2d.default(
+        input,
+        weight,
+        bias,
+        int_pair("stride", stride),
+        int_pair("padding", padding),
+        int_pair("dilation", dilation),
+        int(groups),
+    )
+
+
+def tsgb_batch_norm(
+    input: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""Inference batch norm forward; backward passes relevance unchanged:
+    :math:`\partial X = G \odot Y / X` (0 where X = 0)."""
+    require_tensors(
+        "tsgb_batch_norm",
+        optional=("weight", "bias"),
+        input=input,
+        running_mean=running_mean,
+        running_var=running_var,
+        weight=weight,
+        bias=bias,
+    )
+    return ops.tsgb_batch_norm.default(input, weight, bias, running_mean, running_var, float(eps))
+
+
+def tsgb_avg_pool2d(
+    input: Tensor,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+) -> Tensor:
+    r"""``F.avg_pool2d`` forward; backward shares the relevance :math:`G \odot Y` of each window
+    equally over it, divided by X (0 where X = 0)."""
+    require_tensor("tsgb_avg_pool2d", "input", input)
+    kernel = int_pair("kernel_size", kernel_size)
+    return ops.tsgb_avg_pool2d.default(
+        input, kernel, kernel if stride is None else int_pair("stride", stride), int_pair("padding", padding)
+    )
+
+
+def _conv_out(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@register_fake("torchcam_ops::rectified_relu")
+def _rectified_relu_fake(input: Tensor, mode: str) -> Tensor:
+    return torch.empty_like(input)
+
+
+@register_fake("torchcam_ops::rectified_relu_backward")
+def _rectified_relu_backward_fake(grad_output: Tensor, input: Tensor, mode: str) -> Tensor:
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@register_fake("torchcam_ops::tsgb_linear")
+def _tsgb_linear_fake(input, weight, bias, beta=1.0):
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
+
+
+@register_fake("torchcam_ops::tsgb_linear_backward")
+def _tsgb_linear_backward_fake(grad_output, input, weight, beta):
+    return input.new_empty(input.shape)
+
+
+@register_fake("torchcam_ops::tsgb_conv2d")
+def _tsgb_conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
+    n, _, h, w = input.shape
+    kh, kw = weight.shape[2:]
+    return input.new_empty(
+        (
+            n,
+            weight.shape[0],
+            _conv_out(h, kh, stride[0], padding[0], dilation[0]),
+            _conv_out(w, kw, stride[1], padding[1], dilation[1]),
+        )
+    )
+
+
+@register_fake("torchcam_ops::tsgb_conv2d_backward")
+def _tsgb_conv2d_backward_fake(grad_output, input, output, kernel_size, stride, padding, dilation, groups):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@register_fake("torchcam_ops::tsgb_batch_norm")
+def _tsgb_batch_norm_fake(input, weight, bias, running_mean, running_var, eps):
+    return torch.empty_like(input)
+
+
+@register_fake("torchcam_ops::tsgb_batch_norm_backward")
+def _tsgb_batch_norm_backward_fake(grad_output, input, weight, bias, running_mean, running_var, eps):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@register_fake("torchcam_ops::tsgb_avg_pool2d")
+def _tsgb_avg_pool2d_fake(input, kernel_size, stride, padding):
+    n, c, h, w = input.shape
+    return input.new_empty(
+        (
+            n,
+            c,
+            _conv_out(h, kernel_size[0], stride[0], padding[0], 1),
+            _conv_out(w, kernel_size[1], stride[1], padding[1], 1),
+        )
+    )
+
+
+@register_fake("torchcam_ops::tsgb_avg_pool2d_backward")
+def _tsgb_avg_pool2d_backward_fake(grad_output, input, output, kernel_size, stride, padding):
+    return torch.empty_like(input)
