@@ -19,16 +19,12 @@ torch.compile of the eager formula on every shape.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
+from _timing import graph_seconds, median_seconds, print_table, record_figures
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import graph_seconds, median_seconds, print_table, record_figures  # noqa: E402
-
-import torchcam_ops  # noqa: E402
-from torchcam_ops.demo import eager_cam, eager_postprocess  # noqa: E402
+import torchcam_ops
+from torchcam_ops.reference import reference_cam, reference_postprocess
 
 SHAPES = {
     "resnet50.layer4": (64, 2048, 7, 7, 224),
@@ -38,8 +34,8 @@ SHAPES = {
 
 
 def eager_pipeline(a: torch.Tensor, g: torch.Tensor, method: str, size: int) -> torch.Tensor:
-    """The same maths as eager PyTorch ops (the demo's reference composition)."""
-    return eager_postprocess(eager_cam(a, g, method), size)
+    """The same maths as eager PyTorch ops, in the inputs' dtype (the references' formulas)."""
+    return reference_postprocess(reference_cam(a, g, method, dtype=a.dtype), (size, size), dtype=a.dtype)
 
 
 def copy_bandwidth(device: torch.device, nbytes: int, repeats: int) -> float:

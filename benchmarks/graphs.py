@@ -19,16 +19,12 @@ and >= 3.5x faster than eager.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 import torchvision
+from _timing import median_seconds, print_table, record_figures
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import median_seconds, print_table, record_figures  # noqa: E402
-
-from torchcam_ops.methods import TSGB, GradCAM, GradCAMPlusPlus, GuidedBackprop, HiResCAM, LayerCAM  # noqa: E402
+from torchcam_ops.methods import TSGB, GradCAM, GradCAMPlusPlus, GuidedBackprop, HiResCAM, LayerCAM
 
 EXPLAINERS = {
     "gradcam": lambda m: GradCAM(m, ["layer4"]),

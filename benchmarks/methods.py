@@ -10,19 +10,13 @@ image on layer4; it is timed on one image with --abscam-phase2.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 import torchvision
+from _timing import median_seconds, print_table
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _timing import median_seconds, print_table  # noqa: E402
-
-from tests.reference import reference_gig_cam  # noqa: E402
-from torchcam_ops.methods import GIGCAM, METHODS, GradCAM  # noqa: E402
+from torchcam_ops.methods import GIGCAM, METHODS, GradCAM
+from torchcam_ops.reference import reference_gig_cam
 
 
 def reference_gig_cam_loop(model, layer, x, target, steps):
@@ -78,7 +72,7 @@ def main() -> None:
     t = seconds(lambda: ig(x[: args.ig_batch]), repeats=1)
     rows.append([f"integrated_gradcam ({args.steps_ig} steps)", str(args.ig_batch), f"{t / args.ig_batch * 1e3:.1f}"])
     if args.abscam_phase2:
-        abscam = METHODS["abscam"](model, layer, phase=2, batch_size=64)
+        abscam = METHODS["abscam"](model, layer, phase=2, masks_per_forward=64)
         t = seconds(lambda: abscam(x[:1]), repeats=1)
         rows.append(["abscam (phase 2, K=2048 masked forwards)", "1", f"{t * 1e3:.1f}"])
     print("\nTime per image")
@@ -97,6 +91,7 @@ def main() -> None:
     classes = cam.model(xg).argmax(1)
     gig = GIGCAM(model, layer, steps=args.gig_steps)
     batched = seconds(lambda: gig(xg, classes), repeats=1)
+    _, diagnostics = gig(xg, classes, diagnostics=True)
     loop = seconds(
         lambda: [
             reference_gig_cam_loop(model, model.layer4, xg[n], int(classes[n]), args.gig_steps)
@@ -107,7 +102,7 @@ def main() -> None:
     print(
         f"GIG-CAM ({args.gig_steps} steps), batch {xg.shape[0]}: batched {batched / xg.shape[0]:.2f} s / image, "
         f"per-image reference loop {loop / xg.shape[0]:.2f} s / image, speed-up {loop / batched:.2f}x "
-        f"(unfinished steps: {int(gig.last_unfinished_steps)})"
+        f"(unfinished steps: {int(diagnostics.unfinished_steps)})"
     )
 
 

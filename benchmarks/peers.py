@@ -13,18 +13,14 @@ normalised, resized and normalised again, which equals ours to float32 precision
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torchvision
+from _timing import median_seconds, print_table
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import median_seconds, print_table  # noqa: E402
-
-from torchcam_ops.methods import GradCAM, GradCAMPlusPlus, LayerCAM, XGradCAM  # noqa: E402
+from torchcam_ops.methods import GradCAM, GradCAMPlusPlus, LayerCAM, XGradCAM
 
 OURS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM}
 

@@ -12,19 +12,13 @@ batch 16 (issue 13, on an H100/H200), at least 2x faster than the plain-PyTorch 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 import torchvision
+from _timing import median_seconds, print_table, record_figures
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _timing import median_seconds, print_table, record_figures  # noqa: E402
-
-from tests.reference_tsgb import reference_tsgb_model  # noqa: E402
-from torchcam_ops.methods import TSGB  # noqa: E402
+from torchcam_ops.methods import TSGB
+from torchcam_ops.reference import reference_tsgb_model
 
 
 def input_gradient(model, x, targets):

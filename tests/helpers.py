@@ -1,11 +1,11 @@
-"""Models, inputs and model-state checks shared by the test modules (no test module imports another)."""
+"""Models, inputs, model-state checks and error budgets shared by the test modules (no test module imports another)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from torchcam_ops.methods import GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 
@@ -58,3 +58,15 @@ def activations_and_gradients(shape, dtype, positive_activations=True):
     a = a.abs() if positive_activations else a
     g = torch.randn(shape, dtype=torch.float64) / math.sqrt(shape[2] * shape[3])
     return a.to(dtype), g.to(dtype)
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    return {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+
+
+def assert_matches(actual: Tensor, expected: Tensor, dtype: torch.dtype) -> None:
+    """actual (computed in `dtype`) against a float64 reference, with an error budget scaled to
+    the magnitude of the reference (sums of many terms lose absolute, not relative, precision)."""
+    tol = tolerance(dtype)
+    scale = float(expected.abs().max()) if expected.numel() else 1.0
+    torch.testing.assert_close(actual.double(), expected, rtol=tol, atol=tol * max(scale, 1e-3), equal_nan=True)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from tests.conftest import DTYPES
-from tests.reference import reference_cam, reference_postprocess, tolerance
+from tests.helpers import tolerance
 from torchcam_ops import CAM_METHODS, cam_postprocess, cam_reduce
+from torchcam_ops.reference import reference_cam, reference_postprocess
 
 
 def leaf(t: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from tests.conftest import DTYPES
-from tests.reference import assert_matches, reference_postprocess, tolerance
+from tests.helpers import assert_matches, tolerance
 from torchcam_ops import cam_postprocess
+from torchcam_ops.reference import reference_postprocess
 
 RESIZES = [
     ((7, 7), (224, 224)),  # up

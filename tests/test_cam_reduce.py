@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from tests.conftest import DTYPES
-from tests.helpers import activations_and_gradients
-from tests.reference import assert_matches, reference_cam
+from tests.helpers import activations_and_gradients, assert_matches
 from torchcam_ops import CAM_METHODS, cam_reduce
+from torchcam_ops.reference import reference_cam
 
 SHAPES = [
     (1, 1, 1, 1),

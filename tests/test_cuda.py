@@ -7,9 +7,9 @@ import torch
 
 from tests.conftest import DTYPES
 from tests.helpers import activations_and_gradients as _inputs
-from tests.helpers import small_cnn
-from tests.reference import assert_matches, reference_cam, reference_postprocess, tolerance
+from tests.helpers import assert_matches, small_cnn, tolerance
 from torchcam_ops import CAM_METHODS, cam_postprocess, cam_reduce
+from torchcam_ops.reference import reference_cam, reference_postprocess
 
 pytestmark = pytest.mark.cuda
 
@@ -261,7 +261,7 @@ def _graph_explainers(model):
         "gradcam": GradCAM(model, ["4"]),
         "gradcam++": GradCAMPlusPlus(model, ["4"]),
         "layercam": LayerCAM(model, ["4"]),
-        "abscam": AbsCAM(model, ["4"], batch_size=8),
+        "abscam": AbsCAM(model, ["4"], masks_per_forward=8),
         "integrated_gradcam": IntegratedGradCAM(model, ["4"], steps=4),
         "gig_cam": GIGCAM(model, ["4"], steps=3),
         "gig_cam+m": GIGCAM(model, ["4"], steps=2, scales=(16, 24)),

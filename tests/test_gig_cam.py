@@ -9,8 +9,8 @@ import torch.nn.functional as F
 import torchvision
 
 from tests.helpers import small_cnn
-from tests.reference import reference_cam, reference_gig_cam, reference_normalize
 from torchcam_ops.methods import GIGCAM, multiscale_fusion
+from torchcam_ops.reference import reference_cam, reference_gig_cam, reference_normalize
 
 
 def up(m: torch.Tensor, size) -> torch.Tensor:
@@ -47,9 +47,10 @@ def test_batched_path_matches_per_image_reference():
     x = torch.rand(3, 3, 16, 16)
     targets = [2, 0, 5]
     explainer = GIGCAM(model, [model[4]], steps=8)
-    raw = explainer(x, targets, raw=True)
-    assert int(explainer.last_unfinished_steps) == 0
-    end = explainer.last_path_end.clone()
+    raw, diagnostics = explainer(x, targets, raw=True, diagnostics=True)
+    assert int(diagnostics.unfinished_steps) == 0
+    (end,) = diagnostics.path_ends
+    assert end.shape == (3, 16, 16)
 
     def guide_of(z, target):
         return explainer._guide(z[None], torch.tensor([target]))[0]
@@ -68,10 +69,12 @@ def test_paths_end_at_the_input_and_converge(arch, layer):
     model = getattr(torchvision.models, arch)(weights=None).eval()
     x = torch.rand(2, 3, 48, 48)
     explainer = GIGCAM(model, layer, steps=10, fraction=0.3)
-    maps = explainer(x, torch.tensor([[1, 7], [3, 3]]))
+    maps, diagnostics = explainer(x, torch.tensor([[1, 7], [3, 3]]), diagnostics=True)
     assert maps.shape == (2, 2, 48, 48)
-    assert int(explainer.last_unfinished_steps) == 0
-    torch.testing.assert_close(explainer.last_path_end, torch.ones_like(explainer.last_path_end))
+    assert int(diagnostics.unfinished_steps) == 0
+    (end,) = diagnostics.path_ends
+    assert end.shape == (2, 2, 48, 48)
+    torch.testing.assert_close(end, torch.ones_like(end))
     assert float(maps.min()) >= 0 and float(maps.max()) <= 1
 
 

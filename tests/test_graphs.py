@@ -13,7 +13,6 @@ import torch._dynamo
 import torch.nn.functional as F
 from torch import nn
 
-from tests.reference import reference_cam
 from torchcam_ops.methods import (
     GIGCAM,
     TSGB,
@@ -28,6 +27,7 @@ from torchcam_ops.methods import (
     LayerCAM,
     XGradCAM,
 )
+from torchcam_ops.reference import reference_cam
 
 
 def cnn(dtype: torch.dtype = torch.float32, activation: type[nn.Module] = nn.ReLU) -> nn.Module:
@@ -58,8 +58,8 @@ EXPLAINERS = {
     "hirescam": lambda m: HiResCAM(m, ["5"]),
     "gradcam_elementwise": lambda m: GradCAMElementWise(m, ["5"]),
     "abscam_phase1": lambda m: AbsCAM(m, ["5"], phase=1),
-    "abscam": lambda m: AbsCAM(m, ["5"], phase=2, batch_size=5),
-    "integrated_gradcam": lambda m: IntegratedGradCAM(m, ["5"], steps=4, batch_size=3),
+    "abscam": lambda m: AbsCAM(m, ["5"], phase=2, masks_per_forward=5),
+    "integrated_gradcam": lambda m: IntegratedGradCAM(m, ["5"], steps=4, points_per_forward=3),
     "gig_cam": lambda m: GIGCAM(m, ["5"], steps=3),
     "gig_cam+m": lambda m: GIGCAM(m, ["5"], steps=2, scales=(12, 16)),
     "tsgb": lambda m: TSGB(m),

@@ -14,7 +14,6 @@ import torchvision
 from torch import nn
 
 from tests.helpers import CAM_FAMILY, assert_same_state, count_hooks, model_state, small_cnn
-from tests.reference import reference_cam, reference_normalize
 from torchcam_ops import explain
 from torchcam_ops.methods import (
     METHODS,
@@ -24,6 +23,7 @@ from torchcam_ops.methods import (
     IntegratedGradCAM,
     LayerCAM,
 )
+from torchcam_ops.reference import reference_cam, reference_normalize
 
 
 def norm(m: torch.Tensor) -> torch.Tensor:
@@ -329,7 +329,7 @@ def test_abscam_phase_two_against_the_formula():
     model = small_cnn()
     x = torch.rand(2, 3, 16, 16)
     classes = [2, 5]
-    maps = AbsCAM(model, [model[2]], phase=2, batch_size=5)(x, classes)
+    maps = AbsCAM(model, [model[2]], phase=2, masks_per_forward=5)(x, classes)
     raw_a = {}
     # the conv's own output: the in-place ReLU after it gets a copy
     handle = model[2].register_forward_hook(lambda m, i, o: (raw_a.__setitem__("a", o), o.clone())[1])
@@ -365,7 +365,7 @@ def test_integrated_gradcam_against_the_path_sum():
     for m in range(steps):
         total = total + torch.relu(GradCAM(model, [model[4]])((m / steps) * x, classes, raw=True))
     expected = norm(F.interpolate(total[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0])
-    maps = IntegratedGradCAM(model, [model[4]], steps=steps, batch_size=5)(x, classes)
+    maps = IntegratedGradCAM(model, [model[4]], steps=steps, points_per_forward=5)(x, classes)
     torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -9,8 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.reference import assert_matches, reference_cam, reference_postprocess
+from tests.helpers import assert_matches
 from torchcam_ops import CAM_METHODS, cam_postprocess, cam_reduce
+from torchcam_ops.reference import reference_cam, reference_postprocess
 
 DTYPES = st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16])
 LAYOUTS = st.sampled_from(["contiguous", "channels_last", "transposed"])

@@ -14,7 +14,6 @@ import torchvision
 from torch import nn
 
 from tests.helpers import CAM_FAMILY, assert_same_state, count_hooks, model_state
-from tests.reference import reference_cam
 from torchcam_ops.methods import (
     GIGCAM,
     TSGB,
@@ -27,6 +26,7 @@ from torchcam_ops.methods import (
     LayerCAM,
     capture,
 )
+from torchcam_ops.reference import reference_cam
 
 CAM_METHODS = CAM_FAMILY  # class -> cam_reduce method
 
@@ -510,13 +510,15 @@ def test_explain_checks_its_input_first():
         explain(threaded_model(), [[1.0]], "gradcam", target_layers=["3"])
 
 
-def test_gig_cam_diagnostics_belong_to_the_calling_thread():
+def test_gig_cam_diagnostics_are_returned_not_kept():
+    # Diagnostics come with the call that asked for them (every chunk and scale), never as state on
+    # the explainer that another thread's call could overwrite.
     model = threaded_model()
-    explainer = GIGCAM(model, ["3"], steps=2)
-    explainer(torch.rand(1, 3, 8, 8), [1])
-    seen = []
-    thread = threading.Thread(target=lambda: seen.append(explainer.last_path_end))
-    thread.start()
-    thread.join()
-    assert seen == [None] and explainer.last_path_end.shape == (1, 8, 8)
-    assert int(explainer.last_unfinished_steps) == 0
+    explainer = GIGCAM(model, ["3"], steps=2, scales=(6, 8), batch_size=1)
+    state = dict(vars(explainer))
+    maps, diagnostics = explainer(torch.rand(3, 3, 8, 8), [1, 0, 2], diagnostics=True)
+    assert maps.shape == (3, 8, 8)
+    assert [tuple(end.shape) for end in diagnostics.path_ends] == [(3, 6, 6), (3, 8, 8)]
+    assert diagnostics.unfinished_steps.dim() == 0 and int(diagnostics.unfinished_steps) == 0
+    assert vars(explainer).keys() == state.keys() and all(vars(explainer)[k] is v for k, v in state.items())
+    assert explainer(torch.rand(3, 3, 8, 8), [1, 0, 2]).shape == maps.shape

@@ -11,9 +11,9 @@ import torchvision
 from torch import nn
 
 from tests.helpers import assert_same_state, count_hooks, model_state
-from tests.reference_tsgb import reference_tsgb_maps
 from torchcam_ops.methods import TSGB, GradCAM, GuidedBackprop, GuidedGradCAM
 from torchcam_ops.nn import TSGBConv2d, find_classifier, guided, tsgb
+from torchcam_ops.reference import reference_tsgb_maps
 
 MODELS = [("vgg16", "classifier.6"), ("vgg16_bn", "classifier.6"), ("resnet18", "fc"), ("resnet50", "fc")]
 

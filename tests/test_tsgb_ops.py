@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import DTYPES
-from tests.reference_tsgb import reference_conv_grad, reference_linear_grad, reference_relevance_grad
 from torchcam_ops import ops
+from torchcam_ops.reference import reference_conv_grad, reference_linear_grad, reference_relevance_grad
 
 OPS = torch.ops.torchcam_ops
 

@@ -11,10 +11,10 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce
+from torchcam_ops.reference import reference_cam, reference_postprocess
 
 
 def small_cnn(num_classes: int = 10) -> nn.Module:
@@ -46,31 +46,6 @@ def activations_and_gradients(model: nn.Module, layer: nn.Module, x: torch.Tenso
     return captured[0].detach(), grads, target
 
 
-def eager_cam(a: torch.Tensor, g: torch.Tensor, method: str) -> torch.Tensor:
-    hw = (2, 3)
-    weights = {
-        "gradcam": lambda: g.mean(hw, keepdim=True),
-        "abscam": lambda: g.abs().mean(hw, keepdim=True),
-        "xgradcam": lambda: (a * g).sum(hw, keepdim=True) / (a.sum(hw, keepdim=True) + 1e-7),
-        "gradcam++": lambda: (
-            torch.where(g != 0, g**2 / (2 * g**2 + a.sum(hw, keepdim=True) * g**3 + 1e-6), 0) * g.relu()
-        ).sum(hw, keepdim=True),
-    }
-    if method in weights:
-        return (weights[method]() * a).sum(1)
-    return {
-        "layercam": lambda: (g.relu() * a).sum(1),
-        "hirescam": lambda: (g * a).sum(1),
-        "gradcam_elementwise": lambda: (g * a).relu().sum(1),
-    }[method]()
-
-
-def eager_postprocess(cam: torch.Tensor, size: int) -> torch.Tensor:
-    up = F.interpolate(cam.relu()[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-    lo, hi = up.amin((1, 2), keepdim=True), up.amax((1, 2), keepdim=True)
-    return (up - lo) / (hi - lo)  # (the fused op also turns constant maps into zeros)
-
-
 def timed(fn, repeats: int = 5) -> tuple[torch.Tensor, float]:
     result = fn()
     start = time.perf_counter()
@@ -98,7 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     print("-" * len(header))
     for method in CAM_METHODS:
         maps, ops_seconds = timed(lambda: cam_postprocess(cam_reduce(a, g, method), args.size))
-        reference, eager_seconds = timed(lambda: eager_postprocess(eager_cam(a, g, method), args.size))
+        reference, eager_seconds = timed(
+            lambda: reference_postprocess(
+                reference_cam(a, g, method, dtype=a.dtype), (args.size, args.size), dtype=a.dtype
+            )
+        )
         peak = divmod(int(maps[0].argmax()), args.size)
         print(
             f"{method:<21}{ops_seconds * 1e3:>9.3f}{eager_seconds * 1e3:>10.3f}{eager_seconds / ops_seconds:>9.1f}x"

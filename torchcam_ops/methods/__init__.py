@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from torchcam_ops.methods.abscam import AbsCAM
 from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets
-from torchcam_ops.methods.gig_cam import GIGCAM, multiscale_fusion
+from torchcam_ops.methods.gig_cam import GIGCAM, PathDiagnostics, multiscale_fusion
 from torchcam_ops.methods.gradcam import GradCAM
 from torchcam_ops.methods.gradcam_elementwise import GradCAMElementWise
 from torchcam_ops.methods.gradcam_plusplus import GradCAMPlusPlus
@@ -95,8 +95,8 @@ def explain(
 ) -> Tensor | list[Tensor]:
     """Functional form: ``explain(model, x, "hirescam", target_layers=["layer4"], targets=...)``.
 
-    ``options`` go to the explainer (e.g. ``steps`` for integrated_gradcam, ``phase`` for abscam,
-    ``batch_size``).
+    ``options`` go to the explainer (e.g. ``steps`` for integrated_gradcam, ``phase`` and
+    ``masks_per_forward`` for abscam, ``batch_size`` for any CAM explainer).
     """
     # The explainer checks x; its width only sizes methods whose settings scale with the input.
     input_size = int(x.shape[-1]) if isinstance(x, Tensor) and x.dim() == 4 else None
@@ -112,6 +112,7 @@ __all__ = [
     "GuidedBackprop",
     "GuidedGradCAM",
     "GIGCAM",
+    "PathDiagnostics",
     "AbsCAM",
     "BaseCAM",
     "GradCAM",

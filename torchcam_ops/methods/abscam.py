@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, map_dtype, slice_targets
+from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, check_positive_or_none, map_dtype, slice_targets
 from torchcam_ops.ops import cam_postprocess
 
 
@@ -22,7 +22,8 @@ class AbsCAM(BaseCAM):
     each channel's weighted map :math:`M_k = \operatorname{norm}(\operatorname{Up}(w_k A_k))` masks
     the input, the model scores the masked image, :math:`s_k = \operatorname{softmax}(f(x \odot M_k))_c`,
     and :math:`L = \operatorname{norm}(\mathrm{ReLU}(\sum_k s_k M_k))`. The K masked forwards per image
-    and class run in batches of ``batch_size`` without gradients.
+    and class run in forwards of ``masks_per_forward`` masked images, without gradients.
+    ``batch_size`` bounds the images explained at once, as for every CAM explainer.
     """
 
     method = "abscam"
@@ -33,12 +34,15 @@ class AbsCAM(BaseCAM):
         target_layers: LayerSpec | Sequence[LayerSpec],
         *,
         phase: int = 2,
-        batch_size: int | None = 64,
+        masks_per_forward: int | None = 64,
+        batch_size: int | None = None,
     ) -> None:
         if phase not in (1, 2):
             raise ValueError(f"phase: expected 1 or 2, got {phase!r}")
+        check_positive_or_none("masks_per_forward", masks_per_forward)
         super().__init__(model, target_layers, batch_size=batch_size)
         self.phase = phase
+        self.masks_per_forward = masks_per_forward
 
     def _explain(
         self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool
@@ -85,7 +89,7 @@ class AbsCAM(BaseCAM):
         """L for one image ``[C, H, W]`` and class (a LongTensor ``[1]`` on the image's device, never
         read on the host) from its weighted activations ``[K, h, w]``."""
         masks = cam_postprocess(weighted, tuple(image.shape[-2:]), relu=False)  # M_k at the input size
-        step = self.batch_size or masks.shape[0]
+        step = self.masks_per_forward or masks.shape[0]
         scores = torch.empty(masks.shape[0], device=image.device, dtype=masks.dtype)
         for start in range(0, masks.shape[0], step):
             chunk = masks[start : start + step]

@@ -122,6 +122,12 @@ def check_on_device(ok: Tensor, message: str) -> None:
         torch._assert_async(ok, message)
 
 
+def check_positive_or_none(name: str, value: Any) -> None:
+    """A count such as a batch size: a positive int, or None for no bound."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name}: expected a positive int or None, got {value!r}")
+
+
 def check_input(x: Any) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"x: expected a torch.Tensor batch [N, C, H, W], got {type(x).__name__}")
@@ -251,8 +257,7 @@ class BaseCAM(Graphable):
             raise TypeError(f"{type(self).__name__} names no cam_reduce method")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+        check_positive_or_none("batch_size", batch_size)
         self._bind_model(model)
         self.layers = resolve_layers(self.model, target_layers)
         self.batch_size = batch_size
@@ -286,13 +291,18 @@ class BaseCAM(Graphable):
         layers after the target layer too, as second-order terms), for explanation losses in
         training; by default they are detached.
         """
+        x, size = self._checked_call(x, output_size)
+        with preserve_buffers(self.model):
+            return self._explain(x, targets, raw, size, create_graph)
+
+    def _checked_call(self, x: Tensor, output_size: int | tuple[int, int] | None) -> tuple[Tensor, tuple[int, int]]:
+        """The checks every call starts with: the input, the output size, an open explainer."""
         x = check_input(x)
         size = self._output_size(x, output_size)
         check_output_size("output_size", x.shape[0], *size)
         if not self._hold._held:
             raise RuntimeError(f"{type(self).__name__}: the explainer was closed")
-        with preserve_buffers(self.model):
-            return self._explain(x, targets, raw, size, create_graph)
+        return x, size
 
     def _explain(
         self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool

@@ -4,14 +4,23 @@ optional multi-scale fusion."""
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, expanded_baseline, map_dtype, slice_targets
+from torchcam_ops.methods.base import (
+    BaseCAM,
+    LayerSpec,
+    Targets,
+    expanded_baseline,
+    map_dtype,
+    preserve_buffers,
+    slice_targets,
+)
+from torchcam_ops.methods.graphs import explainer_call
 from torchcam_ops.ops import cam_postprocess
 
 
@@ -45,6 +54,20 @@ def multiscale_fusion(maps: Sequence[Tensor]) -> Tensor:
         fused = detail * upsample(fused, size)
         total = upsample(total, size) + fused
     return total
+
+
+class PathDiagnostics(NamedTuple):
+    """How GIG-CAM's paths went, returned by ``GIGCAM(...)(x, targets, diagnostics=True)``.
+
+    ``path_ends``: per input scale (one entry without ``scales``), each pixel's final position as a
+    fraction of the way from the baseline to x, shaped like the maps at that scale (``[N, H, W]``, or
+    ``[N, T, H, W]`` for T targets per image); all ones when every path reached x.
+    ``unfinished_steps``: how many (path, step) pairs missed their L1 target, over all paths and
+    scales (a device tensor: reading it is the caller's choice of synchronisation; expected 0).
+    """
+
+    path_ends: tuple[Tensor, ...]
+    unfinished_steps: Tensor
 
 
 class GIGCAM(BaseCAM):
@@ -102,55 +125,72 @@ class GIGCAM(BaseCAM):
         self.steps, self.fraction, self.max_dist = steps, fraction, max_dist
         self.baseline = baseline
         self.scales = tuple(scales) if scales is not None else None
-        # Diagnostics of the calling thread's last call (see last_path_end), never shared between
-        # threads that call one explainer at once.
-        self._diagnostics = threading.local()
 
-    @property
-    def last_path_end(self) -> Tensor | None:
-        """After a call in this thread (not recorded while torch.compile traces): the last path's final
-        positions, as fractions of the way to x, ``[N*T, H, W]`` (all ones when every path reached x)."""
-        return getattr(self._diagnostics, "path_end", None)
-
-    @property
-    def last_unfinished_steps(self) -> Tensor | None:
-        """After a call in this thread: how many (path, step) pairs missed their L1 target (a device
-        tensor, so reading it is the caller's choice of synchronisation; expected 0)."""
-        return getattr(self._diagnostics, "unfinished_steps", None)
+    @explainer_call
+    def __call__(
+        self,
+        x: Tensor,
+        targets: Targets = None,
+        *,
+        raw: bool = False,
+        output_size: int | tuple[int, int] | None = None,
+        create_graph: bool = False,
+        diagnostics: bool = False,
+    ) -> Tensor | tuple[Tensor, PathDiagnostics]:
+        """Maps as :meth:`BaseCAM.__call__` returns them; with ``diagnostics=True``, a pair
+        ``(maps, PathDiagnostics)`` that says how the paths went."""
+        x, size = self._checked_call(x, output_size)
+        with preserve_buffers(self.model):
+            maps, path_diagnostics = self._walk(x, targets, raw, size, create_graph)
+        return (maps, path_diagnostics) if diagnostics else maps
 
     def _explain(
         self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool
     ) -> Tensor | list[Tensor]:
+        return self._walk(x, targets, raw, size, create_graph)[0]
+
+    def _walk(
+        self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool
+    ) -> tuple[Tensor, PathDiagnostics]:
         chunks = [
             self._explain_chunk(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), create_graph)
             for start, stop in self._chunks(x.shape[0])
         ]
         multi = chunks[0][1]
-        maps = torch.cat([m for m, _ in chunks])  # [N, T, h, w]
+        maps = torch.cat([chunk[0] for chunk in chunks])  # [N, T, h, w]
         batch, count = maps.shape[:2]
         if not raw:
             maps = cam_postprocess(maps.flatten(0, 1), size, relu=False).reshape(batch, count, *size)
-        return maps if multi else maps[:, 0]
+        path_ends = tuple(torch.cat(per_chunk) for per_chunk in zip(*(chunk[2] for chunk in chunks)))
+        unfinished = torch.stack([chunk[3] for chunk in chunks]).sum()
+        if not multi:
+            maps, path_ends = maps[:, 0], tuple(end[:, 0] for end in path_ends)
+        return maps, PathDiagnostics(path_ends, unfinished)
 
-    def _explain_chunk(self, x: Tensor, targets: Targets, create_graph: bool) -> tuple[Tensor, bool]:
+    def _explain_chunk(
+        self, x: Tensor, targets: Targets, create_graph: bool
+    ) -> tuple[Tensor, bool, list[Tensor], Tensor]:
+        """Phi ``[n, T, h, w]`` of a chunk of images (fused over the scales), whether T targets per
+        image were asked for, the path ends per scale ``[n, T, h_s, w_s]`` and the unfinished steps."""
         indices, multi = self._fixed_targets(x, targets)
         if not isinstance(indices, Tensor):
             raise ValueError(
                 "targets: GIG-CAM walks one path per image and class, so it needs class indices, not a callable"
             )
         batch, count = indices.shape
+        inputs = [x] if self.scales is None else [self._resized(x, s) for s in self.scales]
+        walks = [self._path_maps(z, indices, create_graph) for z in inputs]
         if self.scales is None:
-            maps = self._path_maps(x, indices, create_graph)
+            maps = walks[0][0]
         else:
-            per_scale = [
-                self._path_maps(
-                    F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False), indices, create_graph
-                ).flatten(0, 1)
-                for s in self.scales
-            ]
-            fused = multiscale_fusion(per_scale)
+            fused = multiscale_fusion([phi.flatten(0, 1) for phi, _, _ in walks])
             maps = fused.reshape(batch, count, *fused.shape[-2:])
-        return maps, bool(multi)
+        unfinished = torch.stack([walk[2] for walk in walks]).sum()
+        return maps, bool(multi), [walk[1] for walk in walks], unfinished
+
+    @staticmethod
+    def _resized(x: Tensor, size: int) -> Tensor:
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
     def _guide(self, z: Tensor, targets: Tensor, create_graph: bool = False) -> Tensor:
         """C_t: the Grad-CAM map without ReLU at z, resized to z's size (mean over target layers)."""
@@ -158,8 +198,9 @@ class GIGCAM(BaseCAM):
         size = tuple(z.shape[-2:])
         return torch.stack([upsample(r[:, 0], size) for r in raws]).mean(0)
 
-    def _path_maps(self, x: Tensor, indices: Tensor, create_graph: bool = False) -> Tensor:
-        """Phi ``[N, T, H, W]`` (un-normalised) for images x and class indices ``[N, T]``. With
+    def _path_maps(self, x: Tensor, indices: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Phi ``[N, T, H, W]`` (un-normalised) for images x and class indices ``[N, T]``, the
+        paths' final positions ``[N, T, H, W]`` and the count of unfinished steps. With
         ``create_graph``, Phi carries the gradients of the guides; the path itself (which pixels move
         when) is a discrete choice and is not differentiated."""
         batch, count = indices.shape
@@ -198,7 +239,5 @@ class GIGCAM(BaseCAM):
                 alpha = torch.where(selected, moved, alpha)
                 active = active & full_move  # a partial move meets the target: the step ends
             unfinished += active.sum()
-        if not torch.compiler.is_compiling():
-            self._diagnostics.path_end = alpha.detach()
-            self._diagnostics.unfinished_steps = unfinished
-        return phi.reshape(batch, count, *phi.shape[-2:])
+        per_path = (batch, count, *phi.shape[-2:])
+        return phi.reshape(per_path), alpha.detach().reshape(per_path), unfinished

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, expanded_baseline
+from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, check_positive_or_none, expanded_baseline
 
 
 class IntegratedGradCAM(BaseCAM):
@@ -18,8 +18,9 @@ class IntegratedGradCAM(BaseCAM):
 
     with the black baseline :math:`x' = 0` by default and :math:`M` = ``steps`` = 50. The class of
     each image is fixed on the input itself (its top class when ``targets`` is None), then all path
-    points go through the model in batched forwards of ``batch_size`` images (8 by default: on a
-    CPU, ResNet-50 at 224 costs 30 ms per point in batches of 8 and 66 ms in batches of 32).
+    points go through the model in forwards of ``points_per_forward`` path points (8 by default: on
+    a CPU, ResNet-50 at 224 costs 30 ms per point in batches of 8 and 66 ms in batches of 32).
+    ``batch_size`` bounds the images explained at once, as for every CAM explainer.
     """
 
     method = "gradcam"
@@ -31,11 +32,14 @@ class IntegratedGradCAM(BaseCAM):
         *,
         steps: int = 50,
         baseline: Tensor | float = 0.0,
-        batch_size: int | None = 8,
+        points_per_forward: int | None = 8,
+        batch_size: int | None = None,
     ) -> None:
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps: expected a positive int, got {steps!r}")
+        check_positive_or_none("points_per_forward", points_per_forward)
         super().__init__(model, target_layers, batch_size=batch_size)
+        self.points_per_forward = points_per_forward
         self.steps = steps
         self.baseline = baseline
 
@@ -47,7 +51,7 @@ class IntegratedGradCAM(BaseCAM):
         alphas = torch.arange(self.steps, dtype=x.dtype, device=x.device) / self.steps
         path = (baseline[None] + alphas[:, None, None, None, None] * (x - baseline)[None]).flatten(0, 1)
         sums: list[Tensor] | None = None
-        step = self.batch_size or path.shape[0]
+        step = self.points_per_forward or path.shape[0]
         for start in range(0, path.shape[0], step):
             chunk_targets = path_targets[start : start + step] if isinstance(path_targets, Tensor) else path_targets
             maps, chunk_multi = super()._layer_maps(path[start : start + step], chunk_targets, create_graph)
