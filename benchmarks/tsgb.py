@@ -5,7 +5,7 @@
 For ResNet-50 and VGG-16 (random weights, frozen parameters), at each batch size, prints the median
 time of: a TSGB explanation (one forward, one backward, the map); a plain input gradient (forward
 + backward of the target logit); and the rules written as plain PyTorch autograd Functions
-(tests/reference_tsgb.py). Goals: TSGB within 1.5x of the plain gradient at batch 1 and 1.3x at
+(torchcam_ops/reference/tsgb.py). Goals: TSGB within 1.5x of the plain gradient at batch 1 and 1.3x at
 batch 16 (issue 13, on an H100/H200), at least 2x faster than the plain-PyTorch rules.
 """
 
