@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,14 +53,38 @@ def test_preprocess_rejects_bad_images(lite0):
 
 
 def test_explain_command_writes_grid_and_overlays(tmp_path, capsys):
-    cli.main(["explain", "--methods", "gradcam,layercam", "--out", str(tmp_path)])
-    out = capsys.readouterr().out
-    assert "chelsea: Egyptian cat" in out and "layercam" in out
+    import skimage.data
     from PIL import Image
 
+    cli.main(
+        ["explain", "--methods", "gradcam,layercam", "--device", "cpu", "--batch-size", "3", "--out", str(tmp_path)]
+    )
+    out = capsys.readouterr().out
+    assert "chelsea: Egyptian cat" in out and "layercam" in out and "after a warm-up call" in out
     grid = Image.open(tmp_path / "explain_grid.png")
-    assert grid.size == (3 * 224, 4 * (224 + 16))
+    assert grid.width > grid.height / 4 * 3  # 4 rows of 3 tiles (photo, gradcam, layercam) and a colour bar
     assert len(list(tmp_path.glob("*_gradcam.png"))) == 4
+    # overlays at each photo's own size and aspect ratio, not squashed to the model's 224 x 224
+    chelsea = skimage.data.chelsea()
+    assert Image.open(tmp_path / "chelsea_layercam.png").size == (chelsea.shape[1], chelsea.shape[0])
+
+
+def test_explain_command_batches_give_the_maps_of_one_batch(tmp_path):
+    from PIL import Image
+
+    cli.main(["explain", "--methods", "hirescam", "--batch-size", "4", "--out", str(tmp_path / "one")])
+    cli.main(["explain", "--methods", "hirescam", "--batch-size", "1", "--out", str(tmp_path / "four")])
+    for name in ("chelsea", "astronaut"):
+        together = np.asarray(Image.open(tmp_path / "one" / f"{name}_hirescam.png"), dtype=np.int16)
+        alone = np.asarray(Image.open(tmp_path / "four" / f"{name}_hirescam.png"), dtype=np.int16)
+        # batch-dependent convolution algorithms move the maps by float rounding, a few colour levels at most
+        assert np.abs(together - alone).max() <= 4 and np.abs(together - alone).mean() < 0.05
+
+
+@pytest.mark.parametrize("bad", [["--batch-size", "0"], ["--device", "tpu"]])
+def test_explain_command_refuses_bad_device_and_batch_size(tmp_path, bad):
+    with pytest.raises(SystemExit, match="--batch-size|--device"):
+        cli.main(["explain", "--methods", "gradcam", *bad, "--out", str(tmp_path)])
 
 
 def test_explain_command_errors(tmp_path):

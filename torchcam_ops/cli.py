@@ -158,126 +158,81 @@ def _output_folder(command: str, path: str) -> Path:
     return out
 
 
-def jet(values: np.ndarray) -> np.ndarray:
-    """A jet-like colour map for values in [0, 1], as uint8 RGB."""
-    v = values[..., None]
-    rgb = np.clip(1.5 - np.abs(4 * v - np.array([3.0, 2.0, 1.0])), 0, 1)
-    return (rgb * 255).astype(np.uint8)
+def _device(command: str, name: str) -> torch.device:
+    """--device: cpu or cuda (default: cuda when available)."""
+    name = name or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise SystemExit(f"{command}: --device: expected cpu or cuda, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"{command}: --device {name}: CUDA is not available on this machine")
+    return torch.device(name)
 
 
-def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    return ((1 - alpha) * image + alpha * jet(saliency)).astype(np.uint8)
-
-
-def _titled(tile: np.ndarray, title: str):
-    from PIL import Image, ImageDraw
-
-    canvas = Image.new("RGB", (tile.shape[1], tile.shape[0] + 16), "white")
-    canvas.paste(Image.fromarray(tile), (0, 16))
-    ImageDraw.Draw(canvas).text((3, 2), title[:36], fill="black")
-    return canvas
+def _synchronize(device: torch.device) -> None:
+    """Waits for the device's queued work, so that a clock read after it measures the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def explain(args: argparse.Namespace) -> None:
-    from PIL import Image
+    from torchcam_ops import viz
 
     methods = _check_methods("explain", args.methods)
+    if args.batch_size < 1:
+        raise SystemExit(f"explain: --batch-size: expected a positive number of images, got {args.batch_size}")
+    device = _device("explain", args.device)
     model, preprocess, layer, categories = _load_model(args.model)
     layer = _check_layer("explain", model, args.layer or layer)
+    model = model.to(device)
     images = _load_images(args.images)
-    x = torch.stack([preprocess(image) for _, image in images])
+    x = torch.stack([preprocess(image) for _, image in images]).to(device)
     size = x.shape[-1]
-    shown = [np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)) for _, image in images]
     label = (lambda c: categories[c]) if categories else str
 
     with torch.no_grad():
-        probabilities = model(x).softmax(1)
+        probabilities = torch.cat([model(x[i : i + args.batch_size]) for i in range(0, len(x), args.batch_size)])
+        probabilities = probabilities.softmax(1)
     top = probabilities.topk(min(3, probabilities.shape[1]), dim=1)
     if args.targets:
-        targets = _parse_targets(args.targets, len(images), probabilities.shape[1])
+        targets = _parse_targets(args.targets, len(images), probabilities.shape[1]).to(device)
     else:
         targets = top.indices[:, 0]
-    for (name, _), p, c in zip(images, top.values, top.indices):
-        print(f"{name}: " + ", ".join(f"{label(int(i))} ({float(q):.2f})" for q, i in zip(p, c)))
+    for (name, _), p, c in zip(images, top.values.tolist(), top.indices.tolist()):
+        print(f"{name}: " + ", ".join(f"{label(i)} ({q:.2f})" for q, i in zip(p, c)))
 
     _check_writable("explain", args.out)
-    rows = [[_titled(tile, f"{name}: {label(int(t))}")] for (name, _), tile, t in zip(images, shown, targets)]
-    timings, all_maps = [], []
+    timings, all_maps = [], {}
     for method in methods:
         try:
             with make_explainer(method, model, [layer], input_size=size) as explainer:
+                # a warm-up call first: the first call pays one-off costs (allocation, kernel selection)
+                explainer(x[:1], targets[:1])
+                _synchronize(device)
                 start = time.perf_counter()
-                all_maps.append(explainer(x, targets).numpy())
+                maps = [
+                    explainer(x[i : i + args.batch_size], targets[i : i + args.batch_size])
+                    for i in range(0, len(x), args.batch_size)
+                ]
+                _synchronize(device)
                 timings.append((method, (time.perf_counter() - start) / len(images)))
+                all_maps[method] = torch.cat(maps).float().cpu().numpy()
         except ValueError as err:  # a layer the method cannot explain (runs twice, not [N, K, h, w]...)
             raise SystemExit(f"explain: --layer {layer!r}, method {method}: {err}") from err
     # Every map is made before the first file is written: a failing method leaves nothing behind.
     out = _output_folder("explain", args.out)
-    for method, maps in zip(methods, all_maps):
-        for i, ((name, _), tile) in enumerate(zip(images, shown)):
-            blended = overlay(tile, maps[i])
-            Image.fromarray(blended).save(out / f"{name}_{method}.png")
-            rows[i].append(_titled(blended, method))
-    width, height = rows[0][0].size
-    grid = Image.new("RGB", (width * len(rows[0]), height * len(rows)), "white")
-    for r, row in enumerate(rows):
-        for c, tile in enumerate(row):
-            grid.paste(tile, (c * width, r * height))
-    grid.save(out / "explain_grid.png")
-    print(f"\n{'method':<22}{'ms / image':>12}")
+    for method, maps in all_maps.items():
+        for (name, image), saliency in zip(images, maps):
+            viz.overlay(image, saliency).save(out / f"{name}_{method}.png")  # at the photo's own size
+    titles = [f"{name}: {label(int(t))}" for (name, _), t in zip(images, targets.tolist())]
+    viz.save(viz.grid([image for _, image in images], all_maps, titles=titles), out / "explain_grid.png")
+    print(f"\n{'method':<22}{'ms / image':>12}   ({device.type}, batch size {args.batch_size}, after a warm-up call)")
     for method, seconds in timings:
         print(f"{method:<22}{seconds * 1e3:>12.1f}")
     print(f"\nwrote {out / 'explain_grid.png'} and {len(images) * len(methods)} overlays in {out}/")
 
 
-PALETTE = [
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-    (0, 0, 0),
-    (255, 200, 0),
-    (0, 0, 255),
-    (128, 0, 64),
-]
-
-
-def _plot_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-    """Mean deletion and insertion curves per method, two panels, drawn with PIL."""
-    from PIL import Image, ImageDraw
-
-    panel_w, panel_h, margin = 420, 300, 40
-    canvas = Image.new("RGB", (2 * panel_w, panel_h + 20 * len(curves) + 10), "white")
-    draw = ImageDraw.Draw(canvas)
-    for panel, title in enumerate(("deletion (lower is better)", "insertion (higher is better)")):
-        left = panel * panel_w + margin
-        right, top, bottom = (panel + 1) * panel_w - 15, 25, panel_h - margin
-        draw.text((left, 5), title, fill="black")
-        draw.rectangle([left, top, right, bottom], outline="black")
-        draw.text((left - 12, bottom - 6), "0", fill="black")
-        draw.text((left - 12, top - 6), "1", fill="black")
-        draw.text((right - 40, bottom + 5), "fraction", fill="black")
-        for index, (fractions, deletion_mean, insertion_mean) in enumerate(curves.values()):
-            colour = PALETTE[index % len(PALETTE)]
-            ys = deletion_mean if panel == 0 else insertion_mean
-            points = [(left + f * (right - left), bottom - y * (bottom - top)) for f, y in zip(fractions, ys)]
-            draw.line(points, fill=colour, width=2)
-    for i, method in enumerate(curves):
-        colour = PALETTE[i % len(PALETTE)]
-        y = panel_h + 5 + 20 * i
-        draw.line([(margin, y + 6), (margin + 25, y + 6)], fill=colour, width=3)
-        draw.text((margin + 32, y), method, fill="black")
-    canvas.save(path)
-
-
 def evaluate(args: argparse.Namespace) -> None:
-    from torchcam_ops import evaluation
+    from torchcam_ops import evaluation, viz
 
     methods = _check_methods("evaluate", args.methods)
     _check_writable("evaluate", args.out)
@@ -309,7 +264,7 @@ def evaluate(args: argparse.Namespace) -> None:
                 )
             try:
                 results[method] = evaluation.evaluate_method(
-                    benchmark, method, processes, args.chunk, show_progress=leader
+                    benchmark, method, processes, args.chunk, show_progress=leader and not args.quiet
                 )
             except ValueError as err:
                 raise SystemExit(f"evaluate: {err}") from err
@@ -330,7 +285,7 @@ def evaluate(args: argparse.Namespace) -> None:
     markdown = ["| " + " | ".join(report.header) + " |", "|" + "---|" * len(report.header)]
     markdown += ["| " + " | ".join(row) + " |" for row in report.rows]
     (out / "evaluation.md").write_text(about + "\n\n" + "\n".join(markdown) + "\n")
-    _plot_curves(out / "deletion_insertion.png", report.curves)
+    viz.save(viz.plot_curves(report.curves, title=f"{args.model}, {args.benchmark}"), out / "deletion_insertion.png")
     widths = [max(len(h), *(len(r[k]) for r in report.rows)) for k, h in enumerate(report.header)]
     print(about)
     print("  ".join(h.ljust(w) for h, w in zip(report.header, widths)))
@@ -351,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     explain_parser.add_argument("--targets", default="", help="class indices, one for all or one per image")
     explain_parser.add_argument("--layer", default="", help="target layer (default: the model's)")
     explain_parser.add_argument("--out", default="torchcam-ops-out")
+    explain_parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
+    explain_parser.add_argument("--batch-size", type=int, default=8, help="images per explainer call")
     evaluate_parser = commands.add_parser("evaluate", help="faithfulness and localisation metrics per method")
     evaluate_parser.add_argument("--benchmark", default="photos")
     evaluate_parser.add_argument("--model", default="efficientnet_lite0")
@@ -371,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     evaluate_parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     evaluate_parser.add_argument("--out", default="torchcam-ops-out")
+    evaluate_parser.add_argument("--quiet", action="store_true", help="no progress bars")
     commands.add_parser("demo", help="the CAM ops on a random batch, as a table", add_help=False)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.command == "demo":

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from torchcam_ops import methods
 from torchcam_ops.methods import METHODS
@@ -199,14 +200,6 @@ class TorchrunProcess:
             self._dist.destroy_process_group()
 
 
-def _progress(label: str, done: int, total: int, stream=sys.stderr) -> None:
-    filled = round(24 * done / total)
-    stream.write(f"\r{label:<20} [{'#' * filled}{'.' * (24 - filled)}] {done}/{total} chunks")
-    if done == total:
-        stream.write("\n")
-    stream.flush()
-
-
 def evaluate_method(
     benchmark: Benchmark, method: str, processes: TorchrunProcess, chunk: int = 16, show_progress: bool = True
 ) -> dict[str, Tensor]:
@@ -230,7 +223,16 @@ def evaluate_method(
         )
     tables: dict[str, Tensor] = {}
     mine = processes.mine(chunks)
-    for done, c in enumerate(mine, 1):
+    # A warm-up call first, untimed: the first call pays one-off costs (allocation, kernel selection).
+    explainer(benchmark.x[:1].to(device), benchmark.targets[:1].to(device))
+    progress = tqdm(
+        total=len(mine),
+        desc=method,
+        unit="chunk",
+        file=sys.stderr,
+        disable=not show_progress or not sys.stderr.isatty(),
+    )
+    for c in mine:
         rows = slice(c * chunk, min((c + 1) * chunk, count))
         x, targets = benchmark.x[rows].to(device), benchmark.targets[rows].to(device)
         masks = benchmark.masks[rows].to(device)
@@ -261,8 +263,8 @@ def evaluate_method(
                 tables[name] = torch.zeros((count, *value.shape[1:]), dtype=value.dtype, device=device)
             tables[name][rows] = value.detach()
         tables.setdefault("seconds", torch.zeros(chunks, dtype=torch.float64, device=device))[c] = seconds
-        if show_progress:
-            _progress(method, done, len(mine))
+        progress.update()
+    progress.close()
     return processes.assemble(tables)
 
 

@@ -1,0 +1,207 @@
+"""Pictures of explanations: overlays, grids of images x methods, deletion/insertion curves.
+
+Colour maps and figures come from matplotlib, an optional dependency (``pip install "torchcam-ops[viz]"``),
+imported when a function here first needs it. ``overlay`` returns a PIL image; ``grid`` and
+``plot_curves`` return matplotlib figures, which :func:`save` writes as PNG or SVG (by the file's suffix).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["grid", "overlay", "plot_curves", "save"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)  # files, not windows: works without a display
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError(
+            'torchcam_ops.viz needs matplotlib: pip install "torchcam-ops[viz]" (or pip install matplotlib)'
+        ) from err
+    return plt
+
+
+def _colormap(name: str):
+    plt = _pyplot()
+    try:
+        return plt.get_cmap(name)
+    except ValueError as err:
+        raise ValueError(f"colormap: unknown matplotlib colour map {name!r}") from err
+
+
+def _rgb8(image: Any) -> np.ndarray:
+    """An RGB uint8 array ``[H, W, 3]`` from a PIL image, an array ``[H, W]``/``[H, W, 3|4]`` (uint8, or
+    floats in [0, 1]) or a tensor ``[3, H, W]``/``[H, W]`` (floats in [0, 1])."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if hasattr(image, "detach"):  # a torch tensor, channels first
+        array = image.detach().float().cpu().numpy()
+        if array.ndim == 3:
+            array = array.transpose(1, 2, 0)
+    else:
+        array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"image: expected [H, W], [H, W, 3] or a [3, H, W] tensor, got shape {list(array.shape)}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    array = array[..., :3]
+    if array.dtype != np.uint8:
+        array = (np.clip(array.astype(np.float64), 0, 1) * 255).round().astype(np.uint8)
+    return array
+
+
+def _map2d(saliency: Any) -> np.ndarray:
+    array = saliency.detach().float().cpu().numpy() if hasattr(saliency, "detach") else np.asarray(saliency)
+    array = np.squeeze(array)
+    if array.ndim != 2:
+        raise ValueError(f"saliency: expected one map [h, w], got shape {list(np.shape(saliency))}")
+    if not np.isfinite(array).all():
+        raise ValueError("saliency: the map contains NaN or infinite values")
+    return array.astype(np.float32)
+
+
+def _resized(saliency: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The map resized bilinearly to ``width`` x ``height`` (kept in [0, 1])."""
+    from PIL import Image
+
+    if saliency.shape == (height, width):
+        return saliency
+    resized = np.asarray(Image.fromarray(saliency.astype(np.float32)).resize((width, height), Image.BILINEAR))
+    return np.clip(resized, 0, 1)
+
+
+def overlay(image: Any, saliency: Any, colormap: str = "jet", alpha: float = 0.5):
+    """The map coloured with ``colormap`` and blended over the image at the image's own resolution and
+    aspect ratio (the map, values in [0, 1], is resized to it): ``(1 - alpha) image + alpha colour``.
+
+    Args:
+        image: a PIL image, an array ``[H, W, 3]`` (uint8, or floats in [0, 1]) or a tensor ``[3, H, W]``.
+        saliency: one map ``[h, w]`` in [0, 1] (array or tensor), e.g. an explainer's output for one image.
+        colormap: a matplotlib colour map name.
+        alpha: the weight of the colour, in [0, 1].
+
+    Returns:
+        A PIL RGB image of the image's size.
+    """
+    from PIL import Image
+
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha: expected a value in [0, 1], got {alpha!r}")
+    rgb = _rgb8(image)
+    height, width = rgb.shape[:2]
+    values = _resized(np.clip(_map2d(saliency), 0, 1), width, height)
+    colour = _colormap(colormap)(values)[..., :3] * 255
+    blended = (1 - alpha) * rgb.astype(np.float64) + alpha * colour
+    return Image.fromarray(np.clip(blended, 0, 255).round().astype(np.uint8))
+
+
+def grid(
+    images: Sequence[Any],
+    maps: Mapping[str, Sequence[Any]],
+    *,
+    titles: Sequence[str] | None = None,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+    tile_inches: float = 2.4,
+):
+    """A figure of images (rows) x methods (columns): the image itself, then its overlay per method,
+    each tile titled, with one colour bar for the maps' [0, 1] scale.
+
+    Args:
+        images: the images (anything :func:`overlay` accepts), each shown at its own aspect ratio.
+        maps: method name -> one map per image.
+        titles: one title per image (its name, its class...); default "image 1", "image 2"...
+        colormap, alpha: as for :func:`overlay`.
+        tile_inches: the width of one tile.
+
+    Returns:
+        A matplotlib figure (write it with :func:`save`).
+    """
+    plt = _pyplot()
+    if len(images) == 0:
+        raise ValueError("images: expected at least one image")
+    for method, per_image in maps.items():
+        if len(per_image) != len(images):
+            raise ValueError(f"maps: {method!r} has {len(per_image)} maps for {len(images)} images")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"titles: expected {len(images)} titles, got {len(titles)}")
+    titles = list(titles) if titles is not None else [f"image {i + 1}" for i in range(len(images))]
+    rgbs = [_rgb8(image) for image in images]
+    aspect = max(rgb.shape[0] / rgb.shape[1] for rgb in rgbs)
+    columns = 1 + len(maps)
+    figure, axes = plt.subplots(
+        len(images),
+        columns,
+        figsize=(tile_inches * columns + 0.8, tile_inches * aspect * len(images) + 0.4),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    for row, (rgb, title) in enumerate(zip(rgbs, titles)):
+        axes[row, 0].imshow(rgb)
+        axes[row, 0].set_title(title, fontsize=9)
+        for column, (method, per_image) in enumerate(maps.items(), 1):
+            axes[row, column].imshow(overlay(rgb, per_image[row], colormap, alpha))
+            axes[row, column].set_title(method, fontsize=9)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    scale = plt.cm.ScalarMappable(norm=plt.Normalize(0, 1), cmap=_colormap(colormap))
+    figure.colorbar(scale, ax=axes, shrink=0.6, label="saliency")
+    return figure
+
+
+def plot_curves(curves: Mapping[str, tuple[Any, Any, Any]], *, title: str | None = None):
+    """Deletion and insertion curves, one line per method, in two panels with labelled axes and the
+    legend inside the figure.
+
+    Args:
+        curves: method name -> ``(fractions, deletion, insertion)``: the fraction of pixels removed or
+            inserted at each step and the mean class probability there.
+        title: an optional title above both panels.
+
+    Returns:
+        A matplotlib figure (write it with :func:`save`).
+    """
+    plt = _pyplot()
+    if not curves:
+        raise ValueError("curves: expected at least one method")
+    figure, (deletion_axis, insertion_axis) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for method, (fractions, deletion, insertion) in curves.items():
+        deletion_axis.plot(np.asarray(fractions), np.asarray(deletion), label=method, linewidth=1.6)
+        insertion_axis.plot(np.asarray(fractions), np.asarray(insertion), label=method, linewidth=1.6)
+    for axis, name in ((deletion_axis, "deletion (lower is better)"), (insertion_axis, "insertion (higher is better)")):
+        axis.set_title(name)
+        axis.set_xlabel("fraction of pixels")
+        axis.set_ylabel("class probability")
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.grid(alpha=0.3)
+    insertion_axis.legend(loc="lower right", fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def save(figure: Any, path: str | Path, dpi: int = 120) -> Path:
+    """Writes a figure of this module as PNG or SVG (by ``path``'s suffix) and closes it."""
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".svg"):
+        raise ValueError(f"path: expected a .png or .svg file, got {str(path)!r}")
+    plt = _pyplot()
+    try:
+        figure.savefig(path, dpi=dpi)
+    finally:
+        plt.close(figure)
+    return path
