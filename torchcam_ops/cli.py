@@ -27,6 +27,7 @@ import torch
 from torchcam_ops import models
 from torchcam_ops.methods import METHODS, make_explainer
 from torchcam_ops.methods.base import check_class_indices, resolve_layers
+from torchcam_ops.report import Report, Table
 
 DEFAULT_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
@@ -168,6 +169,13 @@ def _device(command: str, name: str) -> torch.device:
     return torch.device(name)
 
 
+def _thumbnail(picture, width: int = 360):
+    """A copy at most ``width`` pixels wide, for the report page (the overlay files keep full size)."""
+    if picture.width <= width:
+        return picture
+    return picture.resize((width, round(picture.height * width / picture.width)))
+
+
 def _synchronize(device: torch.device) -> None:
     """Waits for the device's queued work, so that a clock read after it measures the work."""
     if device.type == "cuda":
@@ -225,10 +233,30 @@ def explain(args: argparse.Namespace) -> None:
             viz.overlay(image, saliency).save(out / f"{name}_{method}.png")  # at the photo's own size
     titles = [f"{name}: {label(int(t))}" for (name, _), t in zip(images, targets.tolist())]
     viz.save(viz.grid([image for _, image in images], all_maps, titles=titles), out / "explain_grid.png")
+    page = Report(
+        "torchcam-ops explain",
+        notes=[f"model {args.model}, target layer {layer}, {device.type}, batch size {args.batch_size}"],
+        tables=[
+            Table(
+                "Top classes",
+                ["image", "classes (probability)"],
+                [
+                    [name, ", ".join(f"{label(i)} ({q:.2f})" for q, i in zip(p, c))]
+                    for (name, _), p, c in zip(images, top.values.tolist(), top.indices.tolist())
+                ],
+            ),
+            Table("Time per image", ["method", "ms / image"], [[m, f"{t * 1e3:.1f}"] for m, t in timings]),
+        ],
+        overlays={
+            title: {method: _thumbnail(viz.overlay(image, maps[i])) for method, maps in all_maps.items()}
+            for i, (title, (_, image)) in enumerate(zip(titles, images))
+        },
+    )
+    page.write(out / "report.html")
     print(f"\n{'method':<22}{'ms / image':>12}   ({device.type}, batch size {args.batch_size}, after a warm-up call)")
     for method, seconds in timings:
         print(f"{method:<22}{seconds * 1e3:>12.1f}")
-    print(f"\nwrote {out / 'explain_grid.png'} and {len(images) * len(methods)} overlays in {out}/")
+    print(f"\nwrote {out / 'explain_grid.png'}, report.html and {len(images) * len(methods)} overlays in {out}/")
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -285,13 +313,20 @@ def evaluate(args: argparse.Namespace) -> None:
     markdown = ["| " + " | ".join(report.header) + " |", "|" + "---|" * len(report.header)]
     markdown += ["| " + " | ".join(row) + " |" for row in report.rows]
     (out / "evaluation.md").write_text(about + "\n\n" + "\n".join(markdown) + "\n")
-    viz.save(viz.plot_curves(report.curves, title=f"{args.model}, {args.benchmark}"), out / "deletion_insertion.png")
+    curves_title = f"{args.model}, {args.benchmark}"
+    viz.save(viz.plot_curves(report.curves, title=curves_title), out / "deletion_insertion.png")
+    Report(
+        "torchcam-ops evaluate",
+        notes=[about],
+        tables=[Table("Metrics", report.header, report.rows)],
+        figures={"Deletion and insertion curves (means)": viz.plot_curves(report.curves, title=curves_title)},
+    ).write(out / "report.html")
     widths = [max(len(h), *(len(r[k]) for r in report.rows)) for k, h in enumerate(report.header)]
     print(about)
     print("  ".join(h.ljust(w) for h, w in zip(report.header, widths)))
     for row in report.rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    print(f"\nwrote evaluation.csv, evaluation.md, per_object.csv and deletion_insertion.png in {out}/")
+    print(f"\nwrote evaluation.csv, evaluation.md, per_object.csv, deletion_insertion.png and report.html in {out}/")
 
 
 def main(argv: list[str] | None = None) -> None:

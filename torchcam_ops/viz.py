@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["grid", "overlay", "plot_curves", "save"]
+__all__ = ["grid", "overlay", "plot_curves", "png_bytes", "save"]
 
 
 def _pyplot():
@@ -205,3 +205,19 @@ def save(figure: Any, path: str | Path, dpi: int = 120) -> Path:
     finally:
         plt.close(figure)
     return path
+
+
+def png_bytes(picture: Any, dpi: int = 110) -> bytes:
+    """PNG bytes of a PIL image or of a figure of this module (closed afterwards), e.g. to embed in a page."""
+    import io
+
+    buffer = io.BytesIO()
+    if hasattr(picture, "savefig"):
+        plt = _pyplot()
+        try:
+            picture.savefig(buffer, format="png", dpi=dpi)
+        finally:
+            plt.close(picture)
+    else:
+        picture.save(buffer, format="PNG")
+    return buffer.getvalue()
