@@ -197,7 +197,7 @@ class CountingBackend:
         return run
 
 
-@pytest.mark.parametrize("name", ["gradcam", "gradcam++", "abscam", "integrated_gradcam", "tsgb", "guided_gradcam"])
+@pytest.mark.parametrize("name", ["gradcam", "gradcam++", "abscam_phase1", "tsgb", "guided_gradcam"])
 def test_explaining_a_compiled_model_runs_compiled_code_with_the_eager_maps(name):
     torch._dynamo.reset()
     model = cnn()
@@ -214,11 +214,62 @@ def test_explaining_a_compiled_model_runs_compiled_code_with_the_eager_maps(name
         with torch._dynamo.config.patch(error_on_recompile=True):
             torch.testing.assert_close(explainer(x2, targets), eager(x2, targets), rtol=1e-5, atol=1e-5)
         assert backend.runs > runs and backend.compiled == graphs
-        # ValueError at once, or (a class count known only after the traced forward pass) the
-        # asynchronous check's RuntimeError with the same message
-        with pytest.raises((ValueError, RuntimeError), match="out of range"):
+        # bad input is refused before compiling, with the eager call's own errors
+        with pytest.raises(ValueError, match="class index 99 is out of range"):
             explainer(x, [0, 99])
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            explainer(torch.full_like(x, float("nan")), targets)
+        with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+            explainer(x, targets)
+        assert backend.compiled == graphs
     assert model.training is False and not any(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["abscam", "integrated_gradcam", "gig_cam"])
+def test_explainers_of_many_forward_passes_use_the_eager_module_of_a_compiled_model(name):
+    torch._dynamo.reset()
+    model = cnn()
+    backend = CountingBackend()
+    x = torch.rand(2, 3, 16, 16)
+    with EXPLAINERS[name](torch.compile(model, backend=backend)) as explainer, EXPLAINERS[name](model) as eager:
+        torch.testing.assert_close(explainer(x, [1, 4]), eager(x, [1, 4]))
+    assert backend.compiled == 0
+
+
+def test_the_recompile_limit_falls_back_to_the_eager_module_with_a_warning():
+    torch._dynamo.reset()
+    model = cnn()
+    with GradCAM(torch.compile(model, backend="eager", dynamic=False), ["3"]) as cam, GradCAM(model, ["3"]) as eager:
+        with torch._dynamo.config.patch(recompile_limit=2), pytest.warns(RuntimeWarning, match="eager module"):
+            for batch in (1, 2, 3, 4):
+                x = torch.rand(batch, 3, 8, 8)
+                torch.testing.assert_close(cam(x), eager(x))
+        assert cam._model_compile_options is None
+
+
+def test_the_explainer_of_a_compiled_model_is_released_without_the_garbage_collector():
+    import gc
+
+    from torchcam_ops.methods import capture
+
+    torch._dynamo.reset()
+    gc.collect()
+    assert not capture.hook_is_registered()
+    gc.disable()
+    try:
+        cam = GradCAM(torch.compile(cnn(), backend="eager"), ["3"])
+        cam(torch.rand(2, 3, 8, 8))
+        del cam
+        assert not capture.hook_is_registered()  # freed by its reference count: no cycle through itself
+    finally:
+        gc.enable()
+
+
+def test_a_model_compiled_in_place_is_refused_clearly():
+    model = cnn()
+    model.compile(backend="eager")
+    with pytest.raises(ValueError, match=r"model.compile\(\).*torch.compile\(model\)"):
+        GradCAM(model, ["3"])
 
 
 class GraphBreakingModel(nn.Module):
@@ -236,7 +287,7 @@ def test_a_compiled_model_with_a_graph_break_is_explained_eagerly_with_a_warning
     model = GraphBreakingModel()
     x = torch.rand(2, 3, 16, 16)
     with GradCAM(torch.compile(model, backend="eager"), ["body.3"]) as cam, GradCAM(model, ["body.3"]) as eager:
-        with pytest.warns(RuntimeWarning, match="cannot be traced as one graph.*eager module"):
+        with pytest.warns(RuntimeWarning, match="cannot be explained in compiled code.*eager module"):
             maps = cam(x, [1, 2])
         torch.testing.assert_close(maps, eager(x, [1, 2]))
         with warnings.catch_warnings():

@@ -23,7 +23,7 @@ class AbsCAM(BaseCAM):
     the input, the model scores the masked image, :math:`s_k = \operatorname{softmax}(f(x \odot M_k))_c`,
     and :math:`L = \operatorname{norm}(\mathrm{ReLU}(\sum_k s_k M_k))`. The K masked forwards per image
     and class run in forwards of ``masks_per_forward`` masked images, without gradients.
-    ``batch_size`` bounds the images explained at once, as for every CAM explainer.
+    ``batch_size`` bounds the images explained at once, as for every CAM explainer (64 here).
     """
 
     method = "abscam"
@@ -35,7 +35,7 @@ class AbsCAM(BaseCAM):
         *,
         phase: int = 2,
         masks_per_forward: int | None = 64,
-        batch_size: int | None = None,
+        batch_size: int | None = 64,
     ) -> None:
         if phase not in (1, 2):
             raise ValueError(f"phase: expected 1 or 2, got {phase!r}")
@@ -43,6 +43,9 @@ class AbsCAM(BaseCAM):
         super().__init__(model, target_layers, batch_size=batch_size)
         self.phase = phase
         self.masks_per_forward = masks_per_forward
+
+    def _compiles_with_model(self) -> bool:
+        return self.phase == 1  # phase 2: K masked forward passes per image and class
 
     def _explain(
         self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool

@@ -144,6 +144,9 @@ class GIGCAM(BaseCAM):
             maps, path_diagnostics = self._walk(x, targets, raw, size, create_graph)
         return (maps, path_diagnostics) if diagnostics else maps
 
+    def _compiles_with_model(self) -> bool:
+        return False  # steps (x scales) forward and backward passes per call
+
     def _explain(
         self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool
     ) -> Tensor | list[Tensor]:

@@ -12,6 +12,7 @@ works once the user has set it and, with a torch.compile that cannot trace ``req
 from __future__ import annotations
 
 import functools
+import threading
 import types
 import warnings
 from collections.abc import Callable
@@ -62,12 +63,16 @@ def _traced(explainer: Callable[..., Any], compile_options: dict[str, Any]) -> C
     compile_options = {"fullgraph": True, **compile_options}
     function = torch.compile(_own_code(lambda *args, **kwargs: explainer(*args, **kwargs)), **compile_options)
 
-    def call(x: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(x, Tensor):
-            # a fresh leaf, made outside the graph: older torch.compile cannot trace requires_grad_
-            x = x.detach().requires_grad_(True)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        # The first tensor argument is the input x: a fresh leaf, made outside the graph (older
+        # torch.compile cannot trace requires_grad_).
+        args = list(args)
+        for i, value in enumerate(args):
+            if isinstance(value, Tensor):
+                args[i] = value.detach().requires_grad_(True)
+                break
         with torch._dynamo.config.patch(trace_autograd_ops=True):
-            return function(x, *args, **kwargs)
+            return function(*args, **kwargs)
 
     return call
 
@@ -94,6 +99,11 @@ def split_compiled(model: nn.Module) -> tuple[nn.Module, dict[str, Any] | None]:
     Hooks and gradients with respect to a layer's output need the layer to run in the explainer's
     own graph, so an explainer of a compiled model does not call the model's compiled code as it is:
     it compiles its whole call, the model's forward included, with the same compiler."""
+    if getattr(model, "_compiled_call_impl", None) is not None:
+        raise ValueError(
+            "model: compiled in place (model.compile()); its forward then runs as one compiled graph that "
+            "no layer output can be taken from: pass torch.compile(model) or the model itself"
+        )
     if not isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
         return model, None
     options: dict[str, Any] = {}
@@ -112,7 +122,7 @@ def explainer_call(call: Call) -> Call:
 
     @functools.wraps(call)
     def dispatch(self: Graphable, *args: Any, **kwargs: Any) -> Any:
-        if self._model_compile_options is None or torch.compiler.is_compiling():
+        if self._model_compile_options is None or torch.compiler.is_compiling() or not self._compiles_with_model():
             return call(self, *args, **kwargs)
         return self._call_compiled(call, *args, **kwargs)
 
@@ -196,33 +206,66 @@ class Graphable:
     _compiled_call: Callable[..., Any] | None = None
 
     def _bind_model(self, model: nn.Module) -> None:
-        """``self.model``: the eager module; a compiled model's compile options are kept."""
+        """``self.model``: the eager module; a compiled model's compile options are kept (for the
+        explainers whose call is one forward pass, see :meth:`_compiles_with_model`)."""
         self.model, self._model_compile_options = split_compiled(model)
         self._compiled_call = None
+        self._compile_lock = threading.Lock()
+
+    def _compiles_with_model(self) -> bool:
+        """Whether a call compiles with a compiled model. Explainers that run many forward passes per
+        call (path points, masked images) say no: one graph of all of them takes minutes to compile
+        and recompiles for every batch size, so they run the eager module."""
+        return True
 
     def _call_compiled(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``call(self, ...)`` compiled with the model's compile options. A model that cannot be
-        traced as one graph with the explainer (a graph break in its forward) is explained with its
-        eager module from then on, with a warning that says why."""
-        if self._compiled_call is None:
-            self._compiled_call = _traced(functools.partial(call, self), self._model_compile_options)
+        """``call(self, ...)`` compiled with the model's compile options. Bad input is refused here
+        first, with the eager call's errors. A model that cannot be traced as one graph with the
+        explainer (a graph break in its forward) or that reaches the recompile limit is explained with
+        its eager module from then on, with a warning that says why; a callable target that cannot be
+        traced runs that call eagerly."""
+        from torchcam_ops.methods.base import check_input  # base imports this module
+
+        if args:
+            check_input(args[0])
+        with self._compile_lock:
+            compiled_call = self._compiled_call
+            if compiled_call is None:
+                compiled_call = self._compiled_call = _traced(call, self._model_compile_options)
         try:
-            return self._compiled_call(*args, **kwargs)
-        except torch._dynamo.exc.Unsupported as error:
-            result = call(self, *args, **kwargs)  # bad arguments raised their own error above
+            result = compiled_call(self, *args, **kwargs)
+        except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.FailOnRecompileLimitHit) as error:
+            result = call(self, *args, **kwargs)  # bad arguments raise their own error here
             reason = str(error).strip().splitlines()[0]
+            targets = args[1] if len(args) > 1 else kwargs.get("targets")
+            if callable(targets) and not isinstance(targets, Tensor):
+                warnings.warn(
+                    f"{type(self).__name__}: this call, with a callable target, cannot be traced ({reason}); "
+                    "it ran with the eager module",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return result
             warnings.warn(
-                f"{type(self).__name__}: the compiled model cannot be traced as one graph with the "
-                f"explainer ({reason}); explaining its eager module instead",
+                f"{type(self).__name__}: the compiled model cannot be explained in compiled code ({reason}); "
+                "explaining its eager module from now on",
                 RuntimeWarning,
                 stacklevel=3,
             )
-            self._model_compile_options, self._compiled_call = None, None
+            with self._compile_lock:
+                self._model_compile_options, self._compiled_call = None, None
             return result
+        # Outputs of a CUDA-graphed compilation (mode="reduce-overhead") live in buffers that the
+        # next call overwrites: the caller gets maps of its own.
+        return torch.utils._pytree.tree_map_only(Tensor, torch.Tensor.clone, result)
 
     def __getstate__(self) -> dict[str, Any]:
-        # a compiled function neither pickles nor belongs to a copy: the copy compiles its own
-        return {**self.__dict__, "_compiled_call": None}
+        # a compiled function (or a lock) neither pickles nor belongs to a copy: the copy makes its own
+        return {**self.__dict__, "_compiled_call": None, "_compile_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._compile_lock = threading.Lock()
 
     def compiled(self, **compile_options: Any) -> Callable[..., Any]:
         """This explainer's call through ``torch.compile`` (``fullgraph=True``); see :func:`compiled`."""
