@@ -46,6 +46,33 @@ def test_cam_reduce_gradients_match_reference(method, dtype):
         torch.testing.assert_close(ours.double(), theirs, rtol=tol, atol=tol * scale)
 
 
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_cam_reduce_backward_spreads_non_finite_upstream_gradients_like_autograd(method):
+    # A NaN or inf in grad_cam makes the same elements of dA and dG non-finite as autograd of the
+    # reference formula does (whether one is inf or NaN depends on the order of the formula's terms).
+    # Grad-CAM++'s dG is the exception: the op gives 0 wherever G <= 0, where the weight does not
+    # depend on G, whatever the upstream gradient (autograd of the reference gives NaN where G < 0,
+    # through the 0 * NaN of its alpha * ReLU(G) product).
+    torch.manual_seed(0)
+    a = (torch.rand(2, 3, 4, 5, dtype=torch.float64) + 0.5).requires_grad_()
+    g = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    g[0, :, 0, :2] = 0.0
+    g = g.requires_grad_()
+    for bad in (float("nan"), float("inf")):
+        grad_cam = torch.ones(2, 4, 5, dtype=torch.float64)
+        grad_cam[0, 1, 2] = bad
+        expected = list(torch.autograd.grad(reference_cam(a, g, method), (a, g), grad_cam))
+        actual = torch.ops.torchcam_ops.cam_reduce_backward(grad_cam, a.detach(), g.detach(), method)
+        if method == "gradcam++":
+            flat = g.detach() <= 0
+            assert torch.equal(actual[1][flat], torch.zeros_like(actual[1][flat]))
+            expected[1] = torch.where(flat, 0.0, expected[1])
+        for got, want in zip(actual, expected):
+            assert torch.equal(got.isfinite(), want.isfinite()), (method, bad)
+            finite = want.isfinite()
+            torch.testing.assert_close(got[finite], want[finite])
+
+
 def test_cam_reduce_gradient_to_one_input_only():
     a, g = reduce_inputs()
     g = g.detach()

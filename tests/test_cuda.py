@@ -346,3 +346,25 @@ def test_explaining_a_compiled_model_on_cuda_runs_inductor_code_with_the_eager_m
                     torch.testing.assert_close(explainer(x2, targets), eager(x2, targets), rtol=1e-5, atol=1e-5)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_cam_reduce_backward_non_finite_upstream_gradients_as_on_the_cpu(method):
+    # The shared formulas (kernels/cam_formulas.h): a NaN or inf upstream reaches the same elements on
+    # both devices; Grad-CAM++'s dG stays 0 wherever G <= 0.
+    torch.manual_seed(0)
+    a = torch.rand(2, 3, 4, 5) + 0.5
+    g = torch.randn(2, 3, 4, 5)
+    g[0, :, 0, :2] = 0.0
+    for bad in (float("nan"), float("inf")):
+        grad_cam = torch.ones(2, 4, 5)
+        grad_cam[0, 1, 2] = bad
+        cpu = torch.ops.torchcam_ops.cam_reduce_backward(grad_cam, a, g, method)
+        cuda = torch.ops.torchcam_ops.cam_reduce_backward(grad_cam.cuda(), a.cuda(), g.cuda(), method)
+        for on_cpu, on_cuda in zip(cpu, cuda):
+            on_cuda = on_cuda.cpu()
+            assert torch.equal(on_cpu.isfinite(), on_cuda.isfinite()), (method, bad)
+            finite = on_cpu.isfinite()
+            torch.testing.assert_close(on_cuda[finite], on_cpu[finite], rtol=1e-5, atol=1e-5)
+        if method == "gradcam++":
+            assert (cuda[1].cpu()[g <= 0] == 0).all()

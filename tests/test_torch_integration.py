@@ -86,6 +86,28 @@ BAD_CALLS = {
         "cam_reduce_backward",
         (torch.rand(1, 3, 3), torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3), "no-such-method"),
     ),
+    "reduce_integers_and_shapes": (
+        "cam_reduce",
+        (torch.ones(1, 2, 3, 3, dtype=torch.int32), torch.ones(1, 2, 3, 4), "gradcam"),
+    ),
+    "reduce_complex": ("cam_reduce", (torch.ones(1, 2, 3, 3, dtype=torch.complex64),) * 2 + ("gradcam",)),
+    "reduce_uint16": ("cam_reduce", (torch.ones(1, 2, 3, 3, dtype=torch.uint16),) * 2 + ("gradcam",)),
+    "backward_grad_shape": (
+        "cam_reduce_backward",
+        (torch.rand(1, 3, 4), torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3), "gradcam"),
+    ),
+    "backward_grad_dtype": (
+        "cam_reduce_backward",
+        (torch.rand(1, 3, 3, dtype=torch.float64), torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3), "gradcam"),
+    ),
+    "postprocess_backward_grad_shape": (
+        "cam_postprocess_backward",
+        (torch.rand(2, 8, 7), torch.rand(2, 3, 4), 8, 8, True, True),
+    ),
+    "postprocess_backward_grad_dtype": (
+        "cam_postprocess_backward",
+        (torch.rand(2, 8, 8, dtype=torch.float64), torch.rand(2, 3, 4), 8, 8, True, True),
+    ),
     "postprocess_2d": ("cam_postprocess", (torch.rand(3, 4), 8, 8, True, True)),
     "postprocess_empty_map": ("cam_postprocess", (torch.rand(2, 0, 4), 8, 8, True, True)),
     "postprocess_size": ("cam_postprocess", (torch.rand(2, 3, 4), 0, 8, True, True)),

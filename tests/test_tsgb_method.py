@@ -1,5 +1,5 @@
 """TSGB, guided backprop and Guided Grad-CAM end to end on torchvision models with random weights,
-against the rules applied by hand (tests/reference_tsgb.py); the model comes back unchanged."""
+against the rules applied by hand (torchcam_ops/reference/tsgb.py); the model comes back unchanged."""
 
 from __future__ import annotations
 

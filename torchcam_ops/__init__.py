@@ -15,7 +15,20 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("cli", "evaluation", "localization", "methods", "metrics", "models", "nn", "ops", "testing")
+_SUBMODULES = (
+    "cli",
+    "evaluation",
+    "localization",
+    "methods",
+    "metrics",
+    "models",
+    "nn",
+    "ops",
+    "reference",
+    "report",
+    "testing",
+    "viz",
+)
 _FROM_OPS = ("CAM_METHODS", "cam_postprocess", "cam_reduce")
 
 __all__ = ["CAM_METHODS", "__version__", "cam_postprocess", "cam_reduce", "explain", "methods", "metrics", "nn"]

@@ -35,8 +35,8 @@ using cuda::warp_all_sum;
 using kernels::elementwise_grad_activation;
 using kernels::elementwise_grad_gradient;
 using kernels::elementwise_term;
+using kernels::gradcam_pp_grad_gradient;
 using kernels::gradcam_pp_term;
-using kernels::gradcam_pp_term_dg;
 using kernels::gradcam_pp_term_dsum;
 using kernels::xgradcam_grad_activation;
 using kernels::xgradcam_grad_gradient;
@@ -458,7 +458,7 @@ __global__ void __launch_bounds__(kThreads)
       const T dw_ds = warp_row_sum<T>(a, g, pixels, [=](T, T gv) { return gradcam_pp_term_dsum(gv, s); });
       for (int64_t p = lane; p < pixels; p += kWarpSize) {
         const T gv = static_cast<T>(g[p]);
-        store(p, w * static_cast<T>(gl[p]) + c * dw_ds, c * gradcam_pp_term_dg(gv, s));
+        store(p, w * static_cast<T>(gl[p]) + c * dw_ds, gradcam_pp_grad_gradient(gv, s, c));
       }
       break;
     }

@@ -66,9 +66,10 @@ C10_HOST_DEVICE inline V sign(V g) {
 }
 
 // Backward of the Grad-CAM++ weight w = sum_p f(G_p, S), f = gradcam_pp_term = ReLU(G) / E,
-// E = 2 + S G + r, r = eps / G^2:
+// E = 2 + S G + r, r = eps / G^2, with c = dLoss/dw:
 //   df/dS = -ReLU(G) G / E^2 (summed over the channel, it reaches every A_p through S = sum(A));
-//   df/dG = (2 + 3 r) / E^2 for G > 0, 0 for G <= 0. Where r exceeds 1e30, df/dG is below 3e-30
+//   dG = c df/dG = c (2 + 3 r) / E^2 for G > 0, and 0 for G <= 0 whatever c is (NaN and inf included,
+//   as autograd's ReLU selects rather than multiplies). Where r exceeds 1e30, df/dG is below 3e-30
 //   and is taken as 0 (r itself may overflow to inf there).
 template <typename V>
 C10_HOST_DEVICE inline V gradcam_pp_term_dsum(V g, V channel_sum) {
@@ -77,10 +78,10 @@ C10_HOST_DEVICE inline V gradcam_pp_term_dsum(V g, V channel_sum) {
 }
 
 template <typename V>
-C10_HOST_DEVICE inline V gradcam_pp_term_dg(V g, V channel_sum) {
+C10_HOST_DEVICE inline V gradcam_pp_grad_gradient(V g, V channel_sum, V c) {
   const V r = V(kGradCAMPlusPlusEps) / (g * g);
   const V e = V(2) + channel_sum * g + r;
-  return ValueOps<V>::where_positive(g, ValueOps<V>::where_positive(V(1e30) - r, (V(2) + V(3) * r) / (e * e)));
+  return ValueOps<V>::where_positive(g, ValueOps<V>::where_positive(V(1e30) - r, c * ((V(2) + V(3) * r) / (e * e))));
 }
 
 // XGrad-CAM's w = sum(A G) / den, den = sum(A) + eps: with c = dLoss/dw, the gradients at one

@@ -278,7 +278,7 @@ void cam_reduce_backward_channels_first(const scalar_t* grad_cam, const scalar_t
           vec_apply(
               pixels, ga, [&](const Vec<T>& gl) { return w * gl + c * dw_ds; }, grad_l);
           vec_apply(
-              pixels, gg, [&](const Vec<T>& gv) { return c * gradcam_pp_term_dg(gv, s); }, g);
+              pixels, gg, [&](const Vec<T>& gv) { return gradcam_pp_grad_gradient(gv, s, c); }, g);
           break;
         }
       }

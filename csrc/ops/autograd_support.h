@@ -7,7 +7,7 @@
 // costs about 100 us per call (argument defaults, Function.apply, the Python backward), and the
 // explainers call these ops once per layer (TSGB: about 110 calls per ResNet-50 explanation, guided
 // backprop one per ReLU), which made them several times slower than the gradient they replace.
-// Fake kernels stay in Python (torchcam_ops/ops.py).
+// Fake kernels stay in Python (torchcam_ops/ops/cam.py, torchcam_ops/ops/tsgb.py).
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>

@@ -33,6 +33,22 @@ inline std::string python_dtype(at::ScalarType dtype) {
       return "torch.uint8";
     case at::kBool:
       return "torch.bool";
+    case at::kUInt16:
+      return "torch.uint16";
+    case at::kUInt32:
+      return "torch.uint32";
+    case at::kUInt64:
+      return "torch.uint64";
+    case at::kComplexHalf:
+      return "torch.complex32";
+    case at::kComplexFloat:
+      return "torch.complex64";
+    case at::kComplexDouble:
+      return "torch.complex128";
+    case at::kFloat8_e4m3fn:
+      return "torch.float8_e4m3fn";
+    case at::kFloat8_e5m2:
+      return "torch.float8_e5m2";
     default:
       return std::string("torch.") + c10::toString(dtype);
   }

@@ -152,8 +152,15 @@ void expect_every_formula_vector_equals_scalar() {
       "gradcam_pp_term_dsum", [](T g, T s) { return tk::gradcam_pp_term_dsum(g, s); },
       [](Vec g, Vec s) { return tk::gradcam_pp_term_dsum(g, s); });
   expect_vector_equals_scalar<T>(
-      "gradcam_pp_term_dg", [](T g, T s) { return tk::gradcam_pp_term_dg(g, s); },
-      [](Vec g, Vec s) { return tk::gradcam_pp_term_dg(g, s); });
+      "gradcam_pp_grad_gradient", [](T g, T s) { return tk::gradcam_pp_grad_gradient(g, s, T(-1.5)); },
+      [](Vec g, Vec s) { return tk::gradcam_pp_grad_gradient(g, s, Vec(T(-1.5))); });
+  // Grad-CAM++'s dG selects: 0 where G <= 0 whatever the upstream c is, as autograd's ReLU does
+  const T nan = std::numeric_limits<T>::quiet_NaN(), inf = std::numeric_limits<T>::infinity();
+  for (const T c : {nan, inf, -inf}) {
+    EXPECT_EQ(tk::gradcam_pp_grad_gradient(T(0), T(2), c), T(0));
+    EXPECT_EQ(tk::gradcam_pp_grad_gradient(T(-1), T(2), c), T(0));
+    EXPECT_FALSE(std::isfinite(tk::gradcam_pp_grad_gradient(T(1), T(2), c)));
+  }
   expect_vector_equals_scalar<T>(
       "sign", [](T g, T) { return tk::sign(g); }, [](Vec g, Vec) { return tk::sign(g); });
   expect_vector_equals_scalar<T>(

@@ -36,3 +36,12 @@ __all__ = [
     "tsgb_conv2d",
     "tsgb_linear",
 ]
+
+
+def __getattr__(name: str):
+    # the output limit is a variable of ops.cam (set_max_output_elements changes it there)
+    if name == "MAX_OUTPUT_ELEMENTS":
+        from torchcam_ops.ops import cam
+
+        return cam.MAX_OUTPUT_ELEMENTS
+    raise AttributeError(f"module 'torchcam_ops.ops' has no attribute {name!r}")

@@ -119,26 +119,30 @@ def _check_floating(op: str, name: str, t: Tensor) -> None:
     )
 
 
+def _check_same_dtype_device(op: str, name: str, t: Tensor, other_name: str, other: Tensor) -> None:
+    torch._check_type(
+        t.dtype == other.dtype,
+        lambda: f"{op}: {name} must have the dtype of {other_name} ({other.dtype}), got {t.dtype}",
+    )
+    torch._check_value(
+        t.device == other.device,
+        lambda: f"{op}: {name} must be on the device of {other_name} ({other.device}), got {t.device}",
+    )
+
+
 def _check_activations_and_gradients(op: str, activations: Tensor, gradients: Tensor) -> None:
     torch._check_value(
         activations.dim() == 4,
         lambda: f"{op}: activations must be a 4-D [N, K, h, w] tensor, got shape {list(activations.shape)}",
     )
+    _check_floating(op, "activations", activations)
     torch._check_value(
         activations.shape == gradients.shape,
         lambda: (
             f"{op}: gradients must have the shape of activations {list(activations.shape)}, got {list(gradients.shape)}"
         ),
     )
-    _check_floating(op, "activations", activations)
-    torch._check_type(
-        activations.dtype == gradients.dtype,
-        lambda: f"{op}: gradients must have the dtype of activations ({activations.dtype}), got {gradients.dtype}",
-    )
-    torch._check_value(
-        activations.device == gradients.device,
-        lambda: f"{op}: gradients must be on the device of activations ({activations.device}), got {gradients.device}",
-    )
+    _check_same_dtype_device(op, "gradients", gradients, "activations", activations)
 
 
 def _check_method(op: str, method: str) -> None:
@@ -173,8 +177,18 @@ def _cam_reduce_fake(activations: Tensor, gradients: Tensor, method: str) -> Ten
 def _cam_reduce_backward_fake(
     grad_cam: Tensor, activations: Tensor, gradients: Tensor, method: str
 ) -> tuple[Tensor, Tensor]:
-    _check_method("cam_reduce_backward", method)
-    _check_activations_and_gradients("cam_reduce_backward", activations, gradients)
+    op = "cam_reduce_backward"
+    _check_method(op, method)
+    _check_activations_and_gradients(op, activations, gradients)
+    torch._check_value(
+        grad_cam.dim() == 3, lambda: f"{op}: grad_cam must be a 3-D [N, h, w] tensor, got shape {list(grad_cam.shape)}"
+    )
+    n, _, h, w = activations.shape
+    torch._check_value(
+        tuple(grad_cam.shape) == (n, h, w),
+        lambda: f"{op}: grad_cam must have shape [{n}, {h}, {w}], got {list(grad_cam.shape)}",
+    )
+    _check_same_dtype_device(op, "grad_cam", grad_cam, "activations", activations)
     return (
         torch.empty_like(activations, memory_format=torch.contiguous_format),
         torch.empty_like(gradients, memory_format=torch.contiguous_format),
@@ -191,4 +205,15 @@ def _cam_postprocess_fake(cam: Tensor, out_h: int, out_w: int, relu: bool = True
 def _cam_postprocess_backward_fake(
     grad_out: Tensor, cam: Tensor, out_h: int, out_w: int, relu: bool, normalize: bool
 ) -> Tensor:
+    op = "cam_postprocess_backward"
+    _check_cam_postprocess_args(cam, out_h, out_w)
+    torch._check_value(
+        grad_out.dim() == 3,
+        lambda: f"{op}: grad_out must be a 3-D [N, out_h, out_w] tensor, got shape {list(grad_out.shape)}",
+    )
+    torch._check_value(
+        tuple(grad_out.shape) == (cam.shape[0], out_h, out_w),
+        lambda: f"{op}: grad_out must have shape [{cam.shape[0]}, {out_h}, {out_w}], got {list(grad_out.shape)}",
+    )
+    _check_same_dtype_device(op, "grad_out", grad_out, "cam", cam)
     return torch.empty_like(cam, memory_format=torch.contiguous_format)
