@@ -223,8 +223,9 @@ def evaluate_method(
         )
     tables: dict[str, Tensor] = {}
     mine = processes.mine(chunks)
-    # A warm-up call first, untimed: the first call pays one-off costs (allocation, kernel selection).
-    explainer(benchmark.x[:1].to(device), benchmark.targets[:1].to(device))
+    # A warm-up call first, untimed, on a chunk's shape: the first call of a shape pays one-off costs
+    # (allocation, cuDNN's choice of kernels).
+    explainer(benchmark.x[:chunk].to(device), benchmark.targets[:chunk].to(device))
     progress = tqdm(
         total=len(mine),
         desc=method,
