@@ -45,7 +45,7 @@ class AbsCAM(BaseCAM):
         self.masks_per_forward = masks_per_forward
 
     def _compiles_with_model(self) -> bool:
-        return self.phase == 1  # phase 2: K masked forward passes per image and class
+        return self.phase == 1  # phase 2: K masked forward passes per image and class, compiled one by one
 
     def _explain(
         self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool
@@ -93,12 +93,11 @@ class AbsCAM(BaseCAM):
         read on the host) from its weighted activations ``[K, h, w]``."""
         masks = cam_postprocess(weighted, tuple(image.shape[-2:]), relu=False)  # M_k at the input size
         step = self.masks_per_forward or masks.shape[0]
+        forward = self._model_forward()
         scores = torch.empty(masks.shape[0], device=image.device, dtype=masks.dtype)
         for start in range(0, masks.shape[0], step):
             chunk = masks[start : start + step]
-            probabilities = torch.softmax(
-                self.model(image[None] * chunk[:, None].to(image.dtype)).to(masks.dtype), dim=1
-            )
+            probabilities = torch.softmax(forward(image[None] * chunk[:, None].to(image.dtype)).to(masks.dtype), dim=1)
             scores[start : start + step] = probabilities.index_select(1, target)[:, 0]
         combined = torch.einsum("k,khw->hw", scores, masks)
         return cam_postprocess(combined[None], size)[0]

@@ -342,6 +342,13 @@ class BaseCAM(Graphable):
             maps.append(torch.stack([cam_reduce(a, g, self.method) for g in grads], dim=1).to(map_dtype(x.dtype)))
         return maps, multi
 
+    def _forward_maps(self, x: Tensor, targets: Targets, create_graph: bool = False) -> tuple[list[Tensor], bool]:
+        """:meth:`_layer_maps` of one forward pass, for explainers that run many of them per call
+        (path points): compiled, one forward pass at a time, when the model was given compiled."""
+        if self._model_compile_options is None or torch.compiler.is_compiling():
+            return BaseCAM._layer_maps(self, x, targets, create_graph)
+        return self._call_compiled(BaseCAM._layer_maps, x, targets, create_graph)
+
     def _activations_and_gradients(
         self, x: Tensor, targets: Targets, create_graph: bool = False
     ) -> tuple[list[Tensor], list[list[Tensor]], bool, Tensor | None]:

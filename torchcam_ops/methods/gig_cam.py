@@ -145,7 +145,7 @@ class GIGCAM(BaseCAM):
         return (maps, path_diagnostics) if diagnostics else maps
 
     def _compiles_with_model(self) -> bool:
-        return False  # steps (x scales) forward and backward passes per call
+        return False  # steps (x scales) forward and backward passes per call: compiled one by one
 
     def _explain(
         self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool
@@ -197,7 +197,7 @@ class GIGCAM(BaseCAM):
 
     def _guide(self, z: Tensor, targets: Tensor, create_graph: bool = False) -> Tensor:
         """C_t: the Grad-CAM map without ReLU at z, resized to z's size (mean over target layers)."""
-        raws, _ = self._layer_maps(z, targets[:, None], create_graph)
+        raws, _ = self._forward_maps(z, targets[:, None], create_graph)
         size = tuple(z.shape[-2:])
         return torch.stack([upsample(r[:, 0], size) for r in raws]).mean(0)
 

@@ -204,19 +204,34 @@ class Graphable:
     model: nn.Module
     _model_compile_options: dict[str, Any] | None = None
     _compiled_call: Callable[..., Any] | None = None
+    _compiled_forward: Callable[..., Any] | None = None
 
     def _bind_model(self, model: nn.Module) -> None:
         """``self.model``: the eager module; a compiled model's compile options are kept (for the
         explainers whose call is one forward pass, see :meth:`_compiles_with_model`)."""
         self.model, self._model_compile_options = split_compiled(model)
-        self._compiled_call = None
+        self._compiled_call = self._compiled_forward = None
         self._compile_lock = threading.Lock()
 
     def _compiles_with_model(self) -> bool:
-        """Whether a call compiles with a compiled model. Explainers that run many forward passes per
-        call (path points, masked images) say no: one graph of all of them takes minutes to compile
-        and recompiles for every batch size, so they run the eager module."""
+        """Whether a whole call compiles with a compiled model. Explainers that run many forward
+        passes per call (path points, masked images) say no: one graph of all of them takes minutes to
+        compile and recompiles for every batch size, so they compile one forward pass at a time
+        (:meth:`BaseCAM._forward_maps`, :meth:`_model_forward`)."""
         return True
+
+    def _model_forward(self) -> Callable[..., Any]:
+        """The model's forward for plain forward passes that take no layer output (Abs-CAM's masked
+        images): compiled with the model's own options when the model was given compiled."""
+        if self._model_compile_options is None or torch.compiler.is_compiling():
+            return self.model
+        with self._compile_lock:
+            if self._compiled_forward is None:
+                # a function, not torch.compile(module): no OptimizedModule (which warns about the
+                # capture hook), no reference to this explainer (which would make a cycle)
+                model = self.model
+                self._compiled_forward = torch.compile(_own_code(lambda x: model(x)), **self._model_compile_options)
+            return self._compiled_forward
 
     def _call_compiled(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``call(self, ...)`` compiled with the model's compile options. Bad input is refused here
@@ -261,7 +276,7 @@ class Graphable:
 
     def __getstate__(self) -> dict[str, Any]:
         # a compiled function (or a lock) neither pickles nor belongs to a copy: the copy makes its own
-        return {**self.__dict__, "_compiled_call": None, "_compile_lock": None}
+        return {**self.__dict__, "_compiled_call": None, "_compiled_forward": None, "_compile_lock": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

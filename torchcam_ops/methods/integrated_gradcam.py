@@ -45,7 +45,7 @@ class IntegratedGradCAM(BaseCAM):
         self.baseline = baseline
 
     def _compiles_with_model(self) -> bool:
-        return False  # steps x N / points_per_forward forward passes per call
+        return False  # steps x N / points_per_forward forward passes per call: compiled one by one
 
     def _layer_maps(self, x: Tensor, targets: Targets, create_graph: bool = False) -> tuple[list[Tensor], bool]:
         path_targets, multi = self._fixed_targets(x, targets)
@@ -58,7 +58,7 @@ class IntegratedGradCAM(BaseCAM):
         step = self.points_per_forward or path.shape[0]
         for start in range(0, path.shape[0], step):
             chunk_targets = path_targets[start : start + step] if isinstance(path_targets, Tensor) else path_targets
-            maps, chunk_multi = super()._layer_maps(path[start : start + step], chunk_targets, create_graph)
+            maps, chunk_multi = self._forward_maps(path[start : start + step], chunk_targets, create_graph)
             multi = chunk_multi if multi is None else multi
             contributions = [self._sum_over_path(m.relu(), start, x.shape[0]) for m in maps]
             sums = contributions if sums is None else [s + c for s, c in zip(sums, contributions)]
