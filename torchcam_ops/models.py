@@ -70,13 +70,40 @@ def available() -> list[str]:
 
 
 def spec(name: str) -> ShippedModel:
+    """The description of a shipped model.
+
+    Args:
+        name: the shipped model's name, e.g. ``"efficientnet_lite0"``.
+
+    Returns:
+        Its :class:`ShippedModel`: the pip install line, the modules it needs, its input size, a default
+        target layer, its loader and its input normalisation. Its packages need not be installed.
+
+    Raises:
+        ValueError: ``name`` is not a shipped model.
+    """
     if name not in _MODELS:
         raise ValueError(f"model: unknown shipped model {name!r}; expected one of {sorted(_MODELS)}")
     return _MODELS[name]
 
 
 def load(name: str = "efficientnet_lite0") -> tuple[nn.Module, Callable[[object], Tensor]]:
-    """``(model, preprocess)`` for a shipped model; the model is in eval mode on the CPU."""
+    """``(model, preprocess)`` for a shipped model; the model is in eval mode on the CPU.
+
+    Args:
+        name: the shipped model's name (default ``"efficientnet_lite0"``; see :func:`available`).
+
+    Returns:
+        ``(model, preprocess)``: the model, and a function that turns an RGB uint8 image (a numpy array
+        ``[H, W, 3]`` or a PIL image, converted to RGB) into the model's float32 input ``[3, S, S]``: the
+        image resized bilinearly to the model's input size S, then normalised as the model expects.
+        ``preprocess`` raises ``ValueError`` for an array that is not RGB uint8 ``[H, W, 3]`` and
+        ``TypeError`` for anything but an array or a PIL image.
+
+    Raises:
+        ValueError: ``name`` is not a shipped model.
+        ImportError: the model's packages are not installed.
+    """
     shipped = spec(name)
     model = shipped.loader().eval()
 

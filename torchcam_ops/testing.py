@@ -44,7 +44,25 @@ def explanation_energy(
     **options,
 ) -> float:
     """Share of the explanation's energy inside ``box`` (x0, y0, x1, y1 in input pixels; several
-    boxes count as their union)."""
+    boxes count as their union).
+
+    Args:
+        model: the classifier to explain.
+        x: one image, ``[C, H, W]`` or ``[1, C, H, W]``, as the model takes it.
+        target: the class index to explain.
+        box: one box ``(x0, y0, x1, y1)`` in input pixels (x1 and y1 exclusive), or a sequence of boxes.
+        method: a name in :data:`torchcam_ops.methods.METHODS` (default ``"gradcam"``).
+        target_layers: a module of ``model`` or its dotted name, or a list of them (see
+            :func:`torchcam_ops.methods.explain`).
+        **options: keyword arguments of the explainer (see :func:`torchcam_ops.methods.explain`).
+
+    Returns:
+        The share, a float in [0, 1] (0 for an all-zero map).
+
+    Raises:
+        ValueError: ``x`` is not one image, or a box has ``x1 <= x0`` or ``y1 <= y0``; and the errors of
+            :func:`torchcam_ops.methods.explain` for a bad method, layer, target or option.
+    """
     x = _batch(x)
     maps = explain(model, x, method, target_layers=target_layers, targets=[int(target)], **options)
     mask = boxes_to_mask(box, x.shape[-2], x.shape[-1], device=maps.device)
@@ -63,7 +81,26 @@ def assert_explanation_in_region(
     **options,
 ) -> float:
     """Fails unless at least ``min_energy`` of the explanation of ``target`` lies inside ``box``.
-    Returns the measured share."""
+    Returns the measured share.
+
+    Args:
+        model: the classifier to explain.
+        x: one image, ``[C, H, W]`` or ``[1, C, H, W]``, as the model takes it.
+        target: the class index to explain.
+        box: one box ``(x0, y0, x1, y1)`` in input pixels (x1 and y1 exclusive), or a sequence of boxes.
+        method: a name in :data:`torchcam_ops.methods.METHODS` (default ``"gradcam"``).
+        target_layers: a module of ``model`` or its dotted name, or a list of them (see
+            :func:`torchcam_ops.methods.explain`).
+        min_energy: the least share of the explanation's energy inside ``box``, in [0, 1] (default 0.5).
+        **options: keyword arguments of the explainer (see :func:`torchcam_ops.methods.explain`).
+
+    Returns:
+        The measured share (see :func:`explanation_energy`), a float of at least ``min_energy``.
+
+    Raises:
+        AssertionError: less than ``min_energy`` of the energy lies inside ``box``.
+        ValueError: ``min_energy`` is not in [0, 1]; and the errors of :func:`explanation_energy`.
+    """
     if not 0 <= min_energy <= 1:
         raise ValueError(f"min_energy: expected a share in [0, 1], got {min_energy!r}")
     with torch.random.fork_rng():

@@ -195,7 +195,19 @@ def plot_curves(curves: Mapping[str, tuple[Any, Any, Any]], *, title: str | None
 
 
 def save(figure: Any, path: str | Path, dpi: int = 120) -> Path:
-    """Writes a figure of this module as PNG or SVG (by ``path``'s suffix) and closes it."""
+    """Writes a figure of this module as PNG or SVG (by ``path``'s suffix) and closes it.
+
+    Args:
+        figure: a matplotlib figure, e.g. from :func:`grid` or :func:`plot_curves`.
+        path: the file to write, ending in ``.png`` or ``.svg`` (in any case).
+        dpi: the resolution in dots per inch (default 120).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: ``path`` ends in neither ``.png`` nor ``.svg`` (nothing is written and the figure stays open).
+    """
     path = Path(path)
     if path.suffix.lower() not in (".png", ".svg"):
         raise ValueError(f"path: expected a .png or .svg file, got {str(path)!r}")
@@ -208,7 +220,15 @@ def save(figure: Any, path: str | Path, dpi: int = 120) -> Path:
 
 
 def png_bytes(picture: Any, dpi: int = 110) -> bytes:
-    """PNG bytes of a PIL image or of a figure of this module (closed afterwards), e.g. to embed in a page."""
+    """PNG bytes of a PIL image or of a figure of this module (closed afterwards), e.g. to embed in a page.
+
+    Args:
+        picture: a PIL image (e.g. from :func:`overlay`) or a matplotlib figure (e.g. from :func:`grid`).
+        dpi: the resolution in dots per inch of a figure (default 110); a PIL image keeps its own pixels.
+
+    Returns:
+        The PNG file's bytes.
+    """
     import io
 
     buffer = io.BytesIO()

@@ -76,7 +76,26 @@ def make_explainer(
     input_size: int | None = None,
     **options: Any,
 ) -> Any:
-    """The explainer registered as ``method`` (see :data:`METHODS`)."""
+    """The explainer registered as ``method`` (see :data:`METHODS`).
+
+    Args:
+        method: a name in :data:`METHODS`, e.g. ``"gradcam"``, ``"hirescam"``, ``"gig_cam+m"`` or ``"tsgb"``.
+        model: the model to explain, an ``nn.Module`` (or ``torch.compile(model)``).
+        target_layers: a module of ``model`` or its dotted name (``"layer4"``, ``"_swish@-1"`` for a call
+            of a module that runs several times), or a non-empty list of them; ``"tsgb"`` takes none and
+            ignores it.
+        input_size: the input width in pixels; only ``"gig_cam+m"`` uses it, to size its scales (224
+            when None).
+        **options: keyword arguments of the explainer class, e.g. ``batch_size``, ``steps``, ``phase``.
+
+    Returns:
+        The explainer (e.g. a :class:`GradCAM`): call it on a batch for maps; ``close()`` it, or use it
+        in a ``with`` block, when done.
+
+    Raises:
+        ValueError: ``method`` is not in :data:`METHODS`; the explainer's own ``ValueError`` and
+            ``TypeError`` for bad target layers or options.
+    """
     if method not in METHODS:
         raise ValueError(f"method: unknown method {method!r}; expected one of {sorted(METHODS)}")
     return METHODS[method](model, target_layers, input_size=input_size, **options)
@@ -97,6 +116,29 @@ def explain(
 
     ``options`` go to the explainer (e.g. ``steps`` for integrated_gradcam, ``phase`` and
     ``masks_per_forward`` for abscam, ``batch_size`` for any CAM explainer).
+
+    Args:
+        model: the model to explain, an ``nn.Module`` (or ``torch.compile(model)``).
+        x: the images ``[N, C, H, W]``, floating point, as the model takes them.
+        method: a name in :data:`METHODS` (default ``"gradcam"``).
+        target_layers: a module of ``model`` or its dotted name, or a non-empty list of them (see
+            :func:`make_explainer`).
+        targets: the classes to explain: None (each image's top class), a class index, one index per
+            image, a LongTensor ``[N]`` or ``[N, T]``, or a callable that maps the model output to
+            scores ``[N]`` or ``[N, T]`` (see ``Targets``).
+        raw: whether to return the un-normalised layer-resolution maps instead (default False).
+        output_size: the maps' size, an int or ``(height, width)``; None (default) for the input's size.
+        **options: keyword arguments of the explainer class.
+
+    Returns:
+        The explainer's maps of ``x``: ``[N, H, W]`` in [0, 1] (``[N, T, H, W]`` for T targets per
+        image) on x's device; with ``raw=True``, the explainer's un-normalised maps (for most CAM
+        explainers one tensor per target layer, a list when there are several). The explainer is closed
+        before this returns.
+
+    Raises:
+        ValueError: ``method`` is not in :data:`METHODS`; the explainer's own ``ValueError`` and
+            ``TypeError`` for bad target layers, options, input or targets.
     """
     # The explainer checks x; its width only sizes methods whose settings scale with the input.
     input_size = int(x.shape[-1]) if isinstance(x, Tensor) and x.dim() == 4 else None

@@ -47,7 +47,22 @@ class TargetLayer(NamedTuple):
 def resolve_layers(model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec]) -> list[TargetLayer]:
     """Each target layer, given as a module of ``model`` or a dotted name. A name may end in ``@k``
     to explain the k-th call (0-based, negative from the end) of a module that runs several times
-    in one forward pass, such as a shared activation module."""
+    in one forward pass, such as a shared activation module.
+
+    Args:
+        model: the model the layers belong to.
+        target_layers: a module of ``model``, a dotted name such as ``"layer4.2"`` (optionally ending in
+            ``@k``), or a non-empty sequence of them.
+
+    Returns:
+        One :class:`TargetLayer` per given layer, in the given order: the name (as given, or the
+        module's dotted name in ``model``), the module, and the call index (None when not given).
+
+    Raises:
+        ValueError: ``target_layers`` is empty or not a sequence, a name has no submodule in ``model``
+            or a call index after ``@`` that is not an int, or a module is not part of ``model``.
+        TypeError: an element is neither a module nor a str.
+    """
     if isinstance(target_layers, (str, nn.Module)):
         target_layers = [target_layers]
     if not isinstance(target_layers, Sequence) or len(target_layers) == 0:
@@ -290,6 +305,34 @@ class BaseCAM(Graphable):
         ``create_graph=True``: the maps carry gradients to the model's parameters (through the
         layers after the target layer too, as second-order terms), for explanation losses in
         training; by default they are detached.
+
+        Args:
+            x: the images ``[N, C, H, W]``: a non-empty, floating-point batch without NaN or infinite values.
+            targets: the classes to explain (see ``Targets``): None (default: each image's top class), a
+                class index, one index per image, a LongTensor ``[N]`` or ``[N, T]``, or a callable that
+                maps the model output to scores ``[N]`` or ``[N, T]``.
+            raw: whether to return the raw layer-resolution maps (default False).
+            output_size: the maps' size, a positive int or ``(height, width)``; None (default) for the
+                input's ``(H, W)``.
+            create_graph: whether the maps carry gradients to the model's parameters (default False).
+
+        Returns:
+            The maps, ``[N, out_h, out_w]`` in [0, 1] (``[N, T, out_h, out_w]`` for T targets per image) on
+            x's device, float32 (float64 for float64 inputs). With ``raw=True``, per target layer the
+            maps ``[N, h, w]`` (``[N, T, h, w]``) before ReLU: one tensor, or a list of them for several
+            layers.
+
+        Raises:
+            TypeError: ``x`` is not a tensor or not floating point, ``targets`` is of an unsupported type,
+                or the model output is not ``[N, classes]`` logits and ``targets`` is not a callable.
+            ValueError: ``x`` is not a non-empty 4-D batch or holds NaN or infinite values, ``targets``
+                does not fit the batch or the model's classes, ``output_size`` is not positive or the
+                output would exceed :data:`torchcam_ops.ops.MAX_OUTPUT_ELEMENTS` elements, or a target
+                layer did not run, ran several times without a call index, gives no 4-D output or gets
+                no gradient.
+            RuntimeError: the explainer was closed, or the call runs under ``torch.inference_mode()``;
+                on a device other than the CPU, a failed check of device data (NaN in ``x``, a class
+                index out of range) raises asynchronously, at the latest when the result is read.
         """
         x, size = self._checked_call(x, output_size)
         with preserve_buffers(self.model):

@@ -40,6 +40,13 @@ def multiscale_fusion(maps: Sequence[Tensor]) -> Tensor:
 
     Returns R at the largest scale, un-normalised (the explainer normalises the output once); a
     single scale is returned as it is.
+
+    Args:
+        maps: the un-normalised maps of each scale, ``[N, h_s, w_s]`` each, ordered by increasing size
+            (at least one).
+
+    Returns:
+        R, ``[N, h, w]`` at the size of the last (largest) map; ``maps[0]`` itself for a single map.
     """
     if len(maps) == 1:
         return maps[0]
@@ -138,7 +145,34 @@ class GIGCAM(BaseCAM):
         diagnostics: bool = False,
     ) -> Tensor | tuple[Tensor, PathDiagnostics]:
         """Maps as :meth:`BaseCAM.__call__` returns them; with ``diagnostics=True``, a pair
-        ``(maps, PathDiagnostics)`` that says how the paths went."""
+        ``(maps, PathDiagnostics)`` that says how the paths went.
+
+        Args:
+            x: the images ``[N, C, H, W]``: a non-empty, floating-point batch without NaN or infinite values.
+            targets: the classes to explain: None (default: each image's top class on ``x``), a class
+                index, one index per image, or a LongTensor ``[N]`` or ``[N, T]``; not a callable.
+            raw: whether to return the un-normalised accumulated map Phi instead (default False).
+            output_size: the maps' size, a positive int or ``(height, width)``; None (default) for the
+                input's ``(H, W)``.
+            create_graph: whether the maps carry the gradients of the guides to the model's parameters
+                (default False); the path itself is not differentiated.
+            diagnostics: whether to return :class:`PathDiagnostics` with the maps (default False).
+
+        Returns:
+            The maps, ``[N, out_h, out_w]`` in [0, 1] (``[N, T, out_h, out_w]`` for T targets per image)
+            on x's device, float32 (float64 for float64 inputs); with ``raw=True``, Phi at the
+            input's resolution (the largest scale's with ``scales``). With ``diagnostics=True``, the
+            pair ``(maps, PathDiagnostics)``.
+
+        Raises:
+            TypeError: ``x`` is not a tensor or not floating point, ``targets`` is of an unsupported type,
+                or the model output is not ``[N, classes]`` logits.
+            ValueError: ``targets`` is a callable or does not fit the batch or the model's classes, and
+                the other bad input :meth:`BaseCAM.__call__` refuses (``x``, ``output_size``, target
+                layers).
+            RuntimeError: as for :meth:`BaseCAM.__call__` (a closed explainer, ``torch.inference_mode()``,
+                asynchronous checks of device data).
+        """
         x, size = self._checked_call(x, output_size)
         with preserve_buffers(self.model):
             maps, path_diagnostics = self._walk(x, targets, raw, size, create_graph)

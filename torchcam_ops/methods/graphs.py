@@ -46,7 +46,23 @@ def compiled(explainer: Callable[..., Any], **compile_options: Any) -> Callable[
 
     A call that cannot be traced runs once more in eager mode, so that bad arguments raise the
     explainer's own error (``ValueError``, ``TypeError``) instead of the compiler's; if the eager
-    call succeeds, the compiler's error (``torch._dynamo.exc.Unsupported``) is raised."""
+    call succeeds, the compiler's error (``torch._dynamo.exc.Unsupported``) is raised.
+
+    Args:
+        explainer: the explainer (any callable) to compile, e.g. a :class:`~torchcam_ops.methods.GradCAM`.
+        **compile_options: keyword arguments of ``torch.compile`` (``backend``, ``mode``, ``dynamic``...);
+            ``fullgraph`` defaults to True.
+
+    Returns:
+        A function with the explainer's arguments and results. Its first tensor argument (the input x)
+        enters the compiled code as a fresh detached leaf that requires grad.
+
+    Raises:
+        ValueError, TypeError: a call of the returned function cannot be traced and its eager rerun
+            refuses the arguments (the explainer's own errors).
+        torch._dynamo.exc.Unsupported: a call of the returned function cannot be traced although its eager
+            rerun succeeds.
+    """
     function = _traced(explainer, compile_options)
 
     def call(*args: Any, **kwargs: Any) -> Any:

@@ -24,7 +24,16 @@ class CurveResult:
 
 
 def gaussian_blur(x: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tensor:
-    """Separable Gaussian blur with zero padding, as in the RISE reference code."""
+    """Separable Gaussian blur with zero padding, as in the RISE reference code.
+
+    Args:
+        x: the images ``[N, C, H, W]``, floating point; each channel is blurred on its own.
+        kernel_size: the number of taps of the kernel in each direction (default 11).
+        sigma: the standard deviation of the Gaussian, in pixels (default 5.0).
+
+    Returns:
+        The blurred images, of the dtype and device of ``x`` and, for an odd ``kernel_size``, of its shape.
+    """
     coords = torch.arange(kernel_size, dtype=x.dtype, device=x.device) - (kernel_size - 1) / 2
     weights = torch.exp(-(coords**2) / (2 * sigma**2))
     weights = weights / weights.sum()
@@ -83,7 +92,28 @@ def deletion(
     batch_size: int = 64,
 ) -> CurveResult:
     """Deletion: the most salient pixels are set to 0 (in the model's normalised input) ``step`` at a
-    time; the softmax probability of the target is recorded; lower AUC is better."""
+    time; the softmax probability of the target is recorded; lower AUC is better.
+
+    Args:
+        model: the classifier, mapping a batch ``[n, C, H, W]`` to logits ``[n, classes]``.
+        x: the images ``[N, C, H, W]``, as the model takes them.
+        maps: saliency maps ``[N, h, w]``, resized bilinearly to ``H x W`` when their size differs; only
+            the order of their pixels counts (equal values are taken in pixel order).
+        targets: the class of each image: one int for all images, or N class indices (a list or an
+            integer tensor ``[N]``).
+        step: the number of pixels deleted per step, a positive int (default 224).
+        batch_size: the number of perturbed images per forward pass, a positive int (default 64).
+
+    Returns:
+        :class:`CurveResult` with S = ceil(H * W / step) steps: ``fractions`` ``[S + 1]`` (the share of
+        pixels changed after 0, 1, ..., S steps), ``scores`` ``[N, S + 1]`` (the target's softmax probability
+        there, the first on x itself), ``auc`` ``[N]`` (the area under each curve), ``step``, and
+        ``substrate`` ``'zeros'``.
+
+    Raises:
+        ValueError: ``x`` is not a 4-D batch, ``maps`` is not ``[N, h, w]``, ``targets`` is not one int or
+            N integer class indices, or ``step`` or ``batch_size`` is not a positive int.
+    """
     maps = check_maps(x, maps)
     targets = check_targets(targets, x.shape[0], x.device)
     return _curves(model, x, torch.zeros_like(x), maps, targets, step, batch_size, "zeros")
@@ -99,7 +129,28 @@ def insertion(
     batch_size: int = 64,
 ) -> CurveResult:
     """Insertion: the most salient pixels of x are inserted into a blurred copy (11x11 Gaussian,
-    sigma 5) ``step`` at a time; higher AUC is better."""
+    sigma 5) ``step`` at a time; higher AUC is better.
+
+    Args:
+        model: the classifier, mapping a batch ``[n, C, H, W]`` to logits ``[n, classes]``.
+        x: the images ``[N, C, H, W]``, as the model takes them.
+        maps: saliency maps ``[N, h, w]``, resized bilinearly to ``H x W`` when their size differs; only
+            the order of their pixels counts (equal values are taken in pixel order).
+        targets: the class of each image: one int for all images, or N class indices (a list or an
+            integer tensor ``[N]``).
+        step: the number of pixels inserted per step, a positive int (default 224).
+        batch_size: the number of perturbed images per forward pass, a positive int (default 64).
+
+    Returns:
+        :class:`CurveResult` with S = ceil(H * W / step) steps: ``fractions`` ``[S + 1]`` (the share of
+        pixels changed after 0, 1, ..., S steps), ``scores`` ``[N, S + 1]`` (the target's softmax probability
+        there, the first on the blurred copy), ``auc`` ``[N]`` (the area under each curve), ``step``, and
+        ``substrate`` ``'blur(11, sigma=5)'``.
+
+    Raises:
+        ValueError: ``x`` is not a 4-D batch, ``maps`` is not ``[N, h, w]``, ``targets`` is not one int or
+            N integer class indices, or ``step`` or ``batch_size`` is not a positive int.
+    """
     maps = check_maps(x, maps)
     targets = check_targets(targets, x.shape[0], x.device)
     return _curves(model, gaussian_blur(x), x, maps, targets, step, batch_size, "blur(11, sigma=5)")

@@ -13,7 +13,21 @@ def boxes_to_mask(
     boxes: Sequence[Sequence[float]] | Tensor, height: int, width: int, device: torch.device | None = None
 ) -> Tensor:
     """The union of boxes ``(x0, y0, x1, y1)`` (pixel coordinates, x1 and y1 exclusive, clipped to
-    the image) as a bool mask ``[height, width]``."""
+    the image) as a bool mask ``[height, width]``.
+
+    Args:
+        boxes: one box ``(x0, y0, x1, y1)``, a sequence of boxes, or a tensor of them ``[B, 4]``; fractional
+            coordinates cover every pixel the box reaches into.
+        height: the mask's height in pixels.
+        width: the mask's width in pixels.
+        device: where the mask is made; None for torch's default device.
+
+    Returns:
+        A bool tensor ``[height, width]``, True inside at least one box.
+
+    Raises:
+        ValueError: a box has ``x1 <= x0`` or ``y1 <= y0``.
+    """
     mask = torch.zeros(height, width, dtype=torch.bool, device=device)
     for box in torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4).tolist():
         x0, y0, x1, y1 = box
@@ -69,7 +83,18 @@ def pointing_game(
 
 
 def pointing_accuracy(hits: Tensor, classes: Tensor | Sequence[int]) -> tuple[float, dict[int, float]]:
-    """The mean of per-class hit rates, and the per-class rates, from hits ``[N]`` and classes ``[N]``."""
+    """The mean of per-class hit rates, and the per-class rates, from hits ``[N]`` and classes ``[N]``.
+
+    Args:
+        hits: whether each map hit, a bool tensor ``[N]`` (as :func:`pointing_game` returns it).
+        classes: the class of each map ``[N]``, a tensor or a sequence of ints.
+
+    Returns:
+        ``(accuracy, per_class)``: the mean of the per-class hit rates, and a dict class -> hit rate.
+
+    Raises:
+        ValueError: ``hits`` and ``classes`` are not two non-empty ``[N]`` tensors of the same length.
+    """
     classes = torch.as_tensor(classes, device=hits.device)
     if hits.dim() != 1 or classes.shape != hits.shape or hits.numel() == 0:
         raise ValueError(
@@ -81,7 +106,19 @@ def pointing_accuracy(hits: Tensor, classes: Tensor | Sequence[int]) -> tuple[fl
 
 def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
     """Share of each map's energy inside the ground truth: sum(map * mask) / sum(map), ``[N]``
-    (0 for an all-zero map)."""
+    (0 for an all-zero map).
+
+    Args:
+        maps: saliency maps ``[N, H, W]`` (e.g. an explainer's maps, in [0, 1]).
+        masks: ground-truth pixels of each map's class ``[N, H, W]``, bool or 0/1 (e.g. from
+            :func:`boxes_to_mask`).
+
+    Returns:
+        The shares, a tensor ``[N]`` of the dtype of ``maps``.
+
+    Raises:
+        ValueError: ``maps`` is not 3-D, or ``masks`` has another shape.
+    """
     _check(maps, masks)
     inside = (maps * masks.to(maps.dtype)).flatten(1).sum(1)
     total = maps.flatten(1).sum(1)

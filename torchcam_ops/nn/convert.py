@@ -16,7 +16,21 @@ from torchcam_ops.nn.rules import _CONV2D_ARGUMENTS, tsgb_conv2d_call
 
 def find_classifier(model: nn.Module, classifier: str | nn.Module | None = None) -> tuple[str, nn.Linear] | None:
     """The classifier layer: the given module or dotted name, else the last ``nn.Linear`` in the
-    model's module order (``model.fc``, ``model.classifier[6]``, ``model.head``...), else None."""
+    model's module order (``model.fc``, ``model.classifier[6]``, ``model.head``...), else None.
+
+    Args:
+        model: the model to search.
+        classifier: the classifier, an ``nn.Linear`` module of ``model`` or its dotted name; None
+            (default) for the last ``nn.Linear``.
+
+    Returns:
+        ``(dotted name, module)`` of the classifier, or None when ``classifier`` is None and the model
+        has no ``nn.Linear``.
+
+    Raises:
+        ValueError: the model has no submodule of the given name, the given module is not part of the
+            model, or the classifier is not an ``nn.Linear``.
+    """
     if isinstance(classifier, str):
         try:
             module = model.get_submodule(classifier)
@@ -40,7 +54,21 @@ def find_classifier(model: nn.Module, classifier: str | nn.Module | None = None)
 def swap_modules(model: nn.Module, replacement: Callable[[str, nn.Module], nn.Module | None]) -> Iterator[nn.Module]:
     """Replaces every submodule for which ``replacement(name, module)`` returns a module; restores
     the originals on exit. Replacements are all built before the first swap, so a refused layer
-    leaves the model untouched."""
+    leaves the model untouched.
+
+    Args:
+        model: the model whose submodules are swapped (in place, for the duration of the block).
+        replacement: called with the dotted name and the module of every submodule (not the model
+            itself), in ``model.named_modules()`` order, on entering the block; returns the module to put
+            in its place, or None to keep it.
+
+    Returns:
+        A context manager whose ``with`` block sees the replacements in place; ``as`` gives ``model``.
+
+    Raises:
+        Exception: whatever ``replacement`` raises (a refused layer), on entering the block and before
+            any module is swapped.
+    """
     swaps: list[tuple[nn.Module, str, nn.Module, nn.Module]] = []
     for name, module in list(model.named_modules()):
         if not name:
@@ -101,6 +129,21 @@ def tsgb(model: nn.Module, classifier: str | nn.Module | None = None, beta: floa
     right after a Conv2d makes autograd raise; functional ``F.relu`` out of place is fine).
 
     ``with tsgb(model): ...``; the model's modules, parameters and flags are restored on exit.
+
+    Args:
+        model: the model to convert (in place, for the duration of the block).
+        classifier: the classifier that takes TSGB-FC, an ``nn.Linear`` module of ``model`` or its dotted
+            name; None (default) for the last ``nn.Linear`` (none converted when the model has none).
+        beta: TSGB-FC's beta, the weight of the negative part (default 1.0; see
+            :func:`torchcam_ops.ops.tsgb_linear`).
+
+    Returns:
+        A context manager whose ``with`` block sees the converted layers; ``as`` gives ``model``.
+
+    Raises:
+        ValueError: on entering the block, before any module is swapped: the classifier is not found or
+            not an ``nn.Linear`` (:func:`find_classifier`), a BatchNorm2d has no running statistics, or
+            an AvgPool2d uses ``ceil_mode``, ``count_include_pad=False`` or ``divisor_override``.
     """
     found = find_classifier(model, classifier)
     classifier_module = found[1] if found else None
@@ -132,5 +175,18 @@ def tsgb(model: nn.Module, classifier: str | nn.Module | None = None, beta: floa
 def guided(model: nn.Module, mode: str = "guided"):
     """Swaps every ``nn.ReLU`` module for a :class:`RectifiedReLU` (``guided`` or ``deconvnet``) for the
     duration of the block. Functional ``F.relu`` calls in ``forward`` cannot be swapped and keep
-    ordinary gradients."""
+    ordinary gradients.
+
+    Args:
+        model: the model whose ReLU modules are swapped (in place, for the duration of the block).
+        mode: the backward rule, ``"guided"`` (default) or ``"deconvnet"``; ``"plain"`` (the ordinary
+            ReLU gradient) is accepted too.
+
+    Returns:
+        A context manager whose ``with`` block sees the rectified ReLUs; ``as`` gives ``model``.
+
+    Raises:
+        ValueError: on entering the block, ``mode`` is not one of ``torchcam_ops.ops.RELU_MODES`` (checked
+            when the model has an ``nn.ReLU`` module).
+    """
     return swap_modules(model, lambda name, m: RectifiedReLU(mode) if isinstance(m, nn.ReLU) else None)

@@ -44,6 +44,21 @@ def cam_reduce(activations: Tensor, gradients: Tensor, method: str = "gradcam") 
     ``hirescam``            :math:`L = \sum_k G_k A_k`
     ``gradcam_elementwise`` :math:`L = \sum_k \mathrm{ReLU}(G_k A_k)`
     ======================= ======================================================================
+
+    Args:
+        activations: the layer's output A, ``[N, K, h, w]``, float32, float64, float16 or bfloat16.
+        gradients: the gradients G of the class scores with respect to A, of A's shape, dtype and device.
+        method: one of :data:`CAM_METHODS` (the rows of the table above); default ``"gradcam"``.
+
+    Returns:
+        The raw maps L, ``[N, h, w]`` in the dtype of ``activations``, before any ReLU.
+
+    Raises:
+        TypeError: ``activations`` or ``gradients`` is not a tensor, ``method`` is not a str,
+            ``activations`` is not floating point, or ``gradients`` has another dtype.
+        ValueError: ``method`` is unknown, ``activations`` is not 4-D, or ``gradients`` has another
+            shape or device.
+        ImportError: the native extension could not be loaded (its ``ExtensionBuildError``).
     """
     require_tensor("cam_reduce", "activations", activations)
     require_tensor("cam_reduce", "gradients", gradients)
@@ -69,7 +84,17 @@ MAX_OUTPUT_ELEMENTS = int(os.environ.get("TORCHCAM_OPS_MAX_OUTPUT_ELEMENTS", 2**
 
 
 def set_max_output_elements(limit: int) -> int:
-    """Sets :data:`MAX_OUTPUT_ELEMENTS` and returns the previous limit."""
+    """Sets :data:`MAX_OUTPUT_ELEMENTS` and returns the previous limit.
+
+    Args:
+        limit: the new limit, the most elements (N x out_h x out_w) one output may have.
+
+    Returns:
+        The previous limit.
+
+    Raises:
+        ValueError: ``limit`` is not a positive int (a bool is refused too).
+    """
     global MAX_OUTPUT_ELEMENTS
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit: expected a positive int, got {limit!r}")
@@ -78,7 +103,22 @@ def set_max_output_elements(limit: int) -> int:
 
 
 def check_output_size(what: str, batch: int, out_h: int, out_w: int) -> None:
-    """Refuses outputs above :data:`MAX_OUTPUT_ELEMENTS` with a clear error, before allocating them."""
+    """Refuses outputs above :data:`MAX_OUTPUT_ELEMENTS` with a clear error, before allocating them.
+
+    Only Python ints are checked: sizes of another type (such as symbolic sizes while tracing) pass.
+
+    Args:
+        what: the name of the op and argument at fault, which begins the error message.
+        batch: the number of maps N.
+        out_h: the height of each map.
+        out_w: the width of each map.
+
+    Returns:
+        None.
+
+    Raises:
+        ValueError: ``batch * out_h * out_w`` is above :data:`MAX_OUTPUT_ELEMENTS`.
+    """
     if isinstance(batch, int) and isinstance(out_h, int) and isinstance(out_w, int):
         if batch * out_h * out_w > MAX_OUTPUT_ELEMENTS:
             raise ValueError(
@@ -99,6 +139,22 @@ def cam_postprocess(cam: Tensor, size: int | Sequence[int], *, relu: bool = True
     ulps of its magnitude. ``relu=False`` / ``normalize=False`` skip those stages. Returns
     ``[N, out_h, out_w]`` in the input dtype. Differentiable in ``cam``. Outputs above
     :data:`MAX_OUTPUT_ELEMENTS` elements are refused.
+
+    Args:
+        cam: the maps L, ``[N, h, w]`` with h, w >= 1, float32, float64, float16 or bfloat16 (e.g. the output
+            of :func:`cam_reduce`).
+        size: the output size: an int for square maps, or a pair ``(out_h, out_w)``; each at least 1.
+        relu: whether to apply the ReLU before the resize (default True).
+        normalize: whether to min-max normalise each resized map to [0, 1] (default True).
+
+    Returns:
+        The maps M, ``[N, out_h, out_w]`` in the dtype of ``cam``.
+
+    Raises:
+        TypeError: ``cam`` is not a tensor or not floating point, or ``size`` is not an int or a pair of ints.
+        ValueError: ``cam`` is not 3-D or has an empty map, ``out_h`` or ``out_w`` is below 1, or the output
+            would have more than :data:`MAX_OUTPUT_ELEMENTS` elements.
+        ImportError: the native extension could not be loaded (its ``ExtensionBuildError``).
     """
     require_tensor("cam_postprocess", "cam", cam)
     out_h, out_w = _output_size(size)

@@ -38,6 +38,18 @@ def rectified_relu(input: Tensor, mode: str = "guided") -> Tensor:
 
     ``guided`` (guided backpropagation): :math:`\partial x = G\,[X > 0]\,[G > 0]`;
     ``deconvnet``: :math:`\partial x = \mathrm{ReLU}(G)`; ``plain``: the ordinary :math:`G\,[X > 0]`.
+
+    Args:
+        input: the tensor X, of any shape, float32, float64, float16 or bfloat16.
+        mode: the backward rule, one of :data:`RELU_MODES`: ``"guided"`` (default), ``"deconvnet"`` or ``"plain"``.
+
+    Returns:
+        ``ReLU(input)``, of the shape and dtype of ``input``.
+
+    Raises:
+        TypeError: ``input`` is not a tensor or not floating point.
+        ValueError: ``mode`` is not one of :data:`RELU_MODES`.
+        ImportError: the native extension could not be loaded (its ``ExtensionBuildError``).
     """
     require_tensor("rectified_relu", "input", input)
     if mode not in RELU_MODES:
@@ -53,6 +65,24 @@ def tsgb_linear(input: Tensor, weight: Tensor, bias: Tensor | None = None, beta:
 
     With :math:`\beta = 1`, :math:`\sum h\,g_h = 0` for a one-hot g. Weight and bias gradients are the
     ordinary ones.
+
+    Args:
+        input: the features h, ``[..., in_features]`` (at least 1-D), float32, float64, float16 or bfloat16.
+        weight: the weight W, ``[out_features, in_features]``, of the dtype and device of ``input``.
+        bias: an optional bias ``[out_features]``, of the dtype and device of ``input``; None for no bias.
+        beta: the weight :math:`\beta` of the negative part in the backward rule, a finite real number
+            (default 1.0).
+
+    Returns:
+        ``F.linear(input, weight, bias)``, ``[..., out_features]``.
+
+    Raises:
+        TypeError: ``input``, ``weight`` (or a given ``bias``) is not a tensor, ``beta`` is not a real
+            number, ``input`` is not floating point, or ``weight`` or ``bias`` has another dtype.
+        ValueError: a shape does not fit (``input`` 0-D, ``weight`` not 2-D or of another ``in_features``,
+            ``bias`` not ``[out_features]``), ``weight`` or ``bias`` is on another device, or ``beta`` is
+            not finite.
+        ImportError: the native extension could not be loaded (its ``ExtensionBuildError``).
     """
     require_tensors("tsgb_linear", input=input, weight=weight, bias=bias)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)):
@@ -76,6 +106,28 @@ def tsgb_conv2d(
 
     which conserves relevance: :math:`\sum X \odot \partial X = \sum G \odot Z`. Weight and bias
     gradients are the ordinary ones.
+
+    Args:
+        input: the images X, ``[N, C_in, H, W]``, float32, float64, float16 or bfloat16.
+        weight: the kernels, ``[C_out, C_in / groups, kh, kw]``, of the dtype and device of ``input``.
+        bias: an optional bias ``[C_out]``, of the dtype and device of ``input``; None for no bias.
+        stride: an int or a pair ``(sh, sw)``, each at least 1 (default 1).
+        padding: implicit zero padding on both sides, an int or a pair ``(ph, pw)``, each at least 0
+            (default 0).
+        dilation: an int or a pair ``(dh, dw)``, each at least 1 (default 1).
+        groups: the number of groups, which divides ``C_in`` and ``C_out`` (default 1).
+
+    Returns:
+        ``F.conv2d(input, weight, bias, stride, padding, dilation, groups)``, ``[N, C_out, H_out, W_out]``.
+
+    Raises:
+        TypeError: ``input`` or ``weight`` (or a given ``bias``) is not a tensor, ``stride``, ``padding``
+            or ``dilation`` is not an int or a pair of ints, ``input`` is not floating point, or
+            ``weight`` or ``bias`` has another dtype.
+        ValueError: ``input`` or ``weight`` is not 4-D, a stride, padding or dilation is out of range,
+            ``groups`` does not fit the channels, ``bias`` is not ``[C_out]``, the dilated kernel is
+            larger than the padded input, or ``weight`` or ``bias`` is on another device.
+        ImportError: the native extension could not be loaded (its ``ExtensionBuildError``).
     """
     require_tensors("tsgb_conv2d", input=input, weight=weight, bias=bias)
     return ops.tsgb_conv2d.default(
@@ -98,7 +150,27 @@ def tsgb_batch_norm(
     eps: float = 1e-5,
 ) -> Tensor:
     r"""Inference batch norm forward; backward passes relevance unchanged:
-    :math:`\partial X = G \odot Y / X` (0 where X = 0)."""
+    :math:`\partial X = G \odot Y / X` (0 where X = 0).
+
+    Args:
+        input: the features X, ``[N, C, ...]`` (at least 2-D), float32, float64, float16 or bfloat16.
+        running_mean: the running mean ``[C]``, of the dtype and device of ``input``.
+        running_var: the running variance ``[C]``, of the dtype and device of ``input``.
+        weight: an optional scale ``[C]``, of the dtype and device of ``input``; None for no scale.
+        bias: an optional shift ``[C]``, of the dtype and device of ``input``; None for no shift.
+        eps: the value added to the variance for numerical stability (default 1e-5).
+
+    Returns:
+        Y, the batch norm of ``input`` with the running statistics (as in eval mode), of the shape of
+        ``input``.
+
+    Raises:
+        TypeError: a tensor argument (other than a None ``weight`` or ``bias``) is not a tensor, ``input``
+            is not floating point, or another tensor has another dtype.
+        ValueError: ``input`` has fewer than 2 dimensions, the statistics, ``weight`` or ``bias`` are not
+            ``[C]``, or one of them is on another device.
+        ImportError: the native extension could not be loaded (its ``ExtensionBuildError``).
+    """
     require_tensors(
         "tsgb_batch_norm",
         optional=("weight", "bias"),
@@ -118,7 +190,25 @@ def tsgb_avg_pool2d(
     padding: int | Sequence[int] = 0,
 ) -> Tensor:
     r"""``F.avg_pool2d`` forward; backward shares the relevance :math:`G \odot Y` of each window
-    equally over it, divided by X (0 where X = 0)."""
+    equally over it, divided by X (0 where X = 0).
+
+    Args:
+        input: the images X, ``[N, C, H, W]``, float32, float64, float16 or bfloat16.
+        kernel_size: the window size, an int or a pair ``(kh, kw)``, each at least 1.
+        stride: an int or a pair ``(sh, sw)``, each at least 1; None (default) for ``kernel_size``.
+        padding: implicit zero padding on both sides, an int or a pair ``(ph, pw)``, each at least 0 and
+            at most half the kernel size (default 0).
+
+    Returns:
+        ``F.avg_pool2d(input, kernel_size, stride, padding)`` (``ceil_mode=False``,
+        ``count_include_pad=True``), ``[N, C, H_out, W_out]``.
+
+    Raises:
+        TypeError: ``input`` is not a tensor or not floating point, or ``kernel_size``, ``stride`` or
+            ``padding`` is not an int or a pair of ints.
+        ValueError: ``input`` is not 4-D, or a kernel size, stride or padding is out of range.
+        ImportError: the native extension could not be loaded (its ``ExtensionBuildError``).
+    """
     require_tensor("tsgb_avg_pool2d", "input", input)
     kernel = int_pair("kernel_size", kernel_size)
     return ops.tsgb_avg_pool2d.default(
