@@ -228,9 +228,12 @@ def explain(args: argparse.Namespace) -> None:
             raise SystemExit(f"explain: --layer {layer!r}, method {method}: {err}") from err
     # Every map is made before the first file is written: a failing method leaves nothing behind.
     out = _output_folder("explain", args.out)
+    thumbnails: list[dict] = [{} for _ in images]  # per image: method -> overlay, small, for the report
     for method, maps in all_maps.items():
-        for (name, image), saliency in zip(images, maps):
-            viz.overlay(image, saliency).save(out / f"{name}_{method}.png")  # at the photo's own size
+        for (name, image), saliency, per_method in zip(images, maps, thumbnails):
+            blended = viz.overlay(image, saliency)  # at the photo's own size
+            blended.save(out / f"{name}_{method}.png")
+            per_method[method] = _thumbnail(blended)
     titles = [f"{name}: {label(int(t))}" for (name, _), t in zip(images, targets.tolist())]
     viz.save(viz.grid([image for _, image in images], all_maps, titles=titles), out / "explain_grid.png")
     page = Report(
@@ -247,10 +250,7 @@ def explain(args: argparse.Namespace) -> None:
             ),
             Table("Time per image", ["method", "ms / image"], [[m, f"{t * 1e3:.1f}"] for m, t in timings]),
         ],
-        overlays={
-            title: {method: _thumbnail(viz.overlay(image, maps[i])) for method, maps in all_maps.items()}
-            for i, (title, (_, image)) in enumerate(zip(titles, images))
-        },
+        overlays=dict(zip(titles, thumbnails)),
     )
     page.write(out / "report.html")
     print(f"\n{'method':<22}{'ms / image':>12}   ({device.type}, batch size {args.batch_size}, after a warm-up call)")
