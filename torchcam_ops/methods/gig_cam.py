@@ -181,11 +181,6 @@ class GIGCAM(BaseCAM):
     def _compiles_with_model(self) -> bool:
         return False  # steps (x scales) forward and backward passes per call: compiled one by one
 
-    def _explain(
-        self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool
-    ) -> Tensor | list[Tensor]:
-        return self._walk(x, targets, raw, size, create_graph)[0]
-
     def _walk(
         self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool
     ) -> tuple[Tensor, PathDiagnostics]:

@@ -140,6 +140,10 @@ def explainer_call(call: Call) -> Call:
     def dispatch(self: Graphable, *args: Any, **kwargs: Any) -> Any:
         if self._model_compile_options is None or torch.compiler.is_compiling() or not self._compiles_with_model():
             return call(self, *args, **kwargs)
+        from torchcam_ops.methods.base import check_input  # base imports this module
+
+        if args:  # bad input is refused before compiling, with the eager call's errors
+            check_input(args[0])
         return self._call_compiled(call, *args, **kwargs)
 
     return dispatch  # type: ignore[return-value]
@@ -223,8 +227,8 @@ class Graphable:
     _compiled_forward: Callable[..., Any] | None = None
 
     def _bind_model(self, model: nn.Module) -> None:
-        """``self.model``: the eager module; a compiled model's compile options are kept (for the
-        explainers whose call is one forward pass, see :meth:`_compiles_with_model`)."""
+        """``self.model``: the eager module; a compiled model's compile options are kept (see
+        :meth:`_compiles_with_model` for what they compile)."""
         self.model, self._model_compile_options = split_compiled(model)
         self._compiled_call = self._compiled_forward = None
         self._compile_lock = threading.Lock()
@@ -250,15 +254,10 @@ class Graphable:
             return self._compiled_forward
 
     def _call_compiled(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``call(self, ...)`` compiled with the model's compile options. Bad input is refused here
-        first, with the eager call's errors. A model that cannot be traced as one graph with the
-        explainer (a graph break in its forward) or that reaches the recompile limit is explained with
-        its eager module from then on, with a warning that says why; a callable target that cannot be
-        traced runs that call eagerly."""
-        from torchcam_ops.methods.base import check_input  # base imports this module
-
-        if args:
-            check_input(args[0])
+        """``call(self, ...)`` compiled with the model's compile options. A model that cannot be
+        traced as one graph with the explainer (a graph break in its forward) or that reaches the
+        recompile limit is explained with its eager module from then on, with a warning that says
+        why; a callable target that cannot be traced runs that call eagerly."""
         with self._compile_lock:
             compiled_call = self._compiled_call
             if compiled_call is None:
