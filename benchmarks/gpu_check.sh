@@ -33,7 +33,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 # 1. correctness: CUDA kernels against the CPU, explainers without host syncs, CUDA-graph replay,
 #    compiled explainers; the CPU error path; the reliability and graph suites on this machine.
-step tests 220 "$PYTHON" -X faulthandler -m pytest -q -rf --maxfail=30 -p no:cacheprovider tests/test_cuda.py \
+step tests 280 "$PYTHON" -X faulthandler -m pytest -q -rf --maxfail=30 -p no:cacheprovider tests/test_cuda.py \
   tests/test_graphs.py tests/test_reliability.py tests/test_extension.py
 # 2. speed: explainers eager vs graphed vs the limit (goal: Grad-CAM ResNet-50 batch 1 graphed <= 1.3 ms, >= 3.5x)
 FIGURES="$OUT/figures.jsonl"

@@ -15,15 +15,18 @@ pytestmark = pytest.mark.cuda
 
 SHAPES = [
     (1, 1, 1, 1),
-    (3, 5, 7, 7),
+    (3, 5, 7, 7),  # fewer channels than a block has warps
     (2, 300, 14, 14),
     (4, 2048, 7, 7),
-    (2, 64, 56, 56),
-    (1, 9000, 3, 5),
+    (2, 64, 56, 56),  # larger maps: weights, then tiles of 4-pixel loads
+    (1, 9000, 3, 5),  # many chunks for one image
     (700, 8, 2, 2),
-    (2, 333, 13, 13),  # chunks staged in shared memory from unaligned offsets
-    (3, 70, 32, 32),  # the largest staged maps
-    (2, 20, 33, 33),  # the smallest maps read row by row
+    (2, 333, 13, 13),
+    (2, 50, 10, 11),  # 110 pixels: 4 per lane
+    (3, 40, 16, 16),  # 256 pixels: the largest maps held in registers
+    (2, 33, 1, 257),  # 257 pixels: the smallest tiled maps, one pixel per thread
+    (3, 70, 32, 32),
+    (2, 20, 33, 33),
 ]
 
 
@@ -36,6 +39,18 @@ def test_cam_reduce_cuda_matches_cpu(method, shape, dtype):
     assert cuda.device.type == "cuda" and cuda.dtype == dtype
     assert_matches(cuda.cpu(), reference_cam(a, g, method), dtype)
     assert_matches(cuda.cpu(), cam_reduce(a, g, method).double(), dtype)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
+@pytest.mark.parametrize("shape", [(2, 40, 7, 7), (2, 24, 16, 16)], ids=lambda s: "x".join(map(str, s)))
+def test_cam_reduce_cuda_inputs_not_aligned_to_vector_loads(method, shape):
+    """Contiguous inputs one element past an aligned address: the kernels fall back to narrow loads."""
+    a, g = _inputs(shape, torch.float32)
+    count = a.numel()
+    a_cuda = torch.empty(count + 1, device="cuda")[1:].view(shape).copy_(a)
+    g_cuda = torch.empty(count + 1, device="cuda")[1:].view(shape).copy_(g)
+    assert a_cuda.is_contiguous() and a_cuda.data_ptr() % 16 != 0
+    assert_matches(cam_reduce(a_cuda, g_cuda, method).cpu(), reference_cam(a, g, method), torch.float32)
 
 
 @pytest.mark.parametrize("method", CAM_METHODS)
@@ -65,7 +80,8 @@ def test_cam_reduce_backward_cuda_matches_cpu(method, dtype):
 @pytest.mark.parametrize(
     "resize",
     [
-        ((7, 7), (224, 224)),
+        ((7, 7), (224, 224)),  # the write blocks find the extremes themselves
+        ((40, 40), (224, 224)),  # an extrema launch first, then bands of rows
         ((56, 56), (28, 28)),
         ((5, 9), (31, 17)),
         ((1, 1), (3, 3)),
@@ -198,8 +214,9 @@ def test_tsgb_conv2d_backward_cuda_deep_layers_match_cpu(pixels, kernel):
 
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
-def test_tsgb_batch_norm_backward_cuda_matches_cpu(affine, dtype):
-    x = torch.randn(4, 6, 5, 7, dtype=torch.float64)
+@pytest.mark.parametrize("plane", [(5, 7), (8, 8)], ids=["odd-planes", "planes-of-packs"])
+def test_tsgb_batch_norm_backward_cuda_matches_cpu(affine, dtype, plane):
+    x = torch.randn(4, 6, *plane, dtype=torch.float64)
     x[0, 0, :2] = 0.0  # the rule's X == 0 case
     g = torch.randn_like(x)
     mean, var = torch.randn(6, dtype=torch.float64), torch.rand(6, dtype=torch.float64) + 0.1

@@ -1,9 +1,15 @@
 // CUDA kernels of cam_reduce and cam_reduce_backward (channels-first layout).
 //
-// Forward: a block owns one image and a chunk of its channels. Warps compute the channel
-// weights (one channel per warp, lanes striding over pixels), then the block's threads sum the
-// weighted channels pixel by pixel into a float partial map; a second small kernel adds the
-// chunks' partial maps in a fixed order. No atomics, so results are reproducible.
+// Forward, by map size (every sum in a fixed order, no atomics: results are reproducible):
+// - maps of at most 256 pixels (7x7, 14x14 layers): a block owns one image and a chunk of its
+//   channels. A warp holds one channel's rows of A and G in registers (a few pixels per lane), takes
+//   the channel weight with warp sums and adds its term to the warp's partial map, also in
+//   registers, several channels at a time so that many loads are in flight. The block's warps then
+//   add their maps in warp order. A and G are read once, straight from global memory.
+// - larger maps: the weighted methods first take the channel weights (a warp per row, G read once),
+//   then a block owns a tile of pixels of one image and a chunk of its channels, each thread summing
+//   its pixels (four per 16-byte load where rows allow) over the chunk's channels.
+// - several chunks per image: a small kernel adds the chunks' partial maps in chunk order.
 // Backward: one warp per (image, channel).
 
 #include "../kernels/cam_formulas.h"
@@ -43,207 +49,177 @@ using kernels::xgradcam_grad_gradient;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / kWarpSize;
-constexpr int64_t kMaxChunkChannels = 4096; // bounds the shared memory of one block
+
+// Loads of kVec consecutive values at once (16 bytes for kVec = 16 / sizeof(scalar_t)).
+template <typename scalar_t, int kVec>
+struct alignas(sizeof(scalar_t) * kVec) Pack {
+  scalar_t values[kVec];
+};
 
 // Sum over one channel row of f(a[p], g[p]), by a whole warp; the total in every lane. Each lane
-// keeps four accumulators so that four loads are in flight at once (rows of 56x56 maps and more
-// are read from global memory this way); they are combined in a fixed order.
-template <typename T, typename scalar_t, typename F>
+// keeps four accumulators so that four loads (of kVec values each) are in flight at once; they are
+// combined in a fixed order. kVec > 1 needs rows of a multiple of kVec values, aligned to a pack.
+template <typename T, int kVec = 1, typename scalar_t, typename F>
 __device__ __forceinline__ T warp_row_sum(const scalar_t* a, const scalar_t* g, int64_t pixels, F f) {
+  using Packed = Pack<scalar_t, kVec>;
+  const auto* a_packs = reinterpret_cast<const Packed*>(a);
+  const auto* g_packs = reinterpret_cast<const Packed*>(g);
+  const int64_t packs = pixels / kVec;
+  const auto add = [&](T& acc, const Packed& av, const Packed& gv) {
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) {
+      acc += f(static_cast<T>(av.values[v]), static_cast<T>(gv.values[v]));
+    }
+  };
   T acc[4] = {T(0), T(0), T(0), T(0)};
-  int64_t p = threadIdx.x % kWarpSize;
-  for (; p + 3 * kWarpSize < pixels; p += 4 * kWarpSize) {
+  int64_t q = threadIdx.x % kWarpSize;
+  for (; q + 3 * kWarpSize < packs; q += 4 * kWarpSize) {
+    Packed av[4], gv[4];
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      acc[u] += f(static_cast<T>(a[p + u * kWarpSize]), static_cast<T>(g[p + u * kWarpSize]));
+      av[u] = a_packs[q + u * kWarpSize];
+      gv[u] = g_packs[q + u * kWarpSize];
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      add(acc[u], av[u], gv[u]);
     }
   }
-  for (; p < pixels; p += kWarpSize) {
-    acc[0] += f(static_cast<T>(a[p]), static_cast<T>(g[p]));
+  for (; q < packs; q += kWarpSize) {
+    add(acc[0], a_packs[q], g_packs[q]);
   }
   return warp_all_sum((acc[0] + acc[1]) + (acc[2] + acc[3]));
 }
 
-// Sum over one channel row by one thread, in pixel order: for rows in shared memory short enough
-// that a thread per channel beats a warp per channel and its shuffles.
-template <typename T, typename scalar_t, typename F>
-__device__ __forceinline__ T serial_row_sum(const scalar_t* a, const scalar_t* g, int64_t pixels, F f) {
-  T acc = T(0);
-  for (int64_t p = 0; p < pixels; ++p) {
-    acc += f(static_cast<T>(a[p]), static_cast<T>(g[p]));
-  }
-  return acc;
-}
-
-struct WarpRowSum {
-  template <typename T, typename scalar_t, typename F>
-  __device__ T sum(const scalar_t* a, const scalar_t* g, int64_t pixels, F f) const {
-    return warp_row_sum<T>(a, g, pixels, f);
-  }
-};
-
-struct SerialRowSum {
-  template <typename T, typename scalar_t, typename F>
-  __device__ T sum(const scalar_t* a, const scalar_t* g, int64_t pixels, F f) const {
-    return serial_row_sum<T>(a, g, pixels, f);
-  }
-};
-
-// The channel weight of one row (weighted methods), its sums taken by `rows`.
-template <typename T, typename RowSum, typename scalar_t>
-__device__ __forceinline__ T channel_weight(CamMethod method, const scalar_t* a, const scalar_t* g, int64_t pixels,
-                                            RowSum rows) {
+// The channel weight of one row (weighted methods), by a whole warp; in every lane.
+template <typename T, int kVec = 1, typename scalar_t>
+__device__ __forceinline__ T warp_channel_weight(CamMethod method, const scalar_t* a, const scalar_t* g,
+                                                 int64_t pixels) {
   switch (method) {
     case CamMethod::GradCAM:
-      return rows.template sum<T>(a, g, pixels, [](T, T gv) { return gv; }) / static_cast<T>(pixels);
+      return warp_row_sum<T, kVec>(a, g, pixels, [](T, T gv) { return gv; }) / static_cast<T>(pixels);
     case CamMethod::AbsCAM:
-      return rows.template sum<T>(a, g, pixels, [](T, T gv) { return gv < T(0) ? -gv : gv; }) / static_cast<T>(pixels);
+      return warp_row_sum<T, kVec>(a, g, pixels, [](T, T gv) { return gv < T(0) ? -gv : gv; }) / static_cast<T>(pixels);
     case CamMethod::XGradCAM: {
-      const T weighted = rows.template sum<T>(a, g, pixels, [](T av, T gv) { return av * gv; });
-      const T activation_sum = rows.template sum<T>(a, g, pixels, [](T av, T) { return av; });
+      const T weighted = warp_row_sum<T, kVec>(a, g, pixels, [](T av, T gv) { return av * gv; });
+      const T activation_sum = warp_row_sum<T, kVec>(a, g, pixels, [](T av, T) { return av; });
       return weighted / (activation_sum + T(kXGradCAMEps));
     }
     default: { // GradCAMPlusPlus
-      const T activation_sum = rows.template sum<T>(a, g, pixels, [](T av, T) { return av; });
-      return rows.template sum<T>(a, g, pixels, [=](T, T gv) { return gradcam_pp_term(gv, activation_sum); });
+      const T activation_sum = warp_row_sum<T, kVec>(a, g, pixels, [](T av, T) { return av; });
+      return warp_row_sum<T, kVec>(a, g, pixels, [=](T, T gv) { return gradcam_pp_term(gv, activation_sum); });
     }
   }
 }
 
-template <typename T, typename scalar_t>
-__device__ __forceinline__ T warp_channel_weight(CamMethod method, const scalar_t* a, const scalar_t* g,
-                                                 int64_t pixels) {
-  return channel_weight<T>(method, a, g, pixels, WarpRowSum{});
-}
-
-// Copies `count` consecutive values of two tensors from global to shared memory (as opmath values)
-// with 16-byte loads, kUnroll of each in flight per thread before any is stored: a chunk of a small
-// map is only a few kilobytes, so bandwidth comes from many independent loads, not long rows.
-template <typename scalar_t>
-struct StagedSource {
-  static constexpr int kVec = 16 / sizeof(scalar_t);
-  struct alignas(16) Pack {
-    scalar_t values[kVec];
-  };
-
-  __device__ StagedSource(const scalar_t* source, int count) : src(source) {
-    const auto misalignment = static_cast<int>((reinterpret_cast<uintptr_t>(src) % 16) / sizeof(scalar_t));
-    head = min(count, misalignment == 0 ? 0 : kVec - misalignment);
-    packs = (count - head) / kVec;
-    rest = head + (count - head) % kVec; // the unaligned head and the tail shorter than a pack
-    packed = reinterpret_cast<const Pack*>(src + head);
-  }
-
-  const scalar_t* src;
-  const Pack* packed;
-  int head, packs, rest;
-};
-
-template <typename scalar_t, typename T>
-__device__ __forceinline__ void stage_to_shared(const scalar_t* __restrict__ g_src, T* __restrict__ g_dst,
-                                                const scalar_t* __restrict__ a_src, T* __restrict__ a_dst, int count) {
-  using Source = StagedSource<scalar_t>;
-  constexpr int kVec = Source::kVec;
-  constexpr int kUnroll = 4;
-  const Source g(g_src, count), a(a_src, count);
-  const int packs = max(g.packs, a.packs);
-  for (int base = threadIdx.x; base < packs; base += kUnroll * blockDim.x) {
-    typename Source::Pack g_loaded[kUnroll], a_loaded[kUnroll];
+// Butterfly sums of kCount values at once (independent shuffles interleave); totals in every lane.
+template <int kCount, typename T>
+__device__ __forceinline__ void warp_all_sums(T (&values)[kCount]) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int index = base + u * blockDim.x;
-      if (index < g.packs) {
-        g_loaded[u] = g.packed[index];
-      }
-      if (index < a.packs) {
-        a_loaded[u] = a.packed[index];
-      }
-    }
+  for (int mask = kWarpSize / 2; mask > 0; mask >>= 1) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int index = base + u * blockDim.x;
-#pragma unroll
-      for (int v = 0; v < kVec; ++v) {
-        if (index < g.packs) {
-          g_dst[g.head + index * kVec + v] = static_cast<T>(g_loaded[u].values[v]);
-        }
-        if (index < a.packs) {
-          a_dst[a.head + index * kVec + v] = static_cast<T>(a_loaded[u].values[v]);
-        }
-      }
-    }
-  }
-  for (int i = threadIdx.x; i < max(g.rest, a.rest); i += blockDim.x) {
-    if (i < g.rest) {
-      const int at = i < g.head ? i : i + g.packs * kVec;
-      g_dst[at] = static_cast<T>(g_src[at]);
-    }
-    if (i < a.rest) {
-      const int at = i < a.head ? i : i + a.packs * kVec;
-      a_dst[at] = static_cast<T>(a_src[at]);
+    for (int i = 0; i < kCount; ++i) {
+      values[i] += __shfl_xor_sync(0xffffffffu, values[i], mask);
     }
   }
 }
 
-// Channel weights of rows [0, channels) of a chunk (weighted methods only): one thread per row for
-// short rows in shared memory whose stride spreads over the banks (7x7 maps: 49 values, odd), else
-// one warp per row.
-template <typename T, typename scalar_t>
-__device__ __forceinline__ void chunk_weights(CamMethod method, const scalar_t* a, const scalar_t* g, int64_t channels,
-                                              int64_t pixels, bool serial, T* weights) {
-  if (serial) {
-    for (int64_t k = threadIdx.x; k < channels; k += kThreads) {
-      weights[k] = channel_weight<T>(method, a + k * pixels, g + k * pixels, pixels, SerialRowSum{});
-    }
-    return;
+template <int kPerLane, typename T>
+__device__ __forceinline__ T lane_sum(const T (&values)[kPerLane]) {
+  T total = values[0];
+#pragma unroll
+  for (int j = 1; j < kPerLane; ++j) {
+    total += values[j];
   }
-  for (int64_t k = threadIdx.x / kWarpSize; k < channels; k += kWarps) {
-    const T w = warp_channel_weight<T>(method, a + k * pixels, g + k * pixels, pixels);
-    if (threadIdx.x % kWarpSize == 0) {
-      weights[k] = w;
-    }
-  }
+  return total;
 }
 
-// The chunk's partial map: out[p] = sum over its channels k of the method's term, in a fixed order.
-template <typename T, typename scalar_t, typename out_t>
-__device__ __forceinline__ void chunk_map(CamMethod method, const scalar_t* a, const scalar_t* g, const T* weights,
-                                          int64_t channels, int64_t pixels, T* slice_sums, out_t* out) {
+// One warp's share of a chunk: kUnroll channels' rows at a time, lane l holding pixels
+// l, l + 32, ... (kPerLane of them, zeros past the row); their weights by warp sums; their terms
+// added to the lane's pixels of the warp's partial map `acc`, channel after channel.
+template <int kPerLane, int kUnroll, typename T, typename scalar_t>
+__device__ __forceinline__ void warp_chunk_map(CamMethod method, const scalar_t* __restrict__ a,
+                                               const scalar_t* __restrict__ g, int64_t first_row, int64_t rows,
+                                               int pixels, T (&acc)[kPerLane]) {
+  const int lane = threadIdx.x % kWarpSize;
   const bool weighted = uses_channel_weights(method);
-  const auto contribution = [&](int64_t k, int64_t p) -> T {
-    const T av = static_cast<T>(a[k * pixels + p]);
-    return weighted ? weights[k] * av : elementwise_term(method, av, static_cast<T>(g[k * pixels + p]));
-  };
-  if (pixels >= kThreads) {
-    for (int64_t p = threadIdx.x; p < pixels; p += kThreads) {
-      T acc = T(0);
-#pragma unroll 4
-      for (int64_t k = 0; k < channels; ++k) {
-        acc += contribution(k, p);
+  for (int64_t k0 = first_row; k0 < rows; k0 += kWarps * kUnroll) {
+    T av[kUnroll][kPerLane], gv[kUnroll][kPerLane];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t k = k0 + u * kWarps;
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+        const int p = lane + j * kWarpSize;
+        const bool valid = k < rows && p < pixels;
+        av[u][j] = valid ? static_cast<T>(a[k * pixels + p]) : T(0);
+        gv[u][j] = valid ? static_cast<T>(g[k * pixels + p]) : T(0);
       }
-      out[p] = static_cast<out_t>(acc);
     }
-    return;
-  }
-  // Small maps (7x7, 14x14): several threads share a pixel, each summing a slice of the channels.
-  const int64_t slices = kThreads / pixels;
-  const int64_t slice = threadIdx.x / pixels;
-  const int64_t p = threadIdx.x % pixels;
-  T acc = T(0);
-  if (slice < slices) {
-#pragma unroll 4
-    for (int64_t k = slice; k < channels; k += slices) {
-      acc += contribution(k, p);
+    if (weighted) {
+      T weights[kUnroll];
+      if (method == CamMethod::GradCAM || method == CamMethod::AbsCAM) {
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          T magnitude[kPerLane];
+#pragma unroll
+          for (int j = 0; j < kPerLane; ++j) {
+            magnitude[j] = method == CamMethod::AbsCAM && gv[u][j] < T(0) ? -gv[u][j] : gv[u][j];
+          }
+          weights[u] = lane_sum(magnitude);
+        }
+        warp_all_sums(weights);
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          weights[u] = weights[u] / static_cast<T>(pixels);
+        }
+      } else {
+        T activation_sums[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          activation_sums[u] = lane_sum(av[u]);
+        }
+        warp_all_sums(activation_sums);
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          T terms[kPerLane];
+#pragma unroll
+          for (int j = 0; j < kPerLane; ++j) {
+            const bool valid = lane + j * kWarpSize < pixels;
+            terms[j] = method == CamMethod::XGradCAM ? av[u][j] * gv[u][j]
+                       : valid                       ? gradcam_pp_term(gv[u][j], activation_sums[u])
+                                                     : T(0);
+          }
+          weights[u] = lane_sum(terms);
+        }
+        warp_all_sums(weights);
+        if (method == CamMethod::XGradCAM) {
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) {
+            weights[u] = weights[u] / (activation_sums[u] + T(kXGradCAMEps));
+          }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (k0 + u * kWarps < rows) { // the same in every lane
+#pragma unroll
+          for (int j = 0; j < kPerLane; ++j) {
+            acc[j] += weights[u] * av[u][j];
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (k0 + u * kWarps < rows) {
+#pragma unroll
+          for (int j = 0; j < kPerLane; ++j) {
+            acc[j] += elementwise_term(method, av[u][j], gv[u][j]);
+          }
+        }
+      }
     }
-  }
-  slice_sums[threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.x < pixels) {
-    T total = T(0);
-    for (int64_t s = 0; s < slices; ++s) {
-      total += slice_sums[s * pixels + threadIdx.x];
-    }
-    out[threadIdx.x] = static_cast<out_t>(total);
   }
 }
 
@@ -252,80 +228,179 @@ struct BlockChunk {
   int64_t image, chunk, first_channel, channels;
 };
 
-__device__ __forceinline__ BlockChunk block_chunk(int64_t channels, int64_t num_chunks, int64_t chunk_channels) {
-  const int64_t chunk = blockIdx.x % num_chunks;
+__device__ __forceinline__ BlockChunk block_chunk(int64_t block, int64_t channels, int64_t num_chunks,
+                                                  int64_t chunk_channels) {
+  const int64_t chunk = block % num_chunks;
   const int64_t first = chunk * chunk_channels;
-  return {blockIdx.x / num_chunks, chunk, first, std::min(channels, first + chunk_channels) - first};
+  return {block / num_chunks, chunk, first, std::min(channels, first + chunk_channels) - first};
 }
 
-// Maps of at most this many pixels are reduced through shared memory, a chunk of at most
-// kStagedValues values of A and as many of G per block.
-constexpr int64_t kStagedMaxPixels = 1024;
-constexpr int64_t kStagedValues = 4096;
+// Maps of at most kRegisterMaxPixels pixels are reduced in registers, kPerLane pixels per lane.
+constexpr int kRegisterMaxPixels = 8 * kWarpSize;
 
-// A block owns one image and a chunk of its channels, whose A and G rows are contiguous: both are
-// copied to shared memory first, then the weights and the partial map come from there.
-template <typename scalar_t, typename T, typename out_t>
+template <int kPerLane, typename scalar_t, typename T, typename out_t>
 __global__ void __launch_bounds__(kThreads)
-    cam_reduce_staged_kernel(const scalar_t* __restrict__ activations, const scalar_t* __restrict__ gradients,
-                             out_t* __restrict__ partial, int64_t channels, int64_t pixels, int64_t num_chunks,
-                             int64_t chunk_channels, CamMethod method) {
-  extern __shared__ unsigned char shared_bytes[];
-  T* slice_sums = reinterpret_cast<T*>(shared_bytes); // kThreads values
-  T* weights = slice_sums + kThreads;                 // chunk_channels values
-  T* a_chunk = weights + chunk_channels;              // chunk_channels * pixels values
-  T* g_chunk = a_chunk + chunk_channels * pixels;
-
-  const auto [n, chunk, k_begin, rows] = block_chunk(channels, num_chunks, chunk_channels);
+    cam_reduce_register_kernel(const scalar_t* __restrict__ activations, const scalar_t* __restrict__ gradients,
+                               out_t* __restrict__ partial, int64_t channels, int pixels, int64_t num_chunks,
+                               int64_t chunk_channels, CamMethod method) {
+  // about 16 loads in flight per lane, whatever the map size
+  constexpr int kUnroll = kPerLane >= 8 ? 1 : 8 / kPerLane;
+  __shared__ T warp_maps[kWarps][kPerLane * kWarpSize];
+  const auto [n, chunk, k_begin, rows] = block_chunk(blockIdx.x, channels, num_chunks, chunk_channels);
   const int64_t offset = (n * channels + k_begin) * pixels;
-  const auto count = static_cast<int>(rows * pixels);
-  stage_to_shared(gradients + offset, g_chunk, activations + offset, a_chunk, count);
+  T acc[kPerLane];
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    acc[j] = T(0);
+  }
+  warp_chunk_map<kPerLane, kUnroll>(method, activations + offset, gradients + offset, threadIdx.x / kWarpSize, rows,
+                                    pixels, acc);
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    warp_maps[warp][j * kWarpSize + lane] = acc[j];
+  }
   __syncthreads();
-  if (uses_channel_weights(method)) {
-    // rows of odd length (or 2) put the threads' reads in distinct banks
-    const bool serial = pixels <= 64 && (pixels % 2 == 1 || pixels == 2);
-    chunk_weights<T>(method, a_chunk, g_chunk, rows, pixels, serial, weights);
-    __syncthreads();
+  out_t* out = partial + (n * num_chunks + chunk) * pixels;
+  for (int p = threadIdx.x; p < pixels; p += kThreads) {
+    T total = warp_maps[0][p];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) {
+      total += warp_maps[w][p];
+    }
+    out[p] = static_cast<out_t>(total);
   }
-  chunk_map<T>(method, a_chunk, g_chunk, weights, rows, pixels, slice_sums,
-               partial + (n * num_chunks + chunk) * pixels);
 }
 
-// Larger maps: the block reads its rows from global memory directly (each row is long enough to
-// keep loads in flight).
-template <typename scalar_t, typename T, typename out_t>
+// Channel weights of larger maps, a warp per (image, channel) row.
+template <int kVec, typename scalar_t, typename T>
 __global__ void __launch_bounds__(kThreads)
-    cam_reduce_rows_kernel(const scalar_t* __restrict__ activations, const scalar_t* __restrict__ gradients,
-                           out_t* __restrict__ partial, int64_t channels, int64_t pixels, int64_t num_chunks,
-                           int64_t chunk_channels, CamMethod method) {
-  extern __shared__ unsigned char shared_bytes[];
-  T* slice_sums = reinterpret_cast<T*>(shared_bytes); // kThreads values
-  T* weights = slice_sums + kThreads;                 // chunk_channels values
-
-  const auto [n, chunk, k_begin, rows] = block_chunk(channels, num_chunks, chunk_channels);
-  const scalar_t* a = activations + (n * channels + k_begin) * pixels;
-  const scalar_t* g = gradients + (n * channels + k_begin) * pixels;
-  if (uses_channel_weights(method)) {
-    chunk_weights<T>(method, a, g, rows, pixels, /*serial=*/false, weights);
-    __syncthreads();
+    cam_weights_kernel(const scalar_t* __restrict__ activations, const scalar_t* __restrict__ gradients,
+                       T* __restrict__ weights, int64_t rows, int64_t pixels, CamMethod method) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize;
+  if (row >= rows) {
+    return; // the whole warp leaves together
   }
-  chunk_map<T>(method, a, g, weights, rows, pixels, slice_sums, partial + (n * num_chunks + chunk) * pixels);
+  const T w = warp_channel_weight<T, kVec>(method, activations + row * pixels, gradients + row * pixels, pixels);
+  if (threadIdx.x % kWarpSize == 0) {
+    weights[row] = w;
+  }
 }
 
-// Adds the chunks' partial maps, a warp per output pixel (lanes over chunks, then the fixed
-// butterfly order): few pixels with many chunks each would leave a thread per pixel waiting on
-// one load after another.
+constexpr int kTileThreads = 128;
+
+// Larger maps: block (image, chunk, tile) sums the chunk's channels at kWidth consecutive pixels
+// per thread (one load of each row per channel), four channels' loads in flight at a time.
+template <int kWidth, typename scalar_t, typename T, typename out_t>
+__global__ void __launch_bounds__(kTileThreads)
+    cam_reduce_tiles_kernel(const scalar_t* __restrict__ activations, const scalar_t* __restrict__ gradients,
+                            const T* __restrict__ weights, out_t* __restrict__ partial, int64_t channels,
+                            int64_t pixels, int64_t tiles, int64_t num_chunks, int64_t chunk_channels,
+                            CamMethod method) {
+  using Packed = Pack<scalar_t, kWidth>;
+  constexpr int kUnroll = 4;
+  const int64_t tile = blockIdx.x % tiles;
+  const auto [n, chunk, k_begin, rows] = block_chunk(blockIdx.x / tiles, channels, num_chunks, chunk_channels);
+  const int64_t p0 = (tile * kTileThreads + threadIdx.x) * kWidth;
+  if (p0 >= pixels) {
+    return; // rows are a multiple of kWidth long: a pack is all in or all out
+  }
+  const scalar_t* a = activations + (n * channels + k_begin) * pixels + p0;
+  const scalar_t* g = gradients + (n * channels + k_begin) * pixels + p0;
+  const bool weighted = uses_channel_weights(method);
+  const T* w = weighted ? weights + n * channels + k_begin : nullptr;
+  const auto load = [&](const scalar_t* base, int64_t k) {
+    return *reinterpret_cast<const Packed*>(base + k * pixels);
+  };
+  T acc[kWidth];
+#pragma unroll
+  for (int v = 0; v < kWidth; ++v) {
+    acc[v] = T(0);
+  }
+  int64_t k = 0;
+  if (weighted) {
+    for (; k + kUnroll <= rows; k += kUnroll) {
+      Packed av[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        av[u] = load(a, k + u);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+        for (int v = 0; v < kWidth; ++v) {
+          acc[v] += w[k + u] * static_cast<T>(av[u].values[v]);
+        }
+      }
+    }
+    for (; k < rows; ++k) {
+      const Packed av = load(a, k);
+#pragma unroll
+      for (int v = 0; v < kWidth; ++v) {
+        acc[v] += w[k] * static_cast<T>(av.values[v]);
+      }
+    }
+  } else {
+    for (; k + kUnroll <= rows; k += kUnroll) {
+      Packed av[kUnroll], gv[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        av[u] = load(a, k + u);
+        gv[u] = load(g, k + u);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+        for (int v = 0; v < kWidth; ++v) {
+          acc[v] += elementwise_term(method, static_cast<T>(av[u].values[v]), static_cast<T>(gv[u].values[v]));
+        }
+      }
+    }
+    for (; k < rows; ++k) {
+      const Packed av = load(a, k), gv = load(g, k);
+#pragma unroll
+      for (int v = 0; v < kWidth; ++v) {
+        acc[v] += elementwise_term(method, static_cast<T>(av.values[v]), static_cast<T>(gv.values[v]));
+      }
+    }
+  }
+  Pack<out_t, kWidth> result;
+#pragma unroll
+  for (int v = 0; v < kWidth; ++v) {
+    result.values[v] = static_cast<out_t>(acc[v]);
+  }
+  *reinterpret_cast<Pack<out_t, kWidth>*>(partial + (n * num_chunks + chunk) * pixels + p0) = result;
+}
+
+// Adds the chunks' partial maps in chunk order. Few chunks: a thread per output pixel (coalesced
+// rows); many: a warp per pixel, lanes over chunks, then the fixed butterfly order (a thread
+// would wait on one load after another).
 template <typename scalar_t, typename T>
 __global__ void __launch_bounds__(kThreads)
     cam_reduce_finalize_kernel(const T* __restrict__ partial, scalar_t* __restrict__ cam, int64_t batch, int64_t pixels,
                                int64_t num_chunks) {
+  const int64_t index = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (index >= batch * pixels) {
+    return;
+  }
+  const T* column = partial + (index / pixels) * num_chunks * pixels + index % pixels;
+  T acc = column[0];
+#pragma unroll 8
+  for (int64_t c = 1; c < num_chunks; ++c) {
+    acc += column[c * pixels];
+  }
+  cam[index] = static_cast<scalar_t>(acc);
+}
+
+template <typename scalar_t, typename T>
+__global__ void __launch_bounds__(kThreads)
+    cam_reduce_finalize_warps_kernel(const T* __restrict__ partial, scalar_t* __restrict__ cam, int64_t batch,
+                                     int64_t pixels, int64_t num_chunks) {
   const int64_t index = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize;
   if (index >= batch * pixels) {
     return; // the whole warp leaves together
   }
-  const int64_t n = index / pixels;
-  const int64_t p = index % pixels;
-  const T* column = partial + n * num_chunks * pixels + p;
+  const T* column = partial + (index / pixels) * num_chunks * pixels + index % pixels;
   T acc = T(0);
   for (int64_t c = threadIdx.x % kWarpSize; c < num_chunks; c += kWarpSize) {
     acc += column[c * pixels];
@@ -334,6 +409,18 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x % kWarpSize == 0) {
     cam[index] = static_cast<scalar_t>(acc);
   }
+}
+
+bool aligned_to(const at::Tensor& t, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % bytes == 0;
+}
+
+// Chunks of channels per image for `base_blocks` blocks per chunk index: about `target_blocks`
+// blocks in all, at least `min_chunk_channels` channels per chunk, at most kMaxChunks chunks.
+int64_t chunks_for(int64_t channels, int64_t base_blocks, int64_t target_blocks, int64_t min_chunk_channels) {
+  constexpr int64_t kMaxChunks = 64;
+  const int64_t most = std::max<int64_t>(1, std::min(kMaxChunks, channels / min_chunk_channels));
+  return std::clamp<int64_t>(ceil_div(target_blocks, base_blocks), 1, most);
 }
 
 at::Tensor cam_reduce_cuda(const at::Tensor& activations, const at::Tensor& gradients, c10::string_view method_name) {
@@ -349,53 +436,86 @@ at::Tensor cam_reduce_cuda(const at::Tensor& activations, const at::Tensor& grad
   if (channels == 0) {
     return cam.zero_();
   }
-
-  // Chunks of channels: enough blocks to fill the device several times over, at most kMaxChunks
-  // per image (the finalize kernel reads them all), and small enough to stage or to bound the
-  // shared memory of the weights.
-  constexpr int64_t kMaxChunks = 64;
-  const bool staged = pixels <= kStagedMaxPixels;
   const int64_t sm_count = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t max_chunk_channels = staged ? std::max<int64_t>(1, kStagedValues / pixels) : kMaxChunkChannels;
-  int64_t num_chunks = std::clamp<int64_t>(ceil_div(4 * sm_count, batch), 1, std::min(channels, kMaxChunks));
-  num_chunks = std::max(num_chunks, ceil_div(channels, max_chunk_channels));
-  const int64_t chunk_channels = ceil_div(channels, num_chunks);
-  num_chunks = ceil_div(channels, chunk_channels);
   const auto stream = at::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_reduce_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
-    // Double chunks can need more shared memory than older devices give a block: those read rows.
-    const size_t staged_bytes = (kThreads + chunk_channels + 2 * chunk_channels * pixels) * sizeof(T);
-    const bool use_staged = staged && staged_bytes <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
-    const size_t shared_bytes = use_staged ? staged_bytes : (kThreads + chunk_channels) * sizeof(T);
-    const auto launch = [&](auto* out) {
-      using out_t = std::remove_pointer_t<decltype(out)>;
-      if (use_staged) {
-        auto kernel = cam_reduce_staged_kernel<scalar_t, T, out_t>;
-        if (shared_bytes > 48 * 1024) { // past the default limit: opt in (within the device's, checked above)
-          C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              static_cast<int>(shared_bytes)));
-        }
-        kernel<<<batch * num_chunks, kThreads, shared_bytes, stream>>>(a.const_data_ptr<scalar_t>(),
-                                                                       g.const_data_ptr<scalar_t>(), out, channels,
-                                                                       pixels, num_chunks, chunk_channels, method);
+    const auto t_options = a.options().dtype(c10::CppTypeToScalarType<T>::value);
+    // Partial maps per chunk when an image has several, else the map itself; then the finalize.
+    const auto reduce = [&](int64_t num_chunks, auto launch) {
+      if (num_chunks == 1) {
+        launch(cam.mutable_data_ptr<scalar_t>());
+        return;
+      }
+      at::Tensor partial = at::empty({batch, num_chunks, pixels}, t_options);
+      launch(partial.mutable_data_ptr<T>());
+      if (num_chunks <= 16) {
+        cam_reduce_finalize_kernel<scalar_t, T><<<ceil_div(batch * pixels, kThreads), kThreads, 0, stream>>>(
+            partial.const_data_ptr<T>(), cam.mutable_data_ptr<scalar_t>(), batch, pixels, num_chunks);
       } else {
-        cam_reduce_rows_kernel<scalar_t, T, out_t><<<batch * num_chunks, kThreads, shared_bytes, stream>>>(
-            a.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), out, channels, pixels, num_chunks,
-            chunk_channels, method);
+        cam_reduce_finalize_warps_kernel<scalar_t, T><<<ceil_div(batch * pixels, kWarps), kThreads, 0, stream>>>(
+            partial.const_data_ptr<T>(), cam.mutable_data_ptr<scalar_t>(), batch, pixels, num_chunks);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (num_chunks == 1) {
-      launch(cam.mutable_data_ptr<scalar_t>()); // one chunk per image writes the map itself
+
+    if (pixels <= kRegisterMaxPixels) {
+      // blocks of 8 warps: about four per SM, at least a channel per warp
+      int64_t num_chunks = chunks_for(channels, batch, 4 * sm_count, kWarps);
+      const int64_t chunk_channels = ceil_div(channels, num_chunks);
+      num_chunks = ceil_div(channels, chunk_channels);
+      const auto launch_with = [&](auto per_lane, auto* out) {
+        constexpr int kPerLane = decltype(per_lane)::value;
+        using out_t = std::remove_pointer_t<decltype(out)>;
+        cam_reduce_register_kernel<kPerLane, scalar_t, T, out_t><<<batch * num_chunks, kThreads, 0, stream>>>(
+            a.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), out, channels, static_cast<int>(pixels),
+            num_chunks, chunk_channels, method);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      reduce(num_chunks, [&](auto* out) {
+        if (pixels <= kWarpSize) {
+          launch_with(std::integral_constant<int, 1>{}, out);
+        } else if (pixels <= 2 * kWarpSize) {
+          launch_with(std::integral_constant<int, 2>{}, out);
+        } else if (pixels <= 4 * kWarpSize) {
+          launch_with(std::integral_constant<int, 4>{}, out);
+        } else {
+          launch_with(std::integral_constant<int, 8>{}, out);
+        }
+      });
       return;
     }
-    at::Tensor partial = at::empty({batch, num_chunks, pixels}, a.options().dtype(c10::CppTypeToScalarType<T>::value));
-    launch(partial.mutable_data_ptr<T>());
-    cam_reduce_finalize_kernel<scalar_t, T><<<ceil_div(batch * pixels, kWarps), kThreads, 0, stream>>>(
-        partial.const_data_ptr<T>(), cam.mutable_data_ptr<scalar_t>(), batch, pixels, num_chunks);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    at::Tensor weights;
+    if (uses_channel_weights(method)) {
+      weights = at::empty({batch * channels}, t_options);
+      constexpr int kVec = 16 / sizeof(scalar_t);
+      const bool packed = pixels % kVec == 0 && aligned_to(a, 16) && aligned_to(g, 16);
+      const auto weights_kernel = packed ? cam_weights_kernel<kVec, scalar_t, T> : cam_weights_kernel<1, scalar_t, T>;
+      weights_kernel<<<ceil_div(batch * channels, kWarps), kThreads, 0, stream>>>(
+          a.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), weights.mutable_data_ptr<T>(), batch * channels,
+          pixels, method);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    const T* weights_data = weights.defined() ? weights.const_data_ptr<T>() : nullptr;
+    constexpr int kWidth = 4;
+    const bool wide =
+        pixels % kWidth == 0 && aligned_to(a, kWidth * sizeof(scalar_t)) && aligned_to(g, kWidth * sizeof(scalar_t));
+    const int64_t tiles = ceil_div(pixels, kTileThreads * (wide ? kWidth : 1));
+    // blocks of 4 warps: about eight per SM, at least 16 channels per chunk
+    int64_t num_chunks = chunks_for(channels, batch * tiles, 8 * sm_count, 16);
+    const int64_t chunk_channels = ceil_div(channels, num_chunks);
+    num_chunks = ceil_div(channels, chunk_channels);
+    reduce(num_chunks, [&](auto* out) {
+      using out_t = std::remove_pointer_t<decltype(out)>;
+      const auto kernel =
+          wide ? cam_reduce_tiles_kernel<kWidth, scalar_t, T, out_t> : cam_reduce_tiles_kernel<1, scalar_t, T, out_t>;
+      kernel<<<batch * num_chunks * tiles, kTileThreads, 0, stream>>>(
+          a.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), weights_data, out, channels, pixels, tiles,
+          num_chunks, chunk_channels, method);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return cam;
 }
