@@ -9,9 +9,27 @@ from torchcam_ops.metrics.pointing import (
     pointing_accuracy,
     pointing_game,
 )
+from torchcam_ops.metrics.randomization import (
+    RandomizationResult,
+    data_randomization,
+    default_stages,
+    layers_in_forward_order,
+    model_randomization,
+)
+from torchcam_ops.metrics.similarity import constant_maps, hog_correlation, hog_features, spearman, ssim
 
 __all__ = [
     "CurveResult",
+    "RandomizationResult",
+    "constant_maps",
+    "data_randomization",
+    "default_stages",
+    "hog_correlation",
+    "hog_features",
+    "layers_in_forward_order",
+    "model_randomization",
+    "spearman",
+    "ssim",
     "average_drop_increase",
     "boxes_to_mask",
     "confidence_scores",
