@@ -394,3 +394,34 @@ def test_explain_reaches_every_registered_method(method):
     options = {"steps": 2} if method == "gig_cam+m" else {}
     maps = explain(model, x, method, target_layers=["4"], targets=[3], **options)
     assert maps.shape == (1, 16, 16) and 0 <= float(maps.min()) and float(maps.max()) <= 1
+
+
+def test_abscam_phase_two_scores_only_masks_that_are_not_all_zero():
+    """After the in-place ReLU some channels are all zero on these images: their masks add nothing to
+    the map, are not forwarded, and the map is that of scoring every mask."""
+    model = small_cnn()
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        activations = model[:4](x)
+    dead = (activations.flatten(2) == activations.flatten(2)[..., :1]).all(2)  # [N, K] constant channels
+    assert dead.any(), "the test needs constant channels"
+    images_scored = []
+    handle = model.register_forward_pre_hook(lambda m, args: images_scored.append(args[0].shape[0]))
+    maps = AbsCAM(model, ["3"], phase=2, masks_per_forward=64)(x, [2, 5])
+    handle.remove()
+    # one forward for the gradients, then one per image with its live channels only
+    assert images_scored == [2, *(int((~d).sum()) for d in dead)]
+    # every mask scored, as the formula reads
+    expected = []
+    for n, target in enumerate([2, 5]):
+        leaf = x[n : n + 1].clone().requires_grad_()
+        with torch.enable_grad():
+            a = model[:4](leaf)
+            logits = model[4:](a)
+            (g,) = torch.autograd.grad(logits[0, target], a)
+        weighted = g[0].abs().mean((1, 2))[:, None, None] * a[0].detach()
+        masks = norm(F.interpolate(weighted[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0])
+        with torch.no_grad():
+            scores = torch.softmax(model(x[n : n + 1] * masks[:, None]), 1)[:, target]
+        expected.append(norm(torch.relu(torch.einsum("k,khw->hw", scores, masks))[None])[0])
+    torch.testing.assert_close(maps, torch.stack(expected), rtol=1e-5, atol=1e-5)

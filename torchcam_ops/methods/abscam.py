@@ -21,8 +21,10 @@ class AbsCAM(BaseCAM):
     Phase 2 (our reading of "linearly combines the initial saliency map with the original image"):
     each channel's weighted map :math:`M_k = \operatorname{norm}(\operatorname{Up}(w_k A_k))` masks
     the input, the model scores the masked image, :math:`s_k = \operatorname{softmax}(f(x \odot M_k))_c`,
-    and :math:`L = \operatorname{norm}(\mathrm{ReLU}(\sum_k s_k M_k))`. The K masked forwards per image
-    and class run in forwards of ``masks_per_forward`` masked images, without gradients.
+    and :math:`L = \operatorname{norm}(\mathrm{ReLU}(\sum_k s_k M_k))`. The masked forwards per image
+    and class run in forwards of ``masks_per_forward`` masked images, without gradients; channels whose
+    :math:`M_k` is all zeros (a constant :math:`w_k A_k`, e.g. a dead channel) add nothing to the sum and,
+    on the CPU, are not scored.
     ``batch_size`` bounds the images explained at once, as for every CAM explainer (64 here).
     """
 
@@ -92,7 +94,13 @@ class AbsCAM(BaseCAM):
         """L for one image ``[C, H, W]`` and class (a LongTensor ``[1]`` on the image's device, never
         read on the host) from its weighted activations ``[K, h, w]``."""
         masks = cam_postprocess(weighted, tuple(image.shape[-2:]), relu=False)  # M_k at the input size
-        step = self.masks_per_forward or masks.shape[0]
+        # A channel whose weighted map is constant (a dead post-ReLU channel: 30-60% of EfficientNet-Lite0's
+        # last layer on a photo) normalises to an all-zero mask and adds s_k * 0 to L whatever its finite
+        # score: on the CPU only the other masks are scored. On a GPU, choosing them would stall the host
+        # on device data, and their forwards cost device time only.
+        if masks.device.type == "cpu":
+            masks = masks[(masks != 0).flatten(1).any(1)]
+        step = self.masks_per_forward or max(1, masks.shape[0])
         forward = self._model_forward()
         scores = torch.empty(masks.shape[0], device=image.device, dtype=masks.dtype)
         for start in range(0, masks.shape[0], step):
