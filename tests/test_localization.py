@@ -111,3 +111,38 @@ def test_more_processes_than_chunks_is_refused_everywhere():
     benchmark = evaluation.localization_benchmark(2)  # 4 objects
     with pytest.raises(ValueError, match="chunk: 1 chunks of 4 objects for 3 processes"):
         evaluation.evaluate_method(benchmark, "gradcam", _ThreeProcesses(), chunk=4)
+
+
+def test_evaluate_sanity_check_on_the_localization_benchmark(tmp_path, capsys):
+    from torchcam_ops import cli
+
+    cli.main(
+        [
+            "evaluate",
+            "--benchmark",
+            "localization",
+            "--count",
+            "3",
+            "--methods",
+            "gradcam,tsgb",
+            "--sanity",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "Randomisation sanity check" in out and "permuted labels" in out
+    markdown = (tmp_path / "evaluation.md").read_text()
+    section = markdown.split("## Randomisation sanity check", 1)[1]
+    header = "| method | output layer | + last quarter | + last half | all layers | permuted labels |"
+    assert header in section
+    for method in ("gradcam", "tsgb"):
+        row = next(line for line in section.splitlines() if line.startswith(f"| {method} |"))
+        cells = row.strip("| ").split(" | ")[1:]
+        assert len(cells) == 5 and all(c == "constant" or -1 <= float(c.split()[0]) <= 1 for c in cells)
+    csv_header = (tmp_path / "evaluation.csv").read_text().splitlines()[0]
+    assert "randomisation Spearman rank correlation: permuted labels" in csv_header
+    assert "randomisation HOG correlation: output layer" in csv_header
+    assert (tmp_path / "sanity_check.png").stat().st_size > 1000
+    assert "Randomisation sanity check" in (tmp_path / "report.html").read_text()

@@ -211,3 +211,10 @@ def test_data_randomization_compares_two_models_maps():
     other = _classifier_on_one_channel(small_cnn(), x, rank=1)
     moved = data_randomization(model, other, lambda m: GradCAM(m, "4"), x, targets=0)
     assert float(moved.mean()[0]) < 0.9
+
+
+def test_localization_model_trained_on_permuted_labels_ships():
+    from torchcam_ops.localization import load_model
+
+    trained, shuffled = load_model(), load_model(shuffled_labels=True)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), shuffled.state_dict().values()))

@@ -301,32 +301,91 @@ def evaluate(args: argparse.Namespace) -> None:
     if not leader:
         return
     report = evaluation.summarize(benchmark, results)
+    sanity = None
+    if args.sanity:
+        print("randomisation sanity check", file=sys.stderr, flush=True)
+        try:
+            sanity = evaluation.sanity_check(benchmark, methods, show_progress=not args.quiet)
+        except ValueError as err:
+            raise SystemExit(f"evaluate: {err}") from err
     about = (
         benchmark.about + f"; deletion/insertion step {benchmark.step} px, substrates 0 and blur(11, sigma=5); "
         f"{processes.world} process(es) on {processes.device.type}."
     )
     out = _output_folder("evaluate", args.out)
+    header, rows = list(report.header), [list(row) for row in report.rows]
+    if sanity is not None:  # the CSV keeps one row per method: the check's cells as more columns
+        for measure in MEASURE_NAMES:
+            header += [f"randomisation {MEASURE_NAMES[measure]}: {column}" for column in sanity.columns]
+            cells = {row[0]: row[1:] for row in sanity.rows(measure)}
+            for row in rows:
+                row += cells[row[0]]
     with open(out / "evaluation.csv", "w", newline="") as f:
-        csv.writer(f).writerows([report.header, *report.rows])
+        csv.writer(f).writerows([header, *rows])
     with open(out / "per_object.csv", "w", newline="") as f:
         csv.writer(f).writerows(evaluation.per_object_rows(benchmark, results))
-    markdown = ["| " + " | ".join(report.header) + " |", "|" + "---|" * len(report.header)]
-    markdown += ["| " + " | ".join(row) + " |" for row in report.rows]
-    (out / "evaluation.md").write_text(about + "\n\n" + "\n".join(markdown) + "\n")
+    markdown = [about, "", *_markdown_table(report.header, report.rows)]
+    tables = [Table("Metrics", report.header, report.rows)]
+    figures = {}
     curves_title = f"{args.model}, {args.benchmark}"
     viz.save(viz.plot_curves(report.curves, title=curves_title), out / "deletion_insertion.png")
+    figures["Deletion and insertion curves (means)"] = viz.plot_curves(report.curves, title=curves_title)
+    written = "evaluation.csv, evaluation.md, per_object.csv, deletion_insertion.png"
+    if sanity is not None:
+        markdown += ["", "## Randomisation sanity check", "", sanity.about, ""]
+        markdown += _markdown_table(sanity.header(), sanity.rows("spearman"))
+        for measure in ("ssim", "hog"):
+            markdown += ["", f"### {MEASURE_NAMES[measure]}", ""]
+            markdown += _markdown_table(sanity.header(), sanity.rows(measure))
+            tables.append(
+                Table(f"Randomisation sanity check: {MEASURE_NAMES[measure]}", sanity.header(), sanity.rows(measure))
+            )
+        tables.insert(1, Table("Randomisation sanity check: Spearman rank correlation", sanity.header(), sanity.rows()))
+        figure = _cascade_figure(sanity)
+        viz.save(figure, out / "sanity_check.png")
+        figures["Randomisation sanity check: the maps of one input along the cascade"] = _cascade_figure(sanity)
+        written += ", sanity_check.png"
+    (out / "evaluation.md").write_text("\n".join(markdown) + "\n")
     Report(
-        "torchcam-ops evaluate",
-        notes=[about],
-        tables=[Table("Metrics", report.header, report.rows)],
-        figures={"Deletion and insertion curves (means)": viz.plot_curves(report.curves, title=curves_title)},
+        "torchcam-ops evaluate", notes=[about] + ([sanity.about] if sanity else []), tables=tables, figures=figures
     ).write(out / "report.html")
-    widths = [max(len(h), *(len(r[k]) for r in report.rows)) for k, h in enumerate(report.header)]
     print(about)
-    print("  ".join(h.ljust(w) for h, w in zip(report.header, widths)))
-    for row in report.rows:
+    _print_table(report.header, report.rows)
+    if sanity is not None:
+        print()
+        print(sanity.about)
+        _print_table(sanity.header(), sanity.rows())
+    print(f"\nwrote {written} and report.html in {out}/")
+
+
+MEASURE_NAMES = {"spearman": "Spearman rank correlation", "ssim": "SSIM", "hog": "HOG correlation"}
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    print(f"\nwrote evaluation.csv, evaluation.md, per_object.csv, deletion_insertion.png and report.html in {out}/")
+
+
+def _cascade_figure(sanity):
+    """One row per method: the input, then its map from the trained model and after each stage."""
+    from torchcam_ops import viz
+
+    image = sanity.image
+    if image.shape[0] == 3:  # a normalised photo: back to [0, 1] for display
+        image = (image - image.amin()) / (image.amax() - image.amin()).clamp_min(1e-12)
+    picture = image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image[0].numpy()
+    columns = sanity.figure_maps()
+    return viz.grid(
+        [picture] * len(sanity.results),
+        {title: [m.float().numpy() for m in maps] for title, maps in columns.items()},
+        titles=list(sanity.results),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -364,6 +423,12 @@ def main(argv: list[str] | None = None) -> None:
     evaluate_parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     evaluate_parser.add_argument("--out", default="torchcam-ops-out")
     evaluate_parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate_parser.add_argument(
+        "--sanity",
+        action="store_true",
+        help="also the randomisation sanity check of each method (cascading re-initialisation; "
+        "permuted labels on the localization benchmark)",
+    )
     commands.add_parser("demo", help="the CAM ops on a random batch, as a table", add_help=False)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.command == "demo":

@@ -28,12 +28,15 @@ from tqdm import tqdm
 from torchcam_ops import methods
 from torchcam_ops.methods import METHODS
 from torchcam_ops.metrics import (
+    RandomizationResult,
     boxes_to_mask,
     confidence_scores,
+    data_randomization,
     deletion,
     drop_and_increase,
     energy_pointing_game,
     insertion,
+    model_randomization,
     pointing_accuracy,
     pointing_game,
 )
@@ -65,6 +68,8 @@ class Benchmark:
     masks: Tensor  # [N, H, W] bool, the object
     others: Tensor | None  # [N, H, W] bool, another object of another class in the same image
     step: int  # pixels changed per deletion/insertion step
+    # the same architecture trained on permuted labels (the data-randomisation check), where one ships
+    randomized_model: nn.Module | None = None
 
 
 def photos_benchmark(
@@ -143,7 +148,17 @@ def localization_benchmark(count: int, layer: str = "") -> Benchmark:
         f"Benchmark: localization ({count} Fashion-MNIST canvases of two objects, each object's class "
         f"explained), the shipped LocalizationNet, layer {layer}"
     )
-    return Benchmark(about, localization.load_model(), layer, x, targets, masks, others, size * 4)
+    return Benchmark(
+        about,
+        localization.load_model(),
+        layer,
+        x,
+        targets,
+        masks,
+        others,
+        size * 4,
+        randomized_model=localization.load_model(shuffled_labels=True),
+    )
 
 
 class TorchrunProcess:
@@ -335,3 +350,89 @@ def per_object_rows(benchmark: Benchmark, results: dict[str, dict[str, Tensor]])
         for i in range(benchmark.x.shape[0]):
             rows.append([method, str(i), str(int(benchmark.targets[i])), *(repr(float(t[c][i])) for c in columns)])
     return rows
+
+
+@dataclass
+class SanityCheck:
+    """The randomisation sanity check of each method (:mod:`torchcam_ops.metrics.randomization`): the
+    cascade of model-parameter randomisation from the output layer down and, where the benchmark ships
+    a model trained on permuted labels, the data randomisation; ``columns[i]`` comes from
+    ``results[method][i]``, stage ``stages[i]`` of that result."""
+
+    about: str
+    columns: list[str]
+    results: dict[str, list[RandomizationResult]]
+    stage_of_column: list[int]
+    image: Tensor  # the input shown in the figure [C, H, W]
+
+    def header(self) -> list[str]:
+        return ["method", *self.columns]
+
+    def rows(self, measure: str = "spearman") -> list[list[str]]:
+        return [
+            [method, *(result.cell(stage, measure) for result, stage in zip(results, self.stage_of_column))]
+            for method, results in self.results.items()
+        ]
+
+    def figure_maps(self) -> dict[str, list[Tensor]]:
+        """Column title -> one map per method (the first image): the trained model's, then each stage's."""
+        columns: dict[str, list[Tensor]] = {"trained model": []}
+        columns.update({column: [] for column in self.columns})
+        for results in self.results.values():
+            columns["trained model"].append(results[0].maps[0, 0])
+            for column, result, stage in zip(self.columns, results, self.stage_of_column):
+                columns[column].append(result.maps[stage + 1, 0])
+        return columns
+
+
+def _distinct(x: Tensor) -> list[int]:
+    """Indices of the first occurrence of each distinct input (a photo holds several objects)."""
+    kept: list[int] = []
+    for i in range(x.shape[0]):
+        if not any(torch.equal(x[i], x[j]) for j in kept):
+            kept.append(i)
+    return kept
+
+
+def sanity_check(
+    benchmark: Benchmark, method_names: list[str], objects: int = 16, show_progress: bool = False
+) -> SanityCheck:
+    """Runs the randomisation sanity check of each method on the benchmark's model: on each distinct
+    photo for its top class (photos), or on the first ``objects`` objects for their own classes
+    (localisation, which adds the model trained on permuted labels)."""
+    device = next(benchmark.model.parameters()).device
+    if benchmark.randomized_model is None:
+        chosen = _distinct(benchmark.x)
+        x, targets = benchmark.x[chosen].to(device), None
+        inputs = f"{len(chosen)} distinct photos, each for the trained model's top class"
+    else:
+        x, targets = benchmark.x[:objects].to(device), benchmark.targets[:objects].to(device)
+        inputs = f"the first {x.shape[0]} objects, each for its own class"
+    size = x.shape[-1]
+    columns: list[str] = []
+    stage_of_column: list[int] = []
+    results: dict[str, list[RandomizationResult]] = {}
+    randomized = benchmark.randomized_model.to(device) if benchmark.randomized_model is not None else None
+    for method in tqdm(method_names, desc="sanity check", disable=not show_progress):
+
+        def make(model: nn.Module, method: str = method) -> Explainer:
+            return make_explainer(method, model, benchmark.layer, size)
+
+        cascade = model_randomization(benchmark.model, make, x, targets)
+        results[method] = [cascade] * len(cascade.stages)
+        if not columns:
+            columns = [name if i == 0 or name == "all layers" else f"+ {name}" for i, name in enumerate(cascade.stages)]
+            stage_of_column = list(range(len(cascade.stages)))
+        if randomized is not None:
+            results[method].append(data_randomization(benchmark.model, randomized, make, x, targets))
+    if randomized is not None:
+        columns.append("permuted labels")
+        stage_of_column.append(0)
+    about = (
+        "Randomisation sanity check: Spearman rank correlation between the maps of the trained model and "
+        "the maps after re-initialising its layers with their own reset_parameters, cascading from the "
+        "output layer down (seed 0; 1 = unchanged, near 0 = the map depends on those weights)"
+        + (", and of the same network trained on permuted labels" if randomized is not None else "")
+        + f"; {inputs}; means over the images whose maps are not constant."
+    )
+    return SanityCheck(about, columns, results, stage_of_column, x[0].cpu())

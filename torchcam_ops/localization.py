@@ -23,6 +23,8 @@ CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 CANVAS = 96
 OBJECT = 28
 WEIGHTS = Path(__file__).parent / "data" / "localization_cnn.pt"
+# the same network trained on the same canvases with permuted labels (the data-randomisation check)
+SHUFFLED_WEIGHTS = Path(__file__).parent / "data" / "localization_cnn_shuffled.pt"
 
 
 def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
@@ -126,8 +128,10 @@ class LocalizationNet(nn.Module):
 TARGET_LAYER = "features.14"  # the last ReLU: [128, 24, 24]
 
 
-def load_model() -> LocalizationNet:
-    """The trained network shipped with the package (eval mode, CPU)."""
+def load_model(shuffled_labels: bool = False) -> LocalizationNet:
+    """The trained network shipped with the package (eval mode, CPU); with ``shuffled_labels``, the
+    one trained on permuted labels (``benchmarks/train_localization.py --shuffle-labels``)."""
     model = LocalizationNet()
-    model.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=True))
+    weights = SHUFFLED_WEIGHTS if shuffled_labels else WEIGHTS
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.eval()
