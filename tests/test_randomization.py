@@ -142,13 +142,25 @@ def test_gradcam_decorrelates_when_the_classifier_is_randomised():
 def test_cascading_adds_layers_and_independent_takes_one_group_each():
     model = small_cnn()
     x = torch.rand(2, 3, 32, 32)
-    layers = layers_in_forward_order(model, x)
-    assert layers == ["0", "2", "4", "8"]
+    assert layers_in_forward_order(model, x) == ["0", "2", "4", "8"]
     stages = [("classifier", ["8"]), ("last conv", ["4"]), ("first convs", ["2", "0"])]
-    cascade = model_randomization(model, EdgeMap, x, 0, stages=stages)
+    original = {name: model.get_submodule(name).weight.clone() for name in ("0", "2", "4", "8")}
+
+    def recording(seen: list):
+        def make(m):  # which layers of the explained model differ from the trained ones
+            seen.append(sorted(n for n, w in original.items() if not torch.equal(m.get_submodule(n).weight, w)))
+            return EdgeMap(m)
+
+        return make
+
+    seen: list = []
+    cascade = model_randomization(model, recording(seen), x, 0, stages=stages)
     assert cascade.layers == [["8"], ["8", "4"], ["8", "4", "2", "0"]]
-    independent = model_randomization(model, EdgeMap, x, 0, stages=stages, cascading=False)
+    assert seen == [[], ["8"], ["4", "8"], ["0", "2", "4", "8"]]
+    seen.clear()
+    independent = model_randomization(model, recording(seen), x, 0, stages=stages, cascading=False)
     assert independent.layers == [["8"], ["4"], ["2", "0"]]
+    assert seen == [[], ["8"], ["4"], ["0", "2"]]
     assert cascade.maps.shape == (4, 2, 32, 32)
 
 
@@ -175,20 +187,38 @@ def test_the_users_model_and_random_state_come_back_unchanged():
     assert count_hooks(model) == 0
     assert torch.equal(torch.get_rng_state(), rng)
 
-    def failing(m):
-        explainer = GradCAM(m, "4")
+    calls = []
 
-        def call(x, targets):
-            explainer(x, targets)
+    def failing_at_the_second_stage(m):
+        calls.append(m)
+        if len(calls) == 3:
             raise RuntimeError("boom")
-
-        call.close = explainer.close
-        return call
+        return GradCAM(m, "4")
 
     with pytest.raises(RuntimeError, match="boom"):
-        model_randomization(model, failing, x)
-    assert count_hooks(model) == 0
+        model_randomization(model, failing_at_the_second_stage, x)
+    assert count_hooks(model) == 0 and torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(before[0][k], v) for k, v in model.state_dict().items())
+
+
+def test_a_model_in_training_mode_keeps_its_statistics():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3),
+        torch.nn.BatchNorm2d(6),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.5),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(6, 4),
+    ).train()
+    before = model_state(model)
+    x = torch.rand(3, 3, 34, 34)
+    rng = torch.get_rng_state()
+    model_randomization(model, lambda m: GradCAM(m, "2"), x)  # targets from the model's own top classes
+    after = model_state(model)
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0]) and before[1:] == after[1:]
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 def test_bad_stages_and_targets_are_clear_errors():
@@ -200,6 +230,14 @@ def test_bad_stages_and_targets_are_clear_errors():
         model_randomization(model, EdgeMap, x, targets=[1, 2, 3])
     with pytest.raises(ValueError, match="non-empty batch"):
         model_randomization(model, EdgeMap, x[:0])
+    with pytest.raises(TypeError, match="must be a list of module names"):
+        model_randomization(model, EdgeMap, x, stages=[("head", "84")])
+    with pytest.raises(ValueError, match="non-empty list"):
+        model_randomization(model, EdgeMap, x, stages=[])
+    with pytest.raises(ValueError, match="reset_parameters"):
+        model_randomization(model, EdgeMap, x, stages=[("relu", ["1"])])
+    with pytest.raises(ValueError, match="non-empty batch"):
+        data_randomization(model, model, EdgeMap, x[0])
 
 
 def test_data_randomization_compares_two_models_maps():

@@ -383,7 +383,7 @@ def _cascade_figure(sanity):
     columns = sanity.figure_maps()
     return viz.grid(
         [picture] * len(sanity.results),
-        {title: [m.float().numpy() for m in maps] for title, maps in columns.items()},
+        {title: [m.float().cpu().numpy() for m in maps] for title, maps in columns.items()},
         titles=list(sanity.results),
     )
 

@@ -433,6 +433,6 @@ def sanity_check(
         "the maps after re-initialising its layers with their own reset_parameters, cascading from the "
         "output layer down (seed 0; 1 = unchanged, near 0 = the map depends on those weights)"
         + (", and of the same network trained on permuted labels" if randomized is not None else "")
-        + f"; {inputs}; means over the images whose maps are not constant."
+        + f"; {inputs}; Spearman and HOG means over the images whose maps are not constant (SSIM over all)."
     )
     return SanityCheck(about, columns, results, stage_of_column, x[0].cpu())

@@ -55,8 +55,8 @@ class RandomizationResult:
     maps: Tensor
 
     def mean(self, measure: str = "spearman") -> Tensor:
-        """``[S]``: the mean of ``measure`` over the images whose maps are not constant (NaN at a stage
-        where all are)."""
+        """``[S]``: the mean of ``measure`` over the images where it is defined (Spearman and HOG: not
+        over constant maps; NaN at a stage where it is defined for none)."""
         if measure not in MEASURES:
             raise ValueError(f"measure: expected one of {MEASURES}, got {measure!r}")
         values = getattr(self, measure)
@@ -66,12 +66,18 @@ class RandomizationResult:
         return torch.where(count > 0, total / count.clamp_min(1), math.nan)
 
     def cell(self, stage: int, measure: str = "spearman") -> str:
-        """A table cell: the mean, and how many images had a constant map (``"constant"`` when all did)."""
+        """A table cell: the mean over the images where ``measure`` is defined, and how many images it
+        leaves out: "(k constant)" for constant maps, "(k undefined)" when some maps that are not
+        constant have no HOG gradient either (their variation lies in the rows or columns HOG's cells
+        leave out); ``"constant"`` when every map is constant. SSIM is defined for constant maps too."""
         constant = int(self.constant[stage].sum())
         if constant == self.constant.shape[1]:
             return "constant"
         text = f"{float(self.mean(measure)[stage]):.2f}"
-        return text + (f" ({constant} constant)" if constant and measure != "ssim" else "")
+        undefined = int(getattr(self, measure)[stage].isnan().sum())
+        if undefined > constant:
+            return text + f" ({undefined} undefined)"
+        return text + (f" ({undefined} constant)" if undefined else "")
 
 
 def layers_in_forward_order(model: nn.Module, x: Tensor) -> list[str]:
@@ -140,25 +146,70 @@ def _explain(make_explainer: ExplainerFactory, model: nn.Module, x: Tensor, targ
             close()
 
 
-def _reset(model: nn.Module, names: Sequence[str]) -> list[str]:
-    """Re-initialises the named modules of ``model`` with their own ``reset_parameters``; the names of
-    those without one (left as they are)."""
+def _reset(model: nn.Module, names: Sequence[str]) -> None:
+    """Re-initialises the named modules of ``model`` with their own ``reset_parameters`` (those
+    without one keep their weights: :func:`_checked_stages` warned about them)."""
     modules = dict(model.named_modules())
-    skipped = []
     for name in names:
         reset = getattr(modules[name], "reset_parameters", None)
         if callable(reset):
             reset()
-        else:
-            skipped.append(name)
-    return skipped
+
+
+def _check_batch(x: Tensor) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[0] == 0:
+        raise ValueError(f"x: expected a non-empty batch [N, C, H, W], got {getattr(x, 'shape', type(x).__name__)}")
+
+
+def _checked_stages(model: nn.Module, stages: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, list[str]]]:
+    """The stages as (name, [module names]), checked against the model before any work."""
+    if isinstance(stages, (str, bytes)) or len(stages) == 0:
+        raise ValueError("stages: expected a non-empty list of (name, [module names]) groups")
+    known = dict(model.named_modules())
+    checked, without_reset = [], []
+    for stage in stages:
+        if not isinstance(stage, (tuple, list)) or len(stage) != 2:
+            raise TypeError(f"stages: expected (name, [module names]) pairs, got {stage!r}")
+        name, group = stage
+        if isinstance(group, (str, bytes)) or not all(isinstance(layer, str) for layer in group):
+            raise TypeError(f"stages: the group of stage {name!r} must be a list of module names, got {group!r}")
+        missing = [layer for layer in group if layer not in known]
+        if missing:
+            raise ValueError(f"stages: stage {name!r} names modules the model does not have: {missing}")
+        without_reset += [layer for layer in group if not callable(getattr(known[layer], "reset_parameters", None))]
+        checked.append((str(name), list(group)))
+    staged = {layer for _, group in checked for layer in group}
+    if staged and staged == set(without_reset):
+        raise ValueError(
+            "stages: none of the staged modules has a reset_parameters method; nothing would be randomised"
+        )
+    if without_reset:
+        warnings.warn(
+            f"model_randomization: modules without reset_parameters keep their weights: {sorted(set(without_reset))}",
+            stacklevel=3,
+        )
+    return checked
+
+
+def _cuda_devices(model: nn.Module) -> list[int]:
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
+def _seed(seed: int, devices: list[int]) -> None:
+    """Seeds the CPU generator and those of ``devices`` only: the ones ``fork_rng`` restores."""
+    torch.random.default_generator.manual_seed(seed)
+    for device in devices:
+        torch.cuda.default_generators[device].manual_seed(seed)
 
 
 def _default_targets(model: nn.Module, x: Tensor, targets: Tensor | Sequence[int] | int | None) -> Tensor:
     """Class indices ``[N]``: the given ones, or the trained model's top class for each image (kept for
-    every stage, so that each stage explains the same class)."""
+    every stage, so that each stage explains the same class). The model's buffers come back as they
+    were (a model in training mode updates its statistics)."""
     if targets is None:
-        with torch.no_grad():
+        from torchcam_ops.methods.base import preserve_buffers  # the methods import the metrics package
+
+        with preserve_buffers(model), torch.no_grad():
             return model(x).argmax(1)
     if isinstance(targets, int) and not isinstance(targets, bool):
         return torch.full((x.shape[0],), targets, dtype=torch.long, device=x.device)
@@ -197,8 +248,8 @@ def model_randomization(
     copy (stage s: groups 1..s random); ``cascading=False`` randomises each group alone on a fresh copy.
     After each stage ``make_explainer(copy)(x, targets)`` gives the maps, compared per image with the
     trained model's maps by Spearman rank correlation, SSIM and HOG correlation
-    (:mod:`torchcam_ops.metrics.similarity`). Re-initialisation draws from a generator seeded with
-    ``seed`` (the global random state is restored afterwards). ``model`` itself is never modified.
+    (:mod:`torchcam_ops.metrics.similarity`). Re-initialisation draws from the generators seeded with
+    ``seed``; the global random state is restored afterwards. ``model`` itself is never modified.
 
     Args:
         model: the trained model, in the mode it is explained in (usually ``eval()``).
@@ -222,40 +273,31 @@ def model_randomization(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[0] == 0:
-        raise ValueError(f"x: expected a non-empty batch [N, C, H, W], got {getattr(x, 'shape', type(x).__name__)}")
-    targets = _default_targets(model, x, targets)
-    reference = _explain(make_explainer, model, x, targets)
-    working = copy.deepcopy(model)
-    if stages is None:  # on a copy of its own: a model in training mode updates its statistics
-        stages = default_stages(layers_in_forward_order(copy.deepcopy(model), x))
-    known = dict(working.named_modules())
-    for name, group in stages:
-        missing = [layer for layer in group if layer not in known]
-        if missing:
-            raise ValueError(f"stages: stage {name!r} names modules the model does not have: {missing}")
-    devices = sorted({p.device.index for p in model.parameters() if p.device.type == "cuda"})
-    maps, layers, skipped = [], [], []
+    _check_batch(x)
+    if stages is not None:
+        stages = _checked_stages(model, stages)
+    devices = _cuda_devices(model)
+    maps, layers = [], []
     randomised: list[str] = []
+    # the whole test in a forked random state: the re-initialisation draws from it, and so do the
+    # forward passes of a model in training mode (dropout)
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+        if stages is None:  # on a copy of its own: a model in training mode updates its statistics
+            stages = _checked_stages(model, default_stages(layers_in_forward_order(copy.deepcopy(model), x)))
+        targets = _default_targets(model, x, targets)
+        reference = _explain(make_explainer, model, x, targets)
+        working = copy.deepcopy(model) if cascading else None
+        _seed(seed, devices)
         for _, group in stages:
-            if cascading:
+            if working is not None:
                 stage_model = working
-                randomised = randomised + list(group)
+                randomised = randomised + group
             else:
                 stage_model = copy.deepcopy(model)
                 randomised = list(group)
-            skipped += _reset(stage_model, group)
+            _reset(stage_model, group)
             layers.append(list(randomised))
             maps.append(_explain(make_explainer, stage_model, x, targets))
-    if skipped and len(set(skipped)) == sum(len(group) for _, group in stages):
-        raise ValueError("model: none of the staged modules has a reset_parameters method; nothing was randomised")
-    if skipped:
-        warnings.warn(
-            f"model_randomization: modules without reset_parameters kept their weights: {sorted(set(skipped))}",
-            stacklevel=2,
-        )
     spearmans, ssims, hogs, constants = _compare(reference, maps)
     return RandomizationResult(
         [name for name, _ in stages], layers, spearmans, ssims, hogs, constants, torch.stack([reference, *maps])
@@ -287,9 +329,11 @@ def data_randomization(
     for name, value in (("model", model), ("randomized_model", randomized_model)):
         if not isinstance(value, nn.Module):
             raise TypeError(f"{name}: expected an nn.Module, got {type(value).__name__}")
-    targets = _default_targets(model, x, targets)
-    reference = _explain(make_explainer, model, x, targets)
-    maps = _explain(make_explainer, randomized_model, x, targets)
+    _check_batch(x)
+    with torch.random.fork_rng(devices=_cuda_devices(model)):
+        targets = _default_targets(model, x, targets)
+        reference = _explain(make_explainer, model, x, targets)
+        maps = _explain(make_explainer, randomized_model, x, targets)
     spearmans, ssims, hogs, constants = _compare(reference, [maps])
     return RandomizationResult(
         ["permuted labels"], [[]], spearmans, ssims, hogs, constants, torch.stack([reference, maps])

@@ -103,6 +103,8 @@ def ssim(a: Tensor, b: Tensor, sigma: float = 1.5) -> Tensor:
         ``[N]`` float64, 1 for identical maps.
     """
     a, b = _pair("ssim", a, b)
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ValueError(f"sigma: expected a positive number of pixels, got {sigma!r}")
     window = _gaussian_window(sigma, 3.5, a.dtype, a.device)
     if min(a.shape[1:]) < window.numel():
         raise ValueError(f"ssim: maps must be at least {window.numel()} pixels on each side, got {list(a.shape[1:])}")
@@ -132,9 +134,16 @@ def hog_features(maps: Tensor, orientations: int = 9, cell: int = 8, block: int 
     Returns:
         ``[N, F]`` float64 feature vectors.
     """
+    if not isinstance(maps, Tensor):
+        raise TypeError(f"maps: expected a tensor of maps [N, H, W], got {type(maps).__name__}")
+    for name, value in (("orientations", orientations), ("cell", cell), ("block", block)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
     maps = (maps[None] if maps.dim() == 2 else maps).double()
     if maps.dim() != 3 or min(maps.shape[1:]) < block * cell:
-        raise ValueError(f"hog_features: expected maps [N, H, W] of at least {block * cell} pixels a side")
+        raise ValueError(
+            f"maps: expected maps [N, H, W] of at least {block * cell} pixels a side, got {list(maps.shape)}"
+        )
     rows = torch.zeros_like(maps)
     columns = torch.zeros_like(maps)
     rows[:, 1:-1, :] = maps[:, 2:, :] - maps[:, :-2, :]
