@@ -167,6 +167,23 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Where MinMax::quotient's reciprocal and correction are exact: numerators from 2^(digits + 2) above
+// the smallest normal number, divisors up to 2^(max_exponent - 2).
+template <typename T>
+struct QuotientLimits;
+
+template <>
+struct QuotientLimits<float> {
+  static constexpr float kMinNumerator = 0x1p-101f;
+  static constexpr float kMaxDivisor = 0x1p126f;
+};
+
+template <>
+struct QuotientLimits<double> {
+  static constexpr double kMinNumerator = 0x1p-968;
+  static constexpr double kMaxDivisor = 0x1p1022;
+};
+
 // The min-max normalisation of one map from its extremes (the identity without normalize).
 template <typename T>
 struct MinMax {
@@ -180,7 +197,8 @@ struct MinMax {
     // A constant map (range 0) normalises to zeros: scale everything by 0 instead of dividing by it.
     scale = range == T(0) ? T(0) : T(1);
     divisor = range == T(0) ? T(1) : range;
-    reciprocal = T(1) / divisor;
+    // a divisor near the largest values has a subnormal reciprocal: every pixel divides (NaN below)
+    reciprocal = divisor < QuotientLimits<T>::kMaxDivisor ? T(1) / divisor : std::numeric_limits<T>::quiet_NaN();
   }
 
   // Values of non-extreme pixels may round an ulp outside [lo, hi]: maps are kept inside [0, 1].
@@ -189,14 +207,20 @@ struct MinMax {
   }
 
   // numerator / divisor, correctly rounded as the CPU's division, from the map's reciprocal: the
-  // product, then one fused correction by the exact residual (an IEEE division per pixel is a long
-  // instruction sequence that made the write kernels compute-bound). Infinities and NaNs, whose
-  // residual is not finite, take the division itself.
+  // product, then one fused correction by the residual (an IEEE division per pixel is a long
+  // instruction sequence that made the write kernels compute-bound). The correction is exact, and the
+  // result the rounded quotient, while the residual does not underflow: numerators near the subnormal
+  // range (and zeros, for their sign), infinities and NaNs take the division itself.
   __device__ T quotient(T numerator) const {
-    const T estimate = numerator * reciprocal;
-    const T residual = fma(-estimate, divisor, numerator);
-    const T corrected = fma(residual, reciprocal, estimate);
-    return isfinite(corrected) ? corrected : numerator / divisor;
+    if (fabs(numerator) >= QuotientLimits<T>::kMinNumerator) {
+      const T estimate = numerator * reciprocal;
+      const T residual = fma(-estimate, divisor, numerator);
+      const T corrected = fma(residual, reciprocal, estimate);
+      if (isfinite(corrected)) {
+        return corrected;
+      }
+    }
+    return numerator / divisor;
   }
 
   bool enabled;
@@ -367,7 +391,8 @@ __global__ void __launch_bounds__(kThreads)
       hi = cuda::max_keep_nan(hi, u);
     }
     cuda::block_min_max(lo, hi, reduce_scratch);
-    normalization = MinMax<T>(lo, hi, true);
+    // the extremes were listed in no fixed order: +0 for a tie of +0 and -0, whatever the order
+    normalization = MinMax<T>(lo + T(0), hi + T(0), true);
   }
   const int first_row = axis_sample(scale_h, y_begin, geo.in_h).first;
   const int last_row = axis_sample(scale_h, y_end - 1, geo.in_h).second;

@@ -68,7 +68,9 @@ __global__ void __launch_bounds__(kThreads)
     for (int v = 0; v < kWidth; ++v) {
       const T x = static_cast<T>(xv.values[v]);
       const T g = static_cast<T>(gv.values[v]);
-      result.values[v] = static_cast<scalar_t>(x != T(0) ? g * (scale * x + shift) / x : T(0));
+      // as on the CPU, 0 * G * Y where X == 0: NaN when G or Y is not finite
+      const T y = scale * x + shift;
+      result.values[v] = static_cast<scalar_t>(x != T(0) ? g * y / x : T(0) * g * y);
     }
     out_packs[q] = result;
   }
