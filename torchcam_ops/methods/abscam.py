@@ -97,8 +97,9 @@ class AbsCAM(BaseCAM):
         # A channel whose weighted map is constant (a dead post-ReLU channel: 30-60% of EfficientNet-Lite0's
         # last layer on a photo) normalises to an all-zero mask and adds s_k * 0 to L whatever its finite
         # score: on the CPU only the other masks are scored. On a GPU, choosing them would stall the host
-        # on device data, and their forwards cost device time only.
-        if masks.device.type == "cpu":
+        # on device data, and their forwards cost device time only; a traced graph cannot have a
+        # data-dependent number of masks.
+        if masks.device.type == "cpu" and not torch.compiler.is_compiling():
             masks = masks[(masks != 0).flatten(1).any(1)]
         step = self.masks_per_forward or max(1, masks.shape[0])
         forward = self._model_forward()
