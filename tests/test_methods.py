@@ -16,6 +16,7 @@ from torch import nn
 from tests.helpers import CAM_FAMILY, assert_same_state, count_hooks, model_state, small_cnn
 from torchcam_ops import explain
 from torchcam_ops.methods import (
+    GIGCAM,
     METHODS,
     AbsCAM,
     GradCAM,
@@ -425,3 +426,42 @@ def test_abscam_phase_two_scores_only_masks_that_are_not_all_zero():
             scores = torch.softmax(model(x[n : n + 1] * masks[:, None]), 1)[:, target]
         expected.append(norm(torch.relu(torch.einsum("k,khw->hw", scores, masks))[None])[0])
     torch.testing.assert_close(maps, torch.stack(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_abscam_phase_two_on_the_cpu_scores_four_masked_images_per_forward_by_default():
+    model = small_cnn()
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    images_per_forward = []
+    handle = model.register_forward_pre_hook(lambda m, args: images_per_forward.append(args[0].shape[0]))
+    try:
+        by_default = AbsCAM(model, ["3"])(x, 2)
+        live = images_per_forward[1:]
+        images_per_forward.clear()
+        all_at_once = AbsCAM(model, ["3"], masks_per_forward=None)(x, 2)
+    finally:
+        handle.remove()
+    assert sum(live) > 4 and max(live) == 4 and all(n == 4 for n in live[:-1])
+    assert images_per_forward[1:] == [sum(live)]
+    torch.testing.assert_close(by_default, all_at_once, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "eight"])
+def test_abscam_refuses_a_bad_masks_per_forward(bad):
+    with pytest.raises(ValueError, match="masks_per_forward: expected a positive int, 'auto' or None"):
+        AbsCAM(small_cnn(), ["3"], masks_per_forward=bad)
+
+
+def test_gig_cam_on_the_cpu_walks_one_image_at_a_time_by_default_with_the_maps_of_separate_calls():
+    model = small_cnn().double()
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    batches = []
+    handle = model.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+    try:
+        maps = GIGCAM(model, ["3"], steps=4, scales=[16, 24])(x, [1, 2, 3])
+    finally:
+        handle.remove()
+    assert set(batches) == {1}, batches
+    separate = [GIGCAM(model, ["3"], steps=4, scales=[16, 24])(x[n : n + 1], t) for n, t in enumerate([1, 2, 3])]
+    torch.testing.assert_close(maps, torch.cat(separate), rtol=0, atol=0)
+    together = GIGCAM(model, ["3"], steps=4, scales=[16, 24], batch_size=None)(x, [1, 2, 3])
+    torch.testing.assert_close(maps, together, rtol=1e-9, atol=1e-9)

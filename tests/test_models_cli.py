@@ -60,7 +60,7 @@ def test_explain_command_writes_grid_and_overlays(tmp_path, capsys):
         ["explain", "--methods", "gradcam,layercam", "--device", "cpu", "--batch-size", "3", "--out", str(tmp_path)]
     )
     out = capsys.readouterr().out
-    assert "chelsea: Egyptian cat" in out and "layercam" in out and "after a warm-up call" in out
+    assert "chelsea: Egyptian cat" in out and "layercam" in out and "the first image as warm-up, untimed" in out
     grid = Image.open(tmp_path / "explain_grid.png")
     assert grid.width > grid.height / 4 * 3  # 4 rows of 3 tiles (photo, gradcam, layercam) and a colour bar
     assert len(list(tmp_path.glob("*_gradcam.png"))) == 4

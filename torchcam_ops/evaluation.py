@@ -17,8 +17,9 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,9 +52,10 @@ def all_methods() -> list[str]:
     return list(METHODS)
 
 
-def make_explainer(method: str, model: nn.Module, layer: str, input_size: int) -> Explainer:
-    """A callable ``(x, targets) -> maps [N, H, W]`` for a method name of :data:`torchcam_ops.methods.METHODS`."""
-    return methods.make_explainer(method, model, [layer], input_size=input_size)
+def make_explainer(method: str, model: nn.Module, layer: str, input_size: int, **layout: Any) -> Explainer:
+    """A callable ``(x, targets) -> maps [N, H, W]`` for a method name of :data:`torchcam_ops.methods.METHODS`
+    (``layout``: the target layer's ``reshape`` and ``grid`` options, when its output is not ``[N, C, h, w]``)."""
+    return methods.make_explainer(method, model, [layer], input_size=input_size, **layout)
 
 
 @dataclass
@@ -70,6 +72,8 @@ class Benchmark:
     step: int  # pixels changed per deletion/insertion step
     # the same architecture trained on permuted labels (the data-randomisation check), where one ships
     randomized_model: nn.Module | None = None
+    # the target layer's output layout for the explainers (``reshape``, ``grid``), when not [N, C, h, w]
+    layout: dict[str, Any] = field(default_factory=dict)
 
 
 def photos_benchmark(
@@ -228,7 +232,7 @@ def evaluate_method(
     if chunk < 1:
         raise ValueError(f"chunk: expected a positive number of objects, got {chunk}")
     model, device = benchmark.model, processes.device
-    explainer = make_explainer(method, model, benchmark.layer, benchmark.x.shape[-1])
+    explainer = make_explainer(method, model, benchmark.layer, benchmark.x.shape[-1], **benchmark.layout)
     count = benchmark.x.shape[0]
     chunks = math.ceil(count / chunk)
     if chunks < processes.world:  # every process knows this, so all of them stop here together
@@ -238,9 +242,11 @@ def evaluate_method(
         )
     tables: dict[str, Tensor] = {}
     mine = processes.mine(chunks)
-    # A warm-up call first, untimed, on a chunk's shape: the first call of a shape pays one-off costs
-    # (allocation, cuDNN's choice of kernels).
-    explainer(benchmark.x[:chunk].to(device), benchmark.targets[:chunk].to(device))
+    # A warm-up call first, untimed: the first call pays one-off costs. On CUDA it takes a chunk's shape
+    # (cuDNN chooses kernels per shape); on the CPU one object is enough, and a chunk of a slow method
+    # (K masked forwards or a path of forward-backward passes per object) would double the evaluation.
+    warm_up = chunk if device.type == "cuda" else 1
+    explainer(benchmark.x[:warm_up].to(device), benchmark.targets[:warm_up].to(device))
     progress = tqdm(
         total=len(mine),
         desc=method,
@@ -416,7 +422,7 @@ def sanity_check(
     for method in tqdm(method_names, desc="sanity check", disable=not show_progress):
 
         def make(model: nn.Module, method: str = method) -> Explainer:
-            return make_explainer(method, model, benchmark.layer, size)
+            return make_explainer(method, model, benchmark.layer, size, **benchmark.layout)
 
         cascade = model_randomization(benchmark.model, make, x, targets)
         results[method] = [cascade] * len(cascade.stages)

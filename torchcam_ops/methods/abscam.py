@@ -7,7 +7,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, check_positive_or_none, map_dtype, slice_targets
+from torchcam_ops.methods.base import BaseCAM, LayerSpec, Reshape, Targets, map_dtype, slice_targets
+from torchcam_ops.methods.masking import (
+    MasksPerForward,
+    check_masks_per_forward,
+    masked_scores,
+    resolve_masks_per_forward,
+)
 from torchcam_ops.ops import cam_postprocess
 
 
@@ -22,9 +28,9 @@ class AbsCAM(BaseCAM):
     each channel's weighted map :math:`M_k = \operatorname{norm}(\operatorname{Up}(w_k A_k))` masks
     the input, the model scores the masked image, :math:`s_k = \operatorname{softmax}(f(x \odot M_k))_c`,
     and :math:`L = \operatorname{norm}(\mathrm{ReLU}(\sum_k s_k M_k))`. The masked forwards per image
-    and class run in forwards of ``masks_per_forward`` masked images, without gradients; channels whose
-    :math:`M_k` is all zeros (a constant :math:`w_k A_k`, e.g. a dead channel) add nothing to the sum and,
-    on the CPU, are not scored.
+    and class run in forwards of ``masks_per_forward`` masked images (``"auto"``: 4 on the CPU, 64 on a
+    GPU; None: all at once), without gradients; channels whose :math:`M_k` is all zeros (a constant
+    :math:`w_k A_k`, e.g. a dead channel) add nothing to the sum and, on the CPU, are not scored.
     ``batch_size`` bounds the images explained at once, as for every CAM explainer (64 here).
     """
 
@@ -36,13 +42,15 @@ class AbsCAM(BaseCAM):
         target_layers: LayerSpec | Sequence[LayerSpec],
         *,
         phase: int = 2,
-        masks_per_forward: int | None = 64,
+        masks_per_forward: MasksPerForward = "auto",
         batch_size: int | None = 64,
+        reshape: Reshape = None,
+        grid: tuple[int, int] | None = None,
     ) -> None:
         if phase not in (1, 2):
             raise ValueError(f"phase: expected 1 or 2, got {phase!r}")
-        check_positive_or_none("masks_per_forward", masks_per_forward)
-        super().__init__(model, target_layers, batch_size=batch_size)
+        check_masks_per_forward(masks_per_forward)
+        super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
         self.phase = phase
         self.masks_per_forward = masks_per_forward
 
@@ -94,19 +102,14 @@ class AbsCAM(BaseCAM):
         """L for one image ``[C, H, W]`` and class (a LongTensor ``[1]`` on the image's device, never
         read on the host) from its weighted activations ``[K, h, w]``."""
         masks = cam_postprocess(weighted, tuple(image.shape[-2:]), relu=False)  # M_k at the input size
-        # A channel whose weighted map is constant (a dead post-ReLU channel: 30-60% of EfficientNet-Lite0's
-        # last layer on a photo) normalises to an all-zero mask and adds s_k * 0 to L whatever its finite
-        # score: on the CPU only the other masks are scored. On a GPU, choosing them would stall the host
-        # on device data, and their forwards cost device time only; a traced graph cannot have a
-        # data-dependent number of masks.
-        if masks.device.type == "cpu" and not torch.compiler.is_compiling():
-            masks = masks[(masks != 0).flatten(1).any(1)]
-        step = self.masks_per_forward or max(1, masks.shape[0])
-        forward = self._model_forward()
-        scores = torch.empty(masks.shape[0], device=image.device, dtype=masks.dtype)
-        for start in range(0, masks.shape[0], step):
-            chunk = masks[start : start + step]
-            probabilities = torch.softmax(forward(image[None] * chunk[:, None].to(image.dtype)).to(masks.dtype), dim=1)
-            scores[start : start + step] = probabilities.index_select(1, target)[:, 0]
+        # A dead post-ReLU channel (30-60% of EfficientNet-Lite0's last layer on a photo) gives an all-zero
+        # M_k, which adds s_k * 0 to L: on the CPU it is not forwarded.
+        scores = masked_scores(
+            self._model_forward(),
+            image,
+            masks,
+            lambda logits: torch.softmax(logits.to(masks.dtype), dim=1).index_select(1, target)[:, 0],
+            resolve_masks_per_forward(self.masks_per_forward, image.device, masks.shape[0]),
+        )
         combined = torch.einsum("k,khw->hw", scores, masks)
         return cam_postprocess(combined[None], size)[0]

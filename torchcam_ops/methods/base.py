@@ -15,8 +15,9 @@ graph capture and under ``torch.compile``.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +34,10 @@ from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce, check_out
 #: segmentation-style scores).
 Targets = None | int | Sequence[int] | Tensor | Callable[[Any], Tensor]
 LayerSpec = str | nn.Module
+#: How a target layer's output becomes channel maps ``[N, K, h, w]``: None (it already is), ``"tokens"``
+#: (``[N, L, C]`` tokens of a vision transformer, a leading class token dropped), ``"channels_last"``
+#: (``[N, h, w, C]``, Swin and ConvNeXt blocks), or a callable returning ``[N, K, h, w]``.
+Reshape = None | Literal["tokens", "channels_last"] | Callable[[Tensor], Tensor]
 
 
 class TargetLayer(NamedTuple):
@@ -135,6 +140,81 @@ def check_on_device(ok: Tensor, message: str) -> None:
             raise ValueError(message)
     else:
         torch._assert_async(ok, message)
+
+
+def check_reshape(reshape: Any, grid: Any) -> None:
+    """``reshape`` and ``grid`` as :class:`BaseCAM` accepts them, else ValueError or TypeError."""
+    if reshape is not None and reshape not in ("tokens", "channels_last") and not callable(reshape):
+        raise ValueError(
+            "reshape: expected None, 'tokens' ([N, L, C] transformer tokens), 'channels_last' ([N, h, w, C]) "
+            f"or a callable returning [N, K, h, w], got {reshape!r}"
+        )
+    if grid is not None:
+        if reshape != "tokens":
+            raise ValueError(f"grid: only used with reshape='tokens', got reshape={reshape!r}")
+        if (
+            not isinstance(grid, Sequence)
+            or len(grid) != 2
+            or any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in grid)
+        ):
+            raise ValueError(f"grid: expected (height, width), two positive ints, got {grid!r}")
+
+
+def channel_maps(out: Tensor, reshape: Reshape, grid: tuple[int, int] | None, name: str) -> Tensor:
+    """A target layer's output (or its gradient) as channel maps ``[N, K, h, w]``.
+
+    ``"tokens"``: ``[N, L, C]`` becomes ``[N, C, h, w]``; with ``grid=(h, w)``, L must be h*w or
+    1 + h*w (a leading class token, dropped); without it, L must be a square s*s (grid s x s) or
+    1 + s*s. ``"channels_last"``: ``[N, h, w, C]`` becomes ``[N, C, h, w]``. A callable's result is
+    used as it is. The layout change is linear, so the gradient of the channel maps is the same
+    transform of the output's gradient.
+
+    Raises:
+        ValueError: the output does not have the layout ``reshape`` expects, or the result is not 4-D.
+        TypeError: a callable ``reshape`` returns something other than a tensor.
+    """
+    if reshape == "tokens":
+        if out.dim() != 3:
+            raise ValueError(
+                f"target layer {name!r}: reshape='tokens' expects [N, L, C] tokens, got shape {list(out.shape)}"
+            )
+        batch, length, channels = out.shape
+        if grid is not None:
+            height, width = grid
+            if length not in (height * width, height * width + 1):
+                raise ValueError(
+                    f"target layer {name!r}: {length} tokens do not fit grid={tuple(grid)} "
+                    f"(expected {height * width} patch tokens, or 1 class token + {height * width})"
+                )
+        else:
+            side = math.isqrt(length)
+            if side * side != length:
+                side = math.isqrt(length - 1)
+                if side * side != length - 1:
+                    raise ValueError(
+                        f"target layer {name!r}: {length} tokens are neither a square grid of patches nor "
+                        "a class token followed by one; pass grid=(height, width)"
+                    )
+            height = width = side
+        out = out[:, length - height * width :].reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+    elif reshape == "channels_last":
+        if out.dim() != 4:
+            raise ValueError(
+                f"target layer {name!r}: reshape='channels_last' expects [N, h, w, C], got shape {list(out.shape)}"
+            )
+        out = out.permute(0, 3, 1, 2)
+    elif reshape is not None:
+        result = reshape(out)
+        if not isinstance(result, Tensor):
+            raise TypeError(f"reshape: the callable must return a tensor [N, K, h, w], got {type(result).__name__}")
+        out = result
+    if out.dim() != 4:
+        after = "" if reshape is None else f" after reshape={reshape!r}"
+        hint = "" if reshape is not None else " (pass reshape='tokens', 'channels_last' or a callable)"
+        raise ValueError(
+            f"target layer {name!r}: expected a 4-D [N, K, h, w] output{after}, got shape {list(out.shape)}{hint}"
+        )
+    return out.contiguous()
 
 
 def check_positive_or_none(name: str, value: Any) -> None:
@@ -263,19 +343,30 @@ class BaseCAM(Graphable):
     """
 
     method: ClassVar[str] = ""
+    #: Whether the maps come from ``cam_reduce`` of activations and gradients (``method`` names its
+    #: formula); the gradient-free CAMs weight the channels themselves.
+    reduces_gradients: ClassVar[bool] = True
 
     def __init__(
-        self, model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *, batch_size: int | None = None
+        self,
+        model: nn.Module,
+        target_layers: LayerSpec | Sequence[LayerSpec],
+        *,
+        batch_size: int | None = None,
+        reshape: Reshape = None,
+        grid: tuple[int, int] | None = None,
     ) -> None:
         assert_has_ops()  # the build error, not a misleading one about the method, without an extension
-        if self.method not in CAM_METHODS:
+        if self.reduces_gradients and self.method not in CAM_METHODS:
             raise TypeError(f"{type(self).__name__} names no cam_reduce method")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         check_positive_or_none("batch_size", batch_size)
+        check_reshape(reshape, grid)
         self._bind_model(model)
         self.layers = resolve_layers(self.model, target_layers)
         self.batch_size = batch_size
+        self.reshape, self.grid = reshape, (tuple(grid) if grid is not None else None)
         self._hold = ExplainerHold()
 
     def __enter__(self) -> BaseCAM:
@@ -402,15 +493,12 @@ class BaseCAM(Graphable):
             output = self.model(graph_input(x))
             scores, multi, indices = target_scores(output, targets, x.shape[0])
             outputs = [self._layer_output(layer, captured[id(layer.module)]) for layer in self.layers]
+            activations = [self._channel_maps(out, name) for (name, _, _), out in zip(self.layers, outputs)]
             for (name, _, _), out in zip(self.layers, outputs):
                 if not out.requires_grad or not scores.requires_grad:
                     raise ValueError(
                         f"target layer {name!r}: the model output has no gradient to this layer "
                         "(is its output detached, or computed without grad?)"
-                    )
-                if out.dim() != 4:
-                    raise ValueError(
-                        f"target layer {name!r}: expected a 4-D [N, K, h, w] output, got shape {list(out.shape)}"
                     )
             count = scores.shape[1]
             per_target = []
@@ -425,10 +513,13 @@ class BaseCAM(Graphable):
                 for (name, _, _), g in zip(self.layers, grads):
                     if g is None:
                         raise ValueError(f"target layer {name!r}: the model output has no gradient to this layer")
-                per_target.append(grads)
-        activations = [out if create_graph else out.detach() for out in outputs]
+                per_target.append([self._channel_maps(g, name) for (name, _, _), g in zip(self.layers, grads)])
+        activations = [a if create_graph else a.detach() for a in activations]
         gradients = [[per_target[t][i] for t in range(count)] for i in range(len(self.layers))]
         return activations, gradients, multi, indices
+
+    def _channel_maps(self, out: Tensor, name: str) -> Tensor:
+        return channel_maps(out, self.reshape, self.grid, name)
 
     @staticmethod
     def _layer_output(layer: TargetLayer, outputs: list[Tensor]) -> Tensor:

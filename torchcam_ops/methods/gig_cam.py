@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchcam_ops.methods.base import (
     BaseCAM,
     LayerSpec,
+    Reshape,
     Targets,
     expanded_baseline,
     map_dtype,
@@ -93,7 +94,8 @@ class GIGCAM(BaseCAM):
     :math:`\Phi \mathrel{+}= \mathrm{ReLU}(C_t)` at every inner iteration; the map is
     :math:`\operatorname{norm}(\Phi)`.
 
-    The whole batch (and T classes per image) walks its paths together; the inner iterations are
+    A chunk of ``batch_size`` images (``"auto"``: one at a time on the CPU, the whole batch on a GPU)
+    walks its paths together, T classes per image; the inner iterations are
     masked tensor operations, a fixed ``ceil(1 / fraction) + 2`` of them per step (each full move
     takes at least a ``fraction`` of all pixels to the upper edge, so that always ends a step),
     with no host synchronisation. Deviation from the published Guided IG: the attribution
@@ -116,7 +118,9 @@ class GIGCAM(BaseCAM):
         max_dist: float = 0.02,
         baseline: Tensor | float = 0.0,
         scales: Sequence[int] | None = None,
-        batch_size: int | None = None,
+        batch_size: int | Literal["auto"] | None = "auto",
+        reshape: Reshape = None,
+        grid: tuple[int, int] | None = None,
     ) -> None:
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps: expected a positive int, got {steps!r}")
@@ -128,7 +132,10 @@ class GIGCAM(BaseCAM):
             len(scales) == 0 or any(not isinstance(s, int) or s < 2 for s in scales) or list(scales) != sorted(scales)
         ):
             raise ValueError(f"scales: expected increasing sizes >= 2, got {scales!r}")
-        super().__init__(model, target_layers, batch_size=batch_size)
+        super().__init__(
+            model, target_layers, batch_size=None if batch_size == "auto" else batch_size, reshape=reshape, grid=grid
+        )
+        self.batch_size: int | Literal["auto"] | None = batch_size
         self.steps, self.fraction, self.max_dist = steps, fraction, max_dist
         self.baseline = baseline
         self.scales = tuple(scales) if scales is not None else None
@@ -186,7 +193,7 @@ class GIGCAM(BaseCAM):
     ) -> tuple[Tensor, PathDiagnostics]:
         chunks = [
             self._explain_chunk(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), create_graph)
-            for start, stop in self._chunks(x.shape[0])
+            for start, stop in self._chunks(x.shape[0], x.device)
         ]
         multi = chunks[0][1]
         maps = torch.cat([chunk[0] for chunk in chunks])  # [N, T, h, w]
@@ -211,6 +218,10 @@ class GIGCAM(BaseCAM):
             )
         batch, count = indices.shape
         inputs = [x] if self.scales is None else [self._resized(x, s) for s in self.scales]
+        if x.device.type == "cpu":
+            # oneDNN's convolutions run channels-last activations faster on the CPU (15.2 -> 11.9 s for
+            # GIG-CAM+M on EfficientNet-Lite0, identical maps); the path's tensors inherit the layout
+            inputs = [z.contiguous(memory_format=torch.channels_last) for z in inputs]
         walks = [self._path_maps(z, indices, create_graph) for z in inputs]
         if self.scales is None:
             maps = walks[0][0]
@@ -219,6 +230,15 @@ class GIGCAM(BaseCAM):
             maps = fused.reshape(batch, count, *fused.shape[-2:])
         unfinished = torch.stack([walk[2] for walk in walks]).sum()
         return maps, bool(multi), [walk[1] for walk in walks], unfinished
+
+    def _chunks(self, batch: int, device: torch.device | None = None) -> list[tuple[int, int]]:
+        if self.batch_size != "auto":
+            return super()._chunks(batch)
+        # On the CPU one image at a time: EfficientNet-Lite0's paths of 4 photos take 15 s per image
+        # walked one by one against 21 s walked together on 2 cores (activations that stay in cache);
+        # a GPU walks the whole batch at once.
+        step = 1 if device is not None and device.type == "cpu" else batch
+        return [(start, min(start + step, batch)) for start in range(0, batch, step)]
 
     @staticmethod
     def _resized(x: Tensor, size: int) -> Tensor:

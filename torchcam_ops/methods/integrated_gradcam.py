@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets, check_positive_or_none, expanded_baseline
+from torchcam_ops.methods.base import BaseCAM, LayerSpec, Reshape, Targets, check_positive_or_none, expanded_baseline
 
 
 class IntegratedGradCAM(BaseCAM):
@@ -35,11 +35,13 @@ class IntegratedGradCAM(BaseCAM):
         baseline: Tensor | float = 0.0,
         points_per_forward: int | None = 8,
         batch_size: int | None = 8,
+        reshape: Reshape = None,
+        grid: tuple[int, int] | None = None,
     ) -> None:
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps: expected a positive int, got {steps!r}")
         check_positive_or_none("points_per_forward", points_per_forward)
-        super().__init__(model, target_layers, batch_size=batch_size)
+        super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
         self.points_per_forward = points_per_forward
         self.steps = steps
         self.baseline = baseline
