@@ -14,9 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchcam_ops.methods import (
+    CAM,
     GIGCAM,
     TSGB,
+    AblationCAM,
     AbsCAM,
+    EigenCAM,
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
@@ -25,6 +28,7 @@ from torchcam_ops.methods import (
     HiResCAM,
     IntegratedGradCAM,
     LayerCAM,
+    ScoreCAM,
     XGradCAM,
 )
 from torchcam_ops.reference import reference_cam
@@ -65,6 +69,11 @@ EXPLAINERS = {
     "tsgb": lambda m: TSGB(m),
     "guided": lambda m: GuidedBackprop(m),
     "guided_gradcam": lambda m: GuidedGradCAM(m, ["5"]),
+    "scorecam": lambda m: ScoreCAM(m, ["5"], masks_per_forward=5),
+    "scorecam_pytorch_grad_cam": lambda m: ScoreCAM(m, ["5"], variant="pytorch-grad-cam"),
+    "ablationcam": lambda m: AblationCAM(m, ["5"], ablations_per_forward=5),
+    "eigencam": lambda m: EigenCAM(m, ["5"]),
+    "cam": lambda m: CAM(m, ["5"]),
 }
 
 

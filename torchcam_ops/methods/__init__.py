@@ -7,8 +7,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from torchcam_ops.methods.ablationcam import AblationCAM
 from torchcam_ops.methods.abscam import AbsCAM
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Targets
+from torchcam_ops.methods.base import BaseCAM, LayerSpec, Reshape, Targets
+from torchcam_ops.methods.cam import CAM
+from torchcam_ops.methods.eigencam import EigenCAM
 from torchcam_ops.methods.gig_cam import GIGCAM, PathDiagnostics, multiscale_fusion
 from torchcam_ops.methods.gradcam import GradCAM
 from torchcam_ops.methods.gradcam_elementwise import GradCAMElementWise
@@ -17,6 +20,7 @@ from torchcam_ops.methods.hirescam import HiResCAM
 from torchcam_ops.methods.input_gradients import TSGB, GuidedBackprop, GuidedGradCAM
 from torchcam_ops.methods.integrated_gradcam import IntegratedGradCAM
 from torchcam_ops.methods.layercam import LayerCAM
+from torchcam_ops.methods.scorecam import ScoreCAM
 from torchcam_ops.methods.xgradcam import XGradCAM
 
 # GIG-CAM+M sizes relative to the input: 1, 1.45, 1.9, 2.35 (224, 325, 426, 526 for a 224-px input), the
@@ -38,8 +42,16 @@ def _class_factory(cls: type, **fixed: Any) -> Callable[..., Any]:
     return factory
 
 
-def _tsgb(model: nn.Module, target_layers: Any = None, *, input_size: int | None = None, **options: Any) -> TSGB:
-    return TSGB(model, **options)  # input gradients: no target layer
+def _tsgb(
+    model: nn.Module,
+    target_layers: Any = None,
+    *,
+    input_size: int | None = None,
+    reshape: Reshape = None,
+    grid: tuple[int, int] | None = None,
+    **options: Any,
+) -> TSGB:
+    return TSGB(model, **options)  # input gradients: no target layer, so no layout to reshape
 
 
 def _gig_cam_fused(
@@ -65,6 +77,10 @@ METHODS: dict[str, Callable[..., Any]] = {
     "gig_cam": _class_factory(GIGCAM),
     "gig_cam+m": _gig_cam_fused,  # GIG-CAM with multi-scale fusion
     "tsgb": _tsgb,
+    "scorecam": _class_factory(ScoreCAM),
+    "ablationcam": _class_factory(AblationCAM),
+    "eigencam": _class_factory(EigenCAM),
+    "cam": _class_factory(CAM),
 }
 
 
@@ -155,8 +171,13 @@ __all__ = [
     "GuidedGradCAM",
     "GIGCAM",
     "PathDiagnostics",
+    "AblationCAM",
     "AbsCAM",
     "BaseCAM",
+    "CAM",
+    "EigenCAM",
+    "Reshape",
+    "ScoreCAM",
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",

@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.module import register_module_forward_hook
 
-#: The capture of the calling thread: id(module) -> (layer name, outputs recorded in this call).
+#: What the layers after a captured layer receive instead of a copy of its output: ``(output, call
+#: index) -> tensor`` (Ablation-CAM's ablated channels).
+Substitute = Callable[[Tensor, int], Tensor]
+#: The capture of the calling thread: id(module) -> (layer name, outputs recorded in this call, substitute).
 _thread_state = threading.local()
 #: The capture of the explainer call that torch.compile is tracing (tracing runs in one thread).
-_traced_capture: dict[int, tuple[str, list[Tensor]]] | None = None
+_traced_capture: dict[int, tuple[str, list[Tensor], Substitute | None]] | None = None
 
 # Re-entrant: an explainer collected by the garbage collector inside open_explainer() releases its
 # hold from the same thread.
@@ -43,11 +46,11 @@ def _record_output(module: nn.Module, _inputs: Any, output: Any) -> Tensor | Non
     entry = capture.get(id(module))
     if entry is None:
         return None
-    name, outputs = entry
+    name, outputs, substitute = entry
     if not isinstance(output, Tensor):
         raise TypeError(f"target layer {name!r} returned {type(output).__name__}; a CAM needs a tensor output")
     outputs.append(output)
-    return output.clone()
+    return output.clone() if substitute is None else substitute(output, len(outputs) - 1)
 
 
 def open_explainer() -> None:
@@ -106,13 +109,17 @@ class ExplainerHold:
 
 
 @contextlib.contextmanager
-def capture_outputs(layers: Sequence[tuple[str, nn.Module, Any]]) -> Iterator[dict[int, list[Tensor]]]:
+def capture_outputs(
+    layers: Sequence[tuple[str, nn.Module, Any]], substitutes: dict[int, Substitute] | None = None
+) -> Iterator[dict[int, list[Tensor]]]:
     """Records, for the calling thread, every output of each layer ``(name, module, ...)`` while the
-    block runs: ``{id(module): [output of its first call, ...]}``. An explainer must be open (see
-    :class:`ExplainerHold`)."""
+    block runs: ``{id(module): [output of its first call, ...]}``. The layers after it receive a copy
+    of the output, or what ``substitutes[id(module)](output, call index)`` returns. An explainer must
+    be open (see :class:`ExplainerHold`)."""
     global _traced_capture
-    capture = {id(layer[1]): (layer[0], []) for layer in layers}
-    recorded = {key: outputs for key, (_, outputs) in capture.items()}
+    substitutes = substitutes or {}
+    capture = {id(layer[1]): (layer[0], [], substitutes.get(id(layer[1]))) for layer in layers}
+    recorded = {key: outputs for key, (_, outputs, _) in capture.items()}
     if torch.compiler.is_compiling():
         previous, _traced_capture = _traced_capture, capture
         try:

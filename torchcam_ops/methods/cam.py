@@ -1,0 +1,68 @@
+"""CAM (Zhou et al. 2016)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from torchcam_ops.methods.base import LayerSpec, Reshape
+from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
+
+
+class CAM(GradientFreeCAM):
+    r"""CAM, for models whose head is global average pooling followed by a linear classifier: the
+    channel weights are the classifier's row of the class, :math:`w_k = W_{c,k}`,
+
+    .. math:: L = \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(\textstyle\sum_k W_{c,k} A_k)))
+
+    (the bias shifts every pixel alike and is left out). On such a model this is Grad-CAM exactly:
+    Grad-CAM's weights are :math:`W_{c,k} / hw`. ``fc`` is the classifier (a module of the model or
+    its dotted name; None: the model's last ``nn.Linear``); its input features must be the target
+    layer's channels.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: LayerSpec | Sequence[LayerSpec],
+        *,
+        fc: str | nn.Linear | None = None,
+        batch_size: int | None = None,
+        reshape: Reshape = None,
+        grid: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
+        self.fc = _classifier(self.model, fc)
+
+    def _layer_maps_of(self, x: Tensor, layer: LayerActivations, indices: Tensor, logits: Tensor) -> Tensor:
+        activations = layer.maps
+        weight = self.fc.weight
+        if weight.shape[1] != activations.shape[1]:
+            raise ValueError(
+                f"fc: the classifier takes {weight.shape[1]} features, but the target layer has "
+                f"{activations.shape[1]} channels (CAM needs the layer that is pooled into the classifier)"
+            )
+        rows = weight.detach().to(device=activations.device, dtype=activations.dtype)[indices]  # [n, T, K]
+        return torch.einsum("ntk,nkhw->nthw", rows, activations)
+
+
+def _classifier(model: nn.Module, fc: str | nn.Linear | None) -> nn.Linear:
+    if fc is None:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError("fc: the model has no nn.Linear; CAM needs a global-average-pooling + linear head")
+        return linears[-1]
+    if isinstance(fc, str):
+        try:
+            module = model.get_submodule(fc)
+        except AttributeError:
+            raise ValueError(f"fc: the model has no submodule {fc!r}") from None
+    else:
+        module = fc
+        if not any(m is module for m in model.modules()):
+            raise ValueError("fc: the module is not part of the model")
+    if not isinstance(module, nn.Linear):
+        raise ValueError(f"fc: expected an nn.Linear classifier, got {type(module).__name__}")
+    return module

@@ -1,0 +1,38 @@
+"""Eigen-CAM (Muhammad and Yeasin 2020)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
+
+
+class EigenCAM(GradientFreeCAM):
+    r"""Eigen-CAM: the layer's activations projected on their first principal component.
+
+    With the activations of one image as a matrix :math:`X \in \mathbb{R}^{hw \times K}` (a row per
+    pixel), centred per channel, :math:`\bar X = X - \mathbf{1}\mu^\top`, and :math:`v_1` the first
+    right singular vector of :math:`\bar X`:
+
+    .. math:: L = \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(\bar X v_1)))
+
+    A singular vector's sign is arbitrary, and ReLU keeps one side of the projection, so the sign is
+    fixed by a rule: the projection :math:`p = \bar X v_1` correlates positively with the channels'
+    mean activation :math:`m = X\mathbf{1}/K` (:math:`\langle p, m - \bar m\rangle > 0`); when that
+    correlation is 0, the entry of ``p`` with the largest magnitude (the first, on ties) is positive.
+    The map does not depend on the class: every requested class gets the same map.
+    """
+
+    def _layer_maps_of(self, x: Tensor, activations: LayerActivations, indices: Tensor, logits: Tensor) -> Tensor:
+        channel_maps = activations.maps
+        pixels = channel_maps.flatten(2).transpose(1, 2)  # [n, hw, K]
+        centred = pixels - pixels.mean(1, keepdim=True)
+        _, _, right = torch.linalg.svd(centred, full_matrices=False)
+        projection = (centred @ right[:, 0, :, None])[..., 0]  # [n, hw]
+        mean_activation = pixels.mean(2)
+        correlation = (projection * (mean_activation - mean_activation.mean(1, keepdim=True))).sum(1)
+        largest = projection.gather(1, projection.abs().argmax(1, keepdim=True))[:, 0]
+        sign = torch.where(correlation != 0, correlation.sign(), largest.sign())
+        maps = (projection * sign[:, None]).reshape(channel_maps.shape[0], 1, *channel_maps.shape[2:])
+        return maps.expand(-1, indices.shape[1], -1, -1)

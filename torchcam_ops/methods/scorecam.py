@@ -1,0 +1,102 @@
+"""Score-CAM (Wang et al. 2020)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from torchcam_ops.methods.base import LayerSpec, Reshape
+from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
+from torchcam_ops.methods.masking import (
+    MasksPerForward,
+    check_masks_per_forward,
+    masked_scores,
+    resolve_masks_per_forward,
+)
+from torchcam_ops.ops import cam_postprocess
+
+ScoreCAMVariant = Literal["original", "pytorch-grad-cam"]
+
+
+class ScoreCAM(GradientFreeCAM):
+    r"""Score-CAM: each channel weighted by the class score of the input masked with it.
+
+    ``variant="original"``, as the authors' public code computes it: with the channel's upsampled
+    activation normalised to [0, 1], :math:`M_k = \operatorname{norm}(\operatorname{Up}(A_k))`,
+
+    .. math:: s_k = \operatorname{softmax}(f(x \odot M_k))_c, \qquad
+              L = \operatorname{norm}(\mathrm{ReLU}(\textstyle\sum_k s_k \operatorname{Up}(A_k)))
+
+    with ReLU at the input's resolution; a channel whose upsampled activation is constant is skipped
+    (:math:`s_k = 0`).
+
+    ``variant="pytorch-grad-cam"``, as pytorch-grad-cam computes it: masks from an align-corners
+    upsampling, :math:`M_k = (U_k - \min U_k) / (\max U_k - \min U_k + 10^{-8})`, and a softmax over
+    the channels of the masked logits, :math:`w = \operatorname{softmax}_k(f(x \odot M_k)_c)`;
+    :math:`L = \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(\sum_k w_k A_k)))`.
+
+    The masked images of one image run in forwards of ``masks_per_forward`` (``"auto"``: 4 on the CPU,
+    64 on a GPU; None: all at once), without gradients, every requested class scored by the same
+    forwards. On the CPU, all-zero masks are not forwarded (their score is known: 0 in the original,
+    the zero image's logit, forwarded once, in pytorch-grad-cam's variant).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: LayerSpec | Sequence[LayerSpec],
+        *,
+        variant: ScoreCAMVariant = "original",
+        masks_per_forward: MasksPerForward = "auto",
+        batch_size: int | None = None,
+        reshape: Reshape = None,
+        grid: tuple[int, int] | None = None,
+    ) -> None:
+        if variant not in ("original", "pytorch-grad-cam"):
+            raise ValueError(f"variant: expected 'original' or 'pytorch-grad-cam', got {variant!r}")
+        check_masks_per_forward(masks_per_forward)
+        super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
+        self.variant = variant
+        self.masks_per_forward = masks_per_forward
+
+    def _relu_at_input_size(self) -> bool:
+        return self.variant == "original"
+
+    def _masks(self, activations: Tensor, size: tuple[int, int]) -> Tensor:
+        if self.variant == "original":
+            return cam_postprocess(activations, size, relu=False)
+        upsampled = F.interpolate(activations[None], size=size, mode="bilinear", align_corners=True)[0]
+        low = upsampled.flatten(1).min(1).values[:, None, None]
+        high = upsampled.flatten(1).max(1).values[:, None, None]
+        return (upsampled - low) / (high - low + 1e-8)
+
+    def _layer_maps_of(self, x: Tensor, activations: LayerActivations, indices: Tensor, logits: Tensor) -> Tensor:
+        forward = self._model_forward()
+        maps = []
+        for image, a, classes in zip(x, activations.maps, indices):
+            masks = self._masks(a, tuple(x.shape[-2:]))
+            per_forward = resolve_masks_per_forward(self.masks_per_forward, x.device, masks.shape[0])
+            if self.variant == "original":
+                weights = masked_scores(
+                    forward,
+                    image,
+                    masks,
+                    lambda logits, c=classes: torch.softmax(logits.to(a.dtype), dim=1).index_select(1, c),
+                    per_forward,
+                )
+            else:
+                logits = masked_scores(
+                    forward,
+                    image,
+                    masks,
+                    lambda out, c=classes: out.to(a.dtype).index_select(1, c),
+                    per_forward,
+                    score_empty=True,
+                )
+                weights = torch.softmax(logits, dim=0)
+            maps.append(torch.einsum("kt,khw->thw", weights, a))
+        return torch.stack(maps)
