@@ -4,7 +4,9 @@ one call vs T calls, and GIG-CAM batched vs a straightforward per-image referenc
     python benchmarks/methods.py [--device cpu] [--batch 16] [--gig-batch 8] [--steps-ig 50]
 
 Random weights change nothing about the cost. Abs-CAM phase 2 runs K = 2048 masked forwards per
-image on layer4; it is timed on one image with --abscam-phase2.
+image on layer4; it is timed on one image with --abscam-phase2. --gradient-free times Score-CAM (both
+variants) and Ablation-CAM (K = 2048 masked or ablated forwards per image) on one image, next to
+pytorch-grad-cam's ScoreCAM and AblationCAM when it is installed (pip install ".[bench]").
 """
 
 from __future__ import annotations
@@ -31,6 +33,46 @@ def reference_gig_cam_loop(model, layer, x, target, steps):
     return reference_gig_cam(guide_of, x, target, steps=steps)[0]
 
 
+def pytorch_grad_cam_call(model, name: str):
+    try:
+        import pytorch_grad_cam as pgc
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError:
+        return None
+    cam = {"scorecam": pgc.ScoreCAM, "ablationcam": pgc.AblationCAM}[name](model=model, target_layers=[model.layer4])
+    return lambda x, classes: cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+
+
+def gradient_free_table(model, x) -> None:
+    """Score-CAM and Ablation-CAM on one image (K = 2048 forwards each), ours and pytorch-grad-cam's:
+    one call each, no warm-up call (first-call costs are milliseconds against a minute on the CPU)."""
+
+    def seconds(fn) -> float:
+        return median_seconds(fn, x.device, 1, warmup=0)
+
+    classes = model(x).argmax(1)
+    rows = []
+    for label, name, options, peer in (
+        ("scorecam (original)", "scorecam", {}, None),
+        ("scorecam (pytorch-grad-cam variant)", "scorecam", {"variant": "pytorch-grad-cam"}, "scorecam"),
+        ("ablationcam", "ablationcam", {}, "ablationcam"),
+    ):
+        with METHODS[name](model, [model.layer4], **options) as explainer:
+            ours = seconds(lambda explainer=explainer: explainer(x, classes))
+        theirs_call = pytorch_grad_cam_call(model, peer) if peer else None
+        theirs = seconds(lambda call=theirs_call: call(x, classes)) if theirs_call else None
+        rows.append(
+            [
+                label,
+                f"{1 / ours:.3f}",
+                f"{1 / theirs:.3f}" if theirs else "-",
+                f"{theirs / ours:.2f}x" if theirs else "-",
+            ]
+        )
+    print("\nGradient-free CAMs, one image, K = 2048 forwards each")
+    print_table(["method", "ours images / s", "pytorch-grad-cam images / s", "ours faster by"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -43,6 +85,7 @@ def main() -> None:
     parser.add_argument("--gig-batch", type=int, default=8)
     parser.add_argument("--gig-steps", type=int, default=30)
     parser.add_argument("--abscam-phase2", action="store_true")
+    parser.add_argument("--gradient-free", action="store_true")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -72,11 +115,13 @@ def main() -> None:
     t = seconds(lambda: ig(x[: args.ig_batch]), repeats=1)
     rows.append([f"integrated_gradcam ({args.steps_ig} steps)", str(args.ig_batch), f"{t / args.ig_batch * 1e3:.1f}"])
     if args.abscam_phase2:
-        abscam = METHODS["abscam"](model, layer, phase=2, masks_per_forward=64)
+        abscam = METHODS["abscam"](model, layer, phase=2)
         t = seconds(lambda: abscam(x[:1]), repeats=1)
         rows.append(["abscam (phase 2, K=2048 masked forwards)", "1", f"{t * 1e3:.1f}"])
     print("\nTime per image")
     print_table(["method", "batch", "ms / image"], rows)
+    if args.gradient_free:
+        gradient_free_table(model, x[:1])
 
     targets = torch.randint(0, 1000, (args.batch, 5), device=device)
     cam = GradCAM(model, layer)
@@ -89,7 +134,7 @@ def main() -> None:
 
     xg = x[: args.gig_batch]
     classes = cam.model(xg).argmax(1)
-    gig = GIGCAM(model, layer, steps=args.gig_steps)
+    gig = GIGCAM(model, layer, steps=args.gig_steps, batch_size=None)  # the whole batch at once
     batched = seconds(lambda: gig(xg, classes), repeats=1)
     _, diagnostics = gig(xg, classes, diagnostics=True)
     loop = seconds(

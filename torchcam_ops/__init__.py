@@ -25,13 +25,24 @@ _SUBMODULES = (
     "nn",
     "ops",
     "reference",
+    "targets",
     "report",
     "testing",
     "viz",
 )
 _FROM_OPS = ("CAM_METHODS", "cam_postprocess", "cam_reduce")
 
-__all__ = ["CAM_METHODS", "__version__", "cam_postprocess", "cam_reduce", "explain", "methods", "metrics", "nn"]
+__all__ = [
+    "CAM_METHODS",
+    "__version__",
+    "cam_postprocess",
+    "cam_reduce",
+    "explain",
+    "methods",
+    "metrics",
+    "nn",
+    "targets",
+]
 
 
 def __getattr__(name: str) -> Any:

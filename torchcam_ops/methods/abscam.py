@@ -76,11 +76,11 @@ class AbsCAM(BaseCAM):
         return fused if multi else fused[:, 0]
 
     def _phase_two(self, x: Tensor, targets: Targets, size: tuple[int, int]) -> tuple[Tensor, bool]:
-        activations, gradients, multi, indices = self._activations_and_gradients(x, targets)
-        if indices is None:
+        if callable(targets) and not isinstance(targets, Tensor):
             raise ValueError(
                 "targets: Abs-CAM phase 2 scores masked images by class, so it needs class indices, not a callable"
             )
+        activations, gradients, multi, indices = self._activations_and_gradients(x, targets)
         with torch.no_grad():
             batch, count = indices.shape
             layer_maps = []

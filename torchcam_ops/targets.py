@@ -1,0 +1,125 @@
+"""What to explain beyond a class index: segmentation masks and detected boxes.
+
+Every target is accepted where an explainer takes ``targets``. :class:`ClassTarget` is an int (the
+class index explainers already take); :class:`SegmentationTarget` and :class:`BoxTarget` are callables
+that map the model's output for a batch to one score per image, so they work with the explainers that
+take callable targets (the gradient-weighted CAMs: Grad-CAM and its variants, HiResCAM, Abs-CAM
+phase 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+
+
+class ClassTarget(int):
+    """The logit of one class, as a plain int target is: ``ClassTarget(281)`` is ``281``."""
+
+    def __new__(cls, category: int) -> ClassTarget:
+        if isinstance(category, bool) or not isinstance(category, int) or category < 0:
+            raise ValueError(f"category: expected a non-negative class index, got {category!r}")
+        return super().__new__(cls, category)
+
+    def __repr__(self) -> str:
+        return f"ClassTarget({int(self)})"
+
+
+class SegmentationTarget:
+    r"""The sum of one category's logits over a mask: :math:`s_n = \sum_{ij} M_{ij} \, Y_{n,c,i,j}`.
+
+    For segmentation models returning logits ``[N, C, H, W]``, or a dict with them under ``"out"``
+    (torchvision's FCN, DeepLabV3, LR-ASPP). The same mask applies to every image of the batch.
+
+    Args:
+        category: the category c (a channel of the output).
+        mask: ``[H, W]`` weights (bool or float) at the output's resolution, e.g. where the model
+            predicts c.
+    """
+
+    def __init__(self, category: int, mask: Tensor | Any) -> None:
+        if isinstance(category, bool) or not isinstance(category, int) or category < 0:
+            raise ValueError(f"category: expected a non-negative category index, got {category!r}")
+        mask = torch.as_tensor(mask)
+        if mask.dim() != 2 or mask.numel() == 0:
+            raise ValueError(f"mask: expected a non-empty [H, W] mask, got shape {list(mask.shape)}")
+        self.category = category
+        self.mask = mask
+
+    def __call__(self, output: Tensor | Mapping[str, Tensor]) -> Tensor:
+        logits = output["out"] if isinstance(output, Mapping) else output
+        if not isinstance(logits, Tensor) or logits.dim() != 4:
+            described = f"shape {list(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(
+                f"SegmentationTarget: expected logits [N, C, H, W] (or a dict with them under 'out'), got {described}"
+            )
+        if self.category >= logits.shape[1]:
+            raise ValueError(
+                f"SegmentationTarget: category {self.category} is out of range for {logits.shape[1]} categories"
+            )
+        if tuple(self.mask.shape) != tuple(logits.shape[-2:]):
+            raise ValueError(
+                f"SegmentationTarget: the mask is {list(self.mask.shape)}, the output's maps are "
+                f"{list(logits.shape[-2:])}"
+            )
+        mask = self.mask.to(device=logits.device, dtype=logits.dtype)
+        return (logits[:, self.category] * mask).sum((1, 2))
+
+
+class BoxTarget:
+    r"""For torchvision detection models (a list of dicts with ``boxes``, ``labels``, ``scores`` per
+    image): the sum, over the given boxes, of the scores of the detections that match them,
+
+    .. math:: s_n = \sum_b \sum_d [\ell_d = \ell_b] \, [\operatorname{IoU}(B_d, B_b) \ge \tau] \, p_d
+
+    with :math:`\tau` = ``iou``. A detection that matches several given boxes counts once per box;
+    an image whose boxes match no detection scores 0, with a zero gradient: its map is all zeros.
+
+    Args:
+        labels: the label of each given box, ``[B]`` (or one label per image: a list of them).
+        boxes: the boxes ``[B, 4]`` as ``(x0, y0, x1, y1)`` in the input's pixels (or one ``[B_n, 4]``
+            per image: a list of them).
+        iou: the IoU from which a detection matches a box (default 0.5).
+    """
+
+    def __init__(self, labels: Tensor | Sequence[Any], boxes: Tensor | Sequence[Any], iou: float = 0.5) -> None:
+        if not 0 < iou <= 1:
+            raise ValueError(f"iou: expected a value in (0, 1], got {iou!r}")
+        per_image = isinstance(boxes, (list, tuple)) and len(boxes) > 0 and isinstance(boxes[0], Tensor)
+        box_sets = (
+            [torch.as_tensor(b, dtype=torch.float32) for b in boxes]
+            if per_image
+            else [torch.as_tensor(boxes, dtype=torch.float32)]
+        )
+        label_sets = [torch.as_tensor(lab, dtype=torch.long) for lab in (labels if per_image else [labels])]
+        if len(box_sets) != len(label_sets):
+            raise ValueError(
+                f"labels: expected one set of labels per set of boxes, got {len(label_sets)} and {len(box_sets)}"
+            )
+        for b, lab in zip(box_sets, label_sets):
+            if b.dim() != 2 or b.shape[1] != 4 or lab.dim() != 1 or lab.shape[0] != b.shape[0]:
+                raise ValueError(
+                    f"boxes, labels: expected boxes [B, 4] and labels [B], got {list(b.shape)} and {list(lab.shape)}"
+                )
+        self.per_image = per_image
+        self.boxes, self.labels, self.iou = box_sets, label_sets, iou
+
+    def __call__(self, output: Sequence[Mapping[str, Tensor]]) -> Tensor:
+        if not isinstance(output, (list, tuple)) or not all(isinstance(d, Mapping) for d in output):
+            raise ValueError(
+                "BoxTarget: expected a detection model's output, a list of dicts with boxes, labels, scores"
+            )
+        if self.per_image and len(self.boxes) != len(output):
+            raise ValueError(f"BoxTarget: boxes for {len(self.boxes)} images, the output has {len(output)}")
+        scores = []
+        for n, detections in enumerate(output):
+            boxes = self.boxes[n if self.per_image else 0].to(detections["boxes"].device)
+            labels = self.labels[n if self.per_image else 0].to(detections["labels"].device)
+            overlap = box_iou(boxes, detections["boxes"].detach())  # [B, D]
+            match = (overlap >= self.iou) & (labels[:, None] == detections["labels"][None])
+            scores.append((match.to(detections["scores"].dtype) * detections["scores"][None]).sum())
+        return torch.stack(scores)
