@@ -151,7 +151,11 @@ def test_no_host_synchronisation():
         torch.cuda.set_sync_debug_mode("default")
 
 
-@pytest.mark.parametrize("name", ["gradcam", "gradcam++", "layercam", "integrated_gradcam", "gig_cam", "abscam"])
+@pytest.mark.parametrize(
+    "name",
+    ["gradcam", "gradcam++", "layercam", "integrated_gradcam", "gig_cam", "abscam"]
+    + ["scorecam", "ablationcam", "eigencam", "cam"],
+)
 def test_explainers_cuda_match_cpu(name):
     from torchcam_ops.methods import METHODS
 
@@ -159,7 +163,9 @@ def test_explainers_cuda_match_cpu(name):
     x = torch.rand(2, 3, 16, 16)
     options = {"steps": 4} if name in ("integrated_gradcam", "gig_cam") else {}
     cpu = METHODS[name](model, ["4"], **options)(x, [1, 2])
-    cuda = METHODS[name](model.cuda(), ["4"], **options)(x.cuda(), [1, 2])
+    # without TF32 convolutions: Ablation-CAM's (y - y_k) / y would amplify their rounding
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        cuda = METHODS[name](model.cuda(), ["4"], **options)(x.cuda(), [1, 2])
     model.cpu()
     assert cuda.device.type == "cuda" and cuda.dtype == torch.float32
     # GIG-CAM's pixel selection is discontinuous in its guide: compare loosely there
@@ -263,8 +269,10 @@ def test_tsgb_method_cuda_matches_cpu():
 
 def _graph_explainers(model):
     from torchcam_ops.methods import (
+        CAM,
         GIGCAM,
         TSGB,
+        AblationCAM,
         AbsCAM,
         GradCAM,
         GradCAMPlusPlus,
@@ -272,6 +280,7 @@ def _graph_explainers(model):
         GuidedGradCAM,
         IntegratedGradCAM,
         LayerCAM,
+        ScoreCAM,
     )
 
     return {
@@ -285,6 +294,11 @@ def _graph_explainers(model):
         "tsgb": TSGB(model),
         "guided": GuidedBackprop(model),
         "guided_gradcam": GuidedGradCAM(model, ["4"]),
+        # the gradient-free CAMs that need no host read (Eigen-CAM's SVD waits for the device)
+        "scorecam": ScoreCAM(model, ["4"], masks_per_forward=8),
+        "scorecam_pytorch_grad_cam": ScoreCAM(model, ["4"], variant="pytorch-grad-cam"),
+        "ablationcam": AblationCAM(model, ["4"]),
+        "cam": CAM(model, ["4"]),
     }
 
 

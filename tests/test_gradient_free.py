@@ -164,8 +164,11 @@ def test_gradient_free_cams_refuse_create_graph_and_callable_targets_and_leave_t
     with cls(model, ["5"]) as explainer:
         with pytest.raises(ValueError, match="create_graph:.*without gradients"):
             explainer(x, 1, create_graph=True)
-        with pytest.raises(ValueError, match="targets:.*needs class indices, not a callable"):
-            explainer(x, lambda out: out[:, 0])
+        if cls is EigenCAM:  # class-agnostic: a callable target is not called
+            torch.testing.assert_close(explainer(x, lambda out: out[:, 0]), explainer(x), rtol=0, atol=0)
+        else:
+            with pytest.raises(ValueError, match="targets:.*needs class indices, not a callable"):
+                explainer(x, lambda out: out[:, 0])
         maps = explainer(x.half().float(), [1, 2])
     assert maps.shape == (2, 16, 16) and 0 <= float(maps.min()) and float(maps.max()) <= 1
     assert_same_state(state, model_state(model))
@@ -186,12 +189,15 @@ def test_the_gradient_free_cams_are_registered_by_name():
             assert type(explainer) is cls
 
 
-def test_half_precision_inputs_give_float32_maps():
-    model = small_cnn().half()
-    x = torch.rand(2, 3, 16, 16).half()
+def test_half_precision_inputs_give_float32_maps_close_to_float32_ones():
+    model = small_cnn()
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(9))
     for cls in (ScoreCAM, AblationCAM, EigenCAM, CAM):
-        maps = cls(model, ["5"])(x, [1, 2])
-        assert maps.dtype == torch.float32 and torch.isfinite(maps).all()
+        single = cls(model, ["5"])(x, [1, 2])
+        half = cls(model.half(), ["5"])(x.half(), [1, 2])
+        model.float()
+        assert half.dtype == torch.float32 and float(single.std()) > 0.05
+        torch.testing.assert_close(half, single, rtol=0, atol=0.05, msg=cls.__name__)
 
 
 def ablationcam_reference(model, x, classes, stop):
@@ -270,3 +276,28 @@ def test_ablationcam_refuses_a_callable_layout_and_a_zero_logit():
         model[8].bias.zero_()
     with pytest.raises(ValueError, match=r"a class logit is 0, so Ablation-CAM's relative drop"):
         AblationCAM(model, ["5"])(torch.rand(1, 3, 8, 8), 0)
+
+
+class DictOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = small_cnn()
+
+    def forward(self, x):
+        return {"out": self.body(x)}
+
+
+def test_eigencam_explains_models_with_any_output_and_the_others_say_they_need_logits():
+    model = DictOutput()
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(8))
+    expected = EigenCAM(model.body, ["5"])(x)
+    torch.testing.assert_close(EigenCAM(model, ["body.5"])(x), expected, rtol=0, atol=0)
+    torch.testing.assert_close(EigenCAM(model, ["body.5"])(x, 3), expected, rtol=0, atol=0)
+    assert EigenCAM(model, ["body.5"])(x, torch.tensor([[1, 2, 3]] * 2)).shape == (2, 3, 16, 16)
+    with pytest.raises(TypeError, match="targets: expected None, an int"):
+        EigenCAM(model, ["body.5"])(x, "cat")
+    for cls in (ScoreCAM, AblationCAM, CAM):
+        with pytest.raises(
+            TypeError, match=r"the model output \(dict\) is not \[N, classes\] logits; .* explains classifiers"
+        ):
+            cls(model, ["body.5"])(x, 1)

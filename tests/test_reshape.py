@@ -3,6 +3,8 @@ through ``reshape`` (the ViT and Swin agreement with pytorch-grad-cam is in test
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -68,7 +70,7 @@ def test_tokens_are_the_patch_grid_channels_first(class_token, method):
         model, model.norm, x, 2, lambda t: t[:, skip:].reshape(2, 4, 4, 6).permute(0, 3, 1, 2), method
     )
     cls = GradCAM if method == "gradcam" else HiResCAM
-    maps = cls(model, ["norm"], reshape="tokens")(x, 2)
+    maps = cls(model, ["norm"], reshape="tokens")(x, 1)
     assert float(expected.std()) > 0.05
     torch.testing.assert_close(maps, expected, rtol=1e-9, atol=1e-9)
 
@@ -100,17 +102,27 @@ def test_channels_last_blocks():
 
 
 def test_every_cam_explainer_takes_reshape():
+    """Each explainer's maps with reshape='tokens' are those with the layout written out by hand, and
+    are not flat."""
     model = TinyTokens(True).eval()
-    x = torch.rand(1, 3, 16, 16)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+
+    def by_hand(tokens: torch.Tensor) -> torch.Tensor:
+        side = math.isqrt(tokens.shape[1] - 1)  # gig_cam+m's larger inputs have larger grids
+        return tokens[:, 1:].reshape(tokens.shape[0], side, side, tokens.shape[2]).permute(0, 3, 1, 2)
+
     for name in METHODS:
-        if name in ("tsgb", "cam"):
-            continue  # TSGB has no target layer; CAM is tested below
+        if name == "tsgb":
+            continue  # input gradients: no target layer
         options = {"steps": 2} if name in ("integrated_gradcam", "gig_cam") else {}
-        with METHODS[name](model, ["norm"], reshape="tokens", input_size=16, **options) as explainer:
-            maps = explainer(x, 1)
-        assert maps.shape == (1, 16, 16) and torch.isfinite(maps).all(), name
-    with METHODS["cam"](model, ["norm"], reshape="tokens") as explainer:
-        assert explainer(x, 1).shape == (1, 16, 16)
+        # Ablation-CAM zeroes channels in the layer's own layout: a callable cannot tell it where they are
+        layouts = ("tokens",) if name == "ablationcam" else ("tokens", by_hand)
+        maps = []
+        for reshape in layouts:
+            with METHODS[name](model, ["norm"], reshape=reshape, input_size=16, **options) as explainer:
+                maps.append(explainer(x, [1, 3]))
+        assert maps[0].shape == (2, 16, 16) and float(maps[0].std()) > 0.01, name
+        torch.testing.assert_close(maps[0], maps[-1], rtol=0, atol=1e-6, msg=name)
 
 
 def test_bad_layouts_are_refused_with_the_layer_and_the_shape():
@@ -125,7 +137,7 @@ def test_bad_layouts_are_refused_with_the_layer_and_the_shape():
     with pytest.raises(
         ValueError, match=r"target layer 'norm': reshape='tokens' expects \[N, L, C\] tokens, got shape"
     ):
-        GradCAM(blocks, ["norm"], reshape="tokens")(x, 0)
+        GradCAM(blocks, ["norm"], reshape="tokens")(x, 1)
     with pytest.raises(ValueError, match=r"reshape='channels_last' expects \[N, h, w, C\], got shape \[1, 17, 6\]"):
         GradCAM(tokens, ["norm"], reshape="channels_last")(x, 0)
     with pytest.raises(TypeError, match="reshape: the callable must return a tensor"):
@@ -193,3 +205,23 @@ def test_the_cli_reaches_the_layout_of_a_transformer_layer(token_factory):
     with pytest.raises(SystemExit, match=r"17 tokens do not fit grid=\(3, 5\)"):
         cli.main([*command, "--reshape", "tokens", "--grid", "3x5", "--out", str(out / "bad")])
     assert not (out / "bad").exists()
+
+
+def test_ablationcam_zeroes_a_channel_in_every_token():
+    model = TinyTokens(True).double().eval()
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        embedded = model.embed(x).flatten(2).transpose(1, 2)
+        tokens = model.norm(model.block(torch.cat([model.class_token, embedded], 1)))  # [1, 17, 6]
+        y = model.head(tokens.mean(1))[0, 1]
+        weights = []
+        for k in range(6):
+            ablated = tokens.clone()
+            ablated[:, :, k] = 0
+            weights.append((y - model.head(ablated.mean(1))[0, 1]) / y)
+    grid = tokens[0, 1:].reshape(4, 4, 6).permute(2, 0, 1)
+    raw = torch.relu((torch.stack(weights)[:, None, None] * grid).sum(0))
+    expected = reference_postprocess(raw[None], (16, 16))
+    maps = METHODS["ablationcam"](model, ["norm"], reshape="tokens")(x, 1)
+    assert float(expected.std()) > 0.05
+    torch.testing.assert_close(maps, expected, rtol=1e-9, atol=1e-9)

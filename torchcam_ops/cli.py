@@ -232,6 +232,11 @@ def explain(args: argparse.Namespace) -> None:
                 all_maps[method] = torch.cat(maps).float().cpu().numpy()
         except ValueError as err:  # a layer the method cannot explain (runs twice, not [N, K, h, w]...)
             raise SystemExit(f"explain: --layer {layer!r}, method {method}: {err}") from err
+        except AssertionError as err:  # the model's own input checks, e.g. a ViT's fixed size under gig_cam+m
+            raise SystemExit(
+                f"explain: method {method}: the model refused this method's inputs ({err}); "
+                "choose other --methods for this model"
+            ) from err
     # Every map is made before the first file is written: a failing method leaves nothing behind.
     out = _output_folder("explain", args.out)
     thumbnails: list[dict] = [{} for _ in images]  # per image: method -> overlay, small, for the report
@@ -270,6 +275,7 @@ def evaluate(args: argparse.Namespace) -> None:
     from torchcam_ops import evaluation, viz
 
     methods = _check_methods("evaluate", args.methods)
+    layout = _layout_options("evaluate", args)
     _check_writable("evaluate", args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -287,7 +293,7 @@ def evaluate(args: argparse.Namespace) -> None:
             raise SystemExit(f"evaluate: unknown benchmark {args.benchmark!r}; available: photos, localization")
         if args.step:
             benchmark.step = args.step
-        benchmark.layout = _layout_options("evaluate", args)
+        benchmark.layout = layout
         benchmark.model.to(processes.device)
         leader = processes.rank == 0
         results = {}

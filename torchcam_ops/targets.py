@@ -1,10 +1,11 @@
 """What to explain beyond a class index: segmentation masks and detected boxes.
 
-Every target is accepted where an explainer takes ``targets``. :class:`ClassTarget` is an int (the
-class index explainers already take); :class:`SegmentationTarget` and :class:`BoxTarget` are callables
-that map the model's output for a batch to one score per image, so they work with the explainers that
-take callable targets (the gradient-weighted CAMs: Grad-CAM and its variants, HiResCAM, Abs-CAM
-phase 1).
+:class:`ClassTarget` is an int, the class index every explainer takes. :class:`SegmentationTarget` and
+:class:`BoxTarget` are callables that map the model's output for a batch to one score per image, so
+they work with the explainers that take callable targets: the gradient-weighted CAMs (Grad-CAM and its
+variants, HiResCAM, Abs-CAM phase 1) and IG-CAM. The explainers that seed class logits or score
+classes on other inputs (TSGB, guided backprop, Abs-CAM phase 2, GIG-CAM, Score-CAM, Ablation-CAM,
+CAM) need class indices and refuse them with an error; Eigen-CAM ignores targets.
 """
 
 from __future__ import annotations

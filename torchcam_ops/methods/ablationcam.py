@@ -7,13 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import LayerSpec, Reshape, check_on_device, check_positive_or_none
+from torchcam_ops.methods.base import LayerSpec, Reshape, check_on_device
 from torchcam_ops.methods.capture import capture_outputs
 from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
-
-# On a 2-core CPU small batches of ablated copies stay in cache (see masking.py); a GPU needs large ones.
-CPU_ABLATIONS_PER_FORWARD = 4
-GPU_ABLATIONS_PER_FORWARD = 64
+from torchcam_ops.methods.masking import MasksPerForward, check_masks_per_forward, resolve_masks_per_forward
 
 
 class AblationCAM(GradientFreeCAM):
@@ -26,13 +23,16 @@ class AblationCAM(GradientFreeCAM):
     .. math:: w_k = \frac{y_c - y_c^k}{y_c}, \qquad
               L = \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(\textstyle\sum_k w_k A_k)))
 
-    All K ablations of an image run as forwards of ``ablations_per_forward`` copies of it (None: 4 on
-    the CPU, 64 on a GPU), without gradients; on the CPU a channel that is already all zeros is not
-    forwarded (zeroing it changes nothing: :math:`w_k = 0`). pytorch-grad-cam zeroes a channel only
-    when the layer's minimum is 0 and otherwise sets it to that minimum minus 1e7; here it is always
-    zeroed, as in the paper, so the two agree on layers after a ReLU. ``reshape`` may be None,
-    ``"tokens"`` (the channel is zeroed in every token, the class token too) or ``"channels_last"``;
-    a callable layout cannot be ablated. A class logit of 0 has no relative drop: it raises.
+    All K ablations of an image run as forwards of ``ablations_per_forward`` copies of it
+    (``"auto"``: 4 on the CPU, 64 on a GPU, as Score-CAM's masked images; None: all at once), without
+    gradients; on the CPU a channel that is already all zeros is not forwarded (zeroing it changes
+    nothing: :math:`w_k = 0`). pytorch-grad-cam zeroes a channel only when the layer's minimum is 0 and
+    otherwise sets it to that minimum minus 1e7; here it is always zeroed, as in the paper, so the two
+    agree on layers after a ReLU. ``reshape`` may be None, ``"tokens"`` (the channel is zeroed in every
+    token, the class token too) or ``"channels_last"``; a callable layout cannot be ablated. A class
+    logit of 0 has no relative drop: it raises. A model in training mode scores each forward's copies
+    with their own batch statistics, so its maps depend on ``ablations_per_forward``: explain models in
+    eval mode.
     """
 
     def __init__(
@@ -40,7 +40,7 @@ class AblationCAM(GradientFreeCAM):
         model: nn.Module,
         target_layers: LayerSpec | Sequence[LayerSpec],
         *,
-        ablations_per_forward: int | None = None,
+        ablations_per_forward: MasksPerForward = "auto",
         batch_size: int | None = None,
         reshape: Reshape = None,
         grid: tuple[int, int] | None = None,
@@ -50,7 +50,7 @@ class AblationCAM(GradientFreeCAM):
                 "reshape: AblationCAM zeroes channels of the layer's own output, so it needs None, 'tokens' "
                 "or 'channels_last', not a callable"
             )
-        check_positive_or_none("ablations_per_forward", ablations_per_forward)
+        check_masks_per_forward(ablations_per_forward, "ablations_per_forward")
         super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
         self.ablations_per_forward = ablations_per_forward
 
@@ -83,7 +83,7 @@ class AblationCAM(GradientFreeCAM):
             candidates = live.nonzero()[:, 0]
         else:
             candidates = torch.arange(channels, device=image.device)
-        step = self.ablations_per_forward or (4 if image.device.type == "cpu" else 64)
+        step = resolve_masks_per_forward(self.ablations_per_forward, image.device, max(1, candidates.shape[0]))
         scored = []
         for start in range(0, candidates.shape[0], step):
             chunk = candidates[start : start + step]

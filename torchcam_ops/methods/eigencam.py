@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from torchcam_ops.methods.base import Targets, class_indices
 from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
 
 
@@ -21,8 +24,20 @@ class EigenCAM(GradientFreeCAM):
     fixed by a rule: the projection :math:`p = \bar X v_1` correlates positively with the channels'
     mean activation :math:`m = X\mathbf{1}/K` (:math:`\langle p, m - \bar m\rangle > 0`); when that
     correlation is 0, the entry of ``p`` with the largest magnitude (the first, on ties) is positive.
-    The map does not depend on the class: every requested class gets the same map.
+    The map does not depend on the class or on the model's output, which may be anything (detection
+    and segmentation models too): ``targets`` only sets how many maps per image are returned (T for
+    ``[N, T]`` indices, else one), and a callable target is not called. On a GPU the SVD waits for the
+    device (cuSOLVER reports its status to the host): Eigen-CAM is the one explainer whose call
+    synchronises, and it cannot be captured in a CUDA graph.
     """
+
+    def _needs_classes(self) -> bool:
+        return False
+
+    def _classes(self, output: Any, targets: Targets, batch: int) -> tuple[Tensor, bool]:
+        if targets is None or (callable(targets) and not isinstance(targets, Tensor)):
+            return torch.zeros(batch, 1, dtype=torch.long), False
+        return class_indices(targets, batch, None)  # the form is checked; the classes do not matter
 
     def _layer_maps_of(self, x: Tensor, activations: LayerActivations, indices: Tensor, logits: Tensor) -> Tensor:
         channel_maps = activations.maps

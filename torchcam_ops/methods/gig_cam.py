@@ -22,6 +22,7 @@ from torchcam_ops.methods.base import (
     slice_targets,
 )
 from torchcam_ops.methods.graphs import explainer_call
+from torchcam_ops.methods.masking import check_masks_per_forward
 from torchcam_ops.ops import cam_postprocess
 
 
@@ -132,9 +133,14 @@ class GIGCAM(BaseCAM):
             len(scales) == 0 or any(not isinstance(s, int) or s < 2 for s in scales) or list(scales) != sorted(scales)
         ):
             raise ValueError(f"scales: expected increasing sizes >= 2, got {scales!r}")
-        super().__init__(
-            model, target_layers, batch_size=None if batch_size == "auto" else batch_size, reshape=reshape, grid=grid
-        )
+        if scales is not None and len(scales) > 1 and grid is not None:
+            raise ValueError(
+                f"grid: a fixed token grid {tuple(grid)} cannot follow the input through scales {tuple(scales)}; "
+                "leave grid=None (square grids are inferred at each scale) or explain at one scale"
+            )
+        check_masks_per_forward(batch_size, "batch_size")  # a positive int, "auto" or None
+        fixed_batch = None if batch_size == "auto" else batch_size
+        super().__init__(model, target_layers, batch_size=fixed_batch, reshape=reshape, grid=grid)
         self.batch_size: int | Literal["auto"] | None = batch_size
         self.steps, self.fraction, self.max_dist = steps, fraction, max_dist
         self.baseline = baseline

@@ -3,7 +3,7 @@ Ablation-CAM, Eigen-CAM and CAM."""
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -35,6 +35,9 @@ class GradientFreeCAM(BaseCAM):
 
     def _relu_at_input_size(self) -> bool:
         return False
+
+    def _needs_classes(self) -> bool:
+        return True
 
     def _layer_maps_of(self, x: Tensor, activations: LayerActivations, indices: Tensor, logits: Tensor) -> Tensor:
         """The raw maps ``[n, T, h, w]`` of one layer of a chunk of images ``x``, from its activations,
@@ -69,13 +72,25 @@ class GradientFreeCAM(BaseCAM):
             ]
         return self._fuse(per_layer, size, multi)
 
+    def _classes(self, output: Any, targets: Targets, batch: int) -> tuple[Tensor, bool]:
+        """The class indices ``[n, T]`` the maps are for, and whether T classes per image were asked
+        for, from the model's output on the chunk."""
+        if not isinstance(output, Tensor) or output.dim() != 2:
+            described = f"shape {list(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
+            raise TypeError(
+                f"the model output ({described}) is not [N, classes] logits; {type(self).__name__} weighs "
+                "channels by class scores, so it explains classifiers"
+            )
+        _, multi, indices = target_scores(output, targets, batch)
+        return indices, multi
+
     def _chunk_maps(self, x: Tensor, targets: Targets) -> tuple[list[Tensor], bool]:
-        if callable(targets) and not isinstance(targets, Tensor):
+        if callable(targets) and not isinstance(targets, Tensor) and self._needs_classes():
             raise ValueError(f"targets: {type(self).__name__} needs class indices, not a callable")
         with capture_outputs(self.layers) as captured:
             output = self.model(x)
             outputs = [self._layer_output(layer, captured[id(layer.module)]) for layer in self.layers]
-        _, multi, indices = target_scores(output, targets, x.shape[0])
+        indices, multi = self._classes(output, targets, x.shape[0])
         dtype = map_dtype(x.dtype)
         maps = []
         for layer, out in zip(self.layers, outputs):

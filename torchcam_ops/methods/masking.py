@@ -18,16 +18,21 @@ CPU_MASKS_PER_FORWARD = 4
 GPU_MASKS_PER_FORWARD = 64
 
 
-def check_masks_per_forward(value: object) -> None:
-    if value != "auto" and (value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1)):
-        raise ValueError(f"masks_per_forward: expected a positive int, 'auto' or None, got {value!r}")
+def check_masks_per_forward(value: object, name: str = "masks_per_forward") -> None:
+    """A count of images per forward: a positive int, "auto" (by device) or None (all at once)."""
+    if value == "auto" or value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, 'auto' or None, got {value!r}")
 
 
 def resolve_masks_per_forward(value: MasksPerForward, device: torch.device, masks: int) -> int:
     """Masked images per forward: ``value``, all ``masks`` for None, and for "auto" a size chosen
-    by device type."""
+    by device type (the GPU's while ``torch.compile`` traces: a traced graph holds every forward, and
+    K / 4 of them would make its compile time and size grow accordingly)."""
     if value == "auto":
-        return CPU_MASKS_PER_FORWARD if device.type == "cpu" else GPU_MASKS_PER_FORWARD
+        on_cpu = device.type == "cpu" and not torch.compiler.is_compiling()
+        return CPU_MASKS_PER_FORWARD if on_cpu else GPU_MASKS_PER_FORWARD
     return value or max(1, masks)
 
 

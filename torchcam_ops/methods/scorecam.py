@@ -32,7 +32,9 @@ class ScoreCAM(GradientFreeCAM):
               L = \operatorname{norm}(\mathrm{ReLU}(\textstyle\sum_k s_k \operatorname{Up}(A_k)))
 
     with ReLU at the input's resolution; a channel whose upsampled activation is constant is skipped
-    (:math:`s_k = 0`).
+    (:math:`s_k = 0`). Constant means within 8 ulps of its magnitude (``cam_postprocess``'s rule, which
+    makes such a mask all zeros), where the authors' code skips only an exactly constant map: a channel
+    that varies by rounding noise only is scored there, and skipped here.
 
     ``variant="pytorch-grad-cam"``, as pytorch-grad-cam computes it: masks from an align-corners
     upsampling, :math:`M_k = (U_k - \min U_k) / (\max U_k - \min U_k + 10^{-8})`, and a softmax over
@@ -42,7 +44,9 @@ class ScoreCAM(GradientFreeCAM):
     The masked images of one image run in forwards of ``masks_per_forward`` (``"auto"``: 4 on the CPU,
     64 on a GPU; None: all at once), without gradients, every requested class scored by the same
     forwards. On the CPU, all-zero masks are not forwarded (their score is known: 0 in the original,
-    the zero image's logit, forwarded once, in pytorch-grad-cam's variant).
+    the zero image's logit, forwarded once, in pytorch-grad-cam's variant). A model in training mode
+    scores each forward's masked images with their batch statistics, so its maps depend on
+    ``masks_per_forward``: explain models in eval mode.
     """
 
     def __init__(
