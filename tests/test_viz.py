@@ -101,3 +101,14 @@ def test_a_clear_error_without_matplotlib(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"pip install \"torchcam-ops\[viz\]\""):
         viz.overlay(np.zeros((4, 4, 3), np.uint8), np.zeros((2, 2)))
+
+
+def test_curves_of_many_methods_are_told_apart_by_colour_and_dash():
+    fractions = np.linspace(0, 1, 5)
+    curves = {f"method{i}": (fractions, fractions * 0 + i, fractions) for i in range(16)}
+    figure = viz.plot_curves(curves)
+    lines = figure.axes[0].get_lines()
+    from matplotlib.colors import to_hex
+
+    styles = {(to_hex(line.get_color()), line.get_linestyle()) for line in lines}
+    assert len(lines) == 16 and len(styles) == 16

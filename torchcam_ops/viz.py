@@ -178,9 +178,12 @@ def plot_curves(curves: Mapping[str, tuple[Any, Any, Any]], *, title: str | None
     if not curves:
         raise ValueError("curves: expected at least one method")
     figure, (deletion_axis, insertion_axis) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for method, (fractions, deletion, insertion) in curves.items():
-        deletion_axis.plot(np.asarray(fractions), np.asarray(deletion), label=method, linewidth=1.6)
-        insertion_axis.plot(np.asarray(fractions), np.asarray(insertion), label=method, linewidth=1.6)
+    # ten colours, then the same colours dashed, then dotted: up to 30 methods stay distinguishable
+    styles = [(colour, dash) for dash in ("-", "--", ":") for colour in plt.get_cmap("tab10").colors]
+    for i, (method, (fractions, deletion, insertion)) in enumerate(curves.items()):
+        colour, dash = styles[i % len(styles)]
+        for axis, values in ((deletion_axis, deletion), (insertion_axis, insertion)):
+            axis.plot(np.asarray(fractions), np.asarray(values), dash, color=colour, label=method, linewidth=1.6)
     for axis, name in ((deletion_axis, "deletion (lower is better)"), (insertion_axis, "insertion (higher is better)")):
         axis.set_title(name)
         axis.set_xlabel("fraction of pixels")
