@@ -70,7 +70,7 @@ def test_tokens_are_the_patch_grid_channels_first(class_token, method):
         model, model.norm, x, 2, lambda t: t[:, skip:].reshape(2, 4, 4, 6).permute(0, 3, 1, 2), method
     )
     cls = GradCAM if method == "gradcam" else HiResCAM
-    maps = cls(model, ["norm"], reshape="tokens")(x, 1)
+    maps = cls(model, ["norm"], reshape="tokens")(x, 2)
     assert float(expected.std()) > 0.05
     torch.testing.assert_close(maps, expected, rtol=1e-9, atol=1e-9)
 
@@ -137,7 +137,7 @@ def test_bad_layouts_are_refused_with_the_layer_and_the_shape():
     with pytest.raises(
         ValueError, match=r"target layer 'norm': reshape='tokens' expects \[N, L, C\] tokens, got shape"
     ):
-        GradCAM(blocks, ["norm"], reshape="tokens")(x, 1)
+        GradCAM(blocks, ["norm"], reshape="tokens")(x, 0)
     with pytest.raises(ValueError, match=r"reshape='channels_last' expects \[N, h, w, C\], got shape \[1, 17, 6\]"):
         GradCAM(tokens, ["norm"], reshape="channels_last")(x, 0)
     with pytest.raises(TypeError, match="reshape: the callable must return a tensor"):
