@@ -445,14 +445,24 @@ class BaseCAM(Graphable):
             self._layer_maps(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), create_graph)
             for start, stop in self._chunks(x.shape[0])
         ]
-        multi = raws[0][1]
-        per_layer = [torch.cat([chunk[0][i] for chunk in raws]) for i in range(len(self.layers))]
+        per_layer, multi = self._joined(raws)
         if raw:
-            per_layer = [m if multi else m[:, 0] for m in per_layer]
-            return per_layer if len(per_layer) > 1 else per_layer[0]
+            return self._raw_output(per_layer, multi)
         return self._fuse(per_layer, size, multi)
 
     # -- pieces shared by the subclasses ------------------------------------------------------
+
+    def _joined(self, chunks: list[tuple[list[Tensor], bool]]) -> tuple[list[Tensor], bool]:
+        """Per layer, the raw maps ``[N, T, h, w]`` of all chunks, and whether T classes per image were
+        asked for, from each chunk's ``(maps per layer, multi)``."""
+        per_layer = [torch.cat([chunk[0][i] for chunk in chunks]) for i in range(len(self.layers))]
+        return per_layer, chunks[0][1]
+
+    @staticmethod
+    def _raw_output(per_layer: list[Tensor], multi: bool) -> Tensor | list[Tensor]:
+        """What ``raw=True`` returns: ``[N, h, w]`` (``[N, T, h, w]``) per layer, a list for several."""
+        per_layer = [m if multi else m[:, 0] for m in per_layer]
+        return per_layer if len(per_layer) > 1 else per_layer[0]
 
     def _chunks(self, batch: int) -> list[tuple[int, int]]:
         step = self.batch_size or batch

@@ -57,11 +57,9 @@ class GradientFreeCAM(BaseCAM):
                 self._chunk_maps(x[start:stop], slice_targets(targets, start, stop, x.shape[0]))
                 for start, stop in self._chunks(x.shape[0])
             ]
-        multi = chunks[0][1]
-        per_layer = [torch.cat([chunk[0][i] for chunk in chunks]) for i in range(len(self.layers))]
+        per_layer, multi = self._joined(chunks)
         if raw:
-            per_layer = [m if multi else m[:, 0] for m in per_layer]
-            return per_layer if len(per_layer) > 1 else per_layer[0]
+            return self._raw_output(per_layer, multi)
         if self._relu_at_input_size():
             input_size = tuple(x.shape[-2:])
             per_layer = [
