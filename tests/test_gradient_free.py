@@ -267,6 +267,76 @@ def test_ablationcam_ablates_only_the_named_call_of_a_shared_module():
     torch.testing.assert_close(AblationCAM(model, ["act@-1"])(x, 2), expected, rtol=1e-9, atol=1e-9)
 
 
+class AroundTheLayer(nn.Module):
+    """A tensor computed before the target layer ``act`` meets its output after it: added (a residual
+    connection), concatenated (as DenseNet does), or, with ``batch_dependent``, shifted by each image's
+    position in the batch (a model whose layers before the target depend on the batch)."""
+
+    def __init__(self, join: str = "add", batch_dependent: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.join, self.batch_dependent = join, batch_dependent
+        self.stem, self.body = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(12 if join == "cat" else 6, 5)
+
+    def skip(self, x):
+        skip = self.stem(x)
+        if self.batch_dependent:
+            skip = skip + 0.5 * torch.arange(x.shape[0], dtype=x.dtype).view(-1, 1, 1, 1)
+        return skip
+
+    def after(self, a, skip):
+        joined = torch.cat([a, skip], 1) if self.join == "cat" else a + skip
+        return self.head(joined.mean((2, 3)))
+
+    def forward(self, x):
+        skip = self.skip(x)
+        return self.after(self.act(self.body(skip)), skip)
+
+
+def stem_batches(model: nn.Module, explain) -> list[int]:
+    """The batch sizes the model's first layer sees while ``explain()`` runs."""
+    batches = []
+    handle = model.stem.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+    try:
+        explain()
+    finally:
+        handle.remove()
+    return batches
+
+
+@pytest.mark.parametrize("join", ["add", "cat"])
+def test_ablationcam_runs_the_layers_before_the_target_once_where_the_result_is_the_same(join):
+    model = AroundTheLayer(join).double().eval()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        skip = model.skip(x)
+        a = model.act(model.body(skip))
+        y = model.after(a, skip)[0, 2]
+        weights = []
+        for k in range(6):
+            ablated = a.clone()
+            ablated[:, k] = 0
+            weights.append((y - model.after(ablated, skip)[0, 2]) / y)
+    raw = torch.relu((torch.stack(weights)[:, None, None] * a[0]).sum(0))
+    expected = reference_normalize(upsample(raw[None], (8, 8)), torch.float64)
+    assert int(a[0].flatten(1).ne(0).any(1).sum()) == 6, "the test needs six live channels"
+    maps = []
+    batches = stem_batches(model, lambda: maps.append(AblationCAM(model, ["act"])(x, 2)))
+    torch.testing.assert_close(maps[0], expected, rtol=1e-9, atol=1e-9)
+    # the explained forward, 4 ablations on copies, the same 4 from one image (the check: a
+    # concatenation with the batch of one raises), then the last 2 from one image or on copies
+    assert batches == ([1, 4, 1, 1] if join == "add" else [1, 4, 1, 2])
+
+
+def test_ablationcam_forwards_copies_when_the_layers_before_the_target_depend_on_the_batch():
+    model = AroundTheLayer(batch_dependent=True).double().eval()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    explainer = AblationCAM(model, ["act"])
+    assert stem_batches(model, lambda: explainer(x, 2)) == [1, 4, 1, 2]
+
+
 def test_ablationcam_refuses_a_callable_layout_and_a_zero_logit():
     with pytest.raises(ValueError, match="reshape: AblationCAM zeroes channels of the layer's own output"):
         AblationCAM(small_cnn(), ["5"], reshape=lambda t: t)
