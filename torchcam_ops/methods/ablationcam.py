@@ -145,7 +145,7 @@ class AblationCAM(GradientFreeCAM):
         true when the ablations of ``chunk`` score the same (to rounding) that way as with a batch of
         copies (``expected``). It is false when a later layer combines the layer's output with an
         earlier tensor of the batch (a concatenation raises on the mismatched batch) or when the
-        layers before it depend on the batch (a model in training mode: dropout, batch statistics)."""
+        layers before it depend on the batch (dropout in training mode draws one mask per copy)."""
         try:
             scores = self._forward_ablating(image, activations, classes, chunk, prefix_once=True)
         except Exception:  # any failure of the shortcut means: use the batch of copies
