@@ -6,12 +6,14 @@ one call vs T calls, and GIG-CAM batched vs a straightforward per-image referenc
 Random weights change nothing about the cost. Abs-CAM phase 2 runs K = 2048 masked forwards per
 image on layer4; it is timed on one image with --abscam-phase2. --gradient-free times only Score-CAM
 (both variants) and Ablation-CAM (K = 2048 masked or ablated forwards per image) on one image, next to
-pytorch-grad-cam's ScoreCAM and AblationCAM when it is installed (pip install ".[bench]").
+pytorch-grad-cam's ScoreCAM and AblationCAM when it is installed (pip install ".[bench]"), in
+alternation, --repeats calls each.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 import torchvision
@@ -42,15 +44,13 @@ def pytorch_grad_cam_cam(model, name: str):
     return {"scorecam": pgc.ScoreCAM, "ablationcam": pgc.AblationCAM}[name](model=model, target_layers=[model.layer4])
 
 
-def gradient_free_table(model, x) -> None:
-    """Score-CAM and Ablation-CAM on one image (K = 2048 forwards each), ours and pytorch-grad-cam's:
-    one call each, no warm-up call (first-call costs are milliseconds against a minute on the CPU).
+def gradient_free_table(model, x, repeats: int) -> None:
+    """Score-CAM and Ablation-CAM on one image (K = 2048 forwards each), ours and pytorch-grad-cam's,
+    timed in alternation (ours, theirs, ours, ...; medians of ``repeats`` calls each): this machine's
+    speed drifts by tens of percent over minutes, more than the difference between two libraries
+    running the same forwards. No warm-up call: first-call costs are milliseconds against a minute.
     Each library's explainer exists only while it is timed: pytorch-grad-cam's hooks record the
     layer's output on every forward, ours included."""
-
-    def seconds(fn) -> float:
-        return median_seconds(fn, x.device, 1, warmup=0)
-
     classes = model(x).argmax(1)
     rows = []
     for label, name, options, peer in (
@@ -58,26 +58,34 @@ def gradient_free_table(model, x) -> None:
         ("scorecam (pytorch-grad-cam variant)", "scorecam", {"variant": "pytorch-grad-cam"}, "scorecam"),
         ("ablationcam", "ablationcam", {}, "ablationcam"),
     ):
-        with METHODS[name](model, [model.layer4], **options) as explainer:
-            ours = seconds(lambda explainer=explainer: explainer(x, classes))
-        theirs = None
-        peer_cam = pytorch_grad_cam_cam(model, peer) if peer else None
-        if peer_cam is not None:
-            from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        ours, theirs = [], []
+        for _ in range(repeats):
+            with METHODS[name](model, [model.layer4], **options) as explainer:
+                ours.append(median_seconds(lambda explainer=explainer: explainer(x, classes), x.device, 1, warmup=0))
+            peer_cam = pytorch_grad_cam_cam(model, peer) if peer else None
+            if peer_cam is not None:
+                from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-            with peer_cam:
-                targets = [ClassifierOutputTarget(int(c)) for c in classes]
-                theirs = seconds(lambda: peer_cam(input_tensor=x, targets=targets))
+                with peer_cam:
+                    targets = [ClassifierOutputTarget(int(c)) for c in classes]
+                    theirs.append(
+                        median_seconds(lambda: peer_cam(input_tensor=x, targets=targets), x.device, 1, warmup=0)
+                    )
+        mine, peer_time = statistics.median(ours), statistics.median(theirs) if theirs else None
         rows.append(
             [
                 label,
-                f"{1 / ours:.3f}",
-                f"{1 / theirs:.3f}" if theirs else "-",
-                f"{theirs / ours:.2f}x" if theirs else "-",
+                f"{mine:.1f}",
+                f"{peer_time:.1f}" if peer_time else "-",
+                f"{peer_time / mine:.2f}x" if peer_time else "-",
+                " ".join(f"{t:.1f}" for t in ours) + (" | " + " ".join(f"{t:.1f}" for t in theirs) if theirs else ""),
             ]
         )
-    print("\nGradient-free CAMs, one image, K = 2048 forwards each")
-    print_table(["method", "ours images / s", "pytorch-grad-cam images / s", "ours faster by"], rows)
+    print(f"\nGradient-free CAMs, one image, K = 2048 forwards each, medians of {repeats} alternated calls")
+    print_table(
+        ["method", "ours s / image", "pytorch-grad-cam s / image", "ours faster by", "each call: ours | theirs"],
+        rows,
+    )
 
 
 def main() -> None:
@@ -93,6 +101,7 @@ def main() -> None:
     parser.add_argument("--gig-steps", type=int, default=30)
     parser.add_argument("--abscam-phase2", action="store_true")
     parser.add_argument("--gradient-free", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="alternated calls per library with --gradient-free")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -113,7 +122,7 @@ def main() -> None:
     )
 
     if args.gradient_free:
-        gradient_free_table(model, x[:1])
+        gradient_free_table(model, x[:1], args.repeats)
         return
     rows = []
     for name in ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam_elementwise", "abscam"):
