@@ -35,7 +35,9 @@ class AblationCAM(GradientFreeCAM):
     as 64 MB of the layer's output holds): ResNet-50's layer4 at 224 px takes 3 s instead of 4 minutes.
     The first forward checks this shortcut: its ablations are scored both ways, and where they differ
     beyond rounding (layers before the target that depend on the batch) or the model fails on it (a
-    layer after the target concatenating an earlier tensor of the batch), every forward runs on copies.
+    layer after the target concatenating an earlier tensor of the batch, or a forward that reshapes to
+    its input's batch size, as the shipped EfficientNet-Lite0's ``x.view(bs, -1)``), every forward runs
+    on copies.
 
     pytorch-grad-cam zeroes a channel only when the layer's minimum is 0 and otherwise sets it to that
     minimum minus 1e7; here it is always zeroed, as in the paper, so the two
@@ -144,7 +146,8 @@ class AblationCAM(GradientFreeCAM):
         """Whether the layers before the target layer may run once per forward, on the image alone:
         true when the ablations of ``chunk`` score the same (to rounding) that way as with a batch of
         copies (``expected``). It is false when a later layer combines the layer's output with an
-        earlier tensor of the batch (a concatenation raises on the mismatched batch) or when the
+        earlier tensor of the batch (a concatenation raises on the mismatched batch), when the forward
+        reshapes to its input's batch size, or when the
         layers before it depend on the batch (dropout in training mode draws one mask per copy)."""
         try:
             scores = self._forward_ablating(image, activations, classes, chunk, prefix_once=True)
