@@ -337,6 +337,17 @@ def test_ablationcam_forwards_copies_when_the_layers_before_the_target_depend_on
     assert stem_batches(model, lambda: explainer(x, 2)) == [1, 4, 1, 2]
 
 
+def test_ablationcam_forwards_copies_when_the_layers_after_the_target_depend_on_the_batch():
+    model = AroundTheLayer().double().eval()
+    model.norm = nn.BatchNorm2d(6, track_running_stats=False).double()  # batch statistics in eval mode
+    model.after = lambda a, skip: model.head(model.norm(a + skip).mean((2, 3)))
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    explainer = AblationCAM(model, ["act"])
+    # the check runs the shortcut on all 6 ablations, the batch size it would use: their statistics
+    # differ from those of the 4 copies, so the last 2 run on copies too
+    assert stem_batches(model, lambda: explainer(x, 2)) == [1, 4, 1, 2]
+
+
 def test_ablationcam_refuses_a_callable_layout_and_a_zero_logit():
     with pytest.raises(ValueError, match="reshape: AblationCAM zeroes channels of the layer's own output"):
         AblationCAM(small_cnn(), ["5"], reshape=lambda t: t)

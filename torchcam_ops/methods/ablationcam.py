@@ -12,9 +12,10 @@ from torchcam_ops.methods.capture import capture_outputs
 from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
 from torchcam_ops.methods.masking import MasksPerForward, check_masks_per_forward, resolve_masks_per_forward
 
-# Ablated copies of the layer's output per forward when the layers before it run once (elements:
-# 64 MB of float32; ResNet-50's layer4 at 224 px, 2048 x 7 x 7 per copy, gives 167 copies)
-PREFIX_ONCE_ELEMENTS = 1 << 24
+# Elements of the ablated copies of the layer's output per forward when the layers before it run once
+# (16 MB of float32: ResNet-50's layer4 at 224 px, 2048 x 7 x 7 per copy, gives 41 copies). The layers
+# after the target hold more per copy than its output (a ViT's attention and MLP), hence the margin.
+PREFIX_ONCE_ELEMENTS = 1 << 22
 
 
 class AblationCAM(GradientFreeCAM):
@@ -32,9 +33,10 @@ class AblationCAM(GradientFreeCAM):
     gradients; on the CPU a channel that is already all zeros is not forwarded (zeroing it changes
     nothing: :math:`w_k = 0`). On the CPU the layers before the target layer then run once per forward,
     on the image alone, and only the layers after it run on the ablated copies (``"auto"``: as many
-    as 64 MB of the layer's output holds): ResNet-50's layer4 at 224 px takes 3 s instead of 4 minutes.
-    The first forward checks this shortcut: its ablations are scored both ways, and where they differ
-    beyond rounding (layers before the target that depend on the batch) or the model fails on it (a
+    as 2^22 elements of the layer's output hold): ResNet-50's layer4 at 224 px takes seconds instead of
+    4 minutes. The first forward checks this shortcut at the batch size it uses: the first chunk's
+    ablations are scored both ways, and where they differ beyond rounding (layers that depend on the
+    batch) or the model fails on it (a
     layer after the target concatenating an earlier tensor of the batch, or a forward that reshapes to
     its input's batch size, as the shipped EfficientNet-Lite0's ``x.view(bs, -1)``), every forward runs
     on copies.
@@ -99,16 +101,23 @@ class AblationCAM(GradientFreeCAM):
         full = original[None].expand(channels, -1).clone()
         if candidates.numel() == 0:
             return full
-        first, rest = candidates[:step], candidates[step:]
+        first = candidates[:step]
         scored = [self._forward_ablating(image, activations, classes, first, prefix_once=False)]
-        if rest.numel():
-            prefix_once = eager_cpu and self._prefix_runs_once(image, activations, classes, first, scored[0])
-            if prefix_once and self.ablations_per_forward == "auto":
-                per_image = activations.maps[n].numel()
-                step = max(step, PREFIX_ONCE_ELEMENTS // max(1, per_image))
+        if candidates.shape[0] > step:
+            shortcut_step = step
+            if self.ablations_per_forward == "auto":
+                shortcut_step = max(step, PREFIX_ONCE_ELEMENTS // max(1, activations.maps[n].numel()))
+            # the check runs the shortcut at the batch size it will use: layers after the target that
+            # depend on the batch (batch statistics) then differ from the copies' scores
+            trial = self._shortcut_scores(image, activations, classes, candidates[:shortcut_step], scored[0])
+            if trial is not None:
+                scored.append(trial[step:])
+                rest, prefix_once = candidates[shortcut_step:], True
+            else:
+                rest, prefix_once, shortcut_step = candidates[step:], False, step
             scored += [
                 self._forward_ablating(image, activations, classes, chunk, prefix_once=prefix_once)
-                for chunk in rest.split(step)
+                for chunk in rest.split(shortcut_step)
             ]
         full[candidates] = torch.cat(scored)
         return full
@@ -140,20 +149,25 @@ class AblationCAM(GradientFreeCAM):
             out = self.model(inputs)
         return out.to(activations.maps.dtype).index_select(1, classes)
 
-    def _prefix_runs_once(
+    def _shortcut_scores(
         self, image: Tensor, activations: LayerActivations, classes: Tensor, chunk: Tensor, expected: Tensor
-    ) -> bool:
-        """Whether the layers before the target layer may run once per forward, on the image alone:
-        true when the ablations of ``chunk`` score the same (to rounding) that way as with a batch of
-        copies (``expected``). It is false when a later layer combines the layer's output with an
-        earlier tensor of the batch (a concatenation raises on the mismatched batch), when the forward
-        reshapes to its input's batch size, or when the
-        layers before it depend on the batch (dropout in training mode draws one mask per copy)."""
+    ) -> Tensor | None:
+        """The ablations of ``chunk`` scored with the layers before the target layer run once, on the
+        image alone, when its first rows score the same (to rounding) as the batch of copies did
+        (``expected``); None otherwise: when a later layer combines the layer's output with an earlier
+        tensor of the batch (a concatenation raises on the mismatched batch), when the forward reshapes
+        to its input's batch size, or when layers depend on the batch (dropout in training mode draws
+        one mask per copy; batch statistics differ between batch sizes)."""
+        if image.device.type != "cpu" or torch.compiler.is_compiling():
+            return None  # comparing would stall the host on device data, or branch inside a traced graph
         try:
             scores = self._forward_ablating(image, activations, classes, chunk, prefix_once=True)
         except Exception:  # any failure of the shortcut means: use the batch of copies
-            return False
-        if scores.shape != expected.shape:
-            return False
+            return None
+        if scores.shape[1:] != expected.shape[1:] or scores.shape[0] != chunk.shape[0]:
+            return None
+        head = scores[: expected.shape[0]]
         tolerance = max(1e-4, 4 * torch.finfo(image.dtype).eps)
-        return bool(torch.allclose(scores, expected, rtol=tolerance, atol=tolerance * float(expected.abs().max())))
+        if not torch.allclose(head, expected, rtol=tolerance, atol=tolerance * float(expected.abs().max())):
+            return None
+        return scores
