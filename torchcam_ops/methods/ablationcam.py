@@ -109,7 +109,9 @@ class AblationCAM(GradientFreeCAM):
                 shortcut_step = max(step, PREFIX_ONCE_ELEMENTS // max(1, activations.maps[n].numel()))
             # the check runs the shortcut at the batch size it will use: layers after the target that
             # depend on the batch (batch statistics) then differ from the copies' scores
-            trial = self._shortcut_scores(image, activations, classes, candidates[:shortcut_step], scored[0])
+            trial = None
+            if eager_cpu:  # the check compares on the host: on a device it would stall, in a graph branch
+                trial = self._shortcut_scores(image, activations, classes, candidates[:shortcut_step], scored[0])
             if trial is not None:
                 scored.append(trial[step:])
                 rest, prefix_once = candidates[shortcut_step:], True
@@ -158,8 +160,6 @@ class AblationCAM(GradientFreeCAM):
         tensor of the batch (a concatenation raises on the mismatched batch), when the forward reshapes
         to its input's batch size, or when layers depend on the batch (dropout in training mode draws
         one mask per copy; batch statistics differ between batch sizes)."""
-        if image.device.type != "cpu" or torch.compiler.is_compiling():
-            return None  # comparing would stall the host on device data, or branch inside a traced graph
         try:
             scores = self._forward_ablating(image, activations, classes, chunk, prefix_once=True)
         except Exception:  # any failure of the shortcut means: use the batch of copies
