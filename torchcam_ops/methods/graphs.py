@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from torchcam_ops.methods.layout import may_try_channels_last
+
 Call = TypeVar("Call", bound=Callable[..., Any])
 
 
@@ -252,6 +254,12 @@ class Graphable:
                 model = self.model
                 self._compiled_forward = torch.compile(_own_code(lambda x: model(x)), **self._model_compile_options)
             return self._compiled_forward
+
+    def _model_forward_may_try_channels_last(self, device: torch.device) -> bool:
+        """Whether :meth:`_model_forward` may be tried on channels-last images on ``device``
+        (:func:`~torchcam_ops.methods.layout.may_try_channels_last`), not with a compiled model: its
+        graph would recompile for the new strides."""
+        return self._model_compile_options is None and may_try_channels_last(self.model, device)
 
     def _call_compiled(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``call(self, ...)`` compiled with the model's compile options. A model that cannot be

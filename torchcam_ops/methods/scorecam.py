@@ -44,7 +44,9 @@ class ScoreCAM(GradientFreeCAM):
     The masked images of one image run in forwards of ``masks_per_forward`` (``"auto"``: 4 on the CPU,
     64 on a GPU; None: all at once), without gradients, every requested class scored by the same
     forwards. On the CPU, all-zero masks are not forwarded (their score is known: 0 in the original,
-    the zero image's logit, forwarded once, in pytorch-grad-cam's variant). A model in training mode
+    the zero image's logit, forwarded once, in pytorch-grad-cam's variant), and an eager model in eval
+    mode gets them channels-last after the first forward if a trial of it computes the same
+    (:mod:`~torchcam_ops.methods.layout`: oneDNN's convolutions run them faster). A model in training mode
     scores each forward's masked images with their batch statistics, so its maps depend on
     ``masks_per_forward``: explain models in eval mode.
     """
@@ -84,6 +86,7 @@ class ScoreCAM(GradientFreeCAM):
         for image, a, classes in zip(x, activations.maps, indices):
             masks = self._masks(a, tuple(x.shape[-2:]))
             per_forward = resolve_masks_per_forward(self.masks_per_forward, x.device, masks.shape[0])
+            channels_last = self._model_forward_may_try_channels_last(x.device)
             if self.variant == "original":
                 weights = masked_scores(
                     forward,
@@ -91,6 +94,7 @@ class ScoreCAM(GradientFreeCAM):
                     masks,
                     lambda logits, c=classes: torch.softmax(logits.to(a.dtype), dim=1).index_select(1, c),
                     per_forward,
+                    try_channels_last=channels_last,
                 )
             else:
                 logits = masked_scores(
@@ -100,6 +104,7 @@ class ScoreCAM(GradientFreeCAM):
                     lambda out, c=classes: out.to(a.dtype).index_select(1, c),
                     per_forward,
                     score_empty=True,
+                    try_channels_last=channels_last,
                 )
                 weights = torch.softmax(logits, dim=0)
             maps.append(torch.einsum("kt,khw->thw", weights, a))

@@ -1,0 +1,172 @@
+"""Channels-last images on the CPU: taken by the masked forwards (Score-CAM, Abs-CAM) and GIG-CAM's
+paths only where the model computes the same with them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tests.helpers import small_cnn
+from torchcam_ops.methods import GIGCAM, AbsCAM, ScoreCAM
+from torchcam_ops.methods import masking as masking_module
+from torchcam_ops.methods.layout import agree_to_rounding, computes_same_channels_last, outputs_agree
+
+
+class FlattensWithView(nn.Module):
+    """A LeNet-style model: ``.view`` raises on a channels-last activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1))
+        self.relu = nn.ReLU()
+        self.classifier = nn.Linear(8 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.relu(self.features(x))
+        return self.classifier(a.view(a.shape[0], 8 * 8 * 8))
+
+
+class ReadsMemoryInOrder(FlattensWithView):
+    """Flattens by reading the activation's memory in order: no error on a channels-last activation,
+    but other logits (the elements reach the classifier in another order)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.relu(self.features(x))
+        return self.classifier(a.as_strided((a.shape[0], 8 * 8 * 8), (8 * 8 * 8, 1)))
+
+
+def images(n: int = 2, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(3), dtype=dtype)
+
+
+def record_layouts(model: nn.Module) -> tuple[list[bool], torch.utils.hooks.RemovableHandle]:
+    """Whether each forward's input was channels-last (and not contiguous)."""
+    seen: list[bool] = []
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0]
+        seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+
+    return seen, model.register_forward_pre_hook(hook)
+
+
+def without_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(masking_module, "computes_same_channels_last", lambda *args: False)
+
+
+def test_agree_to_rounding_accepts_rounding_and_refuses_differences():
+    expected = torch.tensor([10.0, -3.0, 0.5])
+    assert agree_to_rounding(expected * (1 + 1e-6), expected)
+    assert agree_to_rounding(expected + 5e-4, expected)  # within 1e-4 of the largest magnitude, 10
+    assert not agree_to_rounding(expected + 2e-3, expected)
+    assert not agree_to_rounding(expected[:2], expected)
+    assert not agree_to_rounding(expected.double(), expected)
+    assert not agree_to_rounding(torch.tensor([10.0, float("nan"), 0.5]), expected)
+    # eps of the dtype the values were computed in: half rounding passes, a real difference does not
+    assert agree_to_rounding(expected + 2e-2, expected, torch.float16)
+    assert not agree_to_rounding(expected + 1.0, expected, torch.float16)
+    assert agree_to_rounding(torch.tensor([1, 2]), torch.tensor([1, 2]))
+    assert not agree_to_rounding(torch.tensor([1, 2]), torch.tensor([1, 3]))
+
+
+def test_outputs_agree_compares_structures_leaf_by_leaf():
+    out = {"out": torch.ones(2, 3), "aux": [torch.zeros(2), "label"]}
+    assert outputs_agree({"out": torch.ones(2, 3), "aux": [torch.zeros(2), "label"]}, out)
+    assert not outputs_agree({"out": torch.ones(2, 3), "aux": [torch.ones(2), "label"]}, out)
+    assert not outputs_agree({"out": torch.ones(2, 3), "aux": [torch.zeros(2), "other"]}, out)
+    assert not outputs_agree({"out": torch.ones(2, 3)}, out)
+
+
+@pytest.mark.parametrize(
+    ("model", "same"), [(small_cnn(), True), (FlattensWithView(), False), (ReadsMemoryInOrder(), False)]
+)
+def test_the_trial_says_whether_a_model_computes_the_same_channels_last(model, same):
+    x = images(4)
+    with torch.no_grad():
+        expected = model(x)
+    assert computes_same_channels_last(model, x, expected) is same
+
+
+@pytest.mark.parametrize("variant", ["original", "pytorch-grad-cam"])
+def test_scorecam_forwards_channels_last_images_to_a_model_that_computes_the_same(monkeypatch, variant):
+    model, x = small_cnn().eval(), images()
+    seen, handle = record_layouts(model)
+    try:
+        maps = ScoreCAM(model, ["3"], variant=variant, masks_per_forward=2)(x, [1, 4])
+    finally:
+        handle.remove()
+    # per image: the batch-1 forward, the first chunk, its channels-last trial, then channels-last chunks
+    assert seen.count(True) > len(seen) // 2, seen
+    without_channels_last(monkeypatch)
+    seen.clear()
+    handle = model.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    try:
+        contiguous = ScoreCAM(model, ["3"], variant=variant, masks_per_forward=2)(x, [1, 4])
+    finally:
+        handle.remove()
+    assert all(seen)
+    torch.testing.assert_close(maps, contiguous, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_class", [FlattensWithView, ReadsMemoryInOrder])
+def test_scorecam_keeps_contiguous_images_for_a_model_that_depends_on_the_layout(monkeypatch, model_class):
+    model, x = model_class().eval(), images()
+    seen, handle = record_layouts(model)
+    try:
+        maps = ScoreCAM(model, ["features.2"], masks_per_forward=2)(x, [0, 3])
+    finally:
+        handle.remove()
+    trials = seen.count(True)
+    assert trials == x.shape[0]  # one trial per image, then contiguous images only
+    without_channels_last(monkeypatch)
+    expected = ScoreCAM(model, ["features.2"], masks_per_forward=2)(x, [0, 3])
+    torch.testing.assert_close(maps, expected, rtol=0, atol=0)
+
+
+def test_no_channels_last_trial_in_training_mode_or_for_a_single_forward():
+    model, x = small_cnn().train(), images(1)
+    seen, handle = record_layouts(model)
+    try:
+        ScoreCAM(model, ["3"], masks_per_forward=2)(x, 1)
+        model.eval()
+        ScoreCAM(model, ["3"], masks_per_forward=None)(x, 1)
+    finally:
+        handle.remove()
+    assert not any(seen)
+    assert model.training is False
+
+
+def test_abscam_phase_two_takes_channels_last_images_only_where_the_model_computes_the_same():
+    for model, layer, expect_channels_last in ((small_cnn(), "3", True), (FlattensWithView(), "features.2", False)):
+        model.eval()
+        seen, handle = record_layouts(model)
+        try:
+            maps = AbsCAM(model, [layer], masks_per_forward=2)(images(1), 2)
+        finally:
+            handle.remove()
+        assert torch.isfinite(maps).all()
+        assert (seen.count(True) > 1) is expect_channels_last, seen
+
+
+@pytest.mark.parametrize("model_class", [FlattensWithView, ReadsMemoryInOrder])
+def test_gig_cam_walks_contiguous_images_for_a_model_that_depends_on_the_layout(model_class):
+    model, x = model_class().eval(), images()
+    seen, handle = record_layouts(model)
+    try:
+        maps = GIGCAM(model, ["features.2"], steps=4)(x, [1, 2])
+    finally:
+        handle.remove()
+    assert seen.count(True) == 1  # the trial, once per call
+    assert maps.shape == (2, 16, 16) and torch.isfinite(maps).all()
+
+
+def test_gig_cam_walks_channels_last_images_for_a_model_that_computes_the_same():
+    model, x = small_cnn().eval(), images()
+    seen, handle = record_layouts(model)
+    try:
+        GIGCAM(model, ["3"], steps=4)(x, [1, 2])
+    finally:
+        handle.remove()
+    assert seen.count(True) > len(seen) // 2, seen

@@ -1,0 +1,74 @@
+"""Channels-last images for CPU forwards, taken only where the model computes the same with them.
+
+oneDNN's CPU convolutions run channels-last activations 7-20% faster, but a model may depend on its
+input's memory format: one that flattens with ``.view`` raises on a channels-last tensor, and a
+custom kernel that reads raw memory would silently compute something else. So the layout is tried
+on one batch of the real images and kept only where the outputs agree to rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten
+
+
+def agree_to_rounding(actual: Tensor, expected: Tensor, computed_in: torch.dtype | None = None) -> bool:
+    """Whether two computations of the same values differ by rounding only: the same shape, and every
+    element within ``max(1e-4, 4 eps)`` of ``expected``'s, relative to itself or to ``expected``'s
+    largest magnitude (the sums of a convolution round differently in another order; a model that
+    depends on the batch or the layout differs by far more). ``eps`` is that of ``computed_in``, the
+    dtype the values were computed in (default: ``expected``'s). NaN never agrees."""
+    if actual.shape != expected.shape or actual.dtype != expected.dtype:
+        return False
+    if expected.numel() == 0:
+        return True
+    if not expected.is_floating_point():
+        return bool(torch.equal(actual, expected))
+    tolerance = max(1e-4, 4 * torch.finfo(computed_in or expected.dtype).eps)
+    scale = float(expected.abs().max())
+    return bool(torch.allclose(actual, expected, rtol=tolerance, atol=tolerance * scale))
+
+
+def outputs_agree(actual: Any, expected: Any, computed_in: torch.dtype | None = None) -> bool:
+    """:func:`agree_to_rounding` for model outputs of any structure (tensors, dicts, lists of them);
+    leaves that are not tensors must be equal."""
+    actual_leaves, actual_structure = tree_flatten(actual)
+    expected_leaves, expected_structure = tree_flatten(expected)
+    if actual_structure != expected_structure:
+        return False
+    for a, e in zip(actual_leaves, expected_leaves):
+        if isinstance(e, Tensor):
+            if not isinstance(a, Tensor) or not agree_to_rounding(a, e, computed_in):
+                return False
+        elif a != e:
+            return False
+    return True
+
+
+def may_try_channels_last(model: nn.Module, device: torch.device) -> bool:
+    """Whether a forward on ``device`` may try channels-last images: eagerly on the CPU, for a model in
+    eval mode (a trial forward in training mode would draw dropout masks from the user's random
+    stream and differ from the contiguous forward anyway)."""
+    return (
+        device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not any(module.training for module in model.modules())
+    )
+
+
+def computes_same_channels_last(forward: Callable[[Tensor], Any], batch: Tensor, expected: Any) -> bool:
+    """Whether ``forward`` gives ``expected`` (its output on the 4-D ``batch``), to rounding, on a
+    channels-last copy of ``batch``; False when that forward raises (the model's own error, which
+    the contiguous forward did not meet)."""
+    if batch.dim() != 4:
+        return False
+    try:
+        with torch.no_grad():
+            trial = forward(batch.contiguous(memory_format=torch.channels_last))
+    except Exception:  # whatever the channels-last forward fails on, the contiguous one ran
+        return False
+    return outputs_agree(trial, expected, batch.dtype)
