@@ -6,8 +6,10 @@
 A benchmark of 200 canvases takes hours for every method on 2 cores; a method added later is evaluated
 alone and its rows join the table. Both runs must describe the same benchmark (the first line of
 `evaluation.md`, the process count aside) and have the same columns; a method already in the base folder
-is refused. `evaluation.csv`, the table of `evaluation.md` and `per_object.csv` gain the rows; the base's
-curves figure is left as it is (the added run has its own).
+is refused, and so is a folder whose `evaluation.md` holds more than one table (an `evaluate --sanity` run).
+`evaluation.csv`, the table of `evaluation.md` and `per_object.csv` gain the rows; the base's curves figure
+and `report.html` are left as they are (the added run has its own), and `paired_differences.txt` is to be
+regenerated from the merged `per_object.csv` (`benchmarks/paired_differences.py`; the script says so).
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ def benchmark_of(about: str) -> str:
 def merge(base: Path, added: Path, methods: list[str]) -> None:
     base_md = (base / "evaluation.md").read_text().splitlines()
     added_md = (added / "evaluation.md").read_text().splitlines()
+    for folder, lines in ((base, base_md), (added, added_md)):
+        tables = sum(line.startswith("| method |") for line in lines)
+        if tables != 1:
+            raise SystemExit(
+                f"{folder / 'evaluation.md'} holds {tables} tables: only a run with one (not --sanity) can be merged"
+            )
     if benchmark_of(base_md[0]) != benchmark_of(added_md[0]):
         raise SystemExit(f"the runs describe different benchmarks:\n  {base_md[0]}\n  {added_md[0]}")
     tables = {}
@@ -58,6 +66,8 @@ def merge(base: Path, added: Path, methods: list[str]) -> None:
         write_csv(base / name, rows)
     (base / "evaluation.md").write_text("\n".join(merged_md) + "\n")
     print(f"added {', '.join(methods)} from {added} to {base}")
+    if (base / "paired_differences.txt").exists():
+        print(f"{base / 'paired_differences.txt'} predates them: rerun benchmarks/paired_differences.py")
 
 
 def main() -> None:
