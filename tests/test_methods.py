@@ -429,11 +429,24 @@ def test_abscam_phase_two_scores_only_masks_that_are_not_all_zero():
     torch.testing.assert_close(maps, torch.stack(expected), rtol=1e-5, atol=1e-5)
 
 
-def test_abscam_phase_two_on_the_cpu_scores_four_masked_images_per_forward_by_default(monkeypatch):
+def test_masked_images_per_forward_by_default_follow_the_image_size_on_the_cpu():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [masking_module.resolve_masks_per_forward("auto", cpu, 100, s * s) for s in (512, 224, 128, 16)] == [
+        4,
+        4,
+        8,
+        64,
+    ]
+    assert masking_module.resolve_masks_per_forward("auto", cuda, 100, 128 * 128) == 64
+    assert masking_module.resolve_masks_per_forward(6, cpu, 100, 128 * 128) == 6
+    assert masking_module.resolve_masks_per_forward(None, cpu, 100, 128 * 128) == 100
+
+
+def test_abscam_phase_two_on_the_cpu_scores_four_masked_images_of_224_px_per_forward_by_default(monkeypatch):
     # without the channels-last trial forward (tests/test_layout.py), whose images would count here
     monkeypatch.setattr(masking_module, "computes_same_channels_last", lambda *args: False)
     model = small_cnn()
-    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     images_per_forward = []
     handle = model.register_forward_pre_hook(lambda m, args: images_per_forward.append(args[0].shape[0]))
     try:

@@ -30,7 +30,7 @@ class AblationCAM(GradientFreeCAM):
               L = \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(\textstyle\sum_k w_k A_k)))
 
     All K ablations of an image run as forwards of ``ablations_per_forward`` copies of it
-    (``"auto"``: 4 on the CPU, 64 on a GPU, as Score-CAM's masked images; None: all at once), without
+    (``"auto"``: as Score-CAM's masked images; None: all at once), without
     gradients; on the CPU a channel that is already all zeros is not forwarded (zeroing it changes
     nothing: :math:`w_k = 0`). On the CPU the layers before the target layer then run once per forward,
     on the image alone, and only the layers after it run on the ablated copies (``"auto"``: as many
@@ -98,7 +98,9 @@ class AblationCAM(GradientFreeCAM):
             candidates = activations.maps[n].flatten(1).ne(0).any(1).nonzero()[:, 0]
         else:
             candidates = torch.arange(channels, device=image.device)
-        step = resolve_masks_per_forward(self.ablations_per_forward, image.device, max(1, candidates.shape[0]))
+        step = resolve_masks_per_forward(
+            self.ablations_per_forward, image.device, max(1, candidates.shape[0]), image[0].numel()
+        )
         full = original[None].expand(channels, -1).clone()
         if candidates.numel() == 0:
             return full

@@ -28,8 +28,8 @@ class AbsCAM(BaseCAM):
     each channel's weighted map :math:`M_k = \operatorname{norm}(\operatorname{Up}(w_k A_k))` masks
     the input, the model scores the masked image, :math:`s_k = \operatorname{softmax}(f(x \odot M_k))_c`,
     and :math:`L = \operatorname{norm}(\mathrm{ReLU}(\sum_k s_k M_k))`. The masked forwards per image
-    and class run in forwards of ``masks_per_forward`` masked images (``"auto"``: 4 on the CPU, 64 on a
-    GPU; None: all at once), without gradients; channels whose :math:`M_k` is all zeros (a constant
+    and class run in forwards of ``masks_per_forward`` masked images (``"auto"``: as Score-CAM's;
+    None: all at once), without gradients; channels whose :math:`M_k` is all zeros (a constant
     :math:`w_k A_k`, e.g. a dead channel) add nothing to the sum and, on the CPU, are not scored; there
     an eager model in eval mode gets the masked images channels-last after the first forward if a trial
     of it computes the same (:mod:`~torchcam_ops.methods.layout`).
@@ -111,7 +111,7 @@ class AbsCAM(BaseCAM):
             image,
             masks,
             lambda logits: torch.softmax(logits.to(masks.dtype), dim=1).index_select(1, target)[:, 0],
-            resolve_masks_per_forward(self.masks_per_forward, image.device, masks.shape[0]),
+            resolve_masks_per_forward(self.masks_per_forward, image.device, masks.shape[0], image[0].numel()),
             try_channels_last=self._model_forward_may_try_channels_last(image.device),
         )
         combined = torch.einsum("k,khw->hw", scores, masks)

@@ -14,9 +14,13 @@ from torchcam_ops.methods.layout import computes_same_channels_last
 MasksPerForward = int | Literal["auto"] | None
 
 # On a 2-core CPU, EfficientNet-Lite0 scores the masked images of a photo in 14-16 s in forwards of 4,
-# 17-18 s of 8, 27-29 s of 16 (the activations of a small batch stay in cache); a GPU needs large
-# batches to fill.
+# 17-18 s of 8, 27-29 s of 16 (the activations of a small batch stay in cache). Smaller images want more
+# per forward, to fill the matrix products of the last layers: at 128 px, channels-last, EfficientNet-Lite0
+# runs 94 images/s in forwards of 4 and 122 of 8, ResNet-50 23 and 28. So the CPU's forwards hold about
+# 2^17 pixels (4 images of 224 px or more, 8 of 128 px), at most 64 images; a GPU needs large batches to
+# fill.
 CPU_MASKS_PER_FORWARD = 4
+CPU_PIXELS_PER_FORWARD = 1 << 17
 GPU_MASKS_PER_FORWARD = 64
 
 
@@ -28,13 +32,19 @@ def check_masks_per_forward(value: object, name: str = "masks_per_forward") -> N
         raise ValueError(f"{name}: expected a positive int, 'auto' or None, got {value!r}")
 
 
-def resolve_masks_per_forward(value: MasksPerForward, device: torch.device, masks: int) -> int:
-    """Masked images per forward: ``value``, all ``masks`` for None, and for "auto" a size chosen
-    by device type (the GPU's while ``torch.compile`` traces: a traced graph holds every forward, and
-    K / 4 of them would make its compile time and size grow accordingly)."""
+def resolve_masks_per_forward(
+    value: MasksPerForward, device: torch.device, masks: int, pixels: int | None = None
+) -> int:
+    """Masked images per forward: ``value``, all ``masks`` for None, and for "auto" a size chosen by
+    device type (the GPU's while ``torch.compile`` traces: a traced graph holds every forward, and
+    K / 4 of them would make its compile time and size grow accordingly) and, on the CPU, by the
+    images' ``pixels`` (H * W) where given."""
     if value == "auto":
-        on_cpu = device.type == "cpu" and not torch.compiler.is_compiling()
-        return CPU_MASKS_PER_FORWARD if on_cpu else GPU_MASKS_PER_FORWARD
+        if device.type != "cpu" or torch.compiler.is_compiling():
+            return GPU_MASKS_PER_FORWARD
+        if pixels is None:
+            return CPU_MASKS_PER_FORWARD
+        return max(CPU_MASKS_PER_FORWARD, min(GPU_MASKS_PER_FORWARD, CPU_PIXELS_PER_FORWARD // max(1, pixels)))
     return value or max(1, masks)
 
 

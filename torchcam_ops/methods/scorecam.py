@@ -41,8 +41,9 @@ class ScoreCAM(GradientFreeCAM):
     the channels of the masked logits, :math:`w = \operatorname{softmax}_k(f(x \odot M_k)_c)`;
     :math:`L = \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(\sum_k w_k A_k)))`.
 
-    The masked images of one image run in forwards of ``masks_per_forward`` (``"auto"``: 4 on the CPU,
-    64 on a GPU; None: all at once), without gradients, every requested class scored by the same
+    The masked images of one image run in forwards of ``masks_per_forward`` (``"auto"``: on the CPU
+    about 2^17 pixels, 4 images of 224 px or more, 8 of 128 px, at most 64; 64 on a GPU; None: all at
+    once), without gradients, every requested class scored by the same
     forwards. On the CPU, all-zero masks are not forwarded (their score is known: 0 in the original,
     the zero image's logit, forwarded once, in pytorch-grad-cam's variant), and an eager model in eval
     mode gets them channels-last after the first forward if a trial of it computes the same
@@ -85,7 +86,7 @@ class ScoreCAM(GradientFreeCAM):
         maps = []
         for image, a, classes in zip(x, activations.maps, indices):
             masks = self._masks(a, tuple(x.shape[-2:]))
-            per_forward = resolve_masks_per_forward(self.masks_per_forward, x.device, masks.shape[0])
+            per_forward = resolve_masks_per_forward(self.masks_per_forward, x.device, masks.shape[0], image[0].numel())
             channels_last = self._model_forward_may_try_channels_last(x.device)
             if self.variant == "original":
                 weights = masked_scores(
