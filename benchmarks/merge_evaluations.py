@@ -39,10 +39,11 @@ def merge(base: Path, added: Path, methods: list[str]) -> None:
     base_md = (base / "evaluation.md").read_text().splitlines()
     added_md = (added / "evaluation.md").read_text().splitlines()
     for folder, lines in ((base, base_md), (added, added_md)):
-        tables = sum(line.startswith("| method |") for line in lines)
-        if tables != 1:
+        table_count = sum(line.startswith("| method |") for line in lines)
+        if table_count != 1:
             raise SystemExit(
-                f"{folder / 'evaluation.md'} holds {tables} tables: only a run with one (not --sanity) can be merged"
+                f"{folder / 'evaluation.md'} holds {table_count} tables: only a run with one (not --sanity) "
+                "can be merged"
             )
     if benchmark_of(base_md[0]) != benchmark_of(added_md[0]):
         raise SystemExit(f"the runs describe different benchmarks:\n  {base_md[0]}\n  {added_md[0]}")

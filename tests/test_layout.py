@@ -10,7 +10,12 @@ from torch import nn
 from tests.helpers import small_cnn
 from torchcam_ops.methods import GIGCAM, AbsCAM, ScoreCAM
 from torchcam_ops.methods import masking as masking_module
-from torchcam_ops.methods.layout import agree_to_rounding, computes_same_channels_last, outputs_agree
+from torchcam_ops.methods.layout import (
+    agree_to_rounding,
+    computes_same_channels_last,
+    may_try_channels_last,
+    outputs_agree,
+)
 
 
 class FlattensWithView(nn.Module):
@@ -18,10 +23,13 @@ class FlattensWithView(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        torch.manual_seed(1)
-        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1)
+            )
+            self.classifier = nn.Linear(8 * 8 * 8, 5)
         self.relu = nn.ReLU()
-        self.classifier = nn.Linear(8 * 8 * 8, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.relu(self.features(x))
@@ -56,6 +64,12 @@ def without_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(masking_module, "computes_same_channels_last", lambda *args: False)
 
 
+@pytest.fixture(autouse=True)
+def trial_from_two_forwards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small models here have few channels: the trial runs from 2 forwards instead of 16."""
+    monkeypatch.setattr(masking_module, "CHANNELS_LAST_MIN_FORWARDS", 2)
+
+
 def test_agree_to_rounding_accepts_rounding_and_refuses_differences():
     expected = torch.tensor([10.0, -3.0, 0.5])
     assert agree_to_rounding(expected * (1 + 1e-6), expected)
@@ -64,6 +78,8 @@ def test_agree_to_rounding_accepts_rounding_and_refuses_differences():
     assert not agree_to_rounding(expected[:2], expected)
     assert not agree_to_rounding(expected.double(), expected)
     assert not agree_to_rounding(torch.tensor([10.0, float("nan"), 0.5]), expected)
+    infinite = torch.tensor([float("inf"), -3.0, 0.5])
+    assert not agree_to_rounding(torch.tensor([float("inf"), 100.0, -7.0]), infinite)  # no infinite tolerance
     # eps of the dtype the values were computed in: half rounding passes, a real difference does not
     assert agree_to_rounding(expected + 2e-2, expected, torch.float16)
     assert not agree_to_rounding(expected + 1.0, expected, torch.float16)
@@ -77,6 +93,8 @@ def test_outputs_agree_compares_structures_leaf_by_leaf():
     assert not outputs_agree({"out": torch.ones(2, 3), "aux": [torch.ones(2), "label"]}, out)
     assert not outputs_agree({"out": torch.ones(2, 3), "aux": [torch.zeros(2), "other"]}, out)
     assert not outputs_agree({"out": torch.ones(2, 3)}, out)
+    assert not outputs_agree([torch.ones(2), 1], [torch.ones(2), 1.0])  # another type
+    assert not outputs_agree([torch.ones(2), object()], [torch.ones(2), object()])  # not comparable
 
 
 @pytest.mark.parametrize(
@@ -125,29 +143,55 @@ def test_scorecam_keeps_contiguous_images_for_a_model_that_depends_on_the_layout
     torch.testing.assert_close(maps, expected, rtol=0, atol=0)
 
 
-def test_no_channels_last_trial_in_training_mode_or_for_a_single_forward():
+def test_no_channels_last_trial_in_training_mode_for_few_forwards_or_a_channels_last_caller(monkeypatch):
     model, x = small_cnn().train(), images(1)
     seen, handle = record_layouts(model)
     try:
         ScoreCAM(model, ["3"], masks_per_forward=2)(x, 1)
+        assert not any(seen)
         model.eval()
         ScoreCAM(model, ["3"], masks_per_forward=None)(x, 1)
+        assert not any(seen)
+        monkeypatch.setattr(masking_module, "CHANNELS_LAST_MIN_FORWARDS", 16)  # the default: 16 forwards
+        ScoreCAM(model, ["3"], masks_per_forward=2)(x, 1)  # 16 channels or fewer: 8 forwards at most
+        assert not any(seen)
+        seen.clear()
+        # the caller's channels-last images stay channels-last, without a trial
+        monkeypatch.setattr(masking_module, "computes_same_channels_last", lambda *args: pytest.fail("a trial"))
+        ScoreCAM(model, ["3"], masks_per_forward=1)(x.contiguous(memory_format=torch.channels_last), 1)
+        assert all(seen)
     finally:
         handle.remove()
-    assert not any(seen)
-    assert model.training is False
 
 
-def test_abscam_phase_two_takes_channels_last_images_only_where_the_model_computes_the_same():
-    for model, layer, expect_channels_last in ((small_cnn(), "3", True), (FlattensWithView(), "features.2", False)):
-        model.eval()
-        seen, handle = record_layouts(model)
-        try:
-            maps = AbsCAM(model, [layer], masks_per_forward=2)(images(1), 2)
-        finally:
-            handle.remove()
-        assert torch.isfinite(maps).all()
-        assert (seen.count(True) > 1) is expect_channels_last, seen
+def test_no_channels_last_trial_on_a_gpu_or_for_a_compiled_model():
+    model = small_cnn().eval()
+    assert may_try_channels_last(model, torch.device("cpu"))
+    assert not may_try_channels_last(model, torch.device("cuda"))
+    model[1].train()  # one module in training mode is enough
+    assert not may_try_channels_last(model, torch.device("cpu"))
+    model.eval()
+    assert ScoreCAM(model, ["3"])._model_forward_may_try_channels_last(torch.device("cpu"))
+    assert not ScoreCAM(torch.compile(model), ["3"])._model_forward_may_try_channels_last(torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("model", "layer", "same"),
+    [(small_cnn(), "3", True), (FlattensWithView(), "features.2", False), (ReadsMemoryInOrder(), "features.2", False)],
+)
+def test_abscam_phase_two_takes_channels_last_images_only_where_the_model_computes_the_same(
+    monkeypatch, model, layer, same
+):
+    model.eval()
+    seen, handle = record_layouts(model)
+    try:
+        maps = AbsCAM(model, [layer], masks_per_forward=2)(images(1), 2)
+    finally:
+        handle.remove()
+    assert (seen.count(True) > 1) is same, seen
+    without_channels_last(monkeypatch)
+    expected = AbsCAM(model, [layer], masks_per_forward=2)(images(1), 2)
+    torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("model_class", [FlattensWithView, ReadsMemoryInOrder])
@@ -162,11 +206,19 @@ def test_gig_cam_walks_contiguous_images_for_a_model_that_depends_on_the_layout(
     assert maps.shape == (2, 16, 16) and torch.isfinite(maps).all()
 
 
-def test_gig_cam_walks_channels_last_images_for_a_model_that_computes_the_same():
+def test_gig_cam_walks_channels_last_images_for_a_model_that_computes_the_same(monkeypatch):
     model, x = small_cnn().eval(), images()
     seen, handle = record_layouts(model)
     try:
-        GIGCAM(model, ["3"], steps=4)(x, [1, 2])
+        maps = GIGCAM(model, ["3"], steps=4)(x, [1, 2])
     finally:
         handle.remove()
     assert seen.count(True) > len(seen) // 2, seen
+    monkeypatch.setattr(GIGCAM, "_computes_same_channels_last", lambda self, x: False)
+    seen, handle = record_layouts(model)
+    try:
+        contiguous = GIGCAM(model, ["3"], steps=4)(x, [1, 2])
+    finally:
+        handle.remove()
+    assert not any(seen)
+    torch.testing.assert_close(maps, contiguous, rtol=0, atol=3e-3)

@@ -11,7 +11,12 @@ from torchcam_ops.methods.base import LayerSpec, Reshape, check_on_device
 from torchcam_ops.methods.capture import capture_outputs
 from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
 from torchcam_ops.methods.layout import agree_to_rounding
-from torchcam_ops.methods.masking import MasksPerForward, check_masks_per_forward, resolve_masks_per_forward
+from torchcam_ops.methods.masking import (
+    CPU_MASKS_PER_FORWARD,
+    MasksPerForward,
+    check_masks_per_forward,
+    resolve_masks_per_forward,
+)
 
 # Elements of the ablated copies of the layer's output per forward when the layers before it run once
 # (16 MB of float32: ResNet-50's layer4 at 224 px, 2048 x 7 x 7 per copy, gives 41 copies). The layers
@@ -104,11 +109,13 @@ class AblationCAM(GradientFreeCAM):
         full = original[None].expand(channels, -1).clone()
         if candidates.numel() == 0:
             return full
-        first = candidates[:step]
+        auto = self.ablations_per_forward == "auto"
+        # where the shortcut may take over, the first copies only serve as its check's reference: a few do
+        first = candidates[: min(step, CPU_MASKS_PER_FORWARD) if eager_cpu and auto else step]
         scored = [self._forward_ablating(image, activations, classes, first, prefix_once=False)]
-        if candidates.shape[0] > step:
+        if candidates.shape[0] > first.shape[0]:
             shortcut_step = step
-            if self.ablations_per_forward == "auto":
+            if auto:
                 shortcut_step = max(step, PREFIX_ONCE_ELEMENTS // max(1, activations.maps[n].numel()))
             # the check runs the shortcut at the batch size it will use: layers after the target that
             # depend on the batch (batch statistics) then differ from the copies' scores
@@ -116,10 +123,10 @@ class AblationCAM(GradientFreeCAM):
             if eager_cpu:  # the check compares on the host: on a device it would stall, in a graph branch
                 trial = self._shortcut_scores(image, activations, classes, candidates[:shortcut_step], scored[0])
             if trial is not None:
-                scored.append(trial[step:])
+                scored.append(trial[first.shape[0] :])
                 rest, prefix_once = candidates[shortcut_step:], True
             else:
-                rest, prefix_once, shortcut_step = candidates[step:], False, step
+                rest, prefix_once, shortcut_step = candidates[first.shape[0] :], False, step
             scored += [
                 self._forward_ablating(image, activations, classes, chunk, prefix_once=prefix_once)
                 for chunk in rest.split(shortcut_step)

@@ -22,7 +22,7 @@ from torchcam_ops.methods.base import (
     slice_targets,
 )
 from torchcam_ops.methods.graphs import explainer_call
-from torchcam_ops.methods.layout import computes_same_channels_last, may_try_channels_last
+from torchcam_ops.methods.layout import computes_same_channels_last
 from torchcam_ops.methods.masking import check_masks_per_forward
 from torchcam_ops.ops import cam_postprocess
 
@@ -101,7 +101,9 @@ class GIGCAM(BaseCAM):
     masked tensor operations, a fixed ``ceil(1 / fraction) + 2`` of them per step (each full move
     takes at least a ``fraction`` of all pixels to the upper edge, so that always ends a step),
     with no host synchronisation. Deviation from the published Guided IG: the attribution
-    accumulated is the guide itself (GIG-CAM), and pixels, not input features, are the units.
+    accumulated is the guide itself (GIG-CAM), and pixels, not input features, are the units. On the
+    CPU an eager model in eval mode walks channels-last images where a trial forward computes the same
+    on them (faster; the rounding may move a few pixels' steps: maps within 3e-3 on EfficientNet-Lite0).
 
     ``scales`` (e.g. ``(224, 324, 424, 524, 624, 724, 824)``) computes GIG-CAM with the input resized
     to each size and fuses the maps with :func:`multiscale_fusion` (GIG-CAM+M); None explains at
@@ -219,13 +221,16 @@ class GIGCAM(BaseCAM):
     def _computes_same_channels_last(self, x: Tensor) -> bool:
         """Whether the paths walk channels-last images: on the CPU, where oneDNN's convolutions run
         channels-last activations faster (GIG-CAM on two EfficientNet-Lite0 photos: 4.05 -> 3.54 s, maps
-        within 3e-3: rounding moves a few pixels' steps), for an eager model in eval mode that computes
-        the same on them (tried on the first image; a model that flattens with ``.view`` raises on them)."""
-        if not may_try_channels_last(self.model, x.device):
+        within 3e-3: rounding moves a few pixels' steps), for an eager model in eval mode whose forward
+        computes the same on them (tried on the first image; a model that flattens with ``.view`` raises
+        on them). The guides' gradients are not tried: a backward that depends on the layout but a
+        forward that does not would take a custom autograd function."""
+        if not self._model_forward_may_try_channels_last(x.device):
             return False
+        first = x[:1].contiguous()
         with torch.no_grad():
-            expected = self.model(x[:1])
-        return computes_same_channels_last(self.model, x[:1], expected)
+            expected = self.model(first)
+        return computes_same_channels_last(self.model, first, expected)
 
     def _explain_chunk(
         self, x: Tensor, targets: Targets, create_graph: bool, channels_last: bool = False

@@ -21,13 +21,15 @@ def agree_to_rounding(actual: Tensor, expected: Tensor, computed_in: torch.dtype
     element within ``max(1e-4, 4 eps)`` of ``expected``'s, relative to itself or to ``expected``'s
     largest magnitude (the sums of a convolution round differently in another order; a model that
     depends on the batch or the layout differs by far more). ``eps`` is that of ``computed_in``, the
-    dtype the values were computed in (default: ``expected``'s). NaN never agrees."""
+    dtype the values were computed in (default: ``expected``'s). NaN or infinite values never agree."""
     if actual.shape != expected.shape or actual.dtype != expected.dtype:
         return False
     if expected.numel() == 0:
         return True
     if not expected.is_floating_point():
         return bool(torch.equal(actual, expected))
+    if not bool(torch.isfinite(expected).all()):  # an infinite scale would accept anything
+        return False
     tolerance = max(1e-4, 4 * torch.finfo(computed_in or expected.dtype).eps)
     scale = float(expected.abs().max())
     return bool(torch.allclose(actual, expected, rtol=tolerance, atol=tolerance * scale))
@@ -35,7 +37,7 @@ def agree_to_rounding(actual: Tensor, expected: Tensor, computed_in: torch.dtype
 
 def outputs_agree(actual: Any, expected: Any, computed_in: torch.dtype | None = None) -> bool:
     """:func:`agree_to_rounding` for model outputs of any structure (tensors, dicts, lists of them);
-    leaves that are not tensors must be equal."""
+    leaves that are not tensors must be equal numbers, strings or None (anything else disagrees)."""
     actual_leaves, actual_structure = tree_flatten(actual)
     expected_leaves, expected_structure = tree_flatten(expected)
     if actual_structure != expected_structure:
@@ -44,9 +46,14 @@ def outputs_agree(actual: Any, expected: Any, computed_in: torch.dtype | None = 
         if isinstance(e, Tensor):
             if not isinstance(a, Tensor) or not agree_to_rounding(a, e, computed_in):
                 return False
-        elif a != e:
+        elif not isinstance(e, (bool, int, float, str, type(None))) or type(a) is not type(e) or a != e:
             return False
     return True
+
+
+def is_channels_last(x: Tensor) -> bool:
+    """Whether ``x`` is laid out channels-last and not also contiguous (as a one-pixel map would be)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def may_try_channels_last(model: nn.Module, device: torch.device) -> bool:
@@ -61,13 +68,14 @@ def may_try_channels_last(model: nn.Module, device: torch.device) -> bool:
 
 
 def computes_same_channels_last(forward: Callable[[Tensor], Any], batch: Tensor, expected: Any) -> bool:
-    """Whether ``forward`` gives ``expected`` (its output on the 4-D ``batch``), to rounding, on a
-    channels-last copy of ``batch``; False when that forward raises (the model's own error, which
-    the contiguous forward did not meet)."""
+    """Whether ``forward`` gives ``expected`` (its output on the 4-D contiguous ``batch``), to
+    rounding, on a channels-last copy of ``batch``; False when that forward raises (the model's own
+    error, which the contiguous forward did not meet). The trial draws nothing from the user's random
+    stream (a stochastic model then disagrees with itself); the model's forward hooks see it."""
     if batch.dim() != 4:
         return False
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             trial = forward(batch.contiguous(memory_format=torch.channels_last))
     except Exception:  # whatever the channels-last forward fails on, the contiguous one ran
         return False

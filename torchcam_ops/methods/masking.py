@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from torchcam_ops.methods.layout import computes_same_channels_last
+from torchcam_ops.methods.layout import computes_same_channels_last, is_channels_last
 
 MasksPerForward = int | Literal["auto"] | None
 
@@ -20,8 +20,12 @@ MasksPerForward = int | Literal["auto"] | None
 # 2^17 pixels (4 images of 224 px or more, 8 of 128 px), at most 64 images; a GPU needs large batches to
 # fill.
 CPU_MASKS_PER_FORWARD = 4
+CPU_MAX_MASKS_PER_FORWARD = 64
 CPU_PIXELS_PER_FORWARD = 1 << 17
 GPU_MASKS_PER_FORWARD = 64
+
+# The channels-last trial costs one forward and saves 7-20% of each later one: it pays from about 16 forwards.
+CHANNELS_LAST_MIN_FORWARDS = 16
 
 
 def check_masks_per_forward(value: object, name: str = "masks_per_forward") -> None:
@@ -32,19 +36,15 @@ def check_masks_per_forward(value: object, name: str = "masks_per_forward") -> N
         raise ValueError(f"{name}: expected a positive int, 'auto' or None, got {value!r}")
 
 
-def resolve_masks_per_forward(
-    value: MasksPerForward, device: torch.device, masks: int, pixels: int | None = None
-) -> int:
+def resolve_masks_per_forward(value: MasksPerForward, device: torch.device, masks: int, pixels: int) -> int:
     """Masked images per forward: ``value``, all ``masks`` for None, and for "auto" a size chosen by
     device type (the GPU's while ``torch.compile`` traces: a traced graph holds every forward, and
     K / 4 of them would make its compile time and size grow accordingly) and, on the CPU, by the
-    images' ``pixels`` (H * W) where given."""
+    images' ``pixels`` (H * W)."""
     if value == "auto":
         if device.type != "cpu" or torch.compiler.is_compiling():
             return GPU_MASKS_PER_FORWARD
-        if pixels is None:
-            return CPU_MASKS_PER_FORWARD
-        return max(CPU_MASKS_PER_FORWARD, min(GPU_MASKS_PER_FORWARD, CPU_PIXELS_PER_FORWARD // max(1, pixels)))
+        return max(CPU_MASKS_PER_FORWARD, min(CPU_MAX_MASKS_PER_FORWARD, CPU_PIXELS_PER_FORWARD // max(1, pixels)))
     return value or max(1, masks)
 
 
@@ -75,7 +75,8 @@ def masked_scores(
         score_empty: whether all-zero masks get the score of the zero image (default: 0).
         try_channels_last: whether to forward the masked images channels-last (faster on the CPU)
             after the first forward, if that forward's output agrees to rounding with a channels-last
-            trial of it (:mod:`~torchcam_ops.methods.layout`); default False.
+            trial of it (:mod:`~torchcam_ops.methods.layout`), where there are 16 forwards or more;
+            default False.
 
     Returns:
         The scores of the K masked images, ``[K, ...]``.
@@ -113,8 +114,8 @@ def _forward_in_chunks(
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         output = forward(batch)
-        if try_channels_last and start == 0 and masks.shape[0] > per_forward:
-            # one trial forward among the K / per_forward buys the faster layout for the others
-            channels_last = computes_same_channels_last(forward, batch, output)
+        if start == 0 and try_channels_last and masks.shape[0] >= CHANNELS_LAST_MIN_FORWARDS * per_forward:
+            # a batch that is channels-last already (the caller's layout) has nothing to try
+            channels_last = is_channels_last(batch) or computes_same_channels_last(forward, batch, output)
         scores.append(score(output))
     return torch.cat(scores)

@@ -83,11 +83,11 @@ class ScoreCAM(GradientFreeCAM):
 
     def _layer_maps_of(self, x: Tensor, activations: LayerActivations, indices: Tensor, logits: Tensor) -> Tensor:
         forward = self._model_forward()
+        try_channels_last = self._model_forward_may_try_channels_last(x.device)
         maps = []
         for image, a, classes in zip(x, activations.maps, indices):
             masks = self._masks(a, tuple(x.shape[-2:]))
             per_forward = resolve_masks_per_forward(self.masks_per_forward, x.device, masks.shape[0], image[0].numel())
-            channels_last = self._model_forward_may_try_channels_last(x.device)
             if self.variant == "original":
                 weights = masked_scores(
                     forward,
@@ -95,7 +95,7 @@ class ScoreCAM(GradientFreeCAM):
                     masks,
                     lambda logits, c=classes: torch.softmax(logits.to(a.dtype), dim=1).index_select(1, c),
                     per_forward,
-                    try_channels_last=channels_last,
+                    try_channels_last=try_channels_last,
                 )
             else:
                 logits = masked_scores(
@@ -105,7 +105,7 @@ class ScoreCAM(GradientFreeCAM):
                     lambda out, c=classes: out.to(a.dtype).index_select(1, c),
                     per_forward,
                     score_empty=True,
-                    try_channels_last=channels_last,
+                    try_channels_last=try_channels_last,
                 )
                 weights = torch.softmax(logits, dim=0)
             maps.append(torch.einsum("kt,khw->thw", weights, a))
