@@ -140,6 +140,9 @@ def test_cam_equals_gradcam_on_a_global_average_pooling_head():
     torch.testing.assert_close(cam, gradcam, rtol=1e-5, atol=1e-5)
     # the classifier named explicitly is the same one
     torch.testing.assert_close(CAM(model, ["layer4"], fc="fc")(x, [3, 700]), cam, rtol=0, atol=0)
+    # in float64 the two differ by rounding only
+    model64, x64 = model.double(), x.double()
+    torch.testing.assert_close(CAM(model64, ["layer4"])(x64, [3, 700]), GradCAM(model64, ["layer4"])(x64, [3, 700]))
 
 
 def test_cam_refuses_a_classifier_that_does_not_fit(model64):
@@ -325,9 +328,32 @@ def test_ablationcam_runs_the_layers_before_the_target_once_where_the_result_is_
     maps = []
     batches = stem_batches(model, lambda: maps.append(AblationCAM(model, ["act"])(x, 2)))
     torch.testing.assert_close(maps[0], expected, rtol=1e-9, atol=1e-9)
-    # the explained forward, 4 ablations on copies, the same 4 from one image (the check: a
-    # concatenation with the batch of one raises), then the last 2 from one image or on copies
-    assert batches == ([1, 4, 1, 1] if join == "add" else [1, 4, 1, 2])
+    # the explained forward, 4 ablations on copies (the check's reference), then the check: all 6 from
+    # one image, kept; a concatenation with the batch of one raises, so the last 2 run on copies
+    assert batches == ([1, 4, 1] if join == "add" else [1, 4, 1, 2])
+
+
+class FlattenWithView(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.size(0), -1)  # raises on an empty batch: [0, -1] is ambiguous
+
+
+def test_ablationcam_shortcut_runs_no_empty_forward_for_a_model_that_flattens_with_view():
+    torch.manual_seed(0)
+    model = (
+        nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), FlattenWithView(), nn.Linear(96, 5))
+        .double()
+        .eval()
+    )
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    batches = []
+    handle = model[0].register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+    try:
+        maps = AblationCAM(model, ["1"])(x, [2])
+    finally:
+        handle.remove()
+    assert 0 not in batches and batches[-1] == 1  # the shortcut ran, on the image alone
+    torch.testing.assert_close(maps, ablationcam_reference(model, x, [2], stop=2), rtol=1e-9, atol=1e-9)
 
 
 def test_ablationcam_forwards_copies_when_the_layers_before_the_target_depend_on_the_batch():

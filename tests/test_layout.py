@@ -157,6 +157,7 @@ def test_no_channels_last_trial_in_training_mode_for_few_forwards_or_a_channels_
         assert not any(seen)
         seen.clear()
         # the caller's channels-last images stay channels-last, without a trial
+        monkeypatch.setattr(masking_module, "CHANNELS_LAST_MIN_FORWARDS", 2)
         monkeypatch.setattr(masking_module, "computes_same_channels_last", lambda *args: pytest.fail("a trial"))
         ScoreCAM(model, ["3"], masks_per_forward=1)(x.contiguous(memory_format=torch.channels_last), 1)
         assert all(seen)

@@ -127,10 +127,11 @@ class AblationCAM(GradientFreeCAM):
                 rest, prefix_once = candidates[shortcut_step:], True
             else:
                 rest, prefix_once, shortcut_step = candidates[first.shape[0] :], False, step
-            scored += [
-                self._forward_ablating(image, activations, classes, chunk, prefix_once=prefix_once)
-                for chunk in rest.split(shortcut_step)
-            ]
+            if rest.numel():  # an empty tensor splits into one empty chunk, whose forward would hold no copy
+                scored += [
+                    self._forward_ablating(image, activations, classes, chunk, prefix_once=prefix_once)
+                    for chunk in rest.split(shortcut_step)
+                ]
         full[candidates] = torch.cat(scored)
         return full
 

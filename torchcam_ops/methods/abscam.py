@@ -32,7 +32,7 @@ class AbsCAM(BaseCAM):
     None: all at once), without gradients; channels whose :math:`M_k` is all zeros (a constant
     :math:`w_k A_k`, e.g. a dead channel) add nothing to the sum and, on the CPU, are not scored; there
     an eager model in eval mode gets the masked images channels-last after the first forward if a trial
-    of it computes the same (:mod:`~torchcam_ops.methods.layout`).
+    of it computes the same, where they take 16 forwards or more (:mod:`~torchcam_ops.methods.layout`).
     ``batch_size`` bounds the images explained at once, as for every CAM explainer (64 here).
     """
 

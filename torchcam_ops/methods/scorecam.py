@@ -46,8 +46,9 @@ class ScoreCAM(GradientFreeCAM):
     once), without gradients, every requested class scored by the same
     forwards. On the CPU, all-zero masks are not forwarded (their score is known: 0 in the original,
     the zero image's logit, forwarded once, in pytorch-grad-cam's variant), and an eager model in eval
-    mode gets them channels-last after the first forward if a trial of it computes the same
-    (:mod:`~torchcam_ops.methods.layout`: oneDNN's convolutions run them faster). A model in training mode
+    mode gets them channels-last after the first forward if a trial of it computes the same, where an
+    image takes 16 forwards or more (:mod:`~torchcam_ops.methods.layout`: oneDNN's convolutions run
+    them faster). A model in training mode
     scores each forward's masked images with their batch statistics, so its maps depend on
     ``masks_per_forward``: explain models in eval mode.
     """
