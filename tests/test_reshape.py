@@ -197,6 +197,11 @@ def test_the_cli_reaches_the_layout_of_a_transformer_layer(token_factory):
     assert (out / "red_gradcam.png").is_file() and (out / "red_scorecam.png").is_file()
     cli.main([*command, "--reshape", "tokens", "--grid", "4x4", "--out", str(out / "grid")])
     assert (out / "grid" / "red_gradcam.png").is_file()
+    # --layer names another token layer than the factory's: the block's output, [1, 17, 6] too
+    cli.main([*command, "--layer", "block", "--reshape", "tokens", "--out", str(out / "block")])
+    assert (out / "block" / "red_gradcam.png").is_file()
+    with pytest.raises(SystemExit, match=r"block.*expected a 4-D \[N, K, h, w\] output, got shape \[1, 17, 6\]"):
+        cli.main([*command, "--layer", "block", "--out", str(out / "bad")])
     for grid, message in (("4", "--grid: expected HxW"), ("0x4", "--grid: expected HxW")):
         with pytest.raises(SystemExit, match=message):
             cli.main([*command, "--reshape", "tokens", "--grid", grid, "--out", str(out / "bad")])
