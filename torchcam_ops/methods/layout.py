@@ -58,8 +58,8 @@ def is_channels_last(x: Tensor) -> bool:
 
 def may_try_channels_last(model: nn.Module, device: torch.device) -> bool:
     """Whether a forward on ``device`` may try channels-last images: eagerly on the CPU, for a model in
-    eval mode (a trial forward in training mode would draw dropout masks from the user's random
-    stream and differ from the contiguous forward anyway)."""
+    eval mode (in training mode dropout makes the trial differ anyway, and the trial would move the
+    running statistics of batch normalisation once more)."""
     return (
         device.type == "cpu"
         and not torch.compiler.is_compiling()
