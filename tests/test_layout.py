@@ -3,6 +3,9 @@ paths only where the model computes the same with them."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -13,6 +16,7 @@ from torchcam_ops.methods import masking as masking_module
 from torchcam_ops.methods.layout import (
     agree_to_rounding,
     computes_same_channels_last,
+    is_channels_last,
     may_try_channels_last,
     outputs_agree,
 )
@@ -49,15 +53,15 @@ def images(n: int = 2, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(3), dtype=dtype)
 
 
-def record_layouts(model: nn.Module) -> tuple[list[bool], torch.utils.hooks.RemovableHandle]:
-    """Whether each forward's input was channels-last (and not contiguous)."""
+@contextlib.contextmanager
+def record_layouts(model: nn.Module) -> Iterator[list[bool]]:
+    """Whether each forward's input was channels-last (and not contiguous), while the block runs."""
     seen: list[bool] = []
-
-    def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        x = args[0]
-        seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
-
-    return seen, model.register_forward_pre_hook(hook)
+    handle = model.register_forward_pre_hook(lambda module, args: seen.append(is_channels_last(args[0])))
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def without_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,11 +114,8 @@ def test_the_trial_says_whether_a_model_computes_the_same_channels_last(model, s
 @pytest.mark.parametrize("variant", ["original", "pytorch-grad-cam"])
 def test_scorecam_forwards_channels_last_images_to_a_model_that_computes_the_same(monkeypatch, variant):
     model, x = small_cnn().eval(), images()
-    seen, handle = record_layouts(model)
-    try:
+    with record_layouts(model) as seen:
         maps = ScoreCAM(model, ["3"], variant=variant, masks_per_forward=2)(x, [1, 4])
-    finally:
-        handle.remove()
     # per image: the batch-1 forward, the first chunk, its channels-last trial, then channels-last chunks
     assert seen.count(True) > len(seen) // 2, seen
     without_channels_last(monkeypatch)
@@ -131,11 +132,8 @@ def test_scorecam_forwards_channels_last_images_to_a_model_that_computes_the_sam
 @pytest.mark.parametrize("model_class", [FlattensWithView, ReadsMemoryInOrder])
 def test_scorecam_keeps_contiguous_images_for_a_model_that_depends_on_the_layout(monkeypatch, model_class):
     model, x = model_class().eval(), images()
-    seen, handle = record_layouts(model)
-    try:
+    with record_layouts(model) as seen:
         maps = ScoreCAM(model, ["features.2"], masks_per_forward=2)(x, [0, 3])
-    finally:
-        handle.remove()
     trials = seen.count(True)
     assert trials == x.shape[0]  # one trial per image, then contiguous images only
     without_channels_last(monkeypatch)
@@ -145,8 +143,7 @@ def test_scorecam_keeps_contiguous_images_for_a_model_that_depends_on_the_layout
 
 def test_no_channels_last_trial_in_training_mode_for_few_forwards_or_a_channels_last_caller(monkeypatch):
     model, x = small_cnn().train(), images(1)
-    seen, handle = record_layouts(model)
-    try:
+    with record_layouts(model) as seen:
         ScoreCAM(model, ["3"], masks_per_forward=2)(x, 1)
         assert not any(seen)
         model.eval()
@@ -161,8 +158,6 @@ def test_no_channels_last_trial_in_training_mode_for_few_forwards_or_a_channels_
         monkeypatch.setattr(masking_module, "computes_same_channels_last", lambda *args: pytest.fail("a trial"))
         ScoreCAM(model, ["3"], masks_per_forward=1)(x.contiguous(memory_format=torch.channels_last), 1)
         assert all(seen)
-    finally:
-        handle.remove()
 
 
 def test_no_channels_last_trial_on_a_gpu_or_for_a_compiled_model():
@@ -184,11 +179,8 @@ def test_abscam_phase_two_takes_channels_last_images_only_where_the_model_comput
     monkeypatch, model, layer, same
 ):
     model.eval()
-    seen, handle = record_layouts(model)
-    try:
+    with record_layouts(model) as seen:
         maps = AbsCAM(model, [layer], masks_per_forward=2)(images(1), 2)
-    finally:
-        handle.remove()
     assert (seen.count(True) > 1) is same, seen
     without_channels_last(monkeypatch)
     expected = AbsCAM(model, [layer], masks_per_forward=2)(images(1), 2)
@@ -198,28 +190,19 @@ def test_abscam_phase_two_takes_channels_last_images_only_where_the_model_comput
 @pytest.mark.parametrize("model_class", [FlattensWithView, ReadsMemoryInOrder])
 def test_gig_cam_walks_contiguous_images_for_a_model_that_depends_on_the_layout(model_class):
     model, x = model_class().eval(), images()
-    seen, handle = record_layouts(model)
-    try:
+    with record_layouts(model) as seen:
         maps = GIGCAM(model, ["features.2"], steps=4)(x, [1, 2])
-    finally:
-        handle.remove()
     assert seen.count(True) == 1  # the trial, once per call
     assert maps.shape == (2, 16, 16) and torch.isfinite(maps).all()
 
 
 def test_gig_cam_walks_channels_last_images_for_a_model_that_computes_the_same(monkeypatch):
     model, x = small_cnn().eval(), images()
-    seen, handle = record_layouts(model)
-    try:
+    with record_layouts(model) as seen:
         maps = GIGCAM(model, ["3"], steps=4)(x, [1, 2])
-    finally:
-        handle.remove()
     assert seen.count(True) > len(seen) // 2, seen
     monkeypatch.setattr(GIGCAM, "_computes_same_channels_last", lambda self, x: False)
-    seen, handle = record_layouts(model)
-    try:
+    with record_layouts(model) as seen:
         contiguous = GIGCAM(model, ["3"], steps=4)(x, [1, 2])
-    finally:
-        handle.remove()
     assert not any(seen)
     torch.testing.assert_close(maps, contiguous, rtol=0, atol=3e-3)
