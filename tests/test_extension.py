@@ -3,6 +3,10 @@ with instructions instead of a bare ImportError."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -100,17 +104,13 @@ class TestNativeChecks:
 
 
 def test_without_a_usable_build_the_package_imports_and_the_first_op_call_says_why(tmp_path):
-    # A process where the extension cannot load: the metrics work, an op call raises the build error,
-    # and the pytest plugin module imports neither torch nor the package.
-    import subprocess
-    import sys
-    import textwrap
-
+    # A process where the extension cannot load: the package imports, the metrics work, an op call
+    # raises the build error, and the pytest plugin module imports neither torch nor the package.
     script = textwrap.dedent("""
         import sys
         sys.modules["torchcam_ops._C"] = None  # what a missing or broken build looks like to Python
-        import torchcam_ops.pytest_plugin
-        assert "torch" not in sys.modules and "torchcam_ops.ops" not in sys.modules, sorted(sys.modules)
+        import pytest_torchcam_ops
+        assert "torch" not in sys.modules and "torchcam_ops" not in sys.modules, sorted(sys.modules)
         import torch
         import torchcam_ops
         from torchcam_ops.metrics import energy_pointing_game
@@ -169,3 +169,49 @@ def test_a_native_error_message_with_numbers_raises_in_a_fresh_process():
     result = native_error_probe()
     assert result.returncode == 0, f"the child died (status {result.returncode}):\n{result.stderr[-2000:]}"
     assert "ValueError cam_postprocess: out_h and out_w must be >= 1, got 0 and 4" in result.stdout
+
+
+def _fresh_process(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=300)
+
+
+def test_import_registers_the_ops_in_a_fresh_process():
+    # torchvision's convention: the package import alone makes torch.ops.<namespace>.* callable.
+    result = _fresh_process("""
+        import torch
+        import torchcam_ops
+        x = torch.rand(2, 3, 4, 4)
+        cam = torch.ops.torchcam_ops.cam_reduce(x, x, "gradcam")
+        assert cam.shape == (2, 4, 4), cam.shape
+        assert "torchcam_ops.methods" not in __import__("sys").modules  # explainers load on first use
+        print("registered")
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "registered" in result.stdout
+
+
+def test_an_exported_program_with_our_ops_loads_after_import_in_a_fresh_process(tmp_path):
+    saved = tmp_path / "program.pt2"
+    export = _fresh_process(f"""
+        import torch
+        import torchcam_ops
+
+        class Saliency(torch.nn.Module):
+            def forward(self, activations, gradients):
+                return torchcam_ops.cam_postprocess(torchcam_ops.cam_reduce(activations, gradients, "layercam"), (8, 8))
+
+        a, g = torch.rand(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+        torch.export.save(torch.export.export(Saliency(), (a, g)), {str(saved)!r})
+        torch.save((a, g, Saliency()(a, g)), {str(tmp_path / "io.pt")!r})
+    """)
+    assert export.returncode == 0, export.stderr[-3000:]
+    load = _fresh_process(f"""
+        import torch
+        import torchcam_ops
+        program = torch.export.load({str(saved)!r})
+        a, g, expected = torch.load({str(tmp_path / "io.pt")!r})
+        torch.testing.assert_close(program.module()(a, g), expected, rtol=0, atol=0)
+        print("loaded")
+    """)
+    assert load.returncode == 0, load.stderr[-3000:]
+    assert "loaded" in load.stdout

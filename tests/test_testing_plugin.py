@@ -69,6 +69,6 @@ def test_plugin_fixtures_in_a_users_suite(pytester):
     )
     # the user's suite imports the same model as this file, from a module of its own
     pytester.makepyfile(tests_helper="import torch\nfrom torch import nn\n\n\n" + inspect.getsource(corner_detector))
-    result = pytester.runpytest_subprocess("-p", "no:torchcam_ops", "-p", "torchcam_ops.pytest_plugin", "-q")
+    result = pytester.runpytest_subprocess("-p", "no:torchcam_ops", "-p", "pytest_torchcam_ops", "-q")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*0.0% of its energy lies in [[]4, 4, 8, 8[]]*"])

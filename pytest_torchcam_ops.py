@@ -1,7 +1,8 @@
-"""pytest plugin (entry point ``torchcam_ops``): saliency fixtures for your own test suites.
+"""pytest plugin of torchcam-ops (entry point ``torchcam_ops``): saliency fixtures for your own test suites.
 
-pytest loads this module in every session of the environment, so it imports nothing of the package
-(nor torch) until a fixture is used: a broken or stale build never breaks unrelated test suites.
+pytest loads this module in every session of the environment, so it lives outside the package (whose
+import loads torch and the extension) and imports nothing of it until a fixture is used: unrelated test
+suites pay nothing, and a broken or stale build never breaks them.
 """
 
 from __future__ import annotations
