@@ -15,10 +15,15 @@ Environment switches:
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
+import json
 import os
 import platform
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -27,6 +32,8 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
+# Beside the built extension: the torch it was built for (read by torchcam_ops/_extension.py).
+BUILD_FACTS = "_C_build.json"
 # The version lives in torchcam_ops/__init__.py only; pyproject.toml reads it from there too.
 VERSION = ast.literal_eval(
     next(
@@ -41,12 +48,41 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _cuda_available_for_build() -> bool:
+def _nvcc_version(nvcc: Path) -> str | None:
+    """The CUDA release of an nvcc ("13.0"), or None when it cannot be read."""
+    try:
+        output = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    match = re.search(r"release (\d+\.\d+)", output)
+    return match.group(1) if match else None
+
+
+@functools.cache
+def _why_no_cuda_kernels() -> str | None:
+    """None when the CUDA kernels are built, else the reason (also recorded beside the extension)."""
     if _env_flag("TORCHCAM_OPS_DISABLE_CUDA"):
-        return False
-    if torch.version.cuda is None or CUDA_HOME is None:
-        return False
-    return (Path(CUDA_HOME) / "bin" / "nvcc").exists()
+        return "TORCHCAM_OPS_DISABLE_CUDA=1"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a build without CUDA"
+    nvcc = Path(CUDA_HOME) / "bin" / "nvcc" if CUDA_HOME else None
+    if nvcc is None or not nvcc.exists():
+        return "no CUDA toolkit (nvcc) was found"
+    # torch refuses to compile CUDA sources with a toolkit of another major release than its own:
+    # build the CPU kernels, which work with any toolkit, instead of failing the whole install.
+    toolkit = _nvcc_version(nvcc)
+    if toolkit is None or toolkit.split(".")[0] != torch.version.cuda.split(".")[0]:
+        reason = (
+            f"the CUDA toolkit in {CUDA_HOME} is release {toolkit}, torch {torch.__version__} was built with "
+            f"CUDA {torch.version.cuda}; point CUDA_HOME at a matching toolkit for the CUDA kernels"
+        )
+        print(f"torchcam_ops: building the CPU kernels only: {reason}", file=sys.stderr)
+        return reason
+    return None
+
+
+def _cuda_available_for_build() -> bool:
+    return _why_no_cuda_kernels() is None
 
 
 def _cpu_capability() -> str:
@@ -142,14 +178,25 @@ def _extension():
 
 
 class _CheckedBuildExtension(BuildExtension):
-    """BuildExtension that refuses an extension with its own copy of libstdc++'s streams.
+    """BuildExtension that keeps its objects in one folder per configuration and refuses an
+    extension with its own copy of libstdc++'s streams.
 
-    Such a build (a compiler that links libstdc++ statically) crashes the interpreter on its first
-    C++ error message; see torchcam_ops/_link_check.py.
+    The fixed object folder lets an editable install (whose build folder is otherwise a new
+    temporary one each time) and ``setup.py build_ext --inplace`` share one incremental ninja build.
+    A build that links libstdc++ statically crashes the interpreter on its first C++ error message;
+    see torchcam_ops/_link_check.py.
     """
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        flavour = "cuda" if _cuda_available_for_build() else "cpu"
+        sanitizers = os.environ.get("TORCHCAM_OPS_SANITIZE", "").strip()
+        parts = ["objects", flavour, _cpu_capability().lower()] + ([f"sanitize-{sanitizers}"] if sanitizers else [])
+        self.build_temp = str(ROOT / "build" / "-".join(parts).replace(",", "-"))
 
     def build_extension(self, ext) -> None:
         super().build_extension(ext)
+        self._write_build_facts(ext)
         link_check = _package_file("_link_check")
         library = Path(self.get_ext_fullpath(ext.name))
         private = link_check.private_stream_symbols(library)
@@ -161,6 +208,17 @@ class _CheckedBuildExtension(BuildExtension):
                 f"(it defines {', '.join(private[:3])}; compiler: {compiler}). Such a build kills the "
                 f"interpreter on its first error message, so it was removed: {link_check.FIX}."
             )
+
+    def _write_build_facts(self, ext) -> None:
+        """Writes which torch the extension was built for beside it, so that an extension that no
+        longer loads (undefined symbols after torch changed) can still say why."""
+        facts = {"torch": torch.__version__, "version": VERSION, "no_cuda_kernels": _why_no_cuda_kernels()}
+        library = Path(self.get_ext_fullpath(ext.name))
+        folders = {library.parent}
+        if self.inplace or getattr(self, "editable_mode", False):
+            folders.add(ROOT / "torchcam_ops")  # where an editable install loads it from
+        for folder in folders:
+            (folder / BUILD_FACTS).write_text(json.dumps(facts) + "\n")
 
 
 def _cmdclass():

@@ -7,7 +7,9 @@ pure-Python parts (metrics, the localisation benchmark) work, and the first op c
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -33,6 +35,8 @@ EXPECTED_OPS = (
     "tsgb_avg_pool2d_backward",
 )
 _PACKAGE_DIR = Path(__file__).resolve().parent
+#: Written beside the extension by setup.py: the torch it was built for.
+BUILD_FACTS = "_C_build.json"
 _SOURCE_DIR = _PACKAGE_DIR.parent / "csrc"
 
 
@@ -52,10 +56,27 @@ def _cpu_supports_avx2() -> bool:
     return bool(check()) if check is not None else True
 
 
+def build_facts() -> dict:
+    """What setup.py recorded beside the extension: ``torch`` (the version it was built for) and
+    ``no_cuda_kernels`` (why the CUDA kernels were left out, or None); {} when nothing was recorded."""
+    try:
+        facts = json.loads((_PACKAGE_DIR / BUILD_FACTS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
+
+
 def load() -> ModuleType:
     try:
         from torchcam_ops import _C
     except ImportError as err:
+        built_for = build_facts().get("torch")
+        if built_for is not None and built_for != torch.__version__:
+            # The usual cause of undefined symbols: torch was upgraded or downgraded after the build.
+            raise _fail(
+                f"the extension was built for torch {built_for}, but torch {torch.__version__} is installed, "
+                f"so it cannot be loaded ({err})."
+            ) from err
         raise _fail(f"the native extension torchcam_ops._C could not be loaded ({err}).") from err
 
     if _C.torch_version != torch.__version__:
@@ -80,6 +101,13 @@ def load() -> ModuleType:
         missing.append("cam_methods")
     if missing:
         raise _fail(f"the extension does not register {', '.join(missing)}.")
+    if not _C.with_cuda and torch.cuda.is_available():
+        why = build_facts().get("no_cuda_kernels") or "built without them"
+        warnings.warn(
+            f"torchcam_ops: this build has no CUDA kernels ({why}), so the ops run on CPU tensors only. "
+            f"Rebuild on this machine for them: {BUILD_COMMAND}",
+            stacklevel=2,
+        )
     return _C
 
 
