@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import Tensor, nn
 
 from torchcam_ops.methods import GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from torchcam_ops.methods.graphs import compiler_traces_autograd
 
 CAM_FAMILY = {
     GradCAM: "gradcam",
@@ -17,6 +19,14 @@ CAM_FAMILY = {
     HiResCAM: "hirescam",
     GradCAMElementWise: "gradcam_elementwise",
 }
+
+
+# Compiled explainer calls need a compiler that traces torch.autograd.grad; on an older torch they are
+# refused or explained eagerly, which tests/test_graphs.py checks on every torch.
+needs_compiled_autograd = pytest.mark.skipif(
+    not compiler_traces_autograd(),
+    reason=f"torch {torch.__version__} cannot compile torch.autograd.grad (no trace_autograd_ops)",
+)
 
 
 def small_cnn(classes: int = 7) -> nn.Module:

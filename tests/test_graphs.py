@@ -13,6 +13,7 @@ import torch._dynamo
 import torch.nn.functional as F
 from torch import nn
 
+from tests.helpers import needs_compiled_autograd
 from torchcam_ops.methods import (
     CAM,
     GIGCAM,
@@ -30,6 +31,7 @@ from torchcam_ops.methods import (
     LayerCAM,
     ScoreCAM,
     XGradCAM,
+    graphs,
 )
 from torchcam_ops.reference import reference_cam
 
@@ -102,6 +104,7 @@ def test_every_explainer_runs_on_the_meta_device(name, targets):
 BACKENDS = {"gradcam": "inductor", "tsgb": "inductor"}
 
 
+@needs_compiled_autograd
 @pytest.mark.parametrize("name", list(EXPLAINERS))
 def test_compiled_fullgraph_equals_eager_and_does_not_recompile(name):
     torch._dynamo.reset()
@@ -130,6 +133,7 @@ def _traces_requires_grad() -> bool:
     return True
 
 
+@needs_compiled_autograd
 @pytest.mark.parametrize("input_requires_grad", [True, False], ids=["x_requires_grad", "plain_x"])
 def test_plain_torch_compile_with_autograd_tracing_switched_on(input_requires_grad):
     # An input that requires grad is the explainer's own graph input (no requires_grad_ to trace):
@@ -149,6 +153,7 @@ def test_plain_torch_compile_with_autograd_tracing_switched_on(input_requires_gr
     cam.close()
 
 
+@needs_compiled_autograd
 def test_graphed_call_on_the_cpu_is_the_compiled_one_and_refuses_other_shapes():
     torch._dynamo.reset()
     model = cnn()
@@ -166,6 +171,7 @@ def test_graphed_call_on_the_cpu_is_the_compiled_one_and_refuses_other_shapes():
             cam.graphed(x, lambda out: out[:, 0])
 
 
+@needs_compiled_autograd
 def test_bad_targets_of_a_compiled_call_raise_the_explainers_own_error():
     torch._dynamo.reset()
     with GradCAM(cnn(), ["3"]) as cam:
@@ -174,6 +180,7 @@ def test_bad_targets_of_a_compiled_call_raise_the_explainers_own_error():
             compiled(torch.rand(2, 3, 8, 8), 9)
 
 
+@needs_compiled_autograd
 def test_many_explainers_compile_without_reaching_the_recompile_limit():
     # Each compiled call has its own code object: torch.compile counts recompilations per code
     # object (8 by default), so the ninth explainer would otherwise fail under fullgraph=True.
@@ -206,6 +213,7 @@ class CountingBackend:
         return run
 
 
+@needs_compiled_autograd
 @pytest.mark.parametrize("name", ["gradcam", "gradcam++", "abscam_phase1", "tsgb", "guided_gradcam"])
 def test_explaining_a_compiled_model_runs_compiled_code_with_the_eager_maps(name):
     torch._dynamo.reset()
@@ -234,6 +242,7 @@ def test_explaining_a_compiled_model_runs_compiled_code_with_the_eager_maps(name
     assert model.training is False and not any(p.grad is not None for p in model.parameters())
 
 
+@needs_compiled_autograd
 @pytest.mark.parametrize("name", ["abscam", "integrated_gradcam", "gig_cam"])
 def test_explainers_of_many_forward_passes_compile_one_forward_pass_at_a_time(name):
     # IG-CAM and GIG-CAM compile their per-step maps, Abs-CAM phase 2 its masked forwards: a few
@@ -252,6 +261,7 @@ def test_explainers_of_many_forward_passes_compile_one_forward_pass_at_a_time(na
         assert backend.compiled == graphs
 
 
+@needs_compiled_autograd
 def test_the_recompile_limit_falls_back_to_the_eager_module_with_a_warning():
     torch._dynamo.reset()
     model = cnn()
@@ -263,6 +273,7 @@ def test_the_recompile_limit_falls_back_to_the_eager_module_with_a_warning():
         assert cam._model_compile_options is None
 
 
+@needs_compiled_autograd
 def test_the_explainer_of_a_compiled_model_is_released_without_the_garbage_collector():
     import gc
 
@@ -288,6 +299,25 @@ def test_a_model_compiled_in_place_is_refused_clearly():
         GradCAM(model, ["3"])
 
 
+def test_on_a_torch_that_cannot_compile_gradients_compiled_calls_are_refused_and_models_explained_eagerly(
+    monkeypatch,
+):
+    monkeypatch.setattr(graphs, "compiler_traces_autograd", lambda: False)
+    model = cnn()
+    x = torch.rand(2, 3, 16, 16)
+    with GradCAM(model, ["3"]) as eager:
+        expected = eager(x, [1, 2])
+        with pytest.raises(RuntimeError, match=r"cannot \(no torch._dynamo.config.trace_autograd_ops\)"):
+            eager.compiled()
+        with pytest.raises(RuntimeError, match="trace_autograd_ops"):
+            eager.graphed(x, [1, 2])
+    with pytest.warns(RuntimeWarning, match="explaining its eager module"):
+        cam = GradCAM(torch.compile(model, backend="eager"), ["3"])
+    with cam:
+        assert cam.model is model
+        torch.testing.assert_close(cam(x, [1, 2]), expected)
+
+
 class GraphBreakingModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -298,6 +328,7 @@ class GraphBreakingModel(nn.Module):
         return self.body(x)
 
 
+@needs_compiled_autograd
 def test_a_compiled_model_with_a_graph_break_is_explained_eagerly_with_a_warning():
     torch._dynamo.reset()
     model = GraphBreakingModel()
@@ -311,6 +342,7 @@ def test_a_compiled_model_with_a_graph_break_is_explained_eagerly_with_a_warning
             torch.testing.assert_close(cam(x, [1, 2]), eager(x, [1, 2]))
 
 
+@needs_compiled_autograd
 def test_an_explainer_of_a_compiled_model_copies_and_pickles():
     torch._dynamo.reset()
     model = cnn()

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from tests.helpers import CAM_FAMILY, assert_same_state, count_hooks, model_state, small_cnn
+from tests.helpers import CAM_FAMILY, assert_same_state, count_hooks, model_state, needs_compiled_autograd, small_cnn
 from torchcam_ops import explain
 from torchcam_ops.methods import (
     GIGCAM,
@@ -231,6 +231,7 @@ def test_two_explainers_do_not_interfere():
     torch.testing.assert_close(a1, GradCAM(model, [model[2]])(x))
 
 
+@needs_compiled_autograd
 def test_compiled_model_gives_eager_maps():
     model = small_cnn()
     x = torch.rand(2, 3, 16, 16)

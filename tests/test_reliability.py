@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from tests.helpers import CAM_FAMILY, assert_same_state, count_hooks, model_state
+from tests.helpers import CAM_FAMILY, assert_same_state, count_hooks, model_state, needs_compiled_autograd
 from torchcam_ops.methods import (
     GIGCAM,
     TSGB,
@@ -481,6 +481,7 @@ def test_a_copied_explainer_holds_the_hook_on_its_own():
     assert not capture.hook_is_registered()
 
 
+@needs_compiled_autograd
 def test_graphed_calls_take_python_targets_and_refuse_create_graph():
     torch._dynamo.reset()
     model = threaded_model()

@@ -41,6 +41,22 @@ def graph_input(x: Tensor) -> Tensor:
     return x.detach().requires_grad_(True)
 
 
+def compiler_traces_autograd() -> bool:
+    """Whether this torch's compiler can trace ``torch.autograd.grad``
+    (``torch._dynamo.config.trace_autograd_ops``), which every compiled explainer call needs: torch 2.11
+    and newer can, torch 2.6 (the oldest supported) cannot."""
+    return hasattr(torch._dynamo.config, "trace_autograd_ops")
+
+
+def _require_compiler_tracing_autograd() -> None:
+    if not compiler_traces_autograd():
+        raise RuntimeError(
+            f"compiled explainer calls need a torch.compile that traces torch.autograd.grad, which torch "
+            f"{torch.__version__} cannot (no torch._dynamo.config.trace_autograd_ops): call the explainer "
+            "itself, or install a newer torch"
+        )
+
+
 def compiled(explainer: Callable[..., Any], **compile_options: Any) -> Callable[..., Any]:
     """``torch.compile`` of ``explainer``'s call, ``fullgraph=True`` unless given otherwise, with the
     tracing of ``torch.autograd.grad`` switched on for its own compilations only. Same arguments and
@@ -64,7 +80,10 @@ def compiled(explainer: Callable[..., Any], **compile_options: Any) -> Callable[
             refuses the arguments (the explainer's own errors).
         torch._dynamo.exc.Unsupported: a call of the returned function cannot be traced although its eager
             rerun succeeds.
+        RuntimeError: this torch's compiler cannot trace ``torch.autograd.grad``
+            (:func:`compiler_traces_autograd`).
     """
+    _require_compiler_tracing_autograd()
     function = _traced(explainer, compile_options)
 
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -111,12 +130,13 @@ def _own_code(function: types.FunctionType) -> types.FunctionType:
 
 def split_compiled(model: nn.Module) -> tuple[nn.Module, dict[str, Any] | None]:
     """The eager module behind ``torch.compile(model)`` and the options to compile explainer calls
-    with: the model's own backend (with its mode and options) and ``dynamic`` setting. For a model
-    that is not compiled: the model itself and None.
+        with: the model's own backend (with its mode and options) and ``dynamic`` setting. For a model
+        that is not compiled (or a compiled one on a torch whose compiler cannot trace ``torch.autograd.grad``,
+    with a warning): the model itself and None.
 
-    Hooks and gradients with respect to a layer's output need the layer to run in the explainer's
-    own graph, so an explainer of a compiled model does not call the model's compiled code as it is:
-    it compiles its whole call, the model's forward included, with the same compiler."""
+        Hooks and gradients with respect to a layer's output need the layer to run in the explainer's
+        own graph, so an explainer of a compiled model does not call the model's compiled code as it is:
+        it compiles its whole call, the model's forward included, with the same compiler."""
     if getattr(model, "_compiled_call_impl", None) is not None:
         raise ValueError(
             "model: compiled in place (model.compile()); its forward then runs as one compiled graph that "
@@ -124,6 +144,14 @@ def split_compiled(model: nn.Module) -> tuple[nn.Module, dict[str, Any] | None]:
         )
     if not isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
         return model, None
+    if not compiler_traces_autograd():
+        warnings.warn(
+            f"model: compiled, but torch {torch.__version__} cannot compile an explainer's gradients "
+            "(no torch._dynamo.config.trace_autograd_ops): explaining its eager module",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return model._orig_mod, None
     options: dict[str, Any] = {}
     context = getattr(model, "dynamo_ctx", None)
     try:
