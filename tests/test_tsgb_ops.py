@@ -12,7 +12,13 @@ import torch.nn.functional as F
 
 from tests.conftest import DTYPES
 from torchcam_ops import ops
-from torchcam_ops.reference import reference_conv_grad, reference_linear_grad, reference_relevance_grad
+from torchcam_ops.reference import (
+    reference_avg_pool,
+    reference_batch_norm_grad,
+    reference_conv_grad,
+    reference_linear_grad,
+    reference_relevance_grad,
+)
 
 OPS = torch.ops.torchcam_ops
 
@@ -118,8 +124,66 @@ def test_batch_norm_rule():
     torch.testing.assert_close(y, F.batch_norm(x, mean, var, weight, bias, False, 0.0, 1e-5))
     g = torch.randn_like(y)
     ours = input_grad(lambda t: ops.tsgb_batch_norm(t, mean, var, weight, bias, 1e-5), x, g)
-    torch.testing.assert_close(ours, reference_relevance_grad(x, y, g))
+    torch.testing.assert_close(ours, reference_batch_norm_grad(x, y, g))
     assert ours[0, 0, 0, 0] == 0
+    # the shift's relevance at X = 0 goes to the other channels of its position: nothing is lost
+    torch.testing.assert_close((x * ours).sum(), (g * y).sum())
+    # by hand: one position, channels X = [0, 2, -1], shift 1 and scale 1: Y = [1, 3, 0], G = 1; the
+    # channel at 0 holds relevance 1, shared as sign(X) |X| / 3 over the others
+    x1 = torch.tensor([[[0.0], [2.0], [-1.0]]], dtype=torch.float64)
+    three = torch.ones(3, dtype=torch.float64)
+    seed = torch.ones(1, 3, 1, dtype=torch.float64)
+    got = input_grad(lambda t: ops.tsgb_batch_norm(t, three * 0, three * (1 - 1e-5), None, three, 1e-5), x1, seed)
+    torch.testing.assert_close(got, torch.tensor([[[0.0], [3 / 2 + 1 / 3], [-1 / 3]]], dtype=torch.float64))
+    # a position where every channel is 0 has nothing to share with: its gradient is 0, not NaN
+    x[1, :, 2, 3] = 0
+    ours = input_grad(lambda t: ops.tsgb_batch_norm(t, mean, var, weight, bias, 1e-5), x, g)
+    assert torch.isfinite(ours).all() and (ours[1, :, 2, 3] == 0).all()
+
+
+PASS_THROUGH_LAYERS = {
+    "relu6": F.relu6,
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "hardswish": F.hardswish,
+    "layer_norm": lambda t: F.layer_norm(t, t.shape[-1:]),
+}
+
+
+@pytest.mark.parametrize("layer", list(PASS_THROUGH_LAYERS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_pass_through_rule(layer, dtype):
+    f = PASS_THROUGH_LAYERS[layer]
+    x64 = torch.randn(3, 4, 5, 6, dtype=torch.float64) * 5  # ReLU6: many values above 6
+    x64[0, 0, 0, :2] = 0.0
+    x, g = x64.to(dtype), torch.randn_like(x64).to(dtype)
+    y = f(x)
+    out = ops.tsgb_pass_through(x, y)
+    assert torch.equal(out, y) and out.data_ptr() != y.data_ptr()
+    ours = input_grad(lambda t: ops.tsgb_pass_through(t, f(t.detach())), x, g)
+    expected = reference_relevance_grad(x.double(), y.double(), g.double())
+    torch.testing.assert_close(ours, expected.to(dtype))
+    assert (ours[0, 0, 0, :2] == 0).all()
+    if dtype == torch.float64:  # relevance passes unchanged, also where ReLU6's gradient is 0
+        # (where X = 0 no relevance can pass: a normalisation's Y is not 0 there)
+        torch.testing.assert_close((x * ours).sum(), (g * y)[x != 0].sum())
+
+
+def test_pass_through_backward_reads_the_callers_output_not_the_copy_it_returns():
+    x = torch.randn(2, 8, dtype=torch.float64, requires_grad=True)
+    out = ops.tsgb_pass_through(x, F.silu(x.detach()))
+    out.add_(1.0)  # in place downstream, as SiLU(inplace=True) after a rule's output: no autograd error
+    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    y = F.silu(x.detach())  # the value the rule was given, not the one in place
+    torch.testing.assert_close(grad, reference_relevance_grad(x.detach(), y, torch.ones(2, 8, dtype=torch.float64)))
+
+
+def test_pass_through_refuses_an_output_of_another_shape_or_dtype():
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match=r"tsgb_pass_through: output must have the shape of input \[2, 3\]"):
+        ops.tsgb_pass_through(x, torch.randn(3, 2))
+    with pytest.raises(TypeError, match="tsgb_pass_through: output"):
+        ops.tsgb_pass_through(x, torch.randn(2, 3, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("kernel,stride,padding", [(2, 2, 0), (3, 1, 1), (3, 2, 1), (7, 7, 0)])
@@ -129,12 +193,20 @@ def test_avg_pool_rule(kernel, stride, padding):
     torch.testing.assert_close(y, F.avg_pool2d(x, kernel, stride, padding))
     g = torch.randn_like(y)
     ours = input_grad(lambda t: ops.tsgb_avg_pool2d(t, kernel, stride, padding), x, g)
-    # relevance G * Y shared equally over each window (the pooling adjoint), divided by X
+    # without zeros: relevance G * Y shared equally over each window's input positions (the padding takes
+    # none), divided by X
     y_leaf = y.detach()
-    shared = input_grad(lambda t: F.avg_pool2d(t, kernel, stride, padding), x, g * y_leaf)
+    shared = input_grad(lambda t: F.avg_pool2d(t, kernel, stride, padding, count_include_pad=False), x, g * y_leaf)
     torch.testing.assert_close(ours, shared / x)
-    if padding == 0 and kernel == stride:
-        torch.testing.assert_close((x * ours).sum(), (g * y).sum())
+    torch.testing.assert_close((x * ours).sum(), (g * y).sum())
+    # with zeros (a ReLU's output): their shares go to the window's other positions, none is lost
+    x = torch.relu(torch.randn(2, 3, 14, 14, dtype=torch.float64))
+    x[0, 0, :4, :4] = 0  # a window of zeros shares nothing (its Y is 0)
+    y = ops.tsgb_avg_pool2d(x, kernel, stride, padding)
+    ours = input_grad(lambda t: ops.tsgb_avg_pool2d(t, kernel, stride, padding), x, g)
+    torch.testing.assert_close(ours, input_grad(lambda t: reference_avg_pool(t, kernel, stride, padding), x, g))
+    assert (ours[x == 0] == 0).all()
+    torch.testing.assert_close((x * ours).sum(), (g * y).sum())
 
 
 @pytest.mark.parametrize("mode", ["guided", "deconvnet", "plain"])
@@ -184,10 +256,12 @@ def _op_samples():
         (OPS.tsgb_avg_pool2d_backward.default, (torch.randn_like(pooled), x, pooled, [2, 2], [2, 2], [0, 0])),
         (OPS.rectified_relu.default, (x.clone().requires_grad_(), "guided")),
         (OPS.rectified_relu_backward.default, (torch.randn_like(x), x, "deconvnet")),
+        (OPS.tsgb_pass_through.default, (x.clone().requires_grad_(), F.relu6(x * 5))),
+        (OPS.tsgb_pass_through_backward.default, (torch.randn_like(x), x, F.silu(x))),
     ]
 
 
-@pytest.mark.parametrize("index", range(10))
+@pytest.mark.parametrize("index", range(12))
 def test_opcheck(index):
     op, args = _op_samples()[index]
     torch.library.opcheck(op, args)
@@ -280,7 +354,7 @@ def test_linear_batch_norm_and_pooling_rules_in_low_precision(dtype):
     mean, var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
     gb = torch.randn_like(x)
     low = input_grad(lambda t: ops.tsgb_batch_norm(t, mean.to(dtype), var.to(dtype)), x.to(dtype), gb.to(dtype))
-    expected = reference_relevance_grad(x, F.batch_norm(x, mean, var, None, None, False, 0.0, 1e-5), gb)
+    expected = reference_batch_norm_grad(x, F.batch_norm(x, mean, var, None, None, False, 0.0, 1e-5), gb)
     torch.testing.assert_close(low.double(), expected, rtol=tol, atol=tol * float(expected.abs().max()))
     gp = torch.randn(2, 3, 3, 3, dtype=torch.float64)
     low = input_grad(lambda t: ops.tsgb_avg_pool2d(t, 2), x.to(dtype), gp.to(dtype))

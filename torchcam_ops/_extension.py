@@ -33,6 +33,8 @@ EXPECTED_OPS = (
     "tsgb_batch_norm_backward",
     "tsgb_avg_pool2d",
     "tsgb_avg_pool2d_backward",
+    "tsgb_pass_through",
+    "tsgb_pass_through_backward",
 )
 _PACKAGE_DIR = Path(__file__).resolve().parent
 #: Written beside the extension by setup.py: the torch it was built for.

@@ -42,6 +42,7 @@ at::Tensor tsgb_batch_norm_backward_cpu(const at::Tensor& grad_output, const at:
       }
     });
   });
+  add_stranded_shift_relevance(grad_input, g, x, shift);
   return grad_input;
 }
 

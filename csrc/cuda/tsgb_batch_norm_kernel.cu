@@ -127,6 +127,8 @@ at::Tensor tsgb_batch_norm_backward_cuda(const at::Tensor& grad_output, const at
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  const auto [scale, shift] = batch_norm_affine(x, weight, bias, running_mean, running_var, eps);
+  add_stranded_shift_relevance(grad_input, g, x, shift);
   return grad_input;
 }
 

@@ -1,8 +1,9 @@
 // TSGB (Target-Selective Gradient Backprop) layers: forwards are the ordinary layers; each
 // backward to the input is a relevance rule of its own op (docs/design.md). Schemas, checks, the
 // forwards (ATen, any device), and the backward rules that are a few ATen ops on any device
-// (linear: two small matmuls; average pooling: the pooling adjoint and a division). The conv and
-// batch-norm rules have CPU and CUDA kernels (cpu/ and cuda/tsgb_*_kernel.*).
+// (linear: two small matmuls; average pooling: the pooling adjoint and a division; the elementwise
+// pass-through: a product and a division). The conv and batch-norm rules have CPU and CUDA kernels
+// (cpu/ and cuda/tsgb_*_kernel.*).
 
 #include "tsgb.h"
 #include "autograd_support.h"
@@ -15,6 +16,7 @@
 
 #include <cmath>
 #include <utility>
+#include <vector>
 
 namespace torchcam_ops {
 
@@ -128,7 +130,33 @@ at::Tensor tsgb_avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
   return at::avg_pool2d(input, kernel_size, stride, padding);
 }
 
+// Any elementwise layer Y = f(X) (an activation, a normalisation): the caller computes Y with the
+// layer's own forward; this op returns a copy of it, whose backward is the pass-through rule.
+at::Tensor tsgb_pass_through(const at::Tensor& input, const at::Tensor& output) {
+  const char* op = "tsgb_pass_through";
+  check_floating(op, "input", input);
+  check_same_shape(op, "output", output, "input", input);
+  check_same_dtype_device(op, "output", output, "input", input);
+  return output.clone();
+}
+
 // -- backward rules written with ATen ops -----------------------------------------------------
+
+// Relevance passes unchanged: grad_X = G Y / X (0 where X = 0), so that sum X grad_X = sum G Y.
+at::Tensor tsgb_pass_through_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                      const at::Tensor& output) {
+  const char* op = "tsgb_pass_through_backward";
+  check_floating(op, "input", input);
+  check_same_shape(op, "output", output, "input", input);
+  check_same_shape(op, "grad_output", grad_output, "input", input);
+  check_same_dtype_device(op, "output", output, "input", input);
+  check_same_dtype_device(op, "grad_output", grad_output, "input", input);
+  const at::Tensor x = to_opmath(input);
+  const at::Tensor relevance = to_opmath(grad_output) * to_opmath(output);
+  // Divided by 1 where X = 0, so that the masked values are finite before they are dropped.
+  const at::Tensor safe_x = at::where(x != 0, x, at::ones_like(x));
+  return at::where(x != 0, relevance / safe_x, at::zeros_like(x)).to(input.scalar_type());
+}
 
 // g_h = g W+ + beta (g * ratio) W-, ratio = z+ / |z-| (0 where z- = 0), z+- = h W+-^T.
 at::Tensor tsgb_linear_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
@@ -151,7 +179,10 @@ at::Tensor tsgb_linear_backward(const at::Tensor& grad_output, const at::Tensor&
   return grad.reshape(input.sizes()).to(input.scalar_type());
 }
 
-// Relevance G * Y shared equally over each window (the pooling adjoint), divided by X.
+// Relevance G * Y shared equally over the positions of each window that can carry it (X != 0;
+// padding never), divided by X. Without zeros or padding this is the equal split over the window;
+// with them, the shares of zeros and padding go to the window's other positions instead of being
+// lost, so that sum X grad_X = sum G Y (a window of zeros has Y = 0 and nothing to share).
 at::Tensor tsgb_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& output,
                                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding) {
   const char* op = "tsgb_avg_pool2d_backward";
@@ -162,10 +193,20 @@ at::Tensor tsgb_avg_pool2d_backward(const at::Tensor& grad_output, const at::Ten
   check_pair(op, "stride", stride, 1);
   check_pair(op, "padding", padding, 0);
   const at::Tensor x = to_opmath(input);
+  const at::Tensor carriers = (x != 0).to(x.scalar_type());
+  const double window = static_cast<double>(kernel_size[0] * kernel_size[1]);
+  // the number of carriers in each window: their average over the whole window (padding counted) times its size
+  const at::Tensor count = at::round(at::avg_pool2d(carriers, kernel_size, stride, padding, /*ceil_mode=*/false,
+                                                    /*count_include_pad=*/true) *
+                                     window);
   const at::Tensor relevance = to_opmath(grad_output) * to_opmath(output);
-  const at::Tensor shared = at::avg_pool2d_backward(relevance, x, kernel_size, stride, padding, /*ceil_mode=*/false,
-                                                    /*count_include_pad=*/true, /*divisor_override=*/std::nullopt);
-  return at::where(x != 0, shared / x, at::zeros_like(x)).to(input.scalar_type());
+  const at::Tensor share = at::where(count > 0, relevance / count.clamp_min(1), at::zeros_like(relevance));
+  // the adjoint of the window sum: the adjoint of the average (1/window each) times the window size
+  const at::Tensor gathered = at::avg_pool2d_backward(share, x, kernel_size, stride, padding, /*ceil_mode=*/false,
+                                                      /*count_include_pad=*/true, /*divisor_override=*/std::nullopt) *
+                              window;
+  return at::where(x != 0, gathered / at::where(x != 0, x, at::ones_like(x)), at::zeros_like(x))
+      .to(input.scalar_type());
 }
 
 } // namespace
@@ -185,6 +226,23 @@ void check_tsgb_batch_norm_backward_args(const at::Tensor& grad_output, const at
   check_same_device(op, "running_mean", running_mean, "input", input);
   check_same_device(op, "running_var", running_var, "input", input);
   check_batch_norm_affine(op, weight, bias, input, /*same_dtype=*/false); // converted to opmath there
+}
+
+void add_stranded_shift_relevance(at::Tensor& grad_input, const at::Tensor& grad_output, const at::Tensor& input,
+                                  const at::Tensor& shift) {
+  if (input.numel() == 0) {
+    return;
+  }
+  std::vector<int64_t> channel_shape(input.dim(), 1);
+  channel_shape[1] = input.size(1);
+  const at::Tensor x = to_opmath(input);
+  // per image position, over the channels
+  const at::Tensor stranded = (to_opmath(grad_output) * (x == 0) * shift.reshape(channel_shape)).sum(1, true);
+  const at::Tensor magnitude = x.abs().sum(1, /*keepdim=*/true);
+  const at::Tensor share =
+      at::where(magnitude > 0, stranded / at::where(magnitude > 0, magnitude, at::ones_like(magnitude)),
+                at::zeros_like(magnitude));
+  grad_input.copy_(to_opmath(grad_input) + at::sign(x) * share);
 }
 
 std::pair<at::Tensor, at::Tensor> batch_norm_affine(const at::Tensor& input, const std::optional<at::Tensor>& weight,
@@ -256,6 +314,8 @@ TORCH_LIBRARY_FRAGMENT(torchcam_ops, m) {
       "tsgb_batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
       "Tensor running_mean, Tensor running_var, float eps) -> Tensor",
       tags);
+  m.def("tsgb_pass_through(Tensor input, Tensor output) -> Tensor", tags);
+  m.def("tsgb_pass_through_backward(Tensor grad_output, Tensor input, Tensor output) -> Tensor", tags);
   m.def("tsgb_avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor", tags);
   m.def(
       "tsgb_avg_pool2d_backward(Tensor grad_output, Tensor input, Tensor output, int[2] kernel_size, "
@@ -270,6 +330,8 @@ TORCH_LIBRARY_IMPL(torchcam_ops, CompositeExplicitAutograd, m) {
   m.impl("tsgb_avg_pool2d", &tsgb_avg_pool2d);
   m.impl("tsgb_linear_backward", &tsgb_linear_backward);
   m.impl("tsgb_avg_pool2d_backward", &tsgb_avg_pool2d_backward);
+  m.impl("tsgb_pass_through", &tsgb_pass_through);
+  m.impl("tsgb_pass_through_backward", &tsgb_pass_through_backward);
 }
 
 } // namespace torchcam_ops
@@ -464,6 +526,36 @@ class TSGBAvgPool2dFunction : public torch::autograd::Function<TSGBAvgPool2dFunc
   }
 };
 
+class TSGBPassThroughFunction : public torch::autograd::Function<TSGBPassThroughFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& output) {
+    static const auto op = op_handle<decltype(tsgb_pass_through)>("torchcam_ops::tsgb_pass_through");
+    at::Tensor copy;
+    {
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      copy = op.call(input, output);
+    }
+    // The caller's Y, not the returned copy: networks modify the copy in place (SiLU(inplace=True)).
+    ctx->save_for_backward({input, output});
+    return copy;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op =
+        op_handle<decltype(tsgb_pass_through_backward)>("torchcam_ops::tsgb_pass_through_backward");
+    const auto saved = ctx->get_saved_variables();
+    at::Tensor grad_input;
+    if (ctx->needs_input_grad(0)) {
+      grad_input = backward_op.call(grads[0], saved[0], saved[1]);
+    }
+    return {grad_input, at::Tensor()}; // Y is the layer's value, not a path for relevance
+  }
+};
+
+at::Tensor tsgb_pass_through_autograd(const at::Tensor& input, const at::Tensor& output) {
+  return TSGBPassThroughFunction::apply(input, output);
+}
+
 at::Tensor tsgb_linear_autograd(const at::Tensor& input, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, double beta) {
   return TSGBLinearFunction::apply(input, weight, bias, beta);
@@ -493,6 +585,7 @@ TORCH_LIBRARY_IMPL(torchcam_ops, Autograd, m) {
   m.impl("tsgb_conv2d", &tsgb_conv2d_autograd);
   m.impl("tsgb_batch_norm", &tsgb_batch_norm_autograd);
   m.impl("tsgb_avg_pool2d", &tsgb_avg_pool2d_autograd);
+  m.impl("tsgb_pass_through", &tsgb_pass_through_autograd);
 }
 
 } // namespace torchcam_ops

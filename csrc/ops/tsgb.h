@@ -26,4 +26,12 @@ std::pair<at::Tensor, at::Tensor> batch_norm_affine(const at::Tensor& input, con
                                                     const at::Tensor& running_mean, const at::Tensor& running_var,
                                                     double eps);
 
+// The relevance of batch-norm units whose input is exactly 0 (Y = shift, no input to pass it to: a
+// depthwise convolution over a window of a ReLU's zeros computes 0) shared over the channels of the same
+// image position in proportion to |X| (as TSGB-Conv shares a position's relevance over its inputs), added
+// to grad_input (in place; any device, ATen ops on the current stream). A position where every channel
+// is 0 has nothing to share with.
+void add_stranded_shift_relevance(at::Tensor& grad_input, const at::Tensor& grad_output, const at::Tensor& input,
+                                  const at::Tensor& shift);
+
 } // namespace torchcam_ops

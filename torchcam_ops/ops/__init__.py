@@ -6,7 +6,7 @@ One module per family, each with its wrappers first and its fake kernels after t
 
 - :mod:`torchcam_ops.ops.cam`: ``cam_reduce``, ``cam_postprocess``;
 - :mod:`torchcam_ops.ops.tsgb`: ``rectified_relu`` and the TSGB rules ``tsgb_linear``, ``tsgb_conv2d``,
-  ``tsgb_batch_norm``, ``tsgb_avg_pool2d``.
+  ``tsgb_batch_norm``, ``tsgb_avg_pool2d``, ``tsgb_pass_through``.
 """
 
 from torchcam_ops.ops._registration import HAS_OPS
@@ -19,6 +19,7 @@ from torchcam_ops.ops.tsgb import (
     tsgb_batch_norm,
     tsgb_conv2d,
     tsgb_linear,
+    tsgb_pass_through,
 )
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "tsgb_batch_norm",
     "tsgb_conv2d",
     "tsgb_linear",
+    "tsgb_pass_through",
 ]
 
 

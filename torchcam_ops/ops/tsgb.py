@@ -14,7 +14,15 @@ from torch import Tensor
 
 from torchcam_ops.ops._registration import ops, register_fake, require_tensor, require_tensors
 
-__all__ = ["RELU_MODES", "rectified_relu", "tsgb_avg_pool2d", "tsgb_batch_norm", "tsgb_conv2d", "tsgb_linear"]
+__all__ = [
+    "RELU_MODES",
+    "rectified_relu",
+    "tsgb_avg_pool2d",
+    "tsgb_batch_norm",
+    "tsgb_conv2d",
+    "tsgb_linear",
+    "tsgb_pass_through",
+]
 
 RELU_MODES: tuple[str, ...] = ("guided", "deconvnet", "plain")
 
@@ -190,7 +198,8 @@ def tsgb_avg_pool2d(
     padding: int | Sequence[int] = 0,
 ) -> Tensor:
     r"""``F.avg_pool2d`` forward; backward shares the relevance :math:`G \odot Y` of each window
-    equally over it, divided by X (0 where X = 0).
+    equally over its input positions (the padding takes none, so relevance is conserved), divided by X
+    (0 where X = 0).
 
     Args:
         input: the images X, ``[N, C, H, W]``, float32, float64, float16 or bfloat16.
@@ -214,6 +223,30 @@ def tsgb_avg_pool2d(
     return ops.tsgb_avg_pool2d.default(
         input, kernel, kernel if stride is None else int_pair("stride", stride), int_pair("padding", padding)
     )
+
+
+def tsgb_pass_through(input: Tensor, output: Tensor) -> Tensor:
+    r"""The relevance pass-through of an elementwise layer :math:`Y = f(X)` (an activation such as
+    ReLU6, SiLU, GELU or Hardswish; a normalisation): forward returns a copy of ``output``, the layer's
+    value computed by the caller; backward passes relevance unchanged,
+    :math:`\partial X = G \odot Y / X` (0 where X = 0), so that :math:`\sum X \partial X = \sum G Y`.
+    No gradient reaches ``output``.
+
+    Args:
+        input: the layer's input X, any shape, float32, float64, float16 or bfloat16.
+        output: the layer's output Y = f(X), of the shape, dtype and device of ``input``.
+
+    Returns:
+        A copy of ``output`` (the network may modify it in place; the backward reads ``output``).
+
+    Raises:
+        TypeError: an argument is not a tensor, ``input`` is not floating point, or ``output`` has
+            another dtype.
+        ValueError: ``output`` has another shape or device.
+        ImportError: the native extension could not be loaded (its ``ExtensionBuildError``).
+    """
+    require_tensors("tsgb_pass_through", input=input, output=output)
+    return ops.tsgb_pass_through.default(input, output)
 
 
 def _conv_out(size, kernel, stride, padding, dilation):
@@ -284,4 +317,14 @@ def _tsgb_avg_pool2d_fake(input, kernel_size, stride, padding):
 
 @register_fake("torchcam_ops::tsgb_avg_pool2d_backward")
 def _tsgb_avg_pool2d_backward_fake(grad_output, input, output, kernel_size, stride, padding):
+    return torch.empty_like(input)
+
+
+@register_fake("torchcam_ops::tsgb_pass_through")
+def _tsgb_pass_through_fake(input, output):
+    return torch.empty_like(output)
+
+
+@register_fake("torchcam_ops::tsgb_pass_through_backward")
+def _tsgb_pass_through_backward_fake(grad_output, input, output):
     return torch.empty_like(input)

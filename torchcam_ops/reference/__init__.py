@@ -8,6 +8,8 @@ a result the same way.
 from torchcam_ops.reference.cam import reference_cam, reference_normalize, reference_postprocess
 from torchcam_ops.reference.gig_cam import reference_gig_cam
 from torchcam_ops.reference.tsgb import (
+    reference_avg_pool,
+    reference_batch_norm_grad,
     reference_conv_grad,
     reference_linear_grad,
     reference_relevance_grad,
@@ -16,6 +18,8 @@ from torchcam_ops.reference.tsgb import (
 )
 
 __all__ = [
+    "reference_avg_pool",
+    "reference_batch_norm_grad",
     "reference_cam",
     "reference_conv_grad",
     "reference_gig_cam",

@@ -41,6 +41,16 @@ def reference_relevance_grad(x, y, g):
     return torch.where(x != 0, g * y / x, torch.zeros_like(x))
 
 
+def reference_batch_norm_grad(x, y, g):
+    """The pass-through where X != 0; the relevance G Y of units with X = 0 shared over the channels of
+    their image position in proportion to |X|."""
+    stranded = torch.where(x == 0, g * y, torch.zeros_like(x)).sum(1, keepdim=True)
+    magnitude = x.abs().sum(1, keepdim=True)
+    safe = torch.where(magnitude > 0, magnitude, torch.ones_like(magnitude))
+    share = torch.where(magnitude > 0, stranded / safe, torch.zeros_like(stranded))
+    return reference_relevance_grad(x, y, g) + torch.sign(x) * share
+
+
 class _Conv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
@@ -68,7 +78,7 @@ class _Linear(torch.autograd.Function):
 
 
 class _Relevance(torch.autograd.Function):
-    """Any layer whose backward is grad_X = G * Y / X (batch norm)."""
+    """The batch-norm rule (:func:`reference_batch_norm_grad`)."""
 
     @staticmethod
     def forward(ctx, x, fn):
@@ -79,7 +89,7 @@ class _Relevance(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, y = ctx.saved_tensors
-        return reference_relevance_grad(x, y, g), None
+        return reference_batch_norm_grad(x, y, g), None
 
 
 class _AvgPool(torch.autograd.Function):
@@ -92,11 +102,17 @@ class _AvgPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        # Each window's relevance g * y shared equally over its positions with x != 0 (padding never).
         x, y = ctx.saved_tensors
-        with torch.enable_grad():
-            leaf = x.detach().requires_grad_(True)
-            (shared,) = torch.autograd.grad(F.avg_pool2d(leaf, *ctx.args), leaf, g * y)
-        return torch.where(x != 0, shared / x, torch.zeros_like(x)), None, None, None
+        kernel, stride, padding = ctx.args
+        n, c, h, w = x.shape
+        windows = F.unfold(x.reshape(n * c, 1, h, w), kernel, padding=padding, stride=stride)  # [NC, k*k, L]
+        carriers = (windows != 0).to(x.dtype)
+        count = carriers.sum(1, keepdim=True)
+        relevance = (g * y).reshape(n * c, 1, -1)
+        shares = carriers * torch.where(count > 0, relevance / count.clamp_min(1), torch.zeros_like(relevance))
+        gathered = F.fold(shares, (h, w), kernel, padding=padding, stride=stride).reshape(n, c, h, w)
+        return torch.where(x != 0, gathered / x, torch.zeros_like(x)), None, None, None
 
 
 class _Wrap(nn.Module):
@@ -106,6 +122,11 @@ class _Wrap(nn.Module):
 
     def forward(self, x):
         return self.fn(x)
+
+
+def reference_avg_pool(x, kernel, stride, padding):
+    """``F.avg_pool2d`` whose backward is the TSGB average-pooling rule, in plain PyTorch (unfold/fold)."""
+    return _AvgPool.apply(x, kernel, stride, padding)
 
 
 def reference_tsgb_model(model: nn.Module, classifier_name: str, beta: float = 1.0) -> nn.Module:
