@@ -70,8 +70,11 @@ class _InputGradientExplainer(Graphable):
 class TSGB(_InputGradientExplainer):
     r"""Target-Selective Gradient Backprop (Cheng et al., IEEE TIP 2022).
 
-    Every Conv2d backpropagates by the TSGB-Conv rule, the classifier by TSGB-FC (``beta``),
-    BatchNorm2d passes relevance through and AvgPool2d splits it equally (:func:`torchcam_ops.nn.rules.tsgb_rules`).
+    Every Conv2d backpropagates by the TSGB-Conv rule, the classifier by TSGB-FC (``beta``), batch
+    norms pass relevance through and AvgPool2d splits it equally; the layers of today's networks that
+    the paper does not cover conserve relevance as well (activations and other normalisations pass it
+    through, gates take none, hidden linear layers share it by contribution; see
+    :func:`torchcam_ops.nn.rules.tsgb_rules` and :func:`torchcam_ops.nn.relevance_budget`).
     Seeded with a one-hot on the target logit, the map is
 
     .. math:: M = \frac{\max(0, \sum_c x \odot \partial x)}{\max(\ldots)}\quad (0 \text{ where the maximum is } 0)

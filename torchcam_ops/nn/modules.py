@@ -76,7 +76,8 @@ class TSGBBatchNorm2d(nn.Module):
 
 
 class TSGBAvgPool2d(nn.Module):
-    """``nn.AvgPool2d`` forward; the backward shares each window's relevance equally over it."""
+    """``nn.AvgPool2d`` forward; the backward shares each window's relevance equally over its input
+    positions (none to the padding)."""
 
     def __init__(self, pool: nn.AvgPool2d) -> None:
         super().__init__()

@@ -39,6 +39,46 @@ _AVG_POOL2D_ARGUMENTS = (
 )
 _RELU_CALLS = (F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_)
 
+# Elementwise activations whose gradient is not Y / X, so that the plain gradient loses or creates
+# relevance (ReLU6 passes none where X > 6, the strongest evidence): TSGB passes relevance through
+# them. ReLU keeps its gradient, which is already Y / X (the paper's networks are built of it).
+_PASS_THROUGH_ACTIVATIONS = frozenset(
+    {
+        F.relu6,
+        F.hardtanh,
+        F.hardtanh_,
+        F.silu,
+        F.gelu,
+        F.hardswish,
+        F.hardsigmoid,
+        F.mish,
+        F.elu,
+        F.elu_,
+        F.selu,
+        F.celu,
+        F.leaky_relu,
+        F.leaky_relu_,
+        F.softplus,
+        F.sigmoid,
+        F.tanh,
+        torch.sigmoid,
+        torch.sigmoid_,
+        torch.tanh,
+        torch.tanh_,
+        torch.Tensor.sigmoid,
+        torch.Tensor.sigmoid_,
+        torch.Tensor.tanh,
+        torch.Tensor.tanh_,
+    }
+)
+# Normalisations other than a batch norm with running statistics (which has its own op): they pass
+# relevance through as well.
+_PASS_THROUGH_NORMS = frozenset({F.layer_norm, F.group_norm, F.instance_norm, F.batch_norm, F.local_response_norm})
+# Products: in x * s with s broadcast over x (a squeeze-excitation gate, a layer scale), relevance
+# goes to the signal x, not to the gate s.
+_PRODUCTS = frozenset({torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__})
+_IN_PLACE_PRODUCTS = frozenset({torch.Tensor.mul_, torch.Tensor.__imul__})
+
 
 def submodules(model: nn.Module) -> list[nn.Module]:
     """``model`` and every module below it, once each: ``model.modules()`` without the dotted names
@@ -87,21 +127,59 @@ def tsgb_conv2d_call(call: dict) -> Tensor:
     return ops.tsgb_conv2d(x, weight, call.get("bias"), stride, (top, left), dilation, call.get("groups", 1))
 
 
+def _pass_through(func, args: tuple, kwargs: dict | None) -> Tensor:
+    """``func``'s value, out of place, computed without a graph, behind the pass-through rule."""
+    kwargs = dict(kwargs or {})
+    x = args[0] if args else kwargs.pop("input")
+    rest = args[1:]
+    if "inplace" in kwargs:
+        kwargs["inplace"] = False
+    with torch.no_grad():
+        # an in-place form (or inplace=True given by position) then writes into a copy
+        y = func(x.detach().clone(), *rest, **kwargs)
+    return ops.tsgb_pass_through(x, y)
+
+
+def _gated_product(func, args: tuple, kwargs: dict | None) -> Tensor | None:
+    """``a * b`` with the broadcast operand detached (the gate takes no relevance), or None when
+    the product is not a gating one (same shapes, a number)."""
+    if len(args) != 2 or kwargs:
+        return None
+    a, b = args
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape == b.shape:
+        return None
+    if a.numel() < b.numel():
+        return func(a.detach(), b)
+    if b.numel() < a.numel():
+        return func(a, b.detach())
+    return None
+
+
 class TSGBRules(TorchFunctionMode):
     """Routes, while active in the calling thread: ``F.conv2d`` calls made with the weight of one of
     ``convs`` to TSGB-Conv; the ``F.linear`` call made with the classifier's weight to TSGB-FC
     (``beta``); ``F.batch_norm`` calls with the running mean of one of ``batch_norms`` to the
     relevance pass-through; ``F.avg_pool2d`` calls (floor mode, padding counted, no divisor override)
-    to the equal split; and in-place ReLUs to out-of-place ones (the TSGB-Conv backward needs the
+    to the equal split; ``F.linear`` calls with the weight of another of ``linears`` to the z-rule
+    (:func:`_hidden_linear`); elementwise activations other than ReLU (ReLU6, SiLU, GELU, Hardswish...) and the
+    other normalisations (LayerNorm, GroupNorm...) to the pass-through; products whose one operand is
+    broadcast over the other (squeeze-excitation gates, layer scales) give relevance to the signal
+    only; and in-place ReLUs and activations to out-of-place ones (the TSGB-Conv backward needs the
     convolution's output as it was computed). Everything else keeps its ordinary gradient."""
 
     def __init__(
-        self, convs: list[nn.Conv2d], classifier: nn.Linear | None, batch_norms: list[nn.BatchNorm2d], beta: float = 1.0
+        self,
+        convs: list[nn.Conv2d],
+        classifier: nn.Linear | None,
+        batch_norms: list[nn.modules.batchnorm._BatchNorm],
+        beta: float = 1.0,
+        linears: list[nn.Linear] = (),
     ) -> None:
         super().__init__()
         self._conv_weights = {id(conv.weight): conv.weight for conv in convs}
         self._classifier_weight = classifier.weight if classifier is not None else None
         self._running_means = {id(bn.running_mean): bn.running_mean for bn in batch_norms}
+        self._linear_weights = {id(m.weight): m.weight for m in linears if m is not classifier}
         self._beta = beta
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -112,8 +190,20 @@ class TSGBRules(TorchFunctionMode):
                 return tsgb_conv2d_call(call)
         elif func is F.linear:
             call = _call_arguments(_LINEAR_ARGUMENTS, args, kwargs)
-            if self._classifier_weight is not None and call.get("weight") is self._classifier_weight:
+            weight = call.get("weight")
+            if self._classifier_weight is not None and weight is self._classifier_weight:
                 return ops.tsgb_linear(call["input"], call["weight"], call.get("bias"), self._beta)
+            if weight is not None and self._linear_weights.get(id(weight)) is weight:
+                return _hidden_linear(call["input"], weight, call.get("bias"))
+        elif func in _PASS_THROUGH_ACTIVATIONS:
+            return _pass_through(func, args, kwargs)
+        elif func in _PRODUCTS:
+            product = _gated_product(func, args, kwargs)
+            if product is not None:
+                return product
+        elif func in _IN_PLACE_PRODUCTS:
+            if len(args) == 2 and isinstance(args[1], Tensor) and args[1].numel() < args[0].numel():
+                return func(args[0], args[1].detach())
         elif func is F.batch_norm:
             call = _call_arguments(_BATCH_NORM_ARGUMENTS, args, kwargs)
             mean = call.get("running_mean")
@@ -131,6 +221,9 @@ class TSGBRules(TorchFunctionMode):
                     call.get("bias"),
                     call.get("eps", 1e-5),
                 )
+            return _pass_through(func, args, kwargs)
+        elif func in _PASS_THROUGH_NORMS:
+            return _pass_through(func, args, kwargs)
         elif func is F.avg_pool2d:
             call = _call_arguments(_AVG_POOL2D_ARGUMENTS, args, kwargs)
             if (
@@ -152,6 +245,21 @@ class TSGBRules(TorchFunctionMode):
         elif func is torch.relu_ or func is torch.Tensor.relu_:
             return torch.relu(args[0])
         return func(*args, **(kwargs or {}))
+
+
+def _hidden_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A linear layer other than the classifier (ConvNeXt's pointwise layers, VGG's and MobileNet V3's
+    hidden fully connected layers): each output's relevance G Y goes back to the inputs in proportion to
+    their contributions x_i w_ji, the bias's share included (the z-rule of layer-wise relevance
+    propagation): the gradient of ``x W^T`` seeded with G Y / (x W^T), through the pass-through.
+    TSGB-Conv would see a fully connected layer as one position and spread its summed relevance by
+    magnitude alone, losing the class; TSGB-FC does not conserve."""
+    z = F.linear(x, weight)
+    if bias is None:
+        return z
+    with torch.no_grad():
+        y = z + bias
+    return ops.tsgb_pass_through(z, y)
 
 
 class RectifiedReLURules(TorchFunctionMode):
@@ -185,12 +293,22 @@ def refuse_inference_mode(what: str) -> None:
 def tsgb_rules(model: nn.Module, classifier: nn.Linear | None, beta: float = 1.0) -> Iterator[None]:
     """The TSGB rules for ``model``'s layers while the block runs, in the calling thread only."""
     refuse_inference_mode("TSGB")
-    convs, batch_norms = [], []
+    convs, batch_norms, linears, unknown = [], [], [], set()
     for module in submodules(model):  # one pass: this runs on every call
         if isinstance(module, nn.Conv2d):
             convs.append(module)
-        elif type(module) is nn.BatchNorm2d and module.running_mean is not None and module.running_var is not None:
+        elif isinstance(module, nn.Linear):
+            linears.append(module)
+        elif (
+            isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and module.running_mean is not None
+            and module.running_var is not None
+        ):
             batch_norms.append(module)
+        elif module._modules or isinstance(module, _CONTAINERS):  # an empty Sequential is an identity
+            continue
+        elif not _has_relevance_rule(type(module)):
+            unknown.add(type(module).__name__)
     if not convs and classifier is None:
         raise ValueError(
             "TSGB: the model has no nn.Conv2d and no nn.Linear classifier, so no TSGB rule would "
@@ -200,8 +318,71 @@ def tsgb_rules(model: nn.Module, classifier: nn.Linear | None, beta: float = 1.0
         warnings.warn("TSGB: the model has no nn.Conv2d; only the classifier takes the TSGB rule", stacklevel=3)
     if classifier is None:
         warnings.warn("TSGB: the model has no nn.Linear classifier; the TSGB-FC rule is not applied", stacklevel=3)
-    with TSGBRules(convs, classifier, batch_norms, beta):
+    if unknown:
+        warnings.warn(
+            f"TSGB: no relevance rule for {', '.join(sorted(unknown))}: these layers keep their ordinary "
+            "gradient, which may lose or create relevance (torchcam_ops.nn.relevance_budget measures it)",
+            stacklevel=3,
+        )
+    with TSGBRules(convs, classifier, batch_norms, beta, linears):
         yield
+
+
+# Layers whose relevance the rules conserve: routed to a rule (convolutions, linear layers,
+# normalisations, activations), or conserving with their ordinary gradient (ReLU, max and adaptive
+# pooling, dropout in eval mode, reshaping and padding with zeros).
+_LAYERS_WITH_RULES: tuple[type, ...] = (
+    nn.Conv2d,
+    nn.Linear,
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LocalResponseNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.LeakyReLU,
+    nn.Softplus,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.modules.dropout._DropoutNd,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.ZeroPad2d,
+    nn.ConstantPad2d,
+    nn.ChannelShuffle,
+)
+# torchvision's reshaping layers and stochastic depth (the identity in eval mode), by name: the rules
+# do not import torchvision.
+_TORCHVISION_LAYERS_WITH_RULES = frozenset({"Permute", "StochasticDepth"})
+# identities of other packages (EfficientNet-Lite's own), by name
+_rule_by_type: dict[type, bool] = {}
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _has_relevance_rule(kind: type) -> bool:
+    known = _rule_by_type.get(kind)
+    if known is None:
+        known = _rule_by_type[kind] = (
+            issubclass(kind, _LAYERS_WITH_RULES)
+            or (kind.__module__.startswith("torchvision.ops") and kind.__name__ in _TORCHVISION_LAYERS_WITH_RULES)
+            or kind.__name__ == "Identity"
+        )
+    return known
 
 
 @contextlib.contextmanager
