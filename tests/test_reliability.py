@@ -4,6 +4,7 @@ map or a changed model."""
 
 from __future__ import annotations
 
+import copy
 import pickle
 import threading
 
@@ -18,12 +19,14 @@ from torchcam_ops.methods import (
     GIGCAM,
     TSGB,
     AbsCAM,
+    EigenCAM,
     GradCAM,
     GradCAMPlusPlus,
     GuidedBackprop,
     GuidedGradCAM,
     IntegratedGradCAM,
     LayerCAM,
+    ScoreCAM,
     capture,
 )
 from torchcam_ops.reference import reference_cam
@@ -523,3 +526,103 @@ def test_gig_cam_diagnostics_are_returned_not_kept():
     assert diagnostics.unfinished_steps.dim() == 0 and int(diagnostics.unfinished_steps) == 0
     assert vars(explainer).keys() == state.keys() and all(vars(explainer)[k] is v for k, v in state.items())
     assert explainer(torch.rand(3, 3, 8, 8), [1, 0, 2]).shape == maps.shape
+
+
+def _batch_norm_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    ).train()
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "guided", "eigencam"])
+def test_explaining_in_the_middle_of_a_training_step_leaves_the_step_intact(method):
+    # The user's step: a forward in training mode, an explanation, then the step's backward.
+    model = _batch_norm_cnn()
+    x = torch.rand(4, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    reference = copy.deepcopy(model)
+    reference(x).logsumexp(1).sum().backward()
+    loss = model(x).logsumexp(1).sum()
+    after_forward = {name: (b.clone(), b._version) for name, b in model.named_buffers()}
+    explainer = {
+        "gradcam": lambda: GradCAM(model, ["3"]),
+        "scorecam": lambda: ScoreCAM(model, ["3"]),
+        "guided": lambda: GuidedBackprop(model),
+        "eigencam": lambda: EigenCAM(model, ["3"]),
+    }[method]()
+    with explainer:
+        explainer(torch.rand(2, 3, 12, 12), [1, 2])
+    loss.backward()  # raised "modified by an inplace operation" when the explainer restored the statistics
+    for name, b in model.named_buffers():
+        value, version = after_forward[name]
+        assert torch.equal(b, value) and b._version == version, name  # never written by the explainer
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours.grad, theirs.grad)
+
+
+def test_a_thread_training_the_model_keeps_every_statistics_update_while_another_explains():
+    # (No optimizer step: an explanation whose weights change while it runs is a race of the caller's.)
+    model = _batch_norm_cnn()
+    steps, errors = 40, []
+    start = threading.Barrier(2)
+
+    def train() -> None:
+        try:
+            start.wait()
+            for _ in range(steps):
+                model.zero_grad()
+                model(torch.rand(4, 3, 12, 12)).logsumexp(1).sum().backward()
+        except BaseException as error:
+            errors.append(error)
+
+    def explain() -> None:
+        try:
+            start.wait()
+            with GradCAM(model, ["3"]) as cam:
+                for _ in range(steps):
+                    cam(torch.rand(2, 3, 12, 12), [0, 1])
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=train), threading.Thread(target=explain)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+    assert int(model[1].num_batches_tracked) == steps and int(model[4].num_batches_tracked) == steps
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: GradCAM(m, ["3"], batch_size=2),
+        lambda m: ScoreCAM(m, ["3"], batch_size=2),
+        lambda m: GIGCAM(m, ["3"], steps=2),  # one image at a time on the CPU
+    ],
+    ids=["gradcam", "scorecam", "gig_cam"],
+)
+@pytest.mark.parametrize("targets", [[1, 2], [3], torch.tensor([1, 2])], ids=["two", "one", "tensor"])
+def test_targets_shorter_than_the_batch_are_refused_whatever_the_chunks(make, targets):
+    model = _batch_norm_cnn().eval()
+    with make(model) as explainer, pytest.raises(ValueError, match=r"targets: expected .*4"):
+        explainer(torch.rand(4, 3, 12, 12), targets)
+
+
+def test_output_size_true_and_class_indices_beyond_int64_are_refused_clearly():
+    model = _batch_norm_cnn().eval()
+    with GradCAM(model, ["3"]) as cam:
+        with pytest.raises(ValueError, match=r"output_size: expected a positive int or \(height, width\), got True"):
+            cam(torch.rand(1, 3, 12, 12), output_size=True)
+        with pytest.raises(ValueError, match="output_size"):
+            cam(torch.rand(1, 3, 12, 12), output_size=(True, 4))
+    with EigenCAM(model, ["3"]) as eigen, pytest.raises(ValueError, match=r"targets: class index 9223372036854775808"):
+        eigen(torch.rand(1, 3, 12, 12), 2**63)

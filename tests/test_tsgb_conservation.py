@@ -173,3 +173,59 @@ def test_relevance_is_conserved_on_the_shipped_model_and_photos():
         assert zero.input == pytest.approx(_z_plus(model, x, target), rel=1e-4)
         one = relevance_budget(model, x, target, beta=1.0)
         assert abs(one.input) <= 1e-4 * one.input_absolute, (name, one.input, one.input_absolute)
+
+
+class StandardisedConv2d(nn.Conv2d):
+    """A weight-standardised convolution (BiT, NFNet): its weight is computed in every call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self.weight.mean((1, 2, 3), keepdim=True)
+        std = self.weight.std((1, 2, 3), keepdim=True)
+        return self._conv_forward(x, (self.weight - mean) / std, self.bias)
+
+
+def _cnn(conv: type[nn.Conv2d] = nn.Conv2d) -> nn.Module:
+    torch.manual_seed(0)
+    return (
+        nn.Sequential(
+            conv(3, 6, 3, padding=1),
+            nn.ReLU(),
+            conv(6, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, 5),
+        )
+        .double()
+        .eval()
+    )
+
+
+@pytest.mark.parametrize("kind", ["weight_norm", "spectral_norm", "standardised"])
+def test_layers_whose_weight_is_computed_per_call_take_the_rules(kind):
+    from torch.nn.utils import parametrizations
+
+    x = torch.rand(2, 3, 10, 10, dtype=torch.float64)
+    if kind == "standardised":
+        model = _cnn(StandardisedConv2d)
+        plain = _cnn()
+        with torch.no_grad():
+            for ours, theirs in zip(model, plain):
+                if isinstance(ours, nn.Conv2d):
+                    w = ours.weight
+                    theirs.weight.copy_((w - w.mean((1, 2, 3), keepdim=True)) / w.std((1, 2, 3), keepdim=True))
+    else:
+        model = _cnn()
+        wrap = getattr(parametrizations, kind)
+        for index in (0, 2, 6):
+            wrap(model[index])
+        model.eval()
+        with torch.no_grad():
+            model(x)  # spectral norm's power iteration settles in eval mode on its stored vectors
+        plain = _cnn()
+        with torch.no_grad():
+            for index in (0, 2, 6):
+                plain[index].weight.copy_(model[index].weight)
+    with TSGB(model) as ours, TSGB(plain) as theirs:
+        torch.testing.assert_close(ours(x, [1, 3], raw=True), theirs(x, [1, 3], raw=True))
+    assert relevance_budget(model, x, 1).conserved(1e-6)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torchcam_ops._extension import assert_has_ops
 from torchcam_ops.methods.capture import ExplainerHold, capture_outputs
 from torchcam_ops.methods.graphs import Graphable, explainer_call, graph_input
-from torchcam_ops.nn.rules import refuse_inference_mode, submodules
+from torchcam_ops.nn.rules import refuse_inference_mode, shield_buffers
 from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce, check_output_size
 
 #: What ``targets`` may be: ``None`` (each image's top class), a class index, one index per image,
@@ -101,21 +101,11 @@ def resolve_layers(model: nn.Module, target_layers: LayerSpec | Sequence[LayerSp
 
 @contextlib.contextmanager
 def preserve_buffers(model: nn.Module) -> Iterator[None]:
-    """Restores the buffers of modules in training mode (BatchNorm running statistics) on exit:
-    explaining a model that is being trained must not move its statistics."""
-    saved = [
-        (buffer, buffer.detach().clone())
-        for module in submodules(model)
-        if module.training
-        for buffer in module._buffers.values()
-        if buffer is not None
-    ]
-    try:
+    """The model's buffers are never written while the block runs (BatchNorm running statistics of
+    modules in training mode update copies; :class:`~torchcam_ops.nn.rules.BufferShield`): explaining a
+    model that is being trained moves none of its statistics and leaves a pending training step valid."""
+    with shield_buffers(model):
         yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
 
 
 def map_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -314,13 +304,22 @@ def check_class_indices(indices: Sequence[int], num_classes: int | None) -> None
             )
         if index < 0:
             raise ValueError(f"targets: class index {index} is out of range (class indices are non-negative)")
+        if index >= 2**63:
+            raise ValueError(f"targets: class index {index} is out of range (class indices are int64)")
 
 
 def slice_targets(targets: Targets, start: int, stop: int, batch: int) -> Targets:
-    """The targets of images [start, stop) of a batch of ``batch`` images."""
-    if isinstance(targets, Tensor) and targets.dim() >= 1 and targets.shape[0] == batch:
+    """The targets of images [start, stop) of a batch of ``batch`` images. Per-image targets are
+    checked against the whole batch, so that a chunk never reuses another chunk's targets."""
+    if isinstance(targets, Tensor) and targets.dim() >= 1:
+        if targets.shape[0] != batch:
+            raise ValueError(
+                f"targets: expected a tensor of shape [N] or [N, T] with N = {batch}, got {list(targets.shape)}"
+            )
         return targets[start:stop]
-    if isinstance(targets, Sequence) and not isinstance(targets, str) and len(targets) == batch:
+    if isinstance(targets, Sequence) and not isinstance(targets, str):
+        if len(targets) != batch:
+            raise ValueError(f"targets: expected {batch} class indices (one per image), got {len(targets)}")
         return list(targets[start:stop])
     return targets
 
@@ -472,9 +471,11 @@ class BaseCAM(Graphable):
     def _output_size(x: Tensor, output_size: int | tuple[int, int] | None) -> tuple[int, int]:
         if output_size is None:
             return int(x.shape[-2]), int(x.shape[-1])
+        if isinstance(output_size, bool) or not isinstance(output_size, (int, tuple, list)):
+            raise ValueError(f"output_size: expected a positive int or (height, width), got {output_size!r}")
         if isinstance(output_size, int):
             output_size = (output_size, output_size)
-        if len(output_size) != 2 or any(not isinstance(s, int) or s < 1 for s in output_size):
+        if len(output_size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in output_size):
             raise ValueError(f"output_size: expected a positive int or (height, width), got {output_size!r}")
         return tuple(output_size)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.parametrize import ParametrizationList
 
 from torchcam_ops.nn.convert import find_classifier
 from torchcam_ops.nn.rules import tsgb_rules
@@ -106,8 +107,12 @@ class _Ledger:
 
 
 def _leaves(model: nn.Module, skip: nn.Module | None) -> Iterator[tuple[str, nn.Module]]:
+    """The leaf layers of the forward pass, once each: not ``skip``, nor the modules that compute a
+    parametrized weight."""
     seen: set[int] = set()
     for name, module in model.named_modules():
+        if isinstance(module, ParametrizationList):
+            seen.update(id(m) for m in module.modules())
         if module._modules or module is skip or id(module) in seen:
             continue
         seen.add(id(module))

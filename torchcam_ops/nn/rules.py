@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.parametrize import ParametrizationList
 from torch.overrides import TorchFunctionMode
 
 from torchcam_ops import ops
@@ -156,16 +157,19 @@ def _gated_product(func, args: tuple, kwargs: dict | None) -> Tensor | None:
 
 
 class TSGBRules(TorchFunctionMode):
-    """Routes, while active in the calling thread: ``F.conv2d`` calls made with the weight of one of
-    ``convs`` to TSGB-Conv; the ``F.linear`` call made with the classifier's weight to TSGB-FC
-    (``beta``); ``F.batch_norm`` calls with the running mean of one of ``batch_norms`` to the
-    relevance pass-through; ``F.avg_pool2d`` calls (floor mode, padding counted, no divisor override)
-    to the equal split; ``F.linear`` calls with the weight of another of ``linears`` to the z-rule
-    (:func:`_hidden_linear`); elementwise activations other than ReLU (ReLU6, SiLU, GELU, Hardswish...) and the
-    other normalisations (LayerNorm, GroupNorm...) to the pass-through; products whose one operand is
-    broadcast over the other (squeeze-excitation gates, layer scales) give relevance to the signal
-    only; and in-place ReLUs and activations to out-of-place ones (the TSGB-Conv backward needs the
-    convolution's output as it was computed). Everything else keeps its ordinary gradient."""
+    """Routes, while active in the calling thread: every ``F.conv2d`` call to TSGB-Conv (also with a
+    weight computed per call: weight norm, spectral norm, parametrizations, weight standardisation);
+    the ``F.linear`` call made with the classifier's weight (or, for a classifier whose weight is
+    computed per call, with a weight of its value) to TSGB-FC (``beta``); every other ``F.linear`` call
+    to the z-rule (:func:`_hidden_linear`); ``F.batch_norm`` calls with the running mean of one of
+    ``batch_norms`` to the batch-norm rule; ``F.avg_pool2d`` calls (floor mode, padding counted, no
+    divisor override) to the equal split; elementwise activations other than ReLU (ReLU6, SiLU, GELU,
+    Hardswish...) and the other normalisations (LayerNorm, GroupNorm...) to the pass-through; products
+    whose one operand is broadcast over the other (squeeze-excitation gates, layer scales) give
+    relevance to the signal only; and in-place ReLUs and activations to out-of-place ones (the TSGB-Conv
+    backward needs the convolution's output as it was computed). Everything else keeps its ordinary
+    gradient. ``convs`` and ``linears`` are the model's layers of those kinds (kept for the checks of
+    :func:`tsgb_rules`)."""
 
     def __init__(
         self,
@@ -176,24 +180,36 @@ class TSGBRules(TorchFunctionMode):
         linears: list[nn.Linear] = (),
     ) -> None:
         super().__init__()
-        self._conv_weights = {id(conv.weight): conv.weight for conv in convs}
+        self._classifier = classifier
         self._classifier_weight = classifier.weight if classifier is not None else None
+        # a weight computed per call (parametrizations, weight norm) is a new tensor each time: that
+        # classifier's call is recognised by the value of its weight
+        self._classifier_weight_is_computed = classifier is not None and not isinstance(
+            classifier._parameters.get("weight"), nn.Parameter
+        )
         self._running_means = {id(bn.running_mean): bn.running_mean for bn in batch_norms}
-        self._linear_weights = {id(m.weight): m.weight for m in linears if m is not classifier}
         self._beta = beta
+
+    def _is_classifier_weight(self, weight: Tensor) -> bool:
+        if weight is self._classifier_weight:
+            return True
+        if not self._classifier_weight_is_computed or weight.shape != self._classifier_weight.shape:
+            return False
+        return bool(torch.equal(weight, self._classifier_weight))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is torch.conv2d:
+            # every convolution of the forward pass, also those whose weight is computed per call
+            # (weight norm, spectral norm, parametrizations, weight standardisation)
             call = _call_arguments(_CONV2D_ARGUMENTS, args, kwargs)
-            weight = call.get("weight")
-            if weight is not None and self._conv_weights.get(id(weight)) is weight:
+            if call.get("weight") is not None:
                 return tsgb_conv2d_call(call)
         elif func is F.linear:
             call = _call_arguments(_LINEAR_ARGUMENTS, args, kwargs)
             weight = call.get("weight")
-            if self._classifier_weight is not None and weight is self._classifier_weight:
-                return ops.tsgb_linear(call["input"], call["weight"], call.get("bias"), self._beta)
-            if weight is not None and self._linear_weights.get(id(weight)) is weight:
+            if weight is not None and self._is_classifier_weight(weight):
+                return ops.tsgb_linear(call["input"], weight, call.get("bias"), self._beta)
+            if weight is not None:
                 return _hidden_linear(call["input"], weight, call.get("bias"))
         elif func in _PASS_THROUGH_ACTIVATIONS:
             return _pass_through(func, args, kwargs)
@@ -280,6 +296,73 @@ class RectifiedReLURules(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+_IN_PLACE_DUNDERS = frozenset(
+    {
+        torch.Tensor.__iadd__,
+        torch.Tensor.__isub__,
+        torch.Tensor.__imul__,
+        torch.Tensor.__itruediv__,
+        torch.Tensor.__ifloordiv__,
+        torch.Tensor.__setitem__,
+    }
+)
+
+
+def _writes_in_place(func) -> bool:
+    name = getattr(func, "__name__", "")
+    return func in _IN_PLACE_DUNDERS or (name.endswith("_") and not name.endswith("__"))
+
+
+class BufferShield(TorchFunctionMode):
+    """While active in the calling thread, the model's buffers are never written: batch norms in
+    training mode update copies of their running statistics, and in-place writes to a buffer
+    (``num_batches_tracked += 1``, ``buffer.copy_(...)``) go to a copy, which later reads in the same
+    block see. The user's buffers keep their values and their version counters, so a training step
+    whose backward is still to come stays valid, and a thread training the same model meanwhile keeps
+    every update of its own."""
+
+    def __init__(self, buffers: list[Tensor]) -> None:
+        super().__init__()
+        self._buffers = {id(b): b for b in buffers}
+        self._copies: dict[int, Tensor] = {}
+
+    def _stand_in(self, value: object) -> object:
+        if not isinstance(value, Tensor) or self._buffers.get(id(value)) is not value:
+            return value
+        copy = self._copies.get(id(value))
+        if copy is None:
+            copy = self._copies[id(value)] = value.detach().clone()
+        return copy
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self._copies and (args or kwargs):
+            # reads of a buffer already written in this block see the written copy
+            args = tuple(self._copies.get(id(a), a) if isinstance(a, Tensor) else a for a in args)
+        if func is F.batch_norm:
+            call = _call_arguments(_BATCH_NORM_ARGUMENTS, args, kwargs)
+            if call.get("training", False):
+                call["running_mean"] = self._stand_in(call.get("running_mean"))
+                call["running_var"] = self._stand_in(call.get("running_var"))
+                return func(**call)
+        elif args and _writes_in_place(func):
+            return func(self._stand_in(args[0]), *args[1:], **kwargs)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def shield_buffers(model: nn.Module) -> Iterator[None]:
+    """:class:`BufferShield` over ``model``'s buffers while the block runs, when one of its modules is
+    in training mode (a model in eval mode writes no buffer, and pays nothing)."""
+    modules = submodules(model)
+    if torch.compiler.is_compiling() or not any(module.training for module in modules):
+        yield
+        return
+    buffers = [b for module in modules for b in module._buffers.values() if b is not None]
+    with BufferShield(buffers):
+        yield
+
+
 def refuse_inference_mode(what: str) -> None:
     """Gradients, which every explainer needs, cannot be computed under ``torch.inference_mode()``."""
     if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
@@ -294,8 +377,13 @@ def tsgb_rules(model: nn.Module, classifier: nn.Linear | None, beta: float = 1.0
     """The TSGB rules for ``model``'s layers while the block runs, in the calling thread only."""
     refuse_inference_mode("TSGB")
     convs, batch_norms, linears, unknown = [], [], [], set()
-    for module in submodules(model):  # one pass: this runs on every call
-        if isinstance(module, nn.Conv2d):
+    computing_weights: set[int] = set()
+    for module in submodules(model):  # one pass, parents first: this runs on every call
+        if id(module) in computing_weights:
+            continue
+        if isinstance(module, ParametrizationList):  # computes a weight, is not a layer of the forward pass
+            computing_weights.update(id(m) for m in submodules(module))
+        elif isinstance(module, nn.Conv2d):
             convs.append(module)
         elif isinstance(module, nn.Linear):
             linears.append(module)
