@@ -114,3 +114,42 @@ def test_curves_of_many_methods_are_told_apart_by_colour_and_dash():
 
     styles = {(to_hex(line.get_color()), line.get_linestyle()) for line in lines}
     assert len(lines) == 16 and len(styles) == 16
+
+
+def _expected_overlay(photo_uint8: np.ndarray, saliency: np.ndarray) -> np.ndarray:
+    return np.asarray(viz.overlay(photo_uint8, saliency))
+
+
+def test_the_image_types_users_have_are_drawn_as_the_same_picture():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    saliency = rng.random((3, 4))
+    expected = _expected_overlay(photo, saliency)
+    same = {
+        "uint16": photo.astype(np.uint16) * 257,
+        "int64 in [0, 255]": photo.astype(np.int64),
+        "float in [0, 255]": photo.astype(np.float32),
+        "float in [0, 1]": photo / 255.0,
+        "torchvision uint8 [3, H, W]": torch.from_numpy(photo).permute(2, 0, 1).contiguous(),
+        "float tensor [3, H, W]": torch.from_numpy(photo).permute(2, 0, 1).float() / 255,
+        "bfloat16 tensor [3, H, W]": (torch.from_numpy(photo).permute(2, 0, 1).float() / 255).bfloat16(),
+    }
+    for name, image in same.items():
+        got = np.asarray(viz.overlay(image, saliency))
+        tolerance = 2 if "bfloat16" in name else 0  # bfloat16 keeps 8 bits of mantissa
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= tolerance, name
+
+
+@pytest.mark.parametrize(
+    "image,message",
+    [
+        (np.full((4, 4, 3), -1.5, np.float32), r"float values must lie in \[0, 1\] or \[0, 255\].*normalised"),
+        (np.full((4, 4, 3), 300, np.int32), r"integer values must lie in \[0, 255\]"),
+        (np.full((4, 4, 3), np.nan, np.float32), "NaN or infinite"),
+    ],
+    ids=["normalised input", "int beyond 255", "nan"],
+)
+def test_images_that_cannot_be_read_as_pictures_are_refused_clearly(image, message):
+    with pytest.raises(ValueError, match=message):
+        viz.overlay(image, np.zeros((2, 2)))

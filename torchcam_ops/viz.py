@@ -45,28 +45,59 @@ def _colormap(name: str):
 
 
 def _rgb8(image: Any) -> np.ndarray:
-    """An RGB uint8 array ``[H, W, 3]`` from a PIL image, an array ``[H, W]``/``[H, W, 3|4]`` (uint8, or
-    floats in [0, 1]) or a tensor ``[3, H, W]``/``[H, W]`` (floats in [0, 1])."""
+    """An RGB uint8 array ``[H, W, 3]`` from a PIL image, or an array or tensor ``[H, W]``,
+    ``[H, W, 1|3|4]`` or (a tensor, channels first as torchvision's) ``[1|3|4, H, W]`` of uint8, uint16,
+    other integers in [0, 255], bools, or floats in [0, 1] or in [0, 255] (read as 8-bit values when
+    the largest exceeds 1). Anything else is refused, never drawn white."""
     from PIL import Image
 
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
-    if hasattr(image, "detach"):  # a torch tensor, channels first
-        array = image.detach().float().cpu().numpy()
-        if array.ndim == 3:
+    if hasattr(image, "detach"):  # a torch tensor
+        import torch
+
+        tensor = image.detach().cpu()
+        if tensor.dtype in (torch.float16, torch.bfloat16):
+            tensor = tensor.float()  # numpy has no bfloat16
+        array = tensor.numpy()
+        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[2] not in (1, 3, 4):
             array = array.transpose(1, 2, 0)
     else:
         array = np.asarray(image)
     if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
+        array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise ValueError(f"image: expected [H, W], [H, W, 3] or a [3, H, W] tensor, got shape {list(array.shape)}")
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    array = array[..., :3]
-    if array.dtype != np.uint8:
-        array = (np.clip(array.astype(np.float64), 0, 1) * 255).round().astype(np.uint8)
-    return array
+        raise ValueError(f"image: expected [H, W], [H, W, 3] or a [3, H, W] tensor, got shape {list(np.shape(image))}")
+    array = np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array[..., :3]
+    return _as_uint8(array)
+
+
+def _as_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype == np.uint16:
+        return (array.astype(np.float64) / 257).round().astype(np.uint8)
+    if array.size == 0:
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:
+            raise ValueError(f"image: integer values must lie in [0, 255] (or be uint16), got [{low}, {high}]")
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError("image: the image contains NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"image: float values must lie in [0, 1] or [0, 255], got [{low:.3g}, {high:.3g}] "
+                "(a normalised model input? pass the image before normalisation)"
+            )
+        scale = 255.0 if high <= 1 else 1.0
+        return np.clip(array.astype(np.float64) * scale, 0, 255).round().astype(np.uint8)
+    raise TypeError(f"image: expected an image of integers, bools or floats, got dtype {array.dtype}")
 
 
 def _map2d(saliency: Any) -> np.ndarray:
