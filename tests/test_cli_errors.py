@@ -118,3 +118,43 @@ def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
         np.testing.assert_array_equal(cli.to_rgb8(image)[0, :, 1], np.round(np.linspace(0, 255, 64)).astype(np.uint8))
     with Image.open(tmp_path / "ramp16.png").convert("RGB") as image:  # 8-bit images are unchanged
         assert cli.to_rgb8(image).dtype == np.uint8
+
+
+def test_images_of_the_same_name_in_two_folders_keep_their_own_files_and_rows(tmp_path):
+    for folder, value in (("a", 40), ("b", 200)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(tmp_path / folder / "photo.png")
+    out = tmp_path / "out"
+    cli.main(["explain", str(tmp_path / "a/photo.png"), str(tmp_path / "b/photo.png"), "--methods", "gradcam",
+              "--out", str(out)])  # fmt: skip
+    assert (out / "photo_gradcam.png").exists() and (out / "photo-2_gradcam.png").exists()
+    page = (out / "report.html").read_text()
+    assert "photo-2" in page
+    assert not list(out.glob(".*partial*"))  # no temporary file left behind
+
+
+def test_an_interrupted_command_ends_in_one_line_and_leaves_only_complete_files(
+    image_and_factories, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "out"
+    real_save = Image.Image.save
+    saved = []
+
+    def save_then_interrupt(self, path, *args, **kwargs):
+        if saved:  # the second file: interrupted halfway through writing it
+            Path(path).write_bytes(b"\x89PNG truncated")
+            raise KeyboardInterrupt
+        saved.append(path)
+        return real_save(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save_then_interrupt)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["explain", str(image_and_factories / "grey.png"), "--methods", "gradcam,hirescam",
+                  "--out", str(out)])  # fmt: skip
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip() == "explain: interrupted; the files written so far are complete"
+    monkeypatch.undo()
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["grey_gradcam.png"], files  # the complete one; nothing partial, no truncated file
+    with Image.open(out / "grey_gradcam.png") as image:
+        image.load()

@@ -56,13 +56,44 @@ def _load_images(paths: list[str]) -> list[tuple[str, np.ndarray]]:
     from PIL import Image
 
     images = []
+    taken: set[str] = set()
     for path in paths:
         try:
             with Image.open(path) as image:
-                images.append((Path(path).stem, to_rgb8(image)))
+                images.append((_unique_name(Path(path).stem, taken), to_rgb8(image)))
         except (OSError, ValueError) as err:
             raise SystemExit(f"explain: cannot read image {path!r}: {err}") from err
     return images
+
+
+def _unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name-2``, ``name-3``... when images of the same name (from different folders)
+    came first: each image keeps its own overlays and report row."""
+    unique, copy = name, 1
+    while unique in taken:
+        copy += 1
+        unique = f"{name}-{copy}"
+    taken.add(unique)
+    return unique
+
+
+def _atomically(path: Path, write) -> None:
+    """``write(temporary path)``, then the temporary file renamed to ``path``: an interrupted command
+    leaves complete files (or none), never a truncated one."""
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _write_csv(rows) -> object:
+    def write(path: Path) -> None:
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+
+    return write
 
 
 def to_rgb8(image) -> np.ndarray:
@@ -271,10 +302,11 @@ def explain(args: argparse.Namespace) -> None:
     for method, maps in all_maps.items():
         for (name, image), saliency, per_method in zip(images, maps, thumbnails):
             blended = viz.overlay(image, saliency)  # at the photo's own size
-            blended.save(out / f"{name}_{method}.png")
+            _atomically(out / f"{name}_{method}.png", blended.save)
             per_method[method] = _thumbnail(blended)
     titles = [f"{name}: {label(int(t))}" for (name, _), t in zip(images, targets.tolist())]
-    viz.save(viz.grid([image for _, image in images], all_maps, titles=titles), out / "explain_grid.png")
+    grid = viz.grid([image for _, image in images], all_maps, titles=titles)
+    _atomically(out / "explain_grid.png", lambda path: viz.save(grid, path))
     page = Report(
         "torchcam-ops explain",
         argv=args.command_line,
@@ -292,7 +324,7 @@ def explain(args: argparse.Namespace) -> None:
         ],
         overlays=dict(zip(titles, thumbnails)),
     )
-    page.write(out / "report.html")
+    _atomically(out / "report.html", page.write)
     timing_note = "the first image as warm-up, untimed" if len(images) > 1 else "after a warm-up call"
     print(f"\n{'method':<22}{'ms / image':>12}   ({device.type}, batch size {args.batch_size}, {timing_note})")
     for method, seconds in timings:
@@ -370,15 +402,14 @@ def evaluate(args: argparse.Namespace) -> None:
             cells = {row[0]: row[1:] for row in sanity.rows(measure)}
             for row in rows:
                 row += cells[row[0]]
-    with open(out / "evaluation.csv", "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    with open(out / "per_object.csv", "w", newline="") as f:
-        csv.writer(f).writerows(evaluation.per_object_rows(benchmark, results))
+    _atomically(out / "evaluation.csv", _write_csv([header, *rows]))
+    _atomically(out / "per_object.csv", _write_csv(evaluation.per_object_rows(benchmark, results)))
     markdown = [about, "", *_markdown_table(report.header, report.rows)]
     tables = [Table("Metrics", report.header, report.rows)]
     figures = {}
     curves_title = f"{benchmark.model_name or args.model}, {args.benchmark}"
-    viz.save(viz.plot_curves(report.curves, title=curves_title), out / "deletion_insertion.png")
+    curves = viz.plot_curves(report.curves, title=curves_title)
+    _atomically(out / "deletion_insertion.png", lambda path: viz.save(curves, path))
     figures["Deletion and insertion curves (means)"] = viz.plot_curves(report.curves, title=curves_title)
     written = "evaluation.csv, evaluation.md, per_object.csv, deletion_insertion.png"
     if sanity is not None:
@@ -392,17 +423,18 @@ def evaluate(args: argparse.Namespace) -> None:
             )
         tables.insert(1, Table("Randomisation sanity check: Spearman rank correlation", sanity.header(), sanity.rows()))
         figure = _cascade_figure(sanity)
-        viz.save(figure, out / "sanity_check.png")
+        _atomically(out / "sanity_check.png", lambda path: viz.save(figure, path))
         figures["Randomisation sanity check: the maps of one input along the cascade"] = _cascade_figure(sanity)
         written += ", sanity_check.png"
-    (out / "evaluation.md").write_text("\n".join(markdown) + "\n")
-    Report(
+    _atomically(out / "evaluation.md", lambda path: path.write_text("\n".join(markdown) + "\n"))
+    page = Report(
         "torchcam-ops evaluate",
         argv=args.command_line,
         notes=[about] + ([sanity.about] if sanity else []),
         tables=tables,
         figures=figures,
-    ).write(out / "report.html")
+    )
+    _atomically(out / "report.html", page.write)
     print(about)
     _print_table(report.header, report.rows)
     if sanity is not None:
@@ -518,10 +550,15 @@ def main(argv: list[str] | None = None) -> None:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.command_line = command_line(argv)
-    if args.command == "evaluate":
-        evaluate(args)
-    else:
-        explain(args)
+    try:
+        if args.command == "evaluate":
+            evaluate(args)
+        else:
+            explain(args)
+    except KeyboardInterrupt:
+        # one line, not a traceback; every file written so far is complete (written atomically)
+        print(f"{args.command}: interrupted; the files written so far are complete", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":
