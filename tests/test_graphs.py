@@ -462,3 +462,35 @@ def test_maps_never_reach_the_callers_tensor_or_its_hooks():
     with GuidedBackprop(model) as guided:
         torch.testing.assert_close(guided(hooked, [1, 2]), guided(hooked.detach(), [1, 2]))
     assert hooked.grad is None
+
+
+@needs_compiled_autograd
+@pytest.mark.parametrize("name", ["gradcam", "tsgb"])
+def test_a_compiled_call_takes_another_number_of_targets_per_image(name):
+    torch._dynamo.reset()
+    model = cnn()
+    x = torch.rand(2, 3, 16, 16)
+    with EXPLAINERS[name](model) as explainer:
+        compiled = explainer.compiled(backend="aot_eager")
+        for targets in (torch.tensor([1, 4]), torch.tensor([[1, 2], [3, 4]]), torch.tensor([[1, 2, 5], [0, 3, 4]])):
+            torch.testing.assert_close(compiled(x, targets), explainer(x, targets), rtol=1e-5, atol=1e-5)
+    with EXPLAINERS[name](model) as another:  # a new explainer is not poisoned by the first one's shapes
+        targets = torch.tensor([[0, 1], [2, 3]])
+        torch.testing.assert_close(another.compiled(backend="aot_eager")(x, targets), another(x, targets))
+
+
+@needs_compiled_autograd
+def test_past_the_recompile_limit_compiled_calls_run_eagerly_with_one_warning():
+    torch._dynamo.reset()
+    model = cnn()
+    with GradCAM(model, ["3"]) as cam, torch._dynamo.config.patch(recompile_limit=2):
+        compiled = cam.compiled(backend="eager")
+        for size in (8, 10):
+            compiled(torch.rand(1, 3, size, size), [1])
+        with pytest.warns(RuntimeWarning, match="recompile limit"):
+            x = torch.rand(1, 3, 12, 12)
+            torch.testing.assert_close(compiled(x, [1]), cam(x, [1]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # warned once
+            x = torch.rand(1, 3, 14, 14)
+            torch.testing.assert_close(compiled(x, [1]), cam(x, [1]))

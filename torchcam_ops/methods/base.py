@@ -511,7 +511,7 @@ class BaseCAM(Graphable):
                         f"target layer {name!r}: the model output has no gradient to this layer "
                         "(is its output detached, or computed without grad?)"
                     )
-            count = scores.shape[1]
+            count = int(scores.shape[1])  # a Python int: the compiler specialises on it, no symbolic bool
             per_target = []
             for t in range(count):
                 grads = torch.autograd.grad(

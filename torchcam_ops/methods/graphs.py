@@ -60,7 +60,10 @@ def _require_compiler_tracing_autograd() -> None:
 def compiled(explainer: Callable[..., Any], **compile_options: Any) -> Callable[..., Any]:
     """``torch.compile`` of ``explainer``'s call, ``fullgraph=True`` unless given otherwise, with the
     tracing of ``torch.autograd.grad`` switched on for its own compilations only. Same arguments and
-    results as the explainer; a new shape or dtype compiles once more.
+    results as the explainer; a new shape or dtype (or number of targets per image) compiles once more:
+    ``dynamic`` defaults to False, because torch cannot trace ``torch.autograd.grad`` over symbolic
+    shapes. Once the compiler's recompile limit is reached, calls that would compile again run eagerly,
+    with one warning.
 
     A call that cannot be traced runs once more in eager mode, so that bad arguments raise the
     explainer's own error (``ValueError``, ``TypeError``) instead of the compiler's; if the eager
@@ -69,7 +72,7 @@ def compiled(explainer: Callable[..., Any], **compile_options: Any) -> Callable[
     Args:
         explainer: the explainer (any callable) to compile, e.g. a :class:`~torchcam_ops.methods.GradCAM`.
         **compile_options: keyword arguments of ``torch.compile`` (``backend``, ``mode``, ``dynamic``...);
-            ``fullgraph`` defaults to True.
+            ``fullgraph`` defaults to True, ``dynamic`` to False.
 
     Returns:
         A function with the explainer's arguments and results. Its first tensor argument (the input x)
@@ -85,10 +88,22 @@ def compiled(explainer: Callable[..., Any], **compile_options: Any) -> Callable[
     """
     _require_compiler_tracing_autograd()
     function = _traced(explainer, compile_options)
+    warned = False
 
     def call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal warned
         try:
             return function(*args, **kwargs)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            if not warned:
+                warned = True
+                warnings.warn(
+                    "compiled explainer: the compiler's recompile limit is reached "
+                    "(torch._dynamo.config.recompile_limit); calls that would compile again run eagerly",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return explainer(*args, **kwargs)
         except torch._dynamo.exc.Unsupported:
             explainer(*args, **kwargs)
             raise
@@ -97,7 +112,7 @@ def compiled(explainer: Callable[..., Any], **compile_options: Any) -> Callable[
 
 
 def _traced(explainer: Callable[..., Any], compile_options: dict[str, Any]) -> Callable[..., Any]:
-    compile_options = {"fullgraph": True, **compile_options}
+    compile_options = {"fullgraph": True, "dynamic": False, **compile_options}
     function = torch.compile(_own_code(lambda *args, **kwargs: explainer(*args, **kwargs)), **compile_options)
 
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -156,7 +171,8 @@ def split_compiled(model: nn.Module) -> tuple[nn.Module, dict[str, Any] | None]:
     context = getattr(model, "dynamo_ctx", None)
     try:
         options["backend"] = torch._dynamo.eval_frame.innermost_backend(context.callback)
-        options["dynamic"] = context._dynamic
+        # torch cannot trace torch.autograd.grad over symbolic shapes: static unless the model asked for dynamic
+        options["dynamic"] = bool(context._dynamic)
     except AttributeError:  # a torch that keeps them elsewhere: the default compiler
         options.clear()
     return model._orig_mod, options

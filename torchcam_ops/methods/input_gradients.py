@@ -58,7 +58,7 @@ class _InputGradientExplainer(Graphable):
                 raise TypeError("the model output is not [N, classes] logits")
             indices, multi = class_indices(targets, x.shape[0], logits.shape[1], logits)
             indices = indices.to(logits.device)
-            count = indices.shape[1]
+            count = int(indices.shape[1])  # a Python int: the compiler specialises on it, no symbolic bool
             grads = []
             for t in range(count):
                 seed = torch.zeros_like(logits).scatter_(1, indices[:, t : t + 1], 1.0)
