@@ -626,3 +626,25 @@ def test_output_size_true_and_class_indices_beyond_int64_are_refused_clearly():
             cam(torch.rand(1, 3, 12, 12), output_size=(True, 4))
     with EigenCAM(model, ["3"]) as eigen, pytest.raises(ValueError, match=r"targets: class index 9223372036854775808"):
         eigen(torch.rand(1, 3, 12, 12), 2**63)
+
+
+def test_callable_targets_that_give_no_scores_or_detached_ones_are_refused_clearly():
+    model = _batch_norm_cnn().eval()
+    x = torch.rand(2, 3, 12, 12)
+    with GradCAM(model, ["3"]) as cam:
+        with pytest.raises(ValueError, match=r"targets: a callable target must return scores .* T >= 1, got \[2, 0\]"):
+            cam(x, lambda out: out[:, :0])
+        with pytest.raises(ValueError, match="targets: the callable target returned scores without a gradient"):
+            cam(x, lambda out: out[:, 1].detach())
+        with pytest.raises(TypeError, match="floating-point scores, got torch.int64"):
+            cam(x, lambda out: out.argmax(1))
+
+
+def test_eigen_cam_refuses_classes_the_model_does_not_have():
+    model = _batch_norm_cnn().eval()
+    with EigenCAM(model, ["3"]) as eigen:
+        with pytest.raises(ValueError, match="class index 7 is out of range for a model with 5 outputs"):
+            eigen(torch.rand(2, 3, 12, 12), 7)
+        with pytest.raises(ValueError, match="out of range"):
+            eigen(torch.rand(2, 3, 12, 12), torch.tensor([0, -1]))
+        assert eigen(torch.rand(2, 3, 12, 12), [4, 0]).shape == (2, 12, 12)

@@ -232,10 +232,22 @@ def target_scores(output: Any, targets: Targets, batch: int) -> tuple[Tensor, bo
     the class indices ``[N, T]`` (None for a callable target)."""
     if callable(targets) and not isinstance(targets, Tensor):
         scores = targets(output)
-        if not isinstance(scores, Tensor) or scores.dim() not in (1, 2) or scores.shape[0] != batch:
+        if (
+            not isinstance(scores, Tensor)
+            or scores.dim() not in (1, 2)
+            or scores.shape[0] != batch
+            or (scores.dim() == 2 and scores.shape[1] == 0)
+        ):
             raise ValueError(
-                f"targets: a callable target must return scores [N] or [N, T] with N = {batch}, got "
+                f"targets: a callable target must return scores [N] or [N, T] with N = {batch} and T >= 1, got "
                 f"{list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__}"
+            )
+        if not scores.is_floating_point():
+            raise TypeError(f"targets: a callable target must return floating-point scores, got {scores.dtype}")
+        if not scores.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                "targets: the callable target returned scores without a gradient to the model output "
+                "(detached, or computed under torch.no_grad()); return a differentiable function of the output"
             )
         return (scores[:, None], False, None) if scores.dim() == 1 else (scores, True, None)
     if not isinstance(output, Tensor) or output.dim() != 2:

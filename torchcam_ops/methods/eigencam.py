@@ -37,7 +37,10 @@ class EigenCAM(GradientFreeCAM):
     def _classes(self, output: Any, targets: Targets, batch: int) -> tuple[Tensor, bool]:
         if targets is None or (callable(targets) and not isinstance(targets, Tensor)):
             return torch.zeros(batch, 1, dtype=torch.long), False
-        return class_indices(targets, batch, None)  # the form is checked; the classes do not matter
+        # The classes do not change the map, but a class the model does not have is still a mistake:
+        # checked against [N, classes] logits (any other output: the form only).
+        classes = output.shape[1] if isinstance(output, Tensor) and output.dim() == 2 else None
+        return class_indices(targets, batch, classes)
 
     def _layer_maps_of(self, x: Tensor, activations: LayerActivations, indices: Tensor, logits: Tensor) -> Tensor:
         channel_maps = activations.maps
