@@ -648,3 +648,23 @@ def test_eigen_cam_refuses_classes_the_model_does_not_have():
         with pytest.raises(ValueError, match="out of range"):
             eigen(torch.rand(2, 3, 12, 12), torch.tensor([0, -1]))
         assert eigen(torch.rand(2, 3, 12, 12), [4, 0]).shape == (2, 12, 12)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "tsgb", "scorecam"])
+def test_nan_logits_are_refused_alike_by_every_kind_of_explainer(method):
+    model = _batch_norm_cnn().eval()
+    with torch.no_grad():
+        model[8].bias[2] = float("nan")
+    make = {
+        "gradcam": lambda: GradCAM(model, ["3"]),
+        "tsgb": lambda: TSGB(model),
+        "scorecam": lambda: ScoreCAM(model, ["3"]),
+    }
+    with make[method]() as explainer, pytest.raises(ValueError, match="a target score is NaN or infinite"):
+        explainer(torch.rand(2, 3, 12, 12), [2, 2])
+    with make[method]() as explainer:
+        if method == "scorecam":  # softmax scores over every class: one NaN logit makes all of them NaN
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                explainer(torch.rand(2, 3, 12, 12), [1, 3])
+        else:  # the other classes are finite: explained as usual
+            assert torch.isfinite(explainer(torch.rand(2, 3, 12, 12), [1, 3])).all()

@@ -249,6 +249,7 @@ def target_scores(output: Any, targets: Targets, batch: int) -> tuple[Tensor, bo
                 "targets: the callable target returned scores without a gradient to the model output "
                 "(detached, or computed under torch.no_grad()); return a differentiable function of the output"
             )
+        check_finite_scores(scores)
         return (scores[:, None], False, None) if scores.dim() == 1 else (scores, True, None)
     if not isinstance(output, Tensor) or output.dim() != 2:
         described = f"shape {list(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
@@ -258,7 +259,19 @@ def target_scores(output: Any, targets: Targets, batch: int) -> tuple[Tensor, bo
         )
     indices, multi = class_indices(targets, batch, output.shape[1], output)
     indices = indices.to(output.device)
-    return output.gather(1, indices), multi, indices
+    scores = output.gather(1, indices)
+    check_finite_scores(scores)
+    return scores, multi, indices
+
+
+def check_finite_scores(scores: Tensor) -> None:
+    """A NaN or infinite target score has no meaningful gradient: refused (on the CPU; see
+    :func:`check_on_device`) rather than turned into a NaN or an all-zero map."""
+    check_on_device(
+        torch.isfinite(scores.detach()).all(),
+        "the model output: a target score is NaN or infinite, so no map can be computed "
+        "(check the input and the model's weights)",
+    )
 
 
 def class_indices(

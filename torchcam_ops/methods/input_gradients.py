@@ -14,6 +14,7 @@ from torchcam_ops import ops
 from torchcam_ops.methods.base import (
     LayerSpec,
     Targets,
+    check_finite_scores,
     check_input,
     class_indices,
     map_dtype,
@@ -58,6 +59,7 @@ class _InputGradientExplainer(Graphable):
                 raise TypeError("the model output is not [N, classes] logits")
             indices, multi = class_indices(targets, x.shape[0], logits.shape[1], logits)
             indices = indices.to(logits.device)
+            check_finite_scores(logits.gather(1, indices))
             count = int(indices.shape[1])  # a Python int: the compiler specialises on it, no symbolic bool
             grads = []
             for t in range(count):

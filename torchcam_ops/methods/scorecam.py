@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import LayerSpec, Reshape
+from torchcam_ops.methods.base import LayerSpec, Reshape, Targets, check_finite_scores
 from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
 from torchcam_ops.methods.masking import (
     MasksPerForward,
@@ -70,6 +70,12 @@ class ScoreCAM(GradientFreeCAM):
         super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
         self.variant = variant
         self.masks_per_forward = masks_per_forward
+
+    def _classes(self, output: Any, targets: Targets, batch: int) -> tuple[Tensor, bool]:
+        indices, multi = super()._classes(output, targets, batch)
+        # the scores are softmax probabilities over every class: one NaN logit makes all of them NaN
+        check_finite_scores(output)
+        return indices, multi
 
     def _relu_at_input_size(self) -> bool:
         return self.variant == "original"
