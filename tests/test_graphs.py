@@ -494,3 +494,26 @@ def test_past_the_recompile_limit_compiled_calls_run_eagerly_with_one_warning():
             warnings.simplefilter("error")  # warned once
             x = torch.rand(1, 3, 14, 14)
             torch.testing.assert_close(compiled(x, [1]), cam(x, [1]))
+
+
+@needs_compiled_autograd
+def test_tsgb_refuses_to_compile_what_the_compiler_would_not_route_to_its_rules():
+    torch._dynamo.reset()
+    model = cnn(activation=nn.Hardswish)
+    with TSGB(model) as tsgb, pytest.raises(RuntimeError, match="does not route Hardswish"):
+        tsgb.compiled(backend="eager")
+    x = torch.rand(2, 3, 16, 16)
+    with TSGB(model) as eager, TSGB(torch.compile(model, backend="eager")) as of_compiled:
+        with pytest.warns(RuntimeWarning, match="explaining its eager module"):
+            torch.testing.assert_close(of_compiled(x, [1, 2]), eager(x, [1, 2]))
+
+
+@needs_compiled_autograd
+def test_a_compiled_explainer_leaves_the_buffers_of_a_model_in_training_mode_as_they_were():
+    torch._dynamo.reset()
+    model = cnn().train()
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    with GradCAM(model, ["3"]) as cam:
+        cam.compiled(backend="eager")(torch.rand(2, 3, 16, 16), [1, 2])
+    for name, b in model.named_buffers():
+        assert torch.equal(b, before[name]), name

@@ -668,3 +668,46 @@ def test_nan_logits_are_refused_alike_by_every_kind_of_explainer(method):
                 explainer(torch.rand(2, 3, 12, 12), [1, 3])
         else:  # the other classes are finite: explained as usual
             assert torch.isfinite(explainer(torch.rand(2, 3, 12, 12), [1, 3])).all()
+
+
+class _BufferWriter(nn.Module):
+    """Buffer writes that no batch norm makes: augmented assignment, out=, an in-place call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("ema", torch.zeros(3))
+        self.register_buffer("flags", torch.zeros(3, dtype=torch.long))
+        self.register_buffer("scratch", torch.zeros(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.ema += x.detach().mean((0, 2, 3))
+            self.flags |= 1
+            torch.add(self.scratch, 1.0, out=self.scratch)
+        return x
+
+
+def test_no_kind_of_buffer_write_reaches_the_model_and_module_bindings_come_back():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 3, 3, padding=1), _BufferWriter(), nn.InstanceNorm2d(3, track_running_stats=True), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 4),
+    ).train()  # fmt: skip
+    buffers = {name: (b, b.clone(), b._version) for name, b in model.named_buffers()}
+    with GradCAM(model, ["0"]) as cam:
+        cam(torch.rand(2, 3, 8, 8), [0, 1])
+    for name, b in model.named_buffers():
+        original, value, version = buffers[name]
+        assert b is original and torch.equal(b, value) and b._version == version, name
+
+
+def test_a_hidden_linear_layer_keeps_its_exact_value_under_the_tsgb_rules():
+    from torchcam_ops.nn.rules import tsgb_rules
+
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 5)).to(dtype)
+        h = torch.randn(8, 64, dtype=dtype)
+        with tsgb_rules(model, model[2]), torch.no_grad():
+            routed = model(h)
+        assert torch.equal(routed, model(h)), dtype

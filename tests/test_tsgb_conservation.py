@@ -229,3 +229,29 @@ def test_layers_whose_weight_is_computed_per_call_take_the_rules(kind):
     with TSGB(model) as ours, TSGB(plain) as theirs:
         torch.testing.assert_close(ours(x, [1, 3], raw=True), theirs(x, [1, 3], raw=True))
     assert relevance_budget(model, x, 1).conserved(1e-6)
+
+
+class _Split(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x[:, :2], x[:, 2:]
+
+
+class _SplitNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.split, self.relu = nn.Conv2d(3, 4, 3, padding=1), _Split(), nn.ReLU()
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.split(self.conv(x))
+        return self.fc(self.pool(self.relu(input=torch.cat([a, b], 1))).flatten(1))
+
+
+def test_the_budget_follows_layers_that_return_tuples_or_take_keyword_inputs():
+    torch.manual_seed(0)
+    model = _SplitNet().double().eval()
+    with pytest.warns(UserWarning, match="_Split"):  # a leaf without a rule, named
+        budget = relevance_budget(model, torch.rand(1, 3, 8, 8, dtype=torch.float64), 1)
+    assert budget.conserved(1e-9) and not budget.lossy_layers() and abs(budget.between_layers) < 1e-9
+    received = {layer.name: layer.received for layer in budget.layers}
+    assert received["split"] != 0 and received["relu"] != 0

@@ -87,6 +87,10 @@ def compiled(explainer: Callable[..., Any], **compile_options: Any) -> Callable[
             (:func:`compiler_traces_autograd`).
     """
     _require_compiler_tracing_autograd()
+    blocker = getattr(explainer, "_compile_blocker", None)
+    reason = blocker() if blocker is not None else None
+    if reason is not None:
+        raise RuntimeError(reason)
     function = _traced(explainer, compile_options)
     warned = False
 
@@ -310,6 +314,12 @@ class Graphable:
         traced as one graph with the explainer (a graph break in its forward) or that reaches the
         recompile limit is explained with its eager module from then on, with a warning that says
         why; a callable target that cannot be traced runs that call eagerly."""
+        reason = self._compile_blocker()
+        if reason is not None:
+            warnings.warn(f"{reason}: explaining its eager module from now on", RuntimeWarning, stacklevel=3)
+            with self._compile_lock:
+                self._model_compile_options, self._compiled_call = None, None
+            return call(self, *args, **kwargs)
         with self._compile_lock:
             compiled_call = self._compiled_call
             if compiled_call is None:
@@ -340,6 +350,10 @@ class Graphable:
         # Outputs of a CUDA-graphed compilation (mode="reduce-overhead") live in buffers that the
         # next call overwrites: the caller gets maps of its own.
         return torch.utils._pytree.tree_map_only(Tensor, torch.Tensor.clone, result)
+
+    def _compile_blocker(self) -> str | None:
+        """Why this explainer's calls cannot be compiled, or None."""
+        return None
 
     def __getstate__(self) -> dict[str, Any]:
         # a compiled function (or a lock) neither pickles nor belongs to a copy: the copy makes its own

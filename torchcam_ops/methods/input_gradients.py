@@ -23,7 +23,7 @@ from torchcam_ops.methods.base import (
 from torchcam_ops.methods.gradcam import GradCAM
 from torchcam_ops.methods.graphs import Graphable, explainer_call, graph_input
 from torchcam_ops.nn.convert import find_classifier
-from torchcam_ops.nn.rules import guided_rules, tsgb_rules
+from torchcam_ops.nn.rules import guided_rules, tsgb_rules, uncompilable_rule
 
 
 class _InputGradientExplainer(Graphable):
@@ -95,6 +95,9 @@ class TSGB(_InputGradientExplainer):
 
     def _rules(self):
         return tsgb_rules(self.model, self.classifier, self.beta)
+
+    def _compile_blocker(self) -> str | None:
+        return uncompilable_rule(self.model)
 
     @explainer_call
     def __call__(self, x: Tensor, targets: Targets = None, *, raw: bool = False, output_size: None = None) -> Tensor:

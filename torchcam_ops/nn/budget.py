@@ -162,24 +162,27 @@ def relevance_budget(
     seed_ledger = _Ledger()
 
     def before(ledger: _Ledger):
-        def hook(module: nn.Module, args: tuple) -> tuple:
-            return tuple(ledger.tap(a, ledger.below) for a in args)
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+            tapped = tuple(ledger.tap(a, ledger.below) for a in args)
+            return tapped, {name: ledger.tap(value, ledger.below) for name, value in kwargs.items()}
 
         return hook
 
     def after(ledger: _Ledger):
         def hook(module: nn.Module, args: tuple, output: object) -> object:
-            return ledger.tap(output, ledger.above) if isinstance(output, Tensor) else output
+            if isinstance(output, (tuple, list)):  # a layer returning several tensors
+                return type(output)(ledger.tap(value, ledger.above) for value in output)
+            return ledger.tap(output, ledger.above)
 
         return hook
 
     handles = []
     try:
         for module, ledger in ledgers.values():
-            handles.append(module.register_forward_pre_hook(before(ledger)))
+            handles.append(module.register_forward_pre_hook(before(ledger), with_kwargs=True))
             handles.append(module.register_forward_hook(after(ledger)))
         if classifier_module is not None:
-            handles.append(classifier_module.register_forward_pre_hook(before(seed_ledger)))
+            handles.append(classifier_module.register_forward_pre_hook(before(seed_ledger), with_kwargs=True))
         with tsgb_rules(model, classifier_module, float(beta)), torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
             logits = model(leaf)

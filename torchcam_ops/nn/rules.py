@@ -28,6 +28,16 @@ from torchcam_ops import ops
 
 _CONV2D_ARGUMENTS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _LINEAR_ARGUMENTS = ("input", "weight", "bias")
+_INSTANCE_NORM_ARGUMENTS = (
+    "input",
+    "running_mean",
+    "running_var",
+    "weight",
+    "bias",
+    "use_input_stats",
+    "momentum",
+    "eps",
+)
 _BATCH_NORM_ARGUMENTS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
 _AVG_POOL2D_ARGUMENTS = (
     "input",
@@ -70,6 +80,13 @@ _PASS_THROUGH_ACTIVATIONS = frozenset(
         torch.Tensor.sigmoid_,
         torch.Tensor.tanh,
         torch.Tensor.tanh_,
+        # what torch.compile sees once it has inlined the functional forms
+        torch._C._nn.hardswish,
+        torch._C._nn.hardswish_,
+        torch._C._nn.hardsigmoid,
+        torch._C._nn.hardsigmoid_,
+        torch._C._nn.hardtanh,
+        torch._C._nn.hardtanh_,
     }
 )
 # Normalisations other than a batch norm with running statistics (which has its own op): they pass
@@ -195,6 +212,11 @@ class TSGBRules(TorchFunctionMode):
             return True
         if not self._classifier_weight_is_computed or weight.shape != self._classifier_weight.shape:
             return False
+        if torch.compiler.is_compiling():
+            raise RuntimeError(
+                "TSGB: a compiled call cannot recognise a classifier whose weight is computed per call "
+                "(a parametrization): call the explainer eagerly"
+            )
         return bool(torch.equal(weight, self._classifier_weight))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -274,7 +296,7 @@ def _hidden_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     if bias is None:
         return z
     with torch.no_grad():
-        y = z + bias
+        y = F.linear(x, weight, bias).to(z.dtype)  # the layer's own value, bit for bit
     return ops.tsgb_pass_through(z, y)
 
 
@@ -303,6 +325,13 @@ _IN_PLACE_DUNDERS = frozenset(
         torch.Tensor.__imul__,
         torch.Tensor.__itruediv__,
         torch.Tensor.__ifloordiv__,
+        torch.Tensor.__imod__,
+        torch.Tensor.__ipow__,
+        torch.Tensor.__iand__,
+        torch.Tensor.__ior__,
+        torch.Tensor.__ixor__,
+        torch.Tensor.__ilshift__,
+        torch.Tensor.__irshift__,
         torch.Tensor.__setitem__,
     }
 )
@@ -334,14 +363,26 @@ class BufferShield(TorchFunctionMode):
             copy = self._copies[id(value)] = value.detach().clone()
         return copy
 
+    def _written(self, value: object) -> object:
+        if isinstance(value, Tensor):
+            return self._copies.get(id(value), value)
+        if isinstance(value, (list, tuple)) and any(isinstance(v, Tensor) for v in value):  # torch.cat([...])
+            return type(value)(self._copies.get(id(v), v) if isinstance(v, Tensor) else v for v in value)
+        return value
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if self._copies and (args or kwargs):
+        kwargs = dict(kwargs or {})
+        if self._copies:
             # reads of a buffer already written in this block see the written copy
-            args = tuple(self._copies.get(id(a), a) if isinstance(a, Tensor) else a for a in args)
-        if func is F.batch_norm:
-            call = _call_arguments(_BATCH_NORM_ARGUMENTS, args, kwargs)
-            if call.get("training", False):
+            args = tuple(self._written(a) for a in args)
+            kwargs = {name: self._written(value) for name, value in kwargs.items()}
+        if "out" in kwargs:  # torch.add(a, b, out=buffer), F.normalize(..., out=buffer)
+            kwargs["out"] = self._stand_in(kwargs["out"])
+        if func is F.batch_norm or func is F.instance_norm:
+            names = _BATCH_NORM_ARGUMENTS if func is F.batch_norm else _INSTANCE_NORM_ARGUMENTS
+            call = _call_arguments(names, args, kwargs)
+            updates = call.get("training", False) if func is F.batch_norm else call.get("use_input_stats", True)
+            if updates:
                 call["running_mean"] = self._stand_in(call.get("running_mean"))
                 call["running_var"] = self._stand_in(call.get("running_var"))
                 return func(**call)
@@ -355,12 +396,33 @@ def shield_buffers(model: nn.Module) -> Iterator[None]:
     """:class:`BufferShield` over ``model``'s buffers while the block runs, when one of its modules is
     in training mode (a model in eval mode writes no buffer, and pays nothing)."""
     modules = submodules(model)
-    if torch.compiler.is_compiling() or not any(module.training for module in modules):
+    if not any(module.training for module in modules):
         yield
         return
     buffers = [b for module in modules for b in module._buffers.values() if b is not None]
-    with BufferShield(buffers):
-        yield
+    if torch.compiler.is_compiling():
+        # A compiled graph cannot hold the shield's copies: the values come back at the end instead
+        # (which moves their version counters: explain a model in training mode eagerly to keep a
+        # pending training step valid).
+        saved = [(b, b.detach().clone()) for b in buffers]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for buffer, value in saved:
+                    buffer.copy_(value)
+        return
+    # ``self.buffer += x`` rebinds the attribute to the result (the shield's copy): the module gets
+    # its own tensor back on exit. (Values are not restored: a thread training the model meanwhile
+    # keeps its updates. Writes through a view of a buffer, ``buffer[0] += 1``, are not shielded.)
+    bindings = [(module, name, b) for module in modules for name, b in module._buffers.items()]
+    try:
+        with BufferShield(buffers):
+            yield
+    finally:
+        for module, name, buffer in bindings:
+            if module._buffers.get(name) is not buffer:
+                module._buffers[name] = buffer
 
 
 def refuse_inference_mode(what: str) -> None:
@@ -414,6 +476,19 @@ def tsgb_rules(model: nn.Module, classifier: nn.Linear | None, beta: float = 1.0
         )
     with TSGBRules(convs, classifier, batch_norms, beta, linears):
         yield
+
+
+def uncompilable_rule(model: nn.Module) -> str | None:
+    """Why the TSGB rules of ``model`` cannot run compiled, or None: torch.compile calls F.hardswish and
+    F.hardsigmoid without passing them to a TorchFunctionMode (torch 2.15), so their rule would be
+    lost without a word."""
+    for module in submodules(model):
+        if isinstance(module, (nn.Hardswish, nn.Hardsigmoid)):
+            return (
+                f"TSGB: torch.compile does not route {type(module).__name__} to its relevance rule; "
+                "explain this model eagerly"
+            )
+    return None
 
 
 # Layers whose relevance the rules conserve: routed to a rule (convolutions, linear layers,
