@@ -711,3 +711,26 @@ def test_a_hidden_linear_layer_keeps_its_exact_value_under_the_tsgb_rules():
         with tsgb_rules(model, model[2]), torch.no_grad():
             routed = model(h)
         assert torch.equal(routed, model(h)), dtype
+
+
+def test_inputs_made_under_inference_mode_are_explained_and_scripted_models_refused_clearly():
+    model = _batch_norm_cnn().eval()
+    with torch.inference_mode():
+        x = torch.rand(2, 3, 12, 12)
+    for make in (lambda: GradCAM(model, ["3"]), lambda: TSGB(model), lambda: GuidedBackprop(model)):
+        with make() as explainer:
+            torch.testing.assert_close(explainer(x, [1, 2]), explainer(x.clone(), [1, 2]))
+    with pytest.raises(TypeError, match="model: a TorchScript module"):
+        GradCAM(torch.jit.script(model), ["3"])
+    with pytest.raises(TypeError, match="model: a TorchScript module"):
+        TSGB(torch.jit.script(model))
+
+
+def test_targets_of_segmentation_and_detection_models_say_what_is_wrong():
+    from torchcam_ops.targets import BoxTarget, SegmentationTarget
+
+    with pytest.raises(ValueError, match=r"iou: expected a number in \(0, 1\], got '0.5'"):
+        BoxTarget([1], [[0, 0, 4, 4]], iou="0.5")
+    target = SegmentationTarget(1, torch.ones(4, 4))
+    with pytest.raises(ValueError, match=r"a dict without 'out' \(keys \['aux', 'logits'\]\)"):
+        target({"logits": torch.rand(1, 3, 4, 4), "aux": torch.rand(1, 3, 4, 4)})

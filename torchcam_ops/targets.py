@@ -52,6 +52,11 @@ class SegmentationTarget:
         self.mask = mask
 
     def __call__(self, output: Tensor | Mapping[str, Tensor]) -> Tensor:
+        if isinstance(output, Mapping) and "out" not in output:
+            raise ValueError(
+                f"SegmentationTarget: the model returned a dict without 'out' (keys {sorted(output)}); "
+                "wrap the model so that it returns the logits [N, C, H, W]"
+            )
         logits = output["out"] if isinstance(output, Mapping) else output
         if not isinstance(logits, Tensor) or logits.dim() != 4:
             described = f"shape {list(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
@@ -88,8 +93,8 @@ class BoxTarget:
     """
 
     def __init__(self, labels: Tensor | Sequence[Any], boxes: Tensor | Sequence[Any], iou: float = 0.5) -> None:
-        if not 0 < iou <= 1:
-            raise ValueError(f"iou: expected a value in (0, 1], got {iou!r}")
+        if isinstance(iou, bool) or not isinstance(iou, (int, float)) or not 0 < iou <= 1:
+            raise ValueError(f"iou: expected a number in (0, 1], got {iou!r}")
         per_image = isinstance(boxes, (list, tuple)) and len(boxes) > 0 and isinstance(boxes[0], Tensor)
         box_sets = (
             [torch.as_tensor(b, dtype=torch.float32) for b in boxes]

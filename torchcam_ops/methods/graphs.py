@@ -38,6 +38,8 @@ def graph_input(x: Tensor) -> Tensor:
     """
     if torch.compiler.is_compiling() and x.requires_grad:
         return x
+    if not torch.compiler.is_compiling() and x.is_inference():
+        x = x.clone()  # an input made under torch.inference_mode() cannot take part in a graph as it is
     return x.detach().requires_grad_(True)
 
 
@@ -279,6 +281,11 @@ class Graphable:
     def _bind_model(self, model: nn.Module) -> None:
         """``self.model``: the eager module; a compiled model's compile options are kept (see
         :meth:`_compiles_with_model` for what they compile)."""
+        if isinstance(model, torch.jit.ScriptModule):
+            raise TypeError(
+                "model: a TorchScript module runs its forward in TorchScript, where layer outputs cannot be "
+                "recorded nor backward rules applied: pass the eager module"
+            )
         self.model, self._model_compile_options = split_compiled(model)
         self._compiled_call = self._compiled_forward = None
         self._compile_lock = threading.Lock()
