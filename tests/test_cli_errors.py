@@ -158,3 +158,18 @@ def test_an_interrupted_command_ends_in_one_line_and_leaves_only_complete_files(
     assert files == ["grey_gradcam.png"], files  # the complete one; nothing partial, no truncated file
     with Image.open(out / "grey_gradcam.png") as image:
         image.load()
+
+
+def test_huge_images_are_refused_in_one_line_and_large_ones_kept_at_a_bounded_size(tmp_path, monkeypatch):
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(tmp_path / "wide.png")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["explain", str(tmp_path / "wide.png"), "--max-pixels", "1000", "--out", str(tmp_path / "o")])
+    assert "50x40 = 2000 pixels, above --max-pixels 1000" in str(exit_info.value.code)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # PIL's own bomb limit (it refuses at twice this)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["explain", str(tmp_path / "wide.png"), "--out", str(tmp_path / "o")])
+    assert "\n" not in str(exit_info.value.code) and "decompression bomb" in str(exit_info.value.code).lower()
+    monkeypatch.undo()
+    monkeypatch.setattr(cli, "MAX_SIDE", 20)
+    [(name, array)] = cli._load_images([str(tmp_path / "wide.png")])
+    assert name == "wide" and array.shape == (16, 20, 3)

@@ -46,7 +46,13 @@ def _check_methods(command: str, names: str) -> list[str]:
 DEFAULT_METHODS = "gradcam,hirescam,abscam,gig_cam+m,tsgb"
 
 
-def _load_images(paths: list[str]) -> list[tuple[str, np.ndarray]]:
+# Pictures are kept (and overlays written) at most this long: a 6000x6000 photo would otherwise hold about
+# 4.6 GB through the pipeline. Larger images are decoded reduced where the format allows (JPEG).
+MAX_SIDE = 4096
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def _load_images(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[tuple[str, np.ndarray]]:
     if not paths:
         try:
             import skimage.data
@@ -60,7 +66,18 @@ def _load_images(paths: list[str]) -> list[tuple[str, np.ndarray]]:
     for path in paths:
         try:
             with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise SystemExit(
+                        f"explain: {path!r} has {width}x{height} = {width * height} pixels, above --max-pixels "
+                        f"{max_pixels}; pass a larger --max-pixels to explain it (at most {MAX_SIDE} px a side)"
+                    )
+                if max(width, height) > MAX_SIDE:
+                    image.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG decodes reduced: no full-size copy
+                    image.thumbnail((MAX_SIDE, MAX_SIDE))
                 images.append((_unique_name(Path(path).stem, taken), to_rgb8(image)))
+        except Image.DecompressionBombError as err:  # beyond PIL's own limit, before any decoding
+            raise SystemExit(f"explain: {path!r}: {err}") from None
         except (OSError, ValueError) as err:
             raise SystemExit(f"explain: cannot read image {path!r}: {err}") from err
     return images
@@ -253,7 +270,9 @@ def explain(args: argparse.Namespace) -> None:
     model, preprocess, layer, categories = _load_model(args.model)
     layer = _check_layer("explain", model, args.layer or layer)
     model = model.to(device)
-    images = _load_images(args.images)
+    if args.max_pixels < 1:
+        raise SystemExit(f"explain: --max-pixels: expected a positive number, got {args.max_pixels}")
+    images = _load_images(args.images, args.max_pixels)
     x = torch.stack([preprocess(image) for _, image in images]).to(device)
     size = x.shape[-1]
     label = (lambda c: categories[c]) if categories else str
@@ -511,6 +530,12 @@ def main(argv: list[str] | None = None) -> None:
     explain_parser.add_argument("--out", default="", help=f"output folder (default: {DEFAULT_OUT / 'explain'})")
     explain_parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     explain_parser.add_argument("--batch-size", type=int, default=8, help="images per explainer call")
+    explain_parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS}); images are kept at most {MAX_SIDE} px a side",
+    )
     _add_layout_options(explain_parser)
     evaluate_parser = commands.add_parser("evaluate", help="faithfulness and localisation metrics per method")
     evaluate_parser.add_argument("--benchmark", default="photos")
