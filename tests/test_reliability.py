@@ -729,7 +729,7 @@ def test_inputs_made_under_inference_mode_are_explained_and_scripted_models_refu
 def test_targets_of_segmentation_and_detection_models_say_what_is_wrong():
     from torchcam_ops.targets import BoxTarget, SegmentationTarget
 
-    with pytest.raises(ValueError, match=r"iou: expected a number in \(0, 1\], got '0.5'"):
+    with pytest.raises(ValueError, match=r"iou: expected a value in \(0, 1\], got '0.5'"):
         BoxTarget([1], [[0, 0, 4, 4]], iou="0.5")
     target = SegmentationTarget(1, torch.ones(4, 4))
     with pytest.raises(ValueError, match=r"a dict without 'out' \(keys \['aux', 'logits'\]\)"):

@@ -94,7 +94,7 @@ class BoxTarget:
 
     def __init__(self, labels: Tensor | Sequence[Any], boxes: Tensor | Sequence[Any], iou: float = 0.5) -> None:
         if isinstance(iou, bool) or not isinstance(iou, (int, float)) or not 0 < iou <= 1:
-            raise ValueError(f"iou: expected a number in (0, 1], got {iou!r}")
+            raise ValueError(f"iou: expected a value in (0, 1], got {iou!r}")
         per_image = isinstance(boxes, (list, tuple)) and len(boxes) > 0 and isinstance(boxes[0], Tensor)
         box_sets = (
             [torch.as_tensor(b, dtype=torch.float32) for b in boxes]
