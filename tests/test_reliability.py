@@ -734,3 +734,17 @@ def test_targets_of_segmentation_and_detection_models_say_what_is_wrong():
     target = SegmentationTarget(1, torch.ones(4, 4))
     with pytest.raises(ValueError, match=r"a dict without 'out' \(keys \['aux', 'logits'\]\)"):
         target({"logits": torch.rand(1, 3, 4, 4), "aux": torch.rand(1, 3, 4, 4)})
+
+
+def test_closing_a_copy_of_an_explainer_leaves_the_original_open():
+    model = _batch_norm_cnn().eval()
+    x = torch.rand(1, 3, 12, 12)
+    with GradCAM(model, ["3"]) as cam:
+        expected = cam(x, [1])
+        duplicate = copy.copy(cam)
+        torch.testing.assert_close(duplicate(x, [1]), expected)
+        duplicate.close()
+        torch.testing.assert_close(cam(x, [1]), expected)  # raised "closed" when the copy shared the hold
+        with pytest.raises(RuntimeError):
+            duplicate(x, [1])
+    assert not capture.hook_is_registered()

@@ -403,6 +403,13 @@ class BaseCAM(Graphable):
         """Releases this explainer's hold on the capture hook; later calls raise."""
         self._hold.release()
 
+    def __copy__(self) -> BaseCAM:
+        # A shallow copy would share this explainer's hold: closing the copy would close this one.
+        clone = type(self).__new__(type(self))
+        clone.__setstate__(self.__getstate__())
+        clone._hold = ExplainerHold()
+        return clone
+
     @explainer_call
     def __call__(
         self,
