@@ -145,12 +145,7 @@ at::Tensor tsgb_pass_through(const at::Tensor& input, const at::Tensor& output) 
 // Relevance passes unchanged: grad_X = G Y / X (0 where X = 0), so that sum X grad_X = sum G Y.
 at::Tensor tsgb_pass_through_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                       const at::Tensor& output) {
-  const char* op = "tsgb_pass_through_backward";
-  check_floating(op, "input", input);
-  check_same_shape(op, "output", output, "input", input);
-  check_same_shape(op, "grad_output", grad_output, "input", input);
-  check_same_dtype_device(op, "output", output, "input", input);
-  check_same_dtype_device(op, "grad_output", grad_output, "input", input);
+  check_tsgb_pass_through_backward_args(grad_output, input, output);
   const at::Tensor x = to_opmath(input);
   const at::Tensor relevance = to_opmath(grad_output) * to_opmath(output);
   // Divided by 1 where X = 0, so that the masked values are finite before they are dropped.
@@ -211,6 +206,16 @@ at::Tensor tsgb_avg_pool2d_backward(const at::Tensor& grad_output, const at::Ten
 
 } // namespace
 
+void check_tsgb_pass_through_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                           const at::Tensor& output) {
+  const char* op = "tsgb_pass_through_backward";
+  check_floating(op, "input", input);
+  check_same_shape(op, "output", output, "input", input);
+  check_same_shape(op, "grad_output", grad_output, "input", input);
+  check_same_dtype_device(op, "output", output, "input", input);
+  check_same_dtype_device(op, "grad_output", grad_output, "input", input);
+}
+
 void check_tsgb_batch_norm_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
                                          const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
                                          const at::Tensor& running_mean, const at::Tensor& running_var) {
@@ -233,11 +238,17 @@ void add_stranded_shift_relevance(at::Tensor& grad_input, const at::Tensor& grad
   if (input.numel() == 0) {
     return;
   }
+  const at::Tensor zeros = input == 0;
+  // On the CPU a look costs less than the share's passes, and most batch norms have no zero input; on
+  // a GPU the look would synchronise the host, so the share is always computed there.
+  if (input.device().is_cpu() && !zeros.any().item<bool>()) {
+    return;
+  }
   std::vector<int64_t> channel_shape(input.dim(), 1);
   channel_shape[1] = input.size(1);
   const at::Tensor x = to_opmath(input);
   // per image position, over the channels
-  const at::Tensor stranded = (to_opmath(grad_output) * (x == 0) * shift.reshape(channel_shape)).sum(1, true);
+  const at::Tensor stranded = (to_opmath(grad_output) * zeros * shift.reshape(channel_shape)).sum(1, true);
   const at::Tensor magnitude = x.abs().sum(1, /*keepdim=*/true);
   const at::Tensor share =
       at::where(magnitude > 0, stranded / at::where(magnitude > 0, magnitude, at::ones_like(magnitude)),

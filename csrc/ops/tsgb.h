@@ -20,6 +20,11 @@ void check_tsgb_batch_norm_backward_args(const at::Tensor& grad_output, const at
                                          const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
                                          const at::Tensor& running_mean, const at::Tensor& running_var);
 
+// Validates tsgb_pass_through_backward's arguments: floating input; output and grad_output of its
+// shape, dtype and device.
+void check_tsgb_pass_through_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                           const at::Tensor& output);
+
 // Per-channel (scale, shift) of inference batch norm, Y = scale * X + shift, in opmath precision.
 std::pair<at::Tensor, at::Tensor> batch_norm_affine(const at::Tensor& input, const std::optional<at::Tensor>& weight,
                                                     const std::optional<at::Tensor>& bias,

@@ -334,6 +334,7 @@ TEST(TSGBConv2d, DilatedWindowSkipsTheMiddle) {
 
 #include "../../csrc/kernels/rectified_relu.h"
 #include "../../csrc/kernels/tsgb_batch_norm.h"
+#include "../../csrc/kernels/tsgb_pass_through.h"
 
 #include <c10/util/BFloat16.h>
 
@@ -596,6 +597,16 @@ void check_elementwise_backwards(int64_t n) {
     const double expected = xi == 0 ? 0.0 : gi * (scale * xi + shift) / xi;
     EXPECT_NEAR(static_cast<double>(grad_x[i]), expected, 1e-2 * (1 + std::abs(expected))) << "n=" << n << " i=" << i;
   }
+  // The pass-through with Y given: buffers of exactly n values, 4 * n of workspace.
+  const auto y = cast<T>(pattern(n, 0.9, -0.3));
+  std::vector<tk::opmath_t<T>> pass_workspace(4 * n);
+  std::vector<T> passed(n);
+  tk::tsgb_pass_through_backward_span(g.data(), x.data(), y.data(), passed.data(), n, pass_workspace.data());
+  for (int64_t i = 0; i < n; ++i) {
+    const double xi = static_cast<double>(x[i]), gi = static_cast<double>(g[i]), yi = static_cast<double>(y[i]);
+    const double expected = xi == 0 ? 0.0 : gi * yi / xi;
+    EXPECT_NEAR(static_cast<double>(passed[i]), expected, 1e-2 * (1 + std::abs(expected))) << "n=" << n << " i=" << i;
+  }
 }
 
 } // namespace
@@ -607,4 +618,14 @@ TEST(TinySizes, RectifiedReluAndBatchNormBackward) {
     check_elementwise_backwards<c10::Half>(n);
     check_elementwise_backwards<c10::BFloat16>(n);
   }
+}
+
+TEST(TSGBPassThrough, ByHand) {
+  // X = [2, 0, -4, 0], Y = [3, 5, 1, NaN], G = [1, 2, 2, 1]: G Y / X = [1.5, 0, -0.5, 0] (exactly 0 at X = 0,
+  // also where Y is NaN)
+  const std::vector<float> x = {2, 0, -4, 0}, y = {3, 5, 1, std::numeric_limits<float>::quiet_NaN()};
+  const std::vector<float> g = {1, 2, 2, 1};
+  std::vector<float> out(4);
+  tk::tsgb_pass_through_backward_span(g.data(), x.data(), y.data(), out.data(), 4, nullptr);
+  EXPECT_EQ(out, (std::vector<float>{1.5f, 0.0f, -0.5f, 0.0f}));
 }

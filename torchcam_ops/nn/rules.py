@@ -152,9 +152,10 @@ def _pass_through(func, args: tuple, kwargs: dict | None) -> Tensor:
     rest = args[1:]
     if "inplace" in kwargs:
         kwargs["inplace"] = False
+    # an in-place form (or inplace=True given by position) writes into a copy, never into x
+    in_place = getattr(func, "__name__", "").endswith("_") or any(a is True for a in rest)
     with torch.no_grad():
-        # an in-place form (or inplace=True given by position) then writes into a copy
-        y = func(x.detach().clone(), *rest, **kwargs)
+        y = func(x.detach().clone() if in_place else x.detach(), *rest, **kwargs)
     return ops.tsgb_pass_through(x, y)
 
 
