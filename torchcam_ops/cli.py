@@ -19,6 +19,7 @@ import importlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,7 @@ def _unique_name(name: str, taken: set[str]) -> str:
     return unique
 
 
-def _atomically(path: Path, write) -> None:
+def _atomically(path: Path, write: Callable[[Path], object]) -> None:
     """``write(temporary path)``, then the temporary file renamed to ``path``: an interrupted command
     leaves complete files (or none), never a truncated one."""
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
@@ -105,7 +106,7 @@ def _atomically(path: Path, write) -> None:
         partial.unlink(missing_ok=True)
 
 
-def _write_csv(rows) -> object:
+def _write_csv(rows: list) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         with open(path, "w", newline="") as f:
             csv.writer(f).writerows(rows)

@@ -80,18 +80,11 @@ _PASS_THROUGH_ACTIVATIONS = frozenset(
         torch.Tensor.sigmoid_,
         torch.Tensor.tanh,
         torch.Tensor.tanh_,
-        # what torch.compile sees once it has inlined the functional forms
-        torch._C._nn.hardswish,
-        torch._C._nn.hardswish_,
-        torch._C._nn.hardsigmoid,
-        torch._C._nn.hardsigmoid_,
-        torch._C._nn.hardtanh,
-        torch._C._nn.hardtanh_,
     }
 )
 # Normalisations other than a batch norm with running statistics (which has its own op): they pass
 # relevance through as well.
-_PASS_THROUGH_NORMS = frozenset({F.layer_norm, F.group_norm, F.instance_norm, F.batch_norm, F.local_response_norm})
+_PASS_THROUGH_NORMS = frozenset({F.layer_norm, F.group_norm, F.instance_norm, F.local_response_norm})
 # Products: in x * s with s broadcast over x (a squeeze-excitation gate, a layer scale), relevance
 # goes to the signal x, not to the gate s.
 _PRODUCTS = frozenset({torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__})
@@ -186,19 +179,12 @@ class TSGBRules(TorchFunctionMode):
     whose one operand is broadcast over the other (squeeze-excitation gates, layer scales) give
     relevance to the signal only; and in-place ReLUs and activations to out-of-place ones (the TSGB-Conv
     backward needs the convolution's output as it was computed). Everything else keeps its ordinary
-    gradient. ``convs`` and ``linears`` are the model's layers of those kinds (kept for the checks of
-    :func:`tsgb_rules`)."""
+    gradient."""
 
     def __init__(
-        self,
-        convs: list[nn.Conv2d],
-        classifier: nn.Linear | None,
-        batch_norms: list[nn.modules.batchnorm._BatchNorm],
-        beta: float = 1.0,
-        linears: list[nn.Linear] = (),
+        self, classifier: nn.Linear | None, batch_norms: list[nn.modules.batchnorm._BatchNorm], beta: float = 1.0
     ) -> None:
         super().__init__()
-        self._classifier = classifier
         self._classifier_weight = classifier.weight if classifier is not None else None
         # a weight computed per call (parametrizations, weight norm) is a new tensor each time: that
         # classifier's call is recognised by the value of its weight
@@ -439,7 +425,7 @@ def refuse_inference_mode(what: str) -> None:
 def tsgb_rules(model: nn.Module, classifier: nn.Linear | None, beta: float = 1.0) -> Iterator[None]:
     """The TSGB rules for ``model``'s layers while the block runs, in the calling thread only."""
     refuse_inference_mode("TSGB")
-    convs, batch_norms, linears, unknown = [], [], [], set()
+    convs, batch_norms, unknown = [], [], set()
     computing_weights: set[int] = set()
     for module in submodules(model):  # one pass, parents first: this runs on every call
         if id(module) in computing_weights:
@@ -449,7 +435,7 @@ def tsgb_rules(model: nn.Module, classifier: nn.Linear | None, beta: float = 1.0
         elif isinstance(module, nn.Conv2d):
             convs.append(module)
         elif isinstance(module, nn.Linear):
-            linears.append(module)
+            continue  # every linear call takes a rule (TSGBRules): nothing to collect
         elif (
             isinstance(module, nn.modules.batchnorm._BatchNorm)
             and module.running_mean is not None
@@ -475,7 +461,7 @@ def tsgb_rules(model: nn.Module, classifier: nn.Linear | None, beta: float = 1.0
             "gradient, which may lose or create relevance (torchcam_ops.nn.relevance_budget measures it)",
             stacklevel=3,
         )
-    with TSGBRules(convs, classifier, batch_norms, beta, linears):
+    with TSGBRules(classifier, batch_norms, beta):
         yield
 
 
