@@ -80,3 +80,28 @@ def assert_matches(actual: Tensor, expected: Tensor, dtype: torch.dtype) -> None
     tol = tolerance(dtype)
     scale = float(expected.abs().max()) if expected.numel() else 1.0
     torch.testing.assert_close(actual.double(), expected, rtol=tol, atol=tol * max(scale, 1e-3), equal_nan=True)
+
+
+class CheckpointedCnn(nn.Module):
+    """A CNN whose first block runs under non-reentrant activation checkpointing (or plainly)."""
+
+    def __init__(self, checkpointed: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.block = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU6(),
+        )
+        self.head = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(8, 5)
+        self.checkpointed = checkpointed
+
+    def forward(self, x):
+        if self.checkpointed:
+            x = torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=False)
+        else:
+            x = self.block(x)
+        return self.fc(self.head(x))

@@ -267,6 +267,25 @@ def test_tsgb_method_cuda_matches_cpu():
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("name", ["tsgb", "guided_backprop", "gradcam_inside_the_checkpoint"])
+def test_activation_checkpointing_on_autograds_device_thread_gives_the_cpu_maps(name):
+    # On CUDA the backward runs on autograd's device thread: the recomputed checkpointed block must
+    # still take the rules (and the capture must not record it again).
+    from tests.helpers import CheckpointedCnn
+    from torchcam_ops.methods import TSGB, GradCAM, GuidedBackprop
+
+    make = {
+        "tsgb": TSGB,
+        "guided_backprop": GuidedBackprop,
+        "gradcam_inside_the_checkpoint": lambda model: GradCAM(model, ["block.2"]),
+    }[name]
+    x = torch.rand(2, 3, 12, 12)
+    cpu = make(CheckpointedCnn(False).eval())(x, [1, 3])
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        cuda = make(CheckpointedCnn(True).eval().cuda())(x.cuda(), [1, 3])
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=1e-4, atol=1e-4)
+
+
 def _graph_explainers(model):
     from torchcam_ops.methods import (
         CAM,

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from torchcam_ops._extension import assert_has_ops
-from torchcam_ops.methods.capture import ExplainerHold, capture_outputs
+from torchcam_ops.methods.capture import capture_outputs
 from torchcam_ops.methods.graphs import Graphable, explainer_call, graph_input
 from torchcam_ops.nn.rules import refuse_inference_mode, shield_buffers
 from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce, check_output_size
@@ -361,9 +361,9 @@ class BaseCAM(Graphable):
     in the model. A target layer that runs several times in one forward pass (a shared block) is
     refused with an error naming it, unless one call is named: ``"name@k"`` (0-based, ``@-1`` the last).
 
-    An open explainer holds a process-wide forward hook that records outputs for the calling thread
-    only (``capture.py``); ``close()`` or the end of a ``with`` block releases it (so does garbage
-    collection). One explainer may be called from several threads at once.
+    Outputs are recorded for the calling thread only, by a process-wide forward hook present only
+    while explainer calls run (``capture.py``); ``close()`` or the end of a ``with`` block ends the
+    explainer (later calls raise). One explainer may be called from several threads at once.
     """
 
     method: ClassVar[str] = ""
@@ -391,7 +391,7 @@ class BaseCAM(Graphable):
         self.layers = resolve_layers(self.model, target_layers)
         self.batch_size = batch_size
         self.reshape, self.grid = reshape, (tuple(grid) if grid is not None else None)
-        self._hold = ExplainerHold()
+        self._closed = False
 
     def __enter__(self) -> BaseCAM:
         return self
@@ -400,15 +400,8 @@ class BaseCAM(Graphable):
         self.close()
 
     def close(self) -> None:
-        """Releases this explainer's hold on the capture hook; later calls raise."""
-        self._hold.release()
-
-    def __copy__(self) -> BaseCAM:
-        # A shallow copy would share this explainer's hold: closing the copy would close this one.
-        clone = type(self).__new__(type(self))
-        clone.__setstate__(self.__getstate__())
-        clone._hold = ExplainerHold()
-        return clone
+        """Ends this explainer: later calls raise. (It holds nothing between calls.)"""
+        self._closed = True
 
     @explainer_call
     def __call__(
@@ -465,7 +458,7 @@ class BaseCAM(Graphable):
         x = check_input(x)
         size = self._output_size(x, output_size)
         check_output_size("output_size", x.shape[0], *size)
-        if not self._hold._held:
+        if self._closed:
             raise RuntimeError(f"{type(self).__name__}: the explainer was closed")
         return x, size
 

@@ -34,11 +34,7 @@ class CAM(GradientFreeCAM):
         grid: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
-        try:
-            self.fc = _classifier(self.model, fc)
-        except ValueError:
-            self.close()  # the hold on the capture hook, taken above, must not outlive the error
-            raise
+        self.fc = _classifier(self.model, fc)
 
     def _layer_maps_of(self, x: Tensor, layer: LayerActivations, indices: Tensor, logits: Tensor) -> Tensor:
         activations = layer.maps

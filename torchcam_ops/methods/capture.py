@@ -2,15 +2,19 @@
 
 An explainer call is a pure function of (model, x, targets) (``docs/design.md``): it adds no hook to
 the user's modules and changes none of their attributes. Layer outputs are recorded by one
-process-wide forward hook (:func:`torch.nn.modules.module.register_module_forward_hook`), held while
-at least one explainer is open, that does nothing unless the calling thread (or the call that
-``torch.compile`` is tracing) is capturing that very module. So two threads explaining one model
-never see each other's outputs, and a model can be pickled or copied while explainers exist.
+process-wide forward hook, present only while at least one explainer call is running (so code outside
+the calls pays nothing: no hook slows other forward passes, no compiled module warns about global
+hooks), that does nothing unless the calling thread (or the call that ``torch.compile`` is tracing) is
+capturing that very module. It is added after every global hook the process has when the first call
+starts, so a user's global hook that edits a layer's output is seen by the map. Two threads explaining
+one model never see each other's outputs, and a model can be pickled or copied meanwhile.
 
 What is recorded is the layer's own output, every time the layer runs in the call. The layers after
 it receive a copy, so an in-place operation downstream (``nn.ReLU(inplace=True)``, DenseNet's
 ``F.relu(..., inplace=True)``) changes the copy, never the recorded activations or the tensor the
-gradient is taken with respect to.
+gradient is taken with respect to. An output that aliases the layer's input (``nn.Identity``, a
+reshape) is handed on as it is, so the forward pass stays the model's own; if the model then changes
+it in place, the call is refused (the map would describe values the layer never output).
 """
 
 from __future__ import annotations
@@ -22,90 +26,94 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.module import register_module_forward_hook
+
+from torchcam_ops import _compat
 
 #: What the layers after a captured layer receive instead of a copy of its output: ``(output, call
 #: index) -> tensor`` (Ablation-CAM's ablated channels).
 Substitute = Callable[[Tensor, int], Tensor]
-#: The capture of the calling thread: id(module) -> (layer name, outputs recorded in this call, substitute).
+
+
+class _Capture:
+    """What one call records: per module id, the layer name, its outputs, the substitute, and the
+    outputs handed on as they are (aliases of the layer's input) with their version counters."""
+
+    def __init__(self, layers: Sequence[tuple[str, nn.Module, Any]], substitutes: dict[int, Substitute]) -> None:
+        self.layers = {id(layer[1]): (layer[0], [], substitutes.get(id(layer[1]))) for layer in layers}
+        self.aliased: list[tuple[str, Tensor, int]] = []
+
+    def record(self, module: nn.Module, inputs: Any, output: Any) -> Tensor | None:
+        entry = self.layers.get(id(module))
+        if entry is None:
+            return None
+        name, outputs, substitute = entry
+        if not isinstance(output, Tensor):
+            raise TypeError(f"target layer {name!r} returned {type(output).__name__}; a CAM needs a tensor output")
+        outputs.append(output)
+        if substitute is not None:
+            return substitute(output, len(outputs) - 1)
+        if not torch.compiler.is_compiling() and _compat.aliases(output, inputs):
+            self.aliased.append((name, output, _compat.version(output)))
+            return None
+        return output.clone()
+
+    def check_aliases_unchanged(self) -> None:
+        for name, output, version in self.aliased:
+            if _compat.version(output) != version:
+                raise ValueError(
+                    f"target layer {name!r} returns (a view of) its input, which the model changes in place "
+                    "later in the forward pass: its recorded output would not be what the layer returned. "
+                    "Choose the layer that computes this tensor, or one after the in-place change"
+                )
+
+
 _thread_state = threading.local()
 #: The capture of the explainer call that torch.compile is tracing (tracing runs in one thread).
-_traced_capture: dict[int, tuple[str, list[Tensor], Substitute | None]] | None = None
-
-# Re-entrant: an explainer collected by the garbage collector inside open_explainer() releases its
-# hold from the same thread.
-_registration_lock = threading.RLock()
-_open_explainers = 0
-_hook_handle: Any = None
+_traced_capture: _Capture | None = None
 
 
-def _record_output(module: nn.Module, _inputs: Any, output: Any) -> Tensor | None:
+def _record_output(module: nn.Module, inputs: Any, output: Any) -> Tensor | None:
     capture = _traced_capture if torch.compiler.is_compiling() else getattr(_thread_state, "capture", None)
-    if capture is None:
-        return None
-    entry = capture.get(id(module))
-    if entry is None:
-        return None
-    name, outputs, substitute = entry
-    if not isinstance(output, Tensor):
-        raise TypeError(f"target layer {name!r} returned {type(output).__name__}; a CAM needs a tensor output")
-    outputs.append(output)
-    return output.clone() if substitute is None else substitute(output, len(outputs) - 1)
+    return None if capture is None else capture.record(module, inputs, output)
 
 
-def open_explainer() -> None:
-    """Registers the process-wide hook if no explainer holds it yet (pair with :func:`close_explainer`)."""
-    global _open_explainers, _hook_handle
+_registration_lock = threading.Lock()
+_running_calls = 0
+# The hook's key among the global forward hooks: always the same (never a handle's new id), so that
+# torch.compile's guards on the hooks hold from one call to the next; negative, so no handle has it.
+_HOOK_KEY = -0x7C0A
+
+
+def _acquire_hook() -> None:
+    global _running_calls
     with _registration_lock:
-        _open_explainers += 1
-        if _hook_handle is None:
-            _hook_handle = register_module_forward_hook(_record_output)
+        _running_calls += 1
+        if _running_calls == 1:
+            _compat.global_forward_hooks()[_HOOK_KEY] = _record_output
 
 
-def close_explainer() -> None:
-    """Releases one explainer's hold on the hook; the last one removes it."""
-    global _open_explainers, _hook_handle
+def _release_hook() -> None:
+    global _running_calls
     with _registration_lock:
-        _open_explainers = max(_open_explainers - 1, 0)
-        if _open_explainers == 0 and _hook_handle is not None:
-            _hook_handle.remove()
-            _hook_handle = None
+        _running_calls -= 1
+        if _running_calls == 0:
+            _compat.global_forward_hooks().pop(_HOOK_KEY, None)
 
 
 def hook_is_registered() -> bool:
-    return _hook_handle is not None
+    """Whether the process-wide capture hook is present (only while explainer calls run)."""
+    return _HOOK_KEY in _compat.global_forward_hooks()
 
 
-class ExplainerHold:
-    """The hold of one explainer object on the process-wide hook: taken at construction, given back
-    by :meth:`release` (``close()``, the end of a ``with`` block) or when the explainer is garbage
-    collected, whichever comes first."""
-
-    def __init__(self) -> None:
-        open_explainer()
-        self._held = True
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            close_explainer()
-
-    # A copied or unpickled explainer (an explainer stored on a module that is deep-copied, e.g. by
-    # AveragedModel) takes a hold of its own instead of sharing, and later releasing, this one.
-    def __copy__(self) -> ExplainerHold:
-        return ExplainerHold()
-
-    def __deepcopy__(self, memo: dict) -> ExplainerHold:
-        return ExplainerHold()
-
-    def __reduce__(self):
-        return (ExplainerHold, ())
-
-    def __del__(self) -> None:
-        try:
-            self.release()
-        except Exception:  # interpreter shutdown: the module globals may already be gone
-            pass
+@contextlib.contextmanager
+def hook_held() -> Iterator[None]:
+    """The capture hook present while the block runs (for the eager code around a compiled call, so
+    that the compiled code is traced with it)."""
+    _acquire_hook()
+    try:
+        yield
+    finally:
+        _release_hook()
 
 
 @contextlib.contextmanager
@@ -114,24 +122,30 @@ def capture_outputs(
 ) -> Iterator[dict[int, list[Tensor]]]:
     """Records, for the calling thread, every output of each layer ``(name, module, ...)`` while the
     block runs: ``{id(module): [output of its first call, ...]}``. The layers after it receive a copy
-    of the output, or what ``substitutes[id(module)](output, call index)`` returns. An explainer must
-    be open (see :class:`ExplainerHold`)."""
+    of the output, or what ``substitutes[id(module)](output, call index)`` returns."""
     global _traced_capture
-    substitutes = substitutes or {}
-    capture = {id(layer[1]): (layer[0], [], substitutes.get(id(layer[1]))) for layer in layers}
-    recorded = {key: outputs for key, (_, outputs, _) in capture.items()}
+    capture = _Capture(layers, substitutes or {})
+    recorded = {key: outputs for key, (_, outputs, _) in capture.layers.items()}
     if torch.compiler.is_compiling():
+        # A user's own torch.compile traces the hook's addition and removal as well.
+        hooks = _compat.global_forward_hooks()
+        added = _HOOK_KEY not in hooks
+        if added:
+            hooks[_HOOK_KEY] = _record_output
         previous, _traced_capture = _traced_capture, capture
         try:
             yield recorded
         finally:
             _traced_capture = previous
-    else:
-        if not hook_is_registered():
-            raise RuntimeError("capture_outputs: no explainer is open (the explainer was closed)")
-        previous = getattr(_thread_state, "capture", None)
-        _thread_state.capture = capture
-        try:
-            yield recorded
-        finally:
-            _thread_state.capture = previous
+            if added:
+                hooks.pop(_HOOK_KEY, None)
+        return
+    previous = getattr(_thread_state, "capture", None)
+    _acquire_hook()
+    _thread_state.capture = capture
+    try:
+        yield recorded
+    finally:
+        _thread_state.capture = previous
+        _release_hook()
+    capture.check_aliases_unchanged()

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from torchcam_ops.methods.capture import hook_held
 from torchcam_ops.methods.layout import may_try_channels_last
 
 Call = TypeVar("Call", bound=Callable[..., Any])
@@ -129,7 +130,7 @@ def _traced(explainer: Callable[..., Any], compile_options: dict[str, Any]) -> C
             if isinstance(value, Tensor):
                 args[i] = value.detach().requires_grad_(True)
                 break
-        with torch._dynamo.config.patch(trace_autograd_ops=True):
+        with torch._dynamo.config.patch(trace_autograd_ops=True), hook_held():
             return function(*args, **kwargs)
 
     return call

@@ -1,0 +1,69 @@
+"""Each private torch access of ``torchcam_ops._compat`` works on the torch of this run (the suite runs
+on the newest torch and, in ``./run oldest``, on the oldest supported one)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules.module import register_module_forward_hook
+from torch.overrides import TorchFunctionMode
+
+from torchcam_ops import _compat
+
+
+def test_global_forward_hooks_are_those_registered_in_order():
+    def first(*_):
+        return None
+
+    def second(*_):
+        return None
+
+    handles = [register_module_forward_hook(first), register_module_forward_hook(second)]
+    try:
+        ours = [hook for hook in _compat.global_forward_hooks().values() if hook in (first, second)]
+        assert ours == [first, second]
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert first not in _compat.global_forward_hooks().values()
+
+
+def test_aliases_tells_views_and_identities_from_copies():
+    x = torch.rand(2, 3)
+    assert _compat.aliases(x, (x,))
+    assert _compat.aliases(x.view(3, 2), (x,))
+    assert _compat.aliases(x[0], (x[1],))  # two views of one base
+    assert not _compat.aliases(x.clone(), (x,))
+    assert not _compat.aliases(x, (torch.rand(2, 3), "not a tensor"))
+
+
+def test_version_counts_in_place_changes():
+    x = torch.zeros(3)
+    before = _compat.version(x)
+    x.add_(1)
+    assert _compat.version(x) == before + 1
+
+
+class _CountingMode(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.conv2d:
+            self.convs += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_grad_in_current_modes_is_autograd_grad_with_the_mode_active_in_the_backward():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3)
+    x = torch.rand(1, 3, 6, 6, requires_grad=True)
+    seed = torch.rand(1, 4, 4, 4)
+    (expected,) = torch.autograd.grad(conv(x), x, seed)
+    mode = _CountingMode()
+    with mode:
+        y = torch.utils.checkpoint.checkpoint(conv, x, use_reentrant=False)
+        (grad,) = _compat.grad_in_current_modes([y], [x], [seed], retain_graph=False)
+    torch.testing.assert_close(grad, expected)
+    assert mode.convs == 2  # the forward, and its recomputation during the backward
