@@ -848,3 +848,48 @@ def test_activation_checkpointing_gives_the_maps_of_the_plain_model(name):
     with CHECKPOINT_EXPLAINERS[name](checkpointed) as explainer:
         torch.testing.assert_close(explainer(x, [1, 3]), expected, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(explainer(x, torch.tensor([[1, 2], [3, 4]]))[:, 0], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_many_targets_per_image_are_held_to_the_output_size_limit():
+    from torchcam_ops import ops
+
+    model = threaded_model()
+    x = torch.rand(2, 3, 8, 8)
+    targets = torch.arange(10).repeat(2, 1)  # 10 targets per image: 20 maps of 8x8 (60 gradient maps of TSGB)
+    previous = ops.set_max_output_elements(19 * 64)
+    try:
+        with GradCAM(model, ["3"]) as cam, pytest.raises(ValueError, match=r"targets \(10 per image\): 20 maps"):
+            cam(x, targets)
+        with pytest.raises(ValueError, match=r"targets \(10 per image\): 60 maps"):
+            TSGB(model)(x, targets)
+        with GradCAM(model, ["3"]) as cam:
+            assert cam(x, targets[:, :9]).shape == (2, 9, 8, 8)
+    finally:
+        ops.set_max_output_elements(previous)
+
+
+def test_score_cam_and_abs_cam_make_their_masks_a_chunk_of_channels_at_a_time(monkeypatch):
+    # The masks at the input size are never held all at once: with chunks of 3 channels' masks
+    # (where K x H x W would exceed the output limit) the maps are those of one chunk.
+    from torchcam_ops import ops
+    from torchcam_ops.methods import masking
+
+    model = threaded_model()
+    x = torch.rand(2, 3, 16, 16)
+    explainers = {
+        "scorecam": lambda: ScoreCAM(model, ["6"], masks_per_forward=1),
+        "scorecam_pytorch_grad_cam": lambda: ScoreCAM(model, ["6"], variant="pytorch-grad-cam", masks_per_forward=1),
+        "abscam": lambda: AbsCAM(model, ["6"], masks_per_forward=1),
+    }
+    expected = {}
+    for name, make in explainers.items():
+        with make() as explainer:
+            expected[name] = explainer(x, [1, 2])
+    monkeypatch.setattr(masking, "MASK_ELEMENTS_PER_CHUNK", 3 * 16 * 16)
+    previous = ops.set_max_output_elements(31 * 16 * 16)  # the 32 masks of one image would exceed it
+    try:
+        for name, make in explainers.items():
+            with make() as explainer:
+                torch.testing.assert_close(explainer(x, [1, 2]), expected[name], rtol=1e-5, atol=1e-6)
+    finally:
+        ops.set_max_output_elements(previous)

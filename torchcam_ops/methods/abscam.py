@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torchcam_ops.methods.base import BaseCAM, LayerSpec, Reshape, Targets, map_dtype, slice_targets
 from torchcam_ops.methods.masking import (
     MasksPerForward,
+    channel_chunks,
     check_masks_per_forward,
     masked_scores,
     resolve_masks_per_forward,
@@ -103,16 +104,22 @@ class AbsCAM(BaseCAM):
     def _refine(self, image: Tensor, weighted: Tensor, target: Tensor, size: tuple[int, int]) -> Tensor:
         """L for one image ``[C, H, W]`` and class (a LongTensor ``[1]`` on the image's device, never
         read on the host) from its weighted activations ``[K, h, w]``."""
-        masks = cam_postprocess(weighted, tuple(image.shape[-2:]), relu=False)  # M_k at the input size
-        # A dead post-ReLU channel (30-60% of EfficientNet-Lite0's last layer on a photo) gives an all-zero
-        # M_k, which adds s_k * 0 to L: on the CPU it is not forwarded.
-        scores = masked_scores(
-            self._model_forward(),
-            image,
-            masks,
-            lambda logits: torch.softmax(logits.to(masks.dtype), dim=1).index_select(1, target)[:, 0],
-            resolve_masks_per_forward(self.masks_per_forward, image.device, masks.shape[0], image[0].numel()),
-            try_channels_last=self._model_forward_may_try_channels_last(image.device),
-        )
-        combined = torch.einsum("k,khw->hw", scores, masks)
+        pixels = image[0].numel()
+        per_forward = resolve_masks_per_forward(self.masks_per_forward, image.device, weighted.shape[0], pixels)
+        combined = None
+        for start, stop in channel_chunks(weighted.shape[0], pixels, per_forward):
+            # M_k at the input size
+            masks = cam_postprocess(weighted[start:stop], tuple(image.shape[-2:]), relu=False)
+            # A dead post-ReLU channel (30-60% of EfficientNet-Lite0's last layer on a photo) gives an
+            # all-zero M_k, which adds s_k * 0 to L: on the CPU it is not forwarded.
+            scores = masked_scores(
+                self._model_forward(),
+                image,
+                masks,
+                lambda logits, dtype=masks.dtype: torch.softmax(logits.to(dtype), dim=1).index_select(1, target)[:, 0],
+                per_forward,
+                try_channels_last=self._model_forward_may_try_channels_last(image.device),
+            )
+            part = torch.einsum("k,khw->hw", scores, masks)
+            combined = part if combined is None else combined + part
         return cam_postprocess(combined[None], size)[0]

@@ -600,6 +600,8 @@ class BaseCAM(Graphable):
     def _fuse(per_layer: list[Tensor], size: tuple[int, int], multi: bool) -> Tensor:
         """ReLU, Up and norm per layer; with several layers, the mean of those, normalised again."""
         batch, count = per_layer[0].shape[:2]
+        if multi:
+            check_output_size(f"targets ({count} per image)", batch * count, *size)
         maps = [cam_postprocess(m.reshape(batch * count, *m.shape[2:]), size) for m in per_layer]
         fused = maps[0] if len(maps) == 1 else cam_postprocess(torch.stack(maps).mean(0), size, relu=False)
         fused = fused.reshape(batch, count, *size)

@@ -61,6 +61,8 @@ class _InputGradientExplainer(Graphable):
             indices = indices.to(logits.device)
             check_finite_scores(logits.gather(1, indices))
             count = int(indices.shape[1])  # a Python int: the compiler specialises on it, no symbolic bool
+            if multi:  # the gradients of every target: C maps per image and target
+                ops.check_output_size(f"targets ({count} per image)", x.shape[0] * count * x.shape[1], *x.shape[2:])
             grads = []
             for t in range(count):
                 seed = torch.zeros_like(logits).scatter_(1, indices[:, t : t + 1], 1.0)

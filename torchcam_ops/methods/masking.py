@@ -28,6 +28,18 @@ GPU_MASKS_PER_FORWARD = 64
 CHANNELS_LAST_MIN_FORWARDS = 16
 
 
+# Masks at the input size are made a chunk of channels at a time, of at most about this many elements
+# (64 MiB of float32): all 2048 masks of ResNet-50's last layer at 512x512 px would take 2 GiB at once.
+MASK_ELEMENTS_PER_CHUNK = 1 << 24
+
+
+def channel_chunks(channels: int, pixels: int, per_forward: int) -> list[tuple[int, int]]:
+    """Ranges of channels whose masks (of ``pixels`` each) are made and scored together: about
+    :data:`MASK_ELEMENTS_PER_CHUNK` elements, a whole number of forwards of ``per_forward`` images."""
+    step = max(per_forward, MASK_ELEMENTS_PER_CHUNK // max(1, pixels) // per_forward * per_forward)
+    return [(start, min(start + step, channels)) for start in range(0, channels, step)]
+
+
 def check_masks_per_forward(value: object, name: str = "masks_per_forward") -> None:
     """A count of images per forward: a positive int, "auto" (by device) or None (all at once)."""
     if value == "auto" or value is None:

@@ -13,6 +13,7 @@ from torchcam_ops.methods.base import LayerSpec, Reshape, Targets, check_finite_
 from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
 from torchcam_ops.methods.masking import (
     MasksPerForward,
+    channel_chunks,
     check_masks_per_forward,
     masked_scores,
     resolve_masks_per_forward,
@@ -91,29 +92,30 @@ class ScoreCAM(GradientFreeCAM):
     def _layer_maps_of(self, x: Tensor, activations: LayerActivations, indices: Tensor, logits: Tensor) -> Tensor:
         forward = self._model_forward()
         try_channels_last = self._model_forward_may_try_channels_last(x.device)
+        size = tuple(x.shape[-2:])
         maps = []
         for image, a, classes in zip(x, activations.maps, indices):
-            masks = self._masks(a, tuple(x.shape[-2:]))
-            per_forward = resolve_masks_per_forward(self.masks_per_forward, x.device, masks.shape[0], image[0].numel())
-            if self.variant == "original":
-                weights = masked_scores(
-                    forward,
-                    image,
-                    masks,
-                    lambda logits, c=classes: torch.softmax(logits.to(a.dtype), dim=1).index_select(1, c),
-                    per_forward,
-                    try_channels_last=try_channels_last,
-                )
-            else:
-                logits = masked_scores(
-                    forward,
-                    image,
-                    masks,
-                    lambda out, c=classes: out.to(a.dtype).index_select(1, c),
-                    per_forward,
-                    score_empty=True,
-                    try_channels_last=try_channels_last,
-                )
-                weights = torch.softmax(logits, dim=0)
+            per_forward = resolve_masks_per_forward(self.masks_per_forward, x.device, a.shape[0], image[0].numel())
+
+            def score(logits: Tensor, classes: Tensor = classes, dtype: torch.dtype = a.dtype) -> Tensor:
+                if self.variant == "original":
+                    return torch.softmax(logits.to(dtype), dim=1).index_select(1, classes)
+                return logits.to(dtype).index_select(1, classes)
+
+            scores = torch.cat(
+                [
+                    masked_scores(
+                        forward,
+                        image,
+                        self._masks(a[start:stop], size),
+                        score,
+                        per_forward,
+                        score_empty=self.variant != "original",
+                        try_channels_last=try_channels_last,
+                    )
+                    for start, stop in channel_chunks(a.shape[0], image[0].numel(), per_forward)
+                ]
+            )
+            weights = scores if self.variant == "original" else torch.softmax(scores, dim=0)
             maps.append(torch.einsum("kt,khw->thw", weights, a))
         return torch.stack(maps)
