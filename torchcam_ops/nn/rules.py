@@ -1,9 +1,9 @@
 """Backward rules as thread-local modes: the layers' own functional calls are routed to the TSGB or
 rectified-ReLU ops while the block runs, in the calling thread only, and the model is never touched.
 
-This is how the explainers apply their rules (an explainer call is a pure function of the model, the
-input and the targets). :func:`torchcam_ops.nn.tsgb` and :func:`torchcam_ops.nn.guided`, which swap
-modules, remain for users who want converted modules in their own code.
+This is the one way the rules reach a model: the explainers enter these modes for each call (an
+explainer call is a pure function of the model, the input and the targets), and so do
+:func:`torchcam_ops.nn.tsgb` and :func:`torchcam_ops.nn.guided` for a user's own code.
 
 A :class:`~torch.overrides.TorchFunctionMode` lives on the calling thread's mode stack, so another
 thread running the same model meanwhile keeps the ordinary gradients. Calls are matched by the
