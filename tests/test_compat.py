@@ -67,3 +67,24 @@ def test_grad_in_current_modes_is_autograd_grad_with_the_mode_active_in_the_back
         (grad,) = _compat.grad_in_current_modes([y], [x], [seed], retain_graph=False)
     torch.testing.assert_close(grad, expected)
     assert mode.convs == 2  # the forward, and its recomputation during the backward
+
+
+def test_the_compiler_names_are_those_of_this_torch():
+    assert issubclass(_compat.compiler_unsupported(), Exception)
+    assert issubclass(_compat.recompile_limit_hit(), Exception)
+    assert _compat.compiler_traces_autograd() == hasattr(torch._dynamo.config, "trace_autograd_ops")
+    model = nn.Linear(2, 2)
+    assert not _compat.is_compiled_module(model) and not _compat.is_compiled_in_place(model)
+    compiled = torch.compile(model, backend="eager", dynamic=True)
+    assert _compat.is_compiled_module(compiled)
+    module, options, unreadable = _compat.compiled_module_parts(compiled)
+    assert module is model and unreadable is None
+    assert options["dynamic"] is True and options["backend"] is not None
+
+
+def test_trees_and_device_assertions():
+    leaves, structure = _compat.flatten_tree({"a": torch.ones(1), "b": [2, None]})
+    assert len(leaves) == 3 and structure == _compat.flatten_tree({"a": 0, "b": [0, 0]})[1]
+    doubled = _compat.map_tensors(lambda t: t * 2, {"a": torch.ones(1), "b": (3,)})
+    assert doubled["a"].item() == 2 and doubled["b"] == (3,)
+    _compat.assert_async(torch.tensor(True), "never raised")

@@ -518,3 +518,22 @@ def test_a_compiled_explainer_leaves_the_buffers_of_a_model_in_training_mode_as_
         cam.compiled(backend="eager")(torch.rand(2, 3, 16, 16), [1, 2])
     for name, b in model.named_buffers():
         assert torch.equal(b, before[name]), name
+
+
+@needs_compiled_autograd
+def test_each_function_the_explainer_compiles_has_its_own_compiled_code():
+    # One cache slot for every compiled call once ran the first function compiled for all of them.
+    torch._dynamo.reset()
+    with GradCAM(torch.compile(cnn(), backend="eager"), ["3"]) as cam:
+
+        def doubled(explainer, x):
+            return explainer.model(x) * 2
+
+        def tripled(explainer, x):
+            return explainer.model(x) * 3
+
+        x = torch.rand(1, 3, 8, 8)
+        plain = cam.model(x).detach()
+        torch.testing.assert_close(cam._call_compiled(doubled, x), plain * 2)
+        torch.testing.assert_close(cam._call_compiled(tripled, x), plain * 3)
+        torch.testing.assert_close(cam._call_compiled(doubled, x), plain * 2)

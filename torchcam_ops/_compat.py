@@ -7,11 +7,12 @@ tests/test_compat.py runs each function on the torch of the test run.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def global_forward_hooks() -> MutableMapping[int, Callable[..., Any]]:
@@ -58,3 +59,72 @@ def grad_in_current_modes(
         False,  # allow_unused
         accumulate_grad=False,
     )
+
+
+# -- torch.compile ------------------------------------------------------------------------------
+
+
+def compiler_traces_autograd() -> bool:
+    """Whether this torch's compiler can trace ``torch.autograd.grad`` (the dynamo config
+    ``trace_autograd_ops``, torch 2.11-2.15; torch 2.6 lacks it), which every compiled explainer call
+    needs."""
+    return hasattr(torch._dynamo.config, "trace_autograd_ops")
+
+
+def tracing_autograd() -> contextlib.AbstractContextManager[Any]:
+    """A block in which the compiler traces ``torch.autograd.grad`` (for the compilations the package
+    starts itself; a user's own ``torch.compile`` is not changed)."""
+    return torch._dynamo.config.patch(trace_autograd_ops=True)
+
+
+def compiler_unsupported() -> type[Exception]:
+    """The compiler's error for code it cannot trace as one graph (torch 2.6-2.15)."""
+    return torch._dynamo.exc.Unsupported
+
+
+def recompile_limit_hit() -> type[Exception]:
+    """The compiler's error when a function reached its recompile limit under ``fullgraph=True`` or
+    ``dynamic=False`` (torch 2.6-2.15)."""
+    return torch._dynamo.exc.FailOnRecompileLimitHit
+
+
+def is_compiled_in_place(model: nn.Module) -> bool:
+    """Whether ``model.compile()`` was called: its ``__call__`` then runs one compiled graph."""
+    return getattr(model, "_compiled_call_impl", None) is not None
+
+
+def is_compiled_module(model: nn.Module) -> bool:
+    """Whether ``model`` is the module ``torch.compile(module)`` returns (``OptimizedModule``)."""
+    return isinstance(model, torch._dynamo.eval_frame.OptimizedModule)
+
+
+def compiled_module_parts(model: nn.Module) -> tuple[nn.Module, dict[str, Any] | None, str | None]:
+    """For ``torch.compile(module)``: the eager module, the options it was compiled with (``backend``
+    with its mode and options, ``dynamic``), and why the options could not be read (None when they
+    could; then the options are None too)."""
+    module = model._orig_mod
+    context = getattr(model, "dynamo_ctx", None)
+    try:
+        backend = torch._dynamo.eval_frame.innermost_backend(context.callback)
+        dynamic = bool(context._dynamic)
+    except AttributeError as error:
+        return module, None, f"torch {torch.__version__} keeps a compiled module's options elsewhere ({error})"
+    return module, {"backend": backend, "dynamic": dynamic}, None
+
+
+# -- trees and checks ---------------------------------------------------------------------------
+
+
+def flatten_tree(tree: Any) -> tuple[list[Any], Any]:
+    """The leaves of nested tuples, lists and dicts, and their structure (comparable with ``==``)."""
+    return torch.utils._pytree.tree_flatten(tree)
+
+
+def map_tensors(function: Callable[[Tensor], Tensor], tree: Any) -> Any:
+    """``tree`` with ``function`` applied to every tensor leaf."""
+    return torch.utils._pytree.tree_map_only(Tensor, function, tree)
+
+
+def assert_async(ok: Tensor, message: str) -> None:
+    """Raises ``RuntimeError(message)`` on the device when ``ok`` is False, without a host read."""
+    torch._assert_async(ok, message)

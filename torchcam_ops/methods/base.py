@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from torchcam_ops import _compat
 from torchcam_ops._extension import assert_has_ops
 from torchcam_ops.methods.capture import capture_outputs
 from torchcam_ops.methods.graphs import Graphable, explainer_call, graph_input
@@ -123,13 +124,13 @@ def expanded_baseline(baseline: Tensor | float, x: Tensor) -> Tensor:
 def check_on_device(ok: Tensor, message: str) -> None:
     """Raises ``ValueError(message)`` unless the boolean tensor ``ok`` is True. CPU tensors are
     checked at once; tensors on other devices, and any tensor while ``torch.compile`` traces, are
-    checked asynchronously (``torch._assert_async``: a ``RuntimeError`` with the same message, at the
+    checked asynchronously (a ``RuntimeError`` with the same message, at the
     latest when the result is next read), so the check never stalls the host on device data."""
     if ok.device.type == "cpu" and not torch.compiler.is_compiling():
         if not bool(ok):
             raise ValueError(message)
     else:
-        torch._assert_async(ok, message)
+        _compat.assert_async(ok, message)
 
 
 def check_reshape(reshape: Any, grid: Any) -> None:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from torchcam_ops import _compat
 from torchcam_ops.methods.capture import hook_held
 from torchcam_ops.methods.layout import may_try_channels_last
 
@@ -45,10 +46,9 @@ def graph_input(x: Tensor) -> Tensor:
 
 
 def compiler_traces_autograd() -> bool:
-    """Whether this torch's compiler can trace ``torch.autograd.grad``
-    (``torch._dynamo.config.trace_autograd_ops``), which every compiled explainer call needs: torch 2.11
-    and newer can, torch 2.6 (the oldest supported) cannot."""
-    return hasattr(torch._dynamo.config, "trace_autograd_ops")
+    """Whether this torch's compiler can trace ``torch.autograd.grad``, which every compiled explainer
+    call needs: torch 2.11 and newer can, torch 2.6 (the oldest supported) cannot."""
+    return _compat.compiler_traces_autograd()
 
 
 def _require_compiler_tracing_autograd() -> None:
@@ -101,7 +101,7 @@ def compiled(explainer: Callable[..., Any], **compile_options: Any) -> Callable[
         nonlocal warned
         try:
             return function(*args, **kwargs)
-        except torch._dynamo.exc.FailOnRecompileLimitHit:
+        except _compat.recompile_limit_hit():
             if not warned:
                 warned = True
                 warnings.warn(
@@ -111,7 +111,7 @@ def compiled(explainer: Callable[..., Any], **compile_options: Any) -> Callable[
                     stacklevel=2,
                 )
             return explainer(*args, **kwargs)
-        except torch._dynamo.exc.Unsupported:
+        except _compat.compiler_unsupported():
             explainer(*args, **kwargs)
             raise
 
@@ -130,7 +130,7 @@ def _traced(explainer: Callable[..., Any], compile_options: dict[str, Any]) -> C
             if isinstance(value, Tensor):
                 args[i] = value.detach().requires_grad_(True)
                 break
-        with torch._dynamo.config.patch(trace_autograd_ops=True), hook_held():
+        with _compat.tracing_autograd(), hook_held():
             return function(*args, **kwargs)
 
     return call
@@ -152,20 +152,22 @@ def _own_code(function: types.FunctionType) -> types.FunctionType:
 
 def split_compiled(model: nn.Module) -> tuple[nn.Module, dict[str, Any] | None]:
     """The eager module behind ``torch.compile(model)`` and the options to compile explainer calls
-        with: the model's own backend (with its mode and options) and ``dynamic`` setting. For a model
-        that is not compiled (or a compiled one on a torch whose compiler cannot trace ``torch.autograd.grad``,
+    with: the model's own backend (with its mode and options) and ``dynamic`` setting (or, with a
+    warning that says why, the default compiler when this torch keeps them elsewhere). For a model that
+    is not compiled (or a compiled one on a torch whose compiler cannot trace ``torch.autograd.grad``,
     with a warning): the model itself and None.
 
-        Hooks and gradients with respect to a layer's output need the layer to run in the explainer's
-        own graph, so an explainer of a compiled model does not call the model's compiled code as it is:
-        it compiles its whole call, the model's forward included, with the same compiler."""
-    if getattr(model, "_compiled_call_impl", None) is not None:
+    Hooks and gradients with respect to a layer's output need the layer to run in the explainer's own
+    graph, so an explainer of a compiled model does not call the model's compiled code as it is: it
+    compiles its whole call, the model's forward included, with the same compiler."""
+    if _compat.is_compiled_in_place(model):
         raise ValueError(
             "model: compiled in place (model.compile()); its forward then runs as one compiled graph that "
             "no layer output can be taken from: pass torch.compile(model) or the model itself"
         )
-    if not isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+    if not _compat.is_compiled_module(model):
         return model, None
+    module, options, unreadable = _compat.compiled_module_parts(model)
     if not compiler_traces_autograd():
         warnings.warn(
             f"model: compiled, but torch {torch.__version__} cannot compile an explainer's gradients "
@@ -173,16 +175,16 @@ def split_compiled(model: nn.Module) -> tuple[nn.Module, dict[str, Any] | None]:
             RuntimeWarning,
             stacklevel=4,
         )
-        return model._orig_mod, None
-    options: dict[str, Any] = {}
-    context = getattr(model, "dynamo_ctx", None)
-    try:
-        options["backend"] = torch._dynamo.eval_frame.innermost_backend(context.callback)
-        # torch cannot trace torch.autograd.grad over symbolic shapes: static unless the model asked for dynamic
-        options["dynamic"] = bool(context._dynamic)
-    except AttributeError:  # a torch that keeps them elsewhere: the default compiler
-        options.clear()
-    return model._orig_mod, options
+        return module, None
+    if unreadable is not None:
+        warnings.warn(
+            f"model: compiled, but its compile options cannot be read ({unreadable}): explainer calls "
+            "compile with torch.compile's default backend",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return module, {}
+    return module, options
 
 
 def explainer_call(call: Call) -> Call:
@@ -276,7 +278,8 @@ class Graphable:
 
     model: nn.Module
     _model_compile_options: dict[str, Any] | None = None
-    _compiled_call: Callable[..., Any] | None = None
+    #: The compiled form of each function that :meth:`_call_compiled` compiled, by that function.
+    _compiled_calls: dict[Callable[..., Any], Callable[..., Any]]
     _compiled_forward: Callable[..., Any] | None = None
 
     def _bind_model(self, model: nn.Module) -> None:
@@ -288,7 +291,7 @@ class Graphable:
                 "recorded nor backward rules applied: pass the eager module"
             )
         self.model, self._model_compile_options = split_compiled(model)
-        self._compiled_call = self._compiled_forward = None
+        self._compiled_calls, self._compiled_forward = {}, None
         self._compile_lock = threading.Lock()
 
     def _compiles_with_model(self) -> bool:
@@ -326,15 +329,15 @@ class Graphable:
         if reason is not None:
             warnings.warn(f"{reason}: explaining its eager module from now on", RuntimeWarning, stacklevel=3)
             with self._compile_lock:
-                self._model_compile_options, self._compiled_call = None, None
+                self._model_compile_options, self._compiled_calls = None, {}
             return call(self, *args, **kwargs)
         with self._compile_lock:
-            compiled_call = self._compiled_call
+            compiled_call = self._compiled_calls.get(call)
             if compiled_call is None:
-                compiled_call = self._compiled_call = _traced(call, self._model_compile_options)
+                compiled_call = self._compiled_calls[call] = _traced(call, self._model_compile_options)
         try:
             result = compiled_call(self, *args, **kwargs)
-        except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.FailOnRecompileLimitHit) as error:
+        except (_compat.compiler_unsupported(), _compat.recompile_limit_hit()) as error:
             result = call(self, *args, **kwargs)  # bad arguments raise their own error here
             reason = str(error).strip().splitlines()[0]
             targets = args[1] if len(args) > 1 else kwargs.get("targets")
@@ -353,11 +356,11 @@ class Graphable:
                 stacklevel=3,
             )
             with self._compile_lock:
-                self._model_compile_options, self._compiled_call = None, None
+                self._model_compile_options, self._compiled_calls = None, {}
             return result
         # Outputs of a CUDA-graphed compilation (mode="reduce-overhead") live in buffers that the
         # next call overwrites: the caller gets maps of its own.
-        return torch.utils._pytree.tree_map_only(Tensor, torch.Tensor.clone, result)
+        return _compat.map_tensors(torch.Tensor.clone, result)
 
     def _compile_blocker(self) -> str | None:
         """Why this explainer's calls cannot be compiled, or None."""
@@ -365,7 +368,7 @@ class Graphable:
 
     def __getstate__(self) -> dict[str, Any]:
         # a compiled function (or a lock) neither pickles nor belongs to a copy: the copy makes its own
-        return {**self.__dict__, "_compiled_call": None, "_compiled_forward": None, "_compile_lock": None}
+        return {**self.__dict__, "_compiled_calls": {}, "_compiled_forward": None, "_compile_lock": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

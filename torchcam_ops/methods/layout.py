@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten
+
+from torchcam_ops import _compat
 
 
 def agree_to_rounding(actual: Tensor, expected: Tensor, computed_in: torch.dtype | None = None) -> bool:
@@ -38,8 +39,8 @@ def agree_to_rounding(actual: Tensor, expected: Tensor, computed_in: torch.dtype
 def outputs_agree(actual: Any, expected: Any, computed_in: torch.dtype | None = None) -> bool:
     """:func:`agree_to_rounding` for model outputs of any structure (tensors, dicts, lists of them);
     leaves that are not tensors must be equal numbers, strings or None (anything else disagrees)."""
-    actual_leaves, actual_structure = tree_flatten(actual)
-    expected_leaves, expected_structure = tree_flatten(expected)
+    actual_leaves, actual_structure = _compat.flatten_tree(actual)
+    expected_leaves, expected_structure = _compat.flatten_tree(expected)
     if actual_structure != expected_structure:
         return False
     for a, e in zip(actual_leaves, expected_leaves):
