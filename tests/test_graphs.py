@@ -121,6 +121,31 @@ def test_compiled_fullgraph_equals_eager_and_does_not_recompile(name):
         torch.testing.assert_close(again, explainer(x2, targets), rtol=1e-5, atol=1e-5)
 
 
+@needs_compiled_autograd
+@pytest.mark.parametrize("name", list(EXPLAINERS))
+def test_every_explainer_traces_in_the_users_own_torch_compile_without_private_flags(name):
+    # A user's training step or pipeline compiled with plain torch.compile(fullgraph=True) that calls
+    # an explainer: the gradients are taken by torch.func while tracing, no dynamo flag is set.
+    torch._dynamo.reset()
+    assert not torch._dynamo.config.trace_autograd_ops
+    model = cnn()
+    x = torch.rand(2, 3, 16, 16)
+    with EXPLAINERS[name](model) as explainer:
+        function = torch.compile(lambda x, t: explainer(x, t), fullgraph=True, backend=BACKENDS.get(name, "aot_eager"))
+        if name in RULE_EXPLAINERS:  # their rules' ops cannot run under torch.func: a clear refusal
+            with pytest.raises(
+                Exception, match=r"cannot be traced inside your own torch.compile; use explainer.compiled"
+            ):
+                function(x, torch.tensor([1, 4]))
+            return
+        for targets in (torch.tensor([1, 4]), torch.tensor([[1, 2], [4, 0]])):
+            torch.testing.assert_close(function(x, targets), explainer(x, targets), rtol=1e-5, atol=1e-5)
+    assert x.grad is None
+
+
+RULE_EXPLAINERS = ("tsgb", "guided", "guided_gradcam")
+
+
 def _traces_requires_grad() -> bool:
     """Whether this torch.compile traces ``requires_grad_`` (torch 2.11 does not; 2.15 does)."""
     torch._dynamo.reset()

@@ -71,6 +71,12 @@ def compiler_traces_autograd() -> bool:
     return hasattr(torch._dynamo.config, "trace_autograd_ops")
 
 
+def autograd_is_traced() -> bool:
+    """Whether the compiler traces ``torch.autograd.grad`` now (``trace_autograd_ops`` set, as
+    :func:`tracing_autograd` does; off in a user's own ``torch.compile`` by default)."""
+    return bool(getattr(torch._dynamo.config, "trace_autograd_ops", False))
+
+
 def tracing_autograd() -> contextlib.AbstractContextManager[Any]:
     """A block in which the compiler traces ``torch.autograd.grad`` (for the compilations the package
     starts itself; a user's own ``torch.compile`` is not changed)."""

@@ -350,6 +350,15 @@ def slice_targets(targets: Targets, start: int, stop: int, batch: int) -> Target
     return targets
 
 
+def _adding_at_call(delta: Tensor, index: int) -> Callable[[Tensor, int], Tensor]:
+    """A capture substitute: the layer's output plus ``delta`` at call ``index``, a copy at the others."""
+
+    def substitute(output: Tensor, call: int) -> Tensor:
+        return output + delta if call == index else output.clone()
+
+    return substitute
+
+
 class BaseCAM(Graphable):
     """A gradient-weighted class activation map explainer; subclasses name a ``cam_reduce`` method.
 
@@ -526,6 +535,8 @@ class BaseCAM(Graphable):
         """Layer outputs (detached unless ``create_graph``); per layer, their gradients for each of
         the T targets; whether T targets per image were asked for; the class indices [N, T] (None
         for callable targets)."""
+        if torch.compiler.is_compiling() and not _compat.autograd_is_traced():
+            return self._functional_activations_and_gradients(x, targets, create_graph)
         with capture_outputs(self.layers) as captured, torch.enable_grad():
             output = self.model(graph_input(x))
             scores, multi, indices = target_scores(output, targets, x.shape[0])
@@ -554,6 +565,50 @@ class BaseCAM(Graphable):
         activations = [a if create_graph else a.detach() for a in activations]
         gradients = [[per_target[t][i] for t in range(count)] for i in range(len(self.layers))]
         return activations, gradients, multi, indices
+
+    def _functional_activations_and_gradients(
+        self, x: Tensor, targets: Targets, create_graph: bool
+    ) -> tuple[list[Tensor], list[list[Tensor]], bool, Tensor | None]:
+        """:meth:`_activations_and_gradients` in code that torch.compile traces without tracing
+        ``torch.autograd.grad`` (a user's own ``torch.compile``): the gradient to a layer's output is
+        the gradient of the scores to a zero added to it, taken by ``torch.func.vjp``. A first forward
+        pass without gradients gives the outputs' shapes; nothing uses its results, so the compiled
+        code drops it."""
+        x = x.detach()
+        with torch.no_grad(), capture_outputs(self.layers) as probe:
+            self.model(x)
+        calls = []
+        for layer in self.layers:
+            outputs = probe[id(layer.module)]
+            self._layer_output(layer, outputs)  # the layer ran, and the call exists
+            calls.append(0 if layer.call is None else layer.call % len(outputs))
+        zeros = [torch.zeros_like(probe[id(layer.module)][call]) for layer, call in zip(self.layers, calls)]
+        asked_for_several: list[bool] = []
+
+        def scores_of(deltas: list[Tensor]) -> tuple[Tensor, tuple[list[Tensor], Tensor | None]]:
+            substitutes = {
+                id(layer.module): _adding_at_call(delta, call) for layer, delta, call in zip(self.layers, deltas, calls)
+            }
+            with capture_outputs(self.layers, substitutes) as captured:
+                output = self.model(x)
+                scores, multi, indices = target_scores(output, targets, x.shape[0])
+            asked_for_several.append(multi)
+            return scores, ([captured[id(layer.module)][call] for layer, call in zip(self.layers, calls)], indices)
+
+        with torch.enable_grad():
+            scores, vjp, (outputs, indices) = torch.func.vjp(scores_of, zeros, has_aux=True)
+            count = int(scores.shape[1])
+            per_target = []
+            for t in range(count):
+                seed = torch.zeros_like(scores).index_fill_(1, torch.tensor([t], device=scores.device), 1.0)
+                (grads,) = vjp(seed)
+                per_target.append([self._channel_maps(g, name) for (name, _, _), g in zip(self.layers, grads)])
+        activations = [self._channel_maps(out, name) for (name, _, _), out in zip(self.layers, outputs)]
+        if not create_graph:
+            activations = [a.detach() for a in activations]
+            per_target = [[g.detach() for g in grads] for grads in per_target]
+        gradients = [[per_target[t][i] for t in range(count)] for i in range(len(self.layers))]
+        return activations, gradients, asked_for_several[0], indices
 
     def _channel_maps(self, out: Tensor, name: str) -> Tensor:
         return channel_maps(out, self.reshape, self.grid, name)

@@ -117,6 +117,25 @@ def hook_held() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def hook_present() -> Iterator[None]:
+    """The capture hook present while the block runs, in eager code or in code torch.compile traces
+    (where the hook's addition and removal are traced too); nothing to do when it is there already."""
+    if not torch.compiler.is_compiling():
+        with hook_held():
+            yield
+        return
+    hooks = _compat.global_forward_hooks()
+    added = _HOOK_KEY not in hooks
+    if added:
+        hooks[_HOOK_KEY] = _record_output
+    try:
+        yield
+    finally:
+        if added:
+            hooks.pop(_HOOK_KEY, None)
+
+
+@contextlib.contextmanager
 def capture_outputs(
     layers: Sequence[tuple[str, nn.Module, Any]], substitutes: dict[int, Substitute] | None = None
 ) -> Iterator[dict[int, list[Tensor]]]:
@@ -127,18 +146,12 @@ def capture_outputs(
     capture = _Capture(layers, substitutes or {})
     recorded = {key: outputs for key, (_, outputs, _) in capture.layers.items()}
     if torch.compiler.is_compiling():
-        # A user's own torch.compile traces the hook's addition and removal as well.
-        hooks = _compat.global_forward_hooks()
-        added = _HOOK_KEY not in hooks
-        if added:
-            hooks[_HOOK_KEY] = _record_output
         previous, _traced_capture = _traced_capture, capture
         try:
-            yield recorded
+            with hook_present():
+                yield recorded
         finally:
             _traced_capture = previous
-            if added:
-                hooks.pop(_HOOK_KEY, None)
         return
     previous = getattr(_thread_state, "capture", None)
     _acquire_hook()

@@ -2,11 +2,9 @@
 
 An explainer call reads no device data on the host and changes no shared state, so the whole call,
 forward pass, gradients and map arithmetic, can be traced by ``torch.compile(fullgraph=True)`` and
-captured in a CUDA graph. Torch traces ``torch.autograd.grad`` only with
-``torch._dynamo.config.trace_autograd_ops = True`` (off by default in torch 2.15): :func:`compiled`
-sets it for the calls it makes; a plain ``torch.compile(lambda x, t: explainer(x, t), fullgraph=True)``
-works once the user has set it and, with a torch.compile that cannot trace ``requires_grad_`` (torch
-2.11), passes an ``x`` that requires grad (:func:`graph_input`).
+captured in a CUDA graph. :func:`compiled` has the compiler trace ``torch.autograd.grad`` for the calls it
+makes (``_compat.tracing_autograd``); in a user's own ``torch.compile``, which does not, the CAMs take
+their gradients with ``torch.func`` while tracing (``BaseCAM._functional_activations_and_gradients``).
 """
 
 from __future__ import annotations

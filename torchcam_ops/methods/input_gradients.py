@@ -52,6 +52,13 @@ class _InputGradientExplainer(Graphable):
         x = check_input(x)
         if callable(targets) and not isinstance(targets, Tensor):
             raise ValueError("targets: this explainer seeds one-hot class logits, so it needs class indices")
+        if torch.compiler.is_compiling() and not _compat.autograd_is_traced():
+            # A user's own torch.compile does not trace torch.autograd.grad, and the rules' ops
+            # (autograd written in C++) cannot run under torch.func, which the CAMs use there.
+            raise RuntimeError(
+                f"{type(self).__name__}: its backward rules cannot be traced inside your own torch.compile; "
+                "use explainer.compiled() (a compiled call of its own) or call it outside the compiled function"
+            )
         with preserve_buffers(self.model), self._rules(), torch.enable_grad():
             leaf = graph_input(x)
             logits = self.model(leaf)
