@@ -27,7 +27,8 @@ import torch
 
 from torchcam_ops import models
 from torchcam_ops.methods import METHODS, make_explainer
-from torchcam_ops.methods.base import check_class_indices, resolve_layers
+from torchcam_ops.methods.layers import resolve_layers
+from torchcam_ops.methods.targeting import check_class_indices
 from torchcam_ops.report import Report, Table
 
 DEFAULT_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from torchcam_ops.methods import explain
-from torchcam_ops.methods.base import LayerSpec
+from torchcam_ops.methods.layers import LayerSpec
 from torchcam_ops.metrics import boxes_to_mask, energy_pointing_game
 
 __all__ = ["assert_explanation_in_region", "explanation_energy"]

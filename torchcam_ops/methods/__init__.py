@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from torchcam_ops.methods.ablationcam import AblationCAM
 from torchcam_ops.methods.abscam import AbsCAM
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Reshape, Targets
+from torchcam_ops.methods.base import BaseCAM
 from torchcam_ops.methods.cam import CAM
 from torchcam_ops.methods.eigencam import EigenCAM
 from torchcam_ops.methods.gig_cam import GIGCAM, PathDiagnostics, multiscale_fusion
@@ -20,7 +20,9 @@ from torchcam_ops.methods.hirescam import HiResCAM
 from torchcam_ops.methods.input_gradients import TSGB, GuidedBackprop, GuidedGradCAM
 from torchcam_ops.methods.integrated_gradcam import IntegratedGradCAM
 from torchcam_ops.methods.layercam import LayerCAM
+from torchcam_ops.methods.layers import LayerSpec, Reshape
 from torchcam_ops.methods.scorecam import ScoreCAM
+from torchcam_ops.methods.targeting import Targets
 from torchcam_ops.methods.xgradcam import XGradCAM
 
 # GIG-CAM+M sizes relative to the input: 1, 1.45, 1.9, 2.35 (224, 325, 426, 526 for a 224-px input), the

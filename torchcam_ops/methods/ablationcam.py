@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import LayerSpec, Reshape, check_on_device
+from torchcam_ops.methods.calls import check_on_device
 from torchcam_ops.methods.capture import capture_outputs
 from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
+from torchcam_ops.methods.layers import LayerSpec, Reshape
 from torchcam_ops.methods.layout import agree_to_rounding
 from torchcam_ops.methods.masking import (
     CPU_MASKS_PER_FORWARD,

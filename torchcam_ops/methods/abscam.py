@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Reshape, Targets, map_dtype, slice_targets
+from torchcam_ops.methods.base import BaseCAM
+from torchcam_ops.methods.calls import map_dtype
+from torchcam_ops.methods.layers import LayerSpec, Reshape
 from torchcam_ops.methods.masking import (
     MasksPerForward,
     channel_chunks,
@@ -15,6 +17,7 @@ from torchcam_ops.methods.masking import (
     masked_scores,
     resolve_masks_per_forward,
 )
+from torchcam_ops.methods.targeting import Targets, slice_targets
 from torchcam_ops.ops import cam_postprocess
 
 

@@ -14,340 +14,33 @@ graph capture and under ``torch.compile``.
 
 from __future__ import annotations
 
-import contextlib
-import math
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar, Literal, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from torchcam_ops import _compat
 from torchcam_ops._extension import assert_has_ops
+from torchcam_ops.methods.calls import check_input, check_positive_or_none, map_dtype, preserve_buffers
 from torchcam_ops.methods.capture import capture_outputs
 from torchcam_ops.methods.graphs import Graphable, explainer_call, graph_input
-from torchcam_ops.nn.rules import refuse_inference_mode, shield_buffers
+from torchcam_ops.methods.layers import LayerSpec, Reshape, TargetLayer, channel_maps, check_reshape, resolve_layers
+from torchcam_ops.methods.targeting import Targets, class_indices, resolve_targets, slice_targets
 from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce, check_output_size
 
-#: What ``targets`` may be: ``None`` (each image's top class), a class index, one index per image,
-#: a LongTensor ``[N]`` or ``[N, T]`` (T classes per image, one forward pass), or a callable that maps
-#: the model output to scores ``[N]`` or ``[N, T]`` (for models returning tuples/dicts, or
-#: segmentation-style scores).
-Targets = None | int | Sequence[int] | Tensor | Callable[[Any], Tensor]
-LayerSpec = str | nn.Module
-#: How a target layer's output becomes channel maps ``[N, K, h, w]``: None (it already is), ``"tokens"``
-#: (``[N, L, C]`` tokens of a vision transformer, a leading class token dropped), ``"channels_last"``
-#: (``[N, h, w, C]``, Swin and ConvNeXt blocks), or a callable returning ``[N, K, h, w]``.
-Reshape = None | Literal["tokens", "channels_last"] | Callable[[Tensor], Tensor]
 
+class LayerGradients(NamedTuple):
+    """What one forward pass and its gradients give a CAM, per target layer."""
 
-class TargetLayer(NamedTuple):
-    """A target layer: its name as given (``"layer4"``, ``"_swish@-1"``), the module, and which of
-    its calls in one forward pass is explained (None: it must run exactly once)."""
-
-    name: str
-    module: nn.Module
-    call: int | None
-
-
-def resolve_layers(model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec]) -> list[TargetLayer]:
-    """Each target layer, given as a module of ``model`` or a dotted name. A name may end in ``@k``
-    to explain the k-th call (0-based, negative from the end) of a module that runs several times
-    in one forward pass, such as a shared activation module.
-
-    Args:
-        model: the model the layers belong to.
-        target_layers: a module of ``model``, a dotted name such as ``"layer4.2"`` (optionally ending in
-            ``@k``), or a non-empty sequence of them.
-
-    Returns:
-        One :class:`TargetLayer` per given layer, in the given order: the name (as given, or the
-        module's dotted name in ``model``), the module, and the call index (None when not given).
-
-    Raises:
-        ValueError: ``target_layers`` is empty or not a sequence, a name has no submodule in ``model``
-            or a call index after ``@`` that is not an int, or a module is not part of ``model``.
-        TypeError: an element is neither a module nor a str.
-    """
-    if isinstance(target_layers, (str, nn.Module)):
-        target_layers = [target_layers]
-    if not isinstance(target_layers, Sequence) or len(target_layers) == 0:
-        raise ValueError(
-            "target_layers: expected a module of the model, a dotted name such as 'layer4.2', "
-            f"or a non-empty list of them, got {target_layers!r}"
-        )
-    names = {id(module): name for name, module in model.named_modules()}
-    layers = []
-    for layer in target_layers:
-        if isinstance(layer, str):
-            path, _, call = layer.partition("@")
-            try:
-                call_index = int(call) if call else None
-            except ValueError:
-                raise ValueError(
-                    f"target_layers: {layer!r}: expected a call index after '@' (e.g. '_swish@-1' for the last call)"
-                ) from None
-            try:
-                layers.append(TargetLayer(layer, model.get_submodule(path), call_index))
-            except AttributeError:
-                raise ValueError(f"target_layers: the model has no submodule {path!r}") from None
-        elif isinstance(layer, nn.Module):
-            if id(layer) not in names:
-                raise ValueError(f"target_layers: {type(layer).__name__} module is not part of the model")
-            layers.append(TargetLayer(names[id(layer)], layer, None))
-        else:
-            raise TypeError(f"target_layers: expected modules or dotted names, got {type(layer).__name__}")
-    return layers
-
-
-@contextlib.contextmanager
-def preserve_buffers(model: nn.Module) -> Iterator[None]:
-    """The model's buffers are never written while the block runs (BatchNorm running statistics of
-    modules in training mode update copies; :class:`~torchcam_ops.nn.rules.BufferShield`): explaining a
-    model that is being trained moves none of its statistics and leaves a pending training step valid."""
-    with shield_buffers(model):
-        yield
-
-
-def map_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Maps are float32 for half-precision inputs and keep float64 for float64 inputs."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def expanded_baseline(baseline: Tensor | float, x: Tensor) -> Tensor:
-    """The baseline as a tensor like x: a number is filled on x's device (no host-to-device copy)."""
-    if isinstance(baseline, Tensor):
-        return baseline.to(dtype=x.dtype, device=x.device).expand_as(x)
-    return torch.full_like(x, float(baseline))
-
-
-def check_on_device(ok: Tensor, message: str) -> None:
-    """Raises ``ValueError(message)`` unless the boolean tensor ``ok`` is True. CPU tensors are
-    checked at once; tensors on other devices, and any tensor while ``torch.compile`` traces, are
-    checked asynchronously (a ``RuntimeError`` with the same message, at the
-    latest when the result is next read), so the check never stalls the host on device data."""
-    if ok.device.type == "cpu" and not torch.compiler.is_compiling():
-        if not bool(ok):
-            raise ValueError(message)
-    else:
-        _compat.assert_async(ok, message)
-
-
-def check_reshape(reshape: Any, grid: Any) -> None:
-    """``reshape`` and ``grid`` as :class:`BaseCAM` accepts them, else ValueError or TypeError."""
-    if reshape is not None and reshape not in ("tokens", "channels_last") and not callable(reshape):
-        raise ValueError(
-            "reshape: expected None, 'tokens' ([N, L, C] transformer tokens), 'channels_last' ([N, h, w, C]) "
-            f"or a callable returning [N, K, h, w], got {reshape!r}"
-        )
-    if grid is not None:
-        if reshape != "tokens":
-            raise ValueError(f"grid: only used with reshape='tokens', got reshape={reshape!r}")
-        if (
-            not isinstance(grid, Sequence)
-            or len(grid) != 2
-            or any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in grid)
-        ):
-            raise ValueError(f"grid: expected (height, width), two positive ints, got {grid!r}")
-
-
-def channel_maps(out: Tensor, reshape: Reshape, grid: tuple[int, int] | None, name: str) -> Tensor:
-    """A target layer's output (or its gradient) as channel maps ``[N, K, h, w]``.
-
-    ``"tokens"``: ``[N, L, C]`` becomes ``[N, C, h, w]``; with ``grid=(h, w)``, L must be h*w or
-    1 + h*w (a leading class token, dropped); without it, L must be a square s*s (grid s x s) or
-    1 + s*s. ``"channels_last"``: ``[N, h, w, C]`` becomes ``[N, C, h, w]``. A callable's result is
-    used as it is. The layout change is linear, so the gradient of the channel maps is the same
-    transform of the output's gradient.
-
-    Raises:
-        ValueError: the output does not have the layout ``reshape`` expects, or the result is not 4-D.
-        TypeError: a callable ``reshape`` returns something other than a tensor.
-    """
-    if reshape == "tokens":
-        if out.dim() != 3:
-            raise ValueError(
-                f"target layer {name!r}: reshape='tokens' expects [N, L, C] tokens, got shape {list(out.shape)}"
-            )
-        batch, length, channels = out.shape
-        if grid is not None:
-            height, width = grid
-            if length not in (height * width, height * width + 1):
-                raise ValueError(
-                    f"target layer {name!r}: {length} tokens do not fit grid={tuple(grid)} "
-                    f"(expected {height * width} patch tokens, or 1 class token + {height * width})"
-                )
-        else:
-            side = math.isqrt(length)
-            if side * side != length:
-                side = math.isqrt(length - 1)
-                if side * side != length - 1:
-                    raise ValueError(
-                        f"target layer {name!r}: {length} tokens are neither a square grid of patches nor "
-                        "a class token followed by one; pass grid=(height, width)"
-                    )
-            height = width = side
-        out = out[:, length - height * width :].reshape(batch, height, width, channels).permute(0, 3, 1, 2)
-    elif reshape == "channels_last":
-        if out.dim() != 4:
-            raise ValueError(
-                f"target layer {name!r}: reshape='channels_last' expects [N, h, w, C], got shape {list(out.shape)}"
-            )
-        out = out.permute(0, 3, 1, 2)
-    elif reshape is not None:
-        result = reshape(out)
-        if not isinstance(result, Tensor):
-            raise TypeError(f"reshape: the callable must return a tensor [N, K, h, w], got {type(result).__name__}")
-        out = result
-    if out.dim() != 4:
-        after = "" if reshape is None else f" after reshape={reshape!r}"
-        hint = "" if reshape is not None else " (pass reshape='tokens', 'channels_last' or a callable)"
-        raise ValueError(
-            f"target layer {name!r}: expected a 4-D [N, K, h, w] output{after}, got shape {list(out.shape)}{hint}"
-        )
-    return out.contiguous()
-
-
-def check_positive_or_none(name: str, value: Any) -> None:
-    """A count such as a batch size: a positive int, or None for no bound."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name}: expected a positive int or None, got {value!r}")
-
-
-def check_input(x: Any) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x: expected a torch.Tensor batch [N, C, H, W], got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"x: expected a 4-D batch [N, C, H, W], got shape {list(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError("x: the batch is empty")
-    if not x.is_floating_point():
-        raise TypeError(f"x: expected a floating-point tensor, got {x.dtype}")
-    refuse_inference_mode("explainer")
-    check_on_device(torch.isfinite(x).all(), "x: the input contains NaN or infinite values")
-    return x
-
-
-def target_scores(output: Any, targets: Targets, batch: int) -> tuple[Tensor, bool, Tensor | None]:
-    """Scores ``[N, T]`` of the requested classes, whether T classes per image were asked for, and
-    the class indices ``[N, T]`` (None for a callable target)."""
-    if callable(targets) and not isinstance(targets, Tensor):
-        scores = targets(output)
-        if (
-            not isinstance(scores, Tensor)
-            or scores.dim() not in (1, 2)
-            or scores.shape[0] != batch
-            or (scores.dim() == 2 and scores.shape[1] == 0)
-        ):
-            raise ValueError(
-                f"targets: a callable target must return scores [N] or [N, T] with N = {batch} and T >= 1, got "
-                f"{list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__}"
-            )
-        if not scores.is_floating_point():
-            raise TypeError(f"targets: a callable target must return floating-point scores, got {scores.dtype}")
-        if not scores.requires_grad and torch.is_grad_enabled():
-            raise ValueError(
-                "targets: the callable target returned scores without a gradient to the model output "
-                "(detached, or computed under torch.no_grad()); return a differentiable function of the output"
-            )
-        check_finite_scores(scores)
-        return (scores[:, None], False, None) if scores.dim() == 1 else (scores, True, None)
-    if not isinstance(output, Tensor) or output.dim() != 2:
-        described = f"shape {list(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
-        raise TypeError(
-            f"the model output ({described}) is not [N, classes] logits; pass targets as a callable "
-            "that maps the output to scores [N] or [N, T]"
-        )
-    indices, multi = class_indices(targets, batch, output.shape[1], output)
-    indices = indices.to(output.device)
-    scores = output.gather(1, indices)
-    check_finite_scores(scores)
-    return scores, multi, indices
-
-
-def check_finite_scores(scores: Tensor) -> None:
-    """A NaN or infinite target score has no meaningful gradient: refused (on the CPU; see
-    :func:`check_on_device`) rather than turned into a NaN or an all-zero map."""
-    check_on_device(
-        torch.isfinite(scores.detach()).all(),
-        "the model output: a target score is NaN or infinite, so no map can be computed "
-        "(check the input and the model's weights)",
-    )
-
-
-def class_indices(
-    targets: Targets, batch: int, num_classes: int | None, logits: Tensor | None = None
-) -> tuple[Tensor, bool]:
-    """Class indices ``[N, T]`` from a target specification, validated against ``num_classes``
-    (not validated when it is None: the caller checks them against the model output later).
-    Python ints are checked on the host; tensors with :func:`check_on_device`."""
-    if targets is None:
-        if logits is None:
-            raise ValueError("targets: None needs the model output")
-        return logits.detach().argmax(1, keepdim=True), False
-    if isinstance(targets, bool):
-        raise TypeError("targets: expected class indices, got a bool")
-    if isinstance(targets, int):
-        check_class_indices([targets], num_classes)
-        return torch.full((batch, 1), targets, dtype=torch.long), False
-    if isinstance(targets, Tensor):
-        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-            raise TypeError(f"targets: expected an integer tensor of class indices, got {targets.dtype}")
-        if targets.dim() == 0:
-            indices, multi = targets.reshape(1, 1).expand(batch, 1).long(), False
-        elif targets.dim() == 1 and targets.shape[0] == batch:
-            indices, multi = targets[:, None].long(), False
-        elif targets.dim() == 2 and targets.shape[0] == batch and targets.shape[1] >= 1:
-            indices, multi = targets.long(), True
-        else:
-            raise ValueError(
-                f"targets: expected a tensor of shape [N] or [N, T] with N = {batch}, got {list(targets.shape)}"
-            )
-        if num_classes is not None:
-            check_on_device(
-                ((indices >= 0) & (indices < num_classes)).all(),
-                f"targets: a class index is out of range for a model with {num_classes} outputs "
-                f"(expected 0 <= index < {num_classes})",
-            )
-        return indices, multi
-    if isinstance(targets, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
-        if len(targets) != batch:
-            raise ValueError(f"targets: expected {batch} class indices (one per image), got {len(targets)}")
-        check_class_indices(targets, num_classes)
-        return torch.tensor(list(targets), dtype=torch.long)[:, None], False
-    raise TypeError(
-        f"targets: expected None, an int, a sequence of ints, a LongTensor or a callable, got {type(targets).__name__}"
-    )
-
-
-def check_class_indices(indices: Sequence[int], num_classes: int | None) -> None:
-    """Python class indices in [0, num_classes) (non-negative when num_classes is None), else ValueError."""
-    for index in indices:
-        if num_classes is not None and not 0 <= index < num_classes:
-            raise ValueError(
-                f"targets: class index {index} is out of range for a model with {num_classes} outputs "
-                f"(expected 0 <= index < {num_classes})"
-            )
-        if index < 0:
-            raise ValueError(f"targets: class index {index} is out of range (class indices are non-negative)")
-        if index >= 2**63:
-            raise ValueError(f"targets: class index {index} is out of range (class indices are int64)")
-
-
-def slice_targets(targets: Targets, start: int, stop: int, batch: int) -> Targets:
-    """The targets of images [start, stop) of a batch of ``batch`` images. Per-image targets are
-    checked against the whole batch, so that a chunk never reuses another chunk's targets."""
-    if isinstance(targets, Tensor) and targets.dim() >= 1:
-        if targets.shape[0] != batch:
-            raise ValueError(
-                f"targets: expected a tensor of shape [N] or [N, T] with N = {batch}, got {list(targets.shape)}"
-            )
-        return targets[start:stop]
-    if isinstance(targets, Sequence) and not isinstance(targets, str):
-        if len(targets) != batch:
-            raise ValueError(f"targets: expected {batch} class indices (one per image), got {len(targets)}")
-        return list(targets[start:stop])
-    return targets
+    #: the layer outputs as channel maps ``[n, K, h, w]`` (detached unless ``create_graph``)
+    activations: list[Tensor]
+    #: per layer, the gradients ``[n, K, h, w]`` of each of the T targets' scores
+    gradients: list[list[Tensor]]
+    #: whether T targets per image were asked for
+    multi: bool
+    #: the class indices ``[n, T]``; None for a callable target
+    indices: Tensor | None
 
 
 def _adding_at_call(delta: Tensor, index: int) -> Callable[[Tensor, int], Tensor]:
@@ -529,9 +222,7 @@ class BaseCAM(Graphable):
             return BaseCAM._layer_maps(self, x, targets, create_graph)
         return self._call_compiled(BaseCAM._layer_maps, x, targets, create_graph)
 
-    def _activations_and_gradients(
-        self, x: Tensor, targets: Targets, create_graph: bool = False
-    ) -> tuple[list[Tensor], list[list[Tensor]], bool, Tensor | None]:
+    def _activations_and_gradients(self, x: Tensor, targets: Targets, create_graph: bool = False) -> LayerGradients:
         """Layer outputs (detached unless ``create_graph``); per layer, their gradients for each of
         the T targets; whether T targets per image were asked for; the class indices [N, T] (None
         for callable targets)."""
@@ -539,7 +230,7 @@ class BaseCAM(Graphable):
             return self._functional_activations_and_gradients(x, targets, create_graph)
         with capture_outputs(self.layers) as captured, torch.enable_grad():
             output = self.model(graph_input(x))
-            scores, multi, indices = target_scores(output, targets, x.shape[0])
+            scores, multi, indices = resolve_targets(output, targets, x.shape[0])
             outputs = [self._layer_output(layer, captured[id(layer.module)]) for layer in self.layers]
             activations = [self._channel_maps(out, name) for (name, _, _), out in zip(self.layers, outputs)]
             for (name, _, _), out in zip(self.layers, outputs):
@@ -564,11 +255,9 @@ class BaseCAM(Graphable):
                 per_target.append([self._channel_maps(g, name) for (name, _, _), g in zip(self.layers, grads)])
         activations = [a if create_graph else a.detach() for a in activations]
         gradients = [[per_target[t][i] for t in range(count)] for i in range(len(self.layers))]
-        return activations, gradients, multi, indices
+        return LayerGradients(activations, gradients, multi, indices)
 
-    def _functional_activations_and_gradients(
-        self, x: Tensor, targets: Targets, create_graph: bool
-    ) -> tuple[list[Tensor], list[list[Tensor]], bool, Tensor | None]:
+    def _functional_activations_and_gradients(self, x: Tensor, targets: Targets, create_graph: bool) -> LayerGradients:
         """:meth:`_activations_and_gradients` in code that torch.compile traces without tracing
         ``torch.autograd.grad`` (a user's own ``torch.compile``): the gradient to a layer's output is
         the gradient of the scores to a zero added to it, taken by ``torch.func.vjp``. A first forward
@@ -591,7 +280,7 @@ class BaseCAM(Graphable):
             }
             with capture_outputs(self.layers, substitutes) as captured:
                 output = self.model(x)
-                scores, multi, indices = target_scores(output, targets, x.shape[0])
+                scores, multi, indices = resolve_targets(output, targets, x.shape[0])
             asked_for_several.append(multi)
             return scores, ([captured[id(layer.module)][call] for layer, call in zip(self.layers, calls)], indices)
 
@@ -608,7 +297,7 @@ class BaseCAM(Graphable):
             activations = [a.detach() for a in activations]
             per_target = [[g.detach() for g in grads] for grads in per_target]
         gradients = [[per_target[t][i] for t in range(count)] for i in range(len(self.layers))]
-        return activations, gradients, asked_for_several[0], indices
+        return LayerGradients(activations, gradients, asked_for_several[0], indices)
 
     def _channel_maps(self, out: Tensor, name: str) -> Tensor:
         return channel_maps(out, self.reshape, self.grid, name)

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import LayerSpec, Reshape
 from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
+from torchcam_ops.methods.layers import LayerSpec, Reshape
 from torchcam_ops.nn.convert import find_classifier
 
 

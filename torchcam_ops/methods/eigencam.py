@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchcam_ops.methods.base import Targets, class_indices
 from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
+from torchcam_ops.methods.targeting import Targets, class_indices
 
 
 class EigenCAM(GradientFreeCAM):

@@ -11,19 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import (
-    BaseCAM,
-    LayerSpec,
-    Reshape,
-    Targets,
-    expanded_baseline,
-    map_dtype,
-    preserve_buffers,
-    slice_targets,
-)
+from torchcam_ops.methods.base import BaseCAM
+from torchcam_ops.methods.calls import expanded_baseline, map_dtype, preserve_buffers
 from torchcam_ops.methods.graphs import explainer_call
+from torchcam_ops.methods.layers import LayerSpec, Reshape
 from torchcam_ops.methods.layout import computes_same_channels_last
 from torchcam_ops.methods.masking import check_masks_per_forward
+from torchcam_ops.methods.targeting import Targets, slice_targets
 from torchcam_ops.ops import cam_postprocess
 
 
@@ -78,6 +72,25 @@ class PathDiagnostics(NamedTuple):
 
     path_ends: tuple[Tensor, ...]
     unfinished_steps: Tensor
+
+
+class _PathWalk(NamedTuple):
+    """The walk of one input scale: Phi ``[N, T, h, w]``, the paths' final positions ``[N, T, H, W]``,
+    and the count of unfinished steps."""
+
+    phi: Tensor
+    ends: Tensor
+    unfinished: Tensor
+
+
+class _ChunkWalk(NamedTuple):
+    """The walks of a chunk of images: Phi fused over the scales ``[n, T, h, w]``, whether T targets
+    per image were asked for, the path ends per scale, and the unfinished steps."""
+
+    maps: Tensor
+    multi: bool
+    path_ends: list[Tensor]
+    unfinished: Tensor
 
 
 class GIGCAM(BaseCAM):
@@ -207,13 +220,13 @@ class GIGCAM(BaseCAM):
             )
             for start, stop in self._chunks(x.shape[0], x.device)
         ]
-        multi = chunks[0][1]
-        maps = torch.cat([chunk[0] for chunk in chunks])  # [N, T, h, w]
+        multi = chunks[0].multi
+        maps = torch.cat([chunk.maps for chunk in chunks])  # [N, T, h, w]
         batch, count = maps.shape[:2]
         if not raw:
             maps = cam_postprocess(maps.flatten(0, 1), size, relu=False).reshape(batch, count, *size)
-        path_ends = tuple(torch.cat(per_chunk) for per_chunk in zip(*(chunk[2] for chunk in chunks)))
-        unfinished = torch.stack([chunk[3] for chunk in chunks]).sum()
+        path_ends = tuple(torch.cat(per_chunk) for per_chunk in zip(*(chunk.path_ends for chunk in chunks)))
+        unfinished = torch.stack([chunk.unfinished for chunk in chunks]).sum()
         if not multi:
             maps, path_ends = maps[:, 0], tuple(end[:, 0] for end in path_ends)
         return maps, PathDiagnostics(path_ends, unfinished)
@@ -234,7 +247,7 @@ class GIGCAM(BaseCAM):
 
     def _explain_chunk(
         self, x: Tensor, targets: Targets, create_graph: bool, channels_last: bool = False
-    ) -> tuple[Tensor, bool, list[Tensor], Tensor]:
+    ) -> _ChunkWalk:
         """Phi ``[n, T, h, w]`` of a chunk of images (fused over the scales), whether T targets per
         image were asked for, the path ends per scale ``[n, T, h_s, w_s]`` and the unfinished steps."""
         indices, multi = self._fixed_targets(x, targets)
@@ -246,12 +259,12 @@ class GIGCAM(BaseCAM):
         inputs = [x] if self.scales is None else [self._resized(x, s) for s in self.scales]
         walks = [self._path_maps(z, indices, create_graph, channels_last) for z in inputs]
         if self.scales is None:
-            maps = walks[0][0]
+            maps = walks[0].phi
         else:
-            fused = multiscale_fusion([phi.flatten(0, 1) for phi, _, _ in walks])
+            fused = multiscale_fusion([walk.phi.flatten(0, 1) for walk in walks])
             maps = fused.reshape(batch, count, *fused.shape[-2:])
-        unfinished = torch.stack([walk[2] for walk in walks]).sum()
-        return maps, bool(multi), [walk[1] for walk in walks], unfinished
+        unfinished = torch.stack([walk.unfinished for walk in walks]).sum()
+        return _ChunkWalk(maps, bool(multi), [walk.ends for walk in walks], unfinished)
 
     def _chunks(self, batch: int, device: torch.device | None = None) -> list[tuple[int, int]]:
         if self.batch_size != "auto":
@@ -274,7 +287,7 @@ class GIGCAM(BaseCAM):
 
     def _path_maps(
         self, x: Tensor, indices: Tensor, create_graph: bool = False, channels_last: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> _PathWalk:
         """Phi ``[N, T, H, W]`` (un-normalised) for images x and class indices ``[N, T]``, the
         paths' final positions ``[N, T, H, W]`` and the count of unfinished steps. With
         ``create_graph``, Phi carries the gradients of the guides; the path itself (which pixels move
@@ -318,4 +331,4 @@ class GIGCAM(BaseCAM):
                 active = active & full_move  # a partial move meets the target: the step ends
             unfinished += active.sum()
         per_path = (batch, count, *phi.shape[-2:])
-        return phi.reshape(per_path), alpha.detach().reshape(per_path), unfinished
+        return _PathWalk(phi.reshape(per_path), alpha.detach().reshape(per_path), unfinished)

@@ -8,8 +8,11 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from torchcam_ops.methods.base import BaseCAM, TargetLayer, Targets, map_dtype, slice_targets, target_scores
+from torchcam_ops.methods.base import BaseCAM
+from torchcam_ops.methods.calls import map_dtype
 from torchcam_ops.methods.capture import capture_outputs
+from torchcam_ops.methods.layers import TargetLayer
+from torchcam_ops.methods.targeting import Targets, resolve_targets, slice_targets
 from torchcam_ops.ops import cam_postprocess
 
 
@@ -79,7 +82,7 @@ class GradientFreeCAM(BaseCAM):
                 f"the model output ({described}) is not [N, classes] logits; {type(self).__name__} weighs "
                 "channels by class scores, so it explains classifiers"
             )
-        _, multi, indices = target_scores(output, targets, batch)
+        _, multi, indices = resolve_targets(output, targets, batch)
         return indices, multi
 
     def _chunk_maps(self, x: Tensor, targets: Targets) -> tuple[list[Tensor], bool]:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from torchcam_ops import _compat
+from torchcam_ops.methods.calls import check_input
 from torchcam_ops.methods.capture import hook_held
 from torchcam_ops.methods.layout import may_try_channels_last
 
@@ -193,8 +194,6 @@ def explainer_call(call: Call) -> Call:
     def dispatch(self: Graphable, *args: Any, **kwargs: Any) -> Any:
         if self._model_compile_options is None or torch.compiler.is_compiling() or not self._compiles_with_model():
             return call(self, *args, **kwargs)
-        from torchcam_ops.methods.base import check_input  # base imports this module
-
         if args:  # bad input is refused before compiling, with the eager call's errors
             check_input(args[0])
         return self._call_compiled(call, *args, **kwargs)

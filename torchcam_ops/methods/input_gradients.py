@@ -11,17 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from torchcam_ops import _compat, ops
-from torchcam_ops.methods.base import (
-    LayerSpec,
-    Targets,
-    check_finite_scores,
-    check_input,
-    class_indices,
-    map_dtype,
-    preserve_buffers,
-)
+from torchcam_ops.methods.calls import check_input, map_dtype, preserve_buffers
 from torchcam_ops.methods.gradcam import GradCAM
 from torchcam_ops.methods.graphs import Graphable, explainer_call, graph_input
+from torchcam_ops.methods.layers import LayerSpec
+from torchcam_ops.methods.targeting import Targets, check_finite_scores, class_indices
 from torchcam_ops.nn.convert import find_classifier
 from torchcam_ops.nn.rules import guided_rules, tsgb_rules, uncompilable_rule
 

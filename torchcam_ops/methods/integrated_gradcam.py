@@ -7,7 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import BaseCAM, LayerSpec, Reshape, Targets, check_positive_or_none, expanded_baseline
+from torchcam_ops.methods.base import BaseCAM
+from torchcam_ops.methods.calls import check_positive_or_none, expanded_baseline
+from torchcam_ops.methods.layers import LayerSpec, Reshape
+from torchcam_ops.methods.targeting import Targets
 
 
 class IntegratedGradCAM(BaseCAM):

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import LayerSpec, Reshape, Targets, check_finite_scores
 from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
+from torchcam_ops.methods.layers import LayerSpec, Reshape
 from torchcam_ops.methods.masking import (
     MasksPerForward,
     channel_chunks,
@@ -18,6 +18,7 @@ from torchcam_ops.methods.masking import (
     masked_scores,
     resolve_masks_per_forward,
 )
+from torchcam_ops.methods.targeting import Targets, check_finite_scores
 from torchcam_ops.ops import cam_postprocess
 
 ScoreCAMVariant = Literal["original", "pytorch-grad-cam"]

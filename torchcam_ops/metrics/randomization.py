@@ -207,7 +207,7 @@ def _default_targets(model: nn.Module, x: Tensor, targets: Tensor | Sequence[int
     every stage, so that each stage explains the same class). The model's buffers come back as they
     were (a model in training mode updates its statistics)."""
     if targets is None:
-        from torchcam_ops.methods.base import preserve_buffers  # the methods import the metrics package
+        from torchcam_ops.methods.calls import preserve_buffers  # the methods import the metrics package
 
         with preserve_buffers(model), torch.no_grad():
             return model(x).argmax(1)
