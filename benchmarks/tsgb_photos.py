@@ -16,7 +16,8 @@ import time
 import torch
 
 from torchcam_ops import models
-from torchcam_ops.evaluation import make_explainer, photos_benchmark
+from torchcam_ops.evaluation import photos_benchmark
+from torchcam_ops.methods import make_explainer
 
 
 def time_tsgb() -> None:
@@ -45,7 +46,7 @@ def main() -> None:
     layer = models.spec("efficientnet_lite0").target_layer
     benchmark = photos_benchmark(model, preprocess, layer, "efficientnet_lite0")
     size = benchmark.x.shape[-1]
-    explainers = {name: make_explainer(name, model, layer, size) for name in ("tsgb", "gradcam")}
+    explainers = {name: make_explainer(name, model, [layer], input_size=size) for name in ("tsgb", "gradcam")}
     try:
         from torchcam_ops.nn import relevance_budget
     except ImportError:  # a version without the budget helper

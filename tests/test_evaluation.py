@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from torchcam_ops import evaluation
-from torchcam_ops.methods import GIGCAM, METHODS, AbsCAM, GradCAM
+from torchcam_ops.methods import GIGCAM, AbsCAM, GradCAM, make_explainer
 
 
 def _small_model() -> nn.Module:
@@ -21,14 +21,13 @@ def _small_model() -> nn.Module:
 
 def test_explainers_by_name():
     model = _small_model()
-    assert isinstance(evaluation.make_explainer("gradcam", model, "1", 96), GradCAM)
-    fused = evaluation.make_explainer("gig_cam+m", model, "1", 96)
+    assert isinstance(make_explainer("gradcam", model, ["1"], input_size=96), GradCAM)
+    fused = make_explainer("gig_cam+m", model, ["1"], input_size=96)
     assert isinstance(fused, GIGCAM) and fused.scales == (96, 139, 182, 226)
-    assert evaluation.make_explainer("abscam_phase1", model, "1", 96).phase == 1
-    assert isinstance(evaluation.make_explainer("abscam", model, "1", 96), AbsCAM)
+    assert make_explainer("abscam_phase1", model, ["1"], input_size=96).phase == 1
+    assert isinstance(make_explainer("abscam", model, ["1"], input_size=96), AbsCAM)
     with pytest.raises(ValueError, match="method: unknown method 'nope'"):
-        evaluation.make_explainer("nope", model, "1", 96)
-    assert evaluation.all_methods() == list(METHODS)
+        make_explainer("nope", model, ["1"], input_size=96)
 
 
 def test_one_process_without_torchrun(monkeypatch):

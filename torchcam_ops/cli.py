@@ -14,22 +14,18 @@ astronaut, rocket) and the shipped EfficientNet-Lite0.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import os
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from torchcam_ops import models
-from torchcam_ops.methods import METHODS, make_explainer
+from torchcam_ops import models, render, runs
+from torchcam_ops.methods import METHODS
 from torchcam_ops.methods.layers import resolve_layers
 from torchcam_ops.methods.targeting import check_class_indices
-from torchcam_ops.report import Report, Table
 
 DEFAULT_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
@@ -94,25 +90,6 @@ def _unique_name(name: str, taken: set[str]) -> str:
         unique = f"{name}-{copy}"
     taken.add(unique)
     return unique
-
-
-def _atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(temporary path)``, then the temporary file renamed to ``path``: an interrupted command
-    leaves complete files (or none), never a truncated one."""
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _write_csv(rows: list) -> Callable[[Path], None]:
-    def write(path: Path) -> None:
-        with open(path, "w", newline="") as f:
-            csv.writer(f).writerows(rows)
-
-    return write
 
 
 def to_rgb8(image) -> np.ndarray:
@@ -220,19 +197,6 @@ def _device(command: str, name: str) -> torch.device:
     return torch.device(name)
 
 
-def _thumbnail(picture, width: int = 360):
-    """A copy at most ``width`` pixels wide, for the report page (the overlay files keep full size)."""
-    if picture.width <= width:
-        return picture
-    return picture.resize((width, round(picture.height * width / picture.width)))
-
-
-def _synchronize(device: torch.device) -> None:
-    """Waits for the device's queued work, so that a clock read after it measures the work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _require_pictures(command: str) -> None:
     """Stops before any work when the pictures could not be drawn at the end."""
     from torchcam_ops import viz
@@ -260,8 +224,6 @@ def command_line(argv: list[str] | None) -> list[str]:
 
 
 def explain(args: argparse.Namespace) -> None:
-    from torchcam_ops import viz
-
     methods = _check_methods("explain", args.methods)
     _require_pictures("explain")
     args.out = args.out or str(DEFAULT_OUT / "explain")
@@ -276,85 +238,37 @@ def explain(args: argparse.Namespace) -> None:
         raise SystemExit(f"explain: --max-pixels: expected a positive number, got {args.max_pixels}")
     images = _load_images(args.images, args.max_pixels)
     x = torch.stack([preprocess(image) for _, image in images]).to(device)
-    size = x.shape[-1]
     label = (lambda c: categories[c]) if categories else str
 
-    with torch.no_grad():
-        probabilities = torch.cat([model(x[i : i + args.batch_size]) for i in range(0, len(x), args.batch_size)])
-        probabilities = probabilities.softmax(1)
-    top = probabilities.topk(min(3, probabilities.shape[1]), dim=1)
-    if args.targets:
-        targets = _parse_targets(args.targets, len(images), probabilities.shape[1]).to(device)
-    else:
-        targets = top.indices[:, 0]
-    for (name, _), p, c in zip(images, top.values.tolist(), top.indices.tolist()):
-        print(f"{name}: " + ", ".join(f"{label(i)} ({q:.2f})" for q, i in zip(p, c)))
+    top = runs.classify(model, x, args.batch_size)
+    targets = _parse_targets(args.targets, len(images), top.count).to(device) if args.targets else top.classes[:, 0]
+    for (name, _), text in zip(images, render.top_class_text(top, label)):
+        print(f"{name}: {text}")
 
     _check_writable("explain", args.out)
-    timings, all_maps = [], {}
-    for method in methods:
-        try:
-            with make_explainer(method, model, [layer], input_size=size, **layout) as explainer:
-                # The first image is the warm-up call, which pays the one-off costs (allocation, kernel
-                # selection): its map is kept and its time is not. The clock runs over the other images
-                # (over the first one again when it is alone).
-                maps = [explainer(x[:1], targets[:1])]
-                timed = 1 if len(x) > 1 else 0
-                _synchronize(device)
-                start = time.perf_counter()
-                timed_maps = [
-                    explainer(x[i : i + args.batch_size], targets[i : i + args.batch_size])
-                    for i in range(timed, len(x), args.batch_size)
-                ]
-                _synchronize(device)
-                timings.append((method, (time.perf_counter() - start) / (len(x) - timed)))
-                maps += timed_maps if timed else []
-                all_maps[method] = torch.cat(maps).float().cpu().numpy()
-        except ValueError as err:  # a layer the method cannot explain (runs twice, not [N, K, h, w]...)
-            raise SystemExit(f"explain: --layer {layer!r}, method {method}: {err}") from err
-        except AssertionError as err:  # the model's own input checks, e.g. a ViT's fixed size under gig_cam+m
+    try:
+        run = runs.explain(model, x, targets, methods, layer, batch_size=args.batch_size, layout=layout)
+    except runs.MethodFailed as failed:
+        if isinstance(failed.error, AssertionError):  # the model's own input checks, e.g. a ViT's fixed size
             raise SystemExit(
-                f"explain: method {method}: the model refused this method's inputs ({err}); "
+                f"explain: method {failed.method}: the model refused this method's inputs ({failed.error}); "
                 "choose other --methods for this model"
-            ) from err
+            ) from failed
+        # a layer the method cannot explain (runs twice, not [N, K, h, w]...)
+        raise SystemExit(f"explain: --layer {layer!r}, method {failed.method}: {failed.error}") from failed
     # Every map is made before the first file is written: a failing method leaves nothing behind.
     out = _output_folder("explain", args.out)
-    thumbnails: list[dict] = [{} for _ in images]  # per image: method -> overlay, small, for the report
-    for method, maps in all_maps.items():
-        for (name, image), saliency, per_method in zip(images, maps, thumbnails):
-            blended = viz.overlay(image, saliency)  # at the photo's own size
-            _atomically(out / f"{name}_{method}.png", blended.save)
-            per_method[method] = _thumbnail(blended)
-    titles = [f"{name}: {label(int(t))}" for (name, _), t in zip(images, targets.tolist())]
-    grid = viz.grid([image for _, image in images], all_maps, titles=titles)
-    _atomically(out / "explain_grid.png", lambda path: viz.save(grid, path))
-    page = Report(
-        "torchcam-ops explain",
-        argv=args.command_line,
-        notes=[f"model {args.model}, target layer {layer}, {device.type}, batch size {args.batch_size}"],
-        tables=[
-            Table(
-                "Top classes",
-                ["image", "classes (probability)"],
-                [
-                    [name, ", ".join(f"{label(i)} ({q:.2f})" for q, i in zip(p, c))]
-                    for (name, _), p, c in zip(images, top.values.tolist(), top.indices.tolist())
-                ],
-            ),
-            Table("Time per image", ["method", "ms / image"], [[m, f"{t * 1e3:.1f}"] for m, t in timings]),
-        ],
-        overlays=dict(zip(titles, thumbnails)),
-    )
-    _atomically(out / "report.html", page.write)
-    timing_note = "the first image as warm-up, untimed" if len(images) > 1 else "after a warm-up call"
+    note = f"model {args.model}, target layer {layer}, {device.type}, batch size {args.batch_size}"
+    render.write_explain(run, images, top, label, out, args.command_line, note)
+    timing_note = "the first image as warm-up, untimed" if run.first_untimed else "after a warm-up call"
     print(f"\n{'method':<22}{'ms / image':>12}   ({device.type}, batch size {args.batch_size}, {timing_note})")
-    for method, seconds in timings:
+    for method, seconds in run.seconds_per_image.items():
         print(f"{method:<22}{seconds * 1e3:>12.1f}")
     print(f"\nwrote {out / 'explain_grid.png'}, report.html and {len(images) * len(methods)} overlays in {out}/")
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from torchcam_ops import evaluation, viz
+    from torchcam_ops import evaluation
 
     methods = _check_methods("evaluate", args.methods)
     if args.benchmark not in ("photos", "localization"):
@@ -384,92 +298,27 @@ def evaluate(args: argparse.Namespace) -> None:
             benchmark.step = args.step
         benchmark.layout = layout
         benchmark.model.to(processes.device)
-        leader = processes.rank == 0
-        results = {}
-        for i, method in enumerate(methods, 1):
-            if leader:
-                print(
-                    f"[{i}/{len(methods)}] {method} on {len(benchmark.targets)} objects, {processes.world} process(es)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            try:
-                results[method] = evaluation.evaluate_method(
-                    benchmark, method, processes, args.chunk, show_progress=leader and not args.quiet
-                )
-            except ValueError as err:
-                raise SystemExit(f"evaluate: {err}") from err
-    finally:
-        processes.close()
-    if not leader:
-        return
-    report = evaluation.summarize(benchmark, results)
-    sanity = None
-    if args.sanity:
-        print("randomisation sanity check", file=sys.stderr, flush=True)
         try:
-            sanity = evaluation.sanity_check(benchmark, methods, show_progress=not args.quiet)
+            run = runs.evaluate(
+                benchmark, methods, processes, chunk=args.chunk, sanity=args.sanity, show_progress=not args.quiet
+            )
         except ValueError as err:
             raise SystemExit(f"evaluate: {err}") from err
-    about = (
-        benchmark.about + f"; deletion/insertion step {benchmark.step} px, substrates 0 and blur(11, sigma=5); "
-        f"{processes.world} process(es) on {processes.device.type}."
-    )
+    finally:
+        processes.close()
+    if run is None:  # not the first process: the first writes and prints the whole result
+        return
     out = _output_folder("evaluate", args.out)
-    header, rows = list(report.header), [list(row) for row in report.rows]
-    if sanity is not None:  # the CSV keeps one row per method: the check's cells as more columns
-        for measure in MEASURE_NAMES:
-            header += [f"randomisation {MEASURE_NAMES[measure]}: {column}" for column in sanity.columns]
-            cells = {row[0]: row[1:] for row in sanity.rows(measure)}
-            for row in rows:
-                row += cells[row[0]]
-    _atomically(out / "evaluation.csv", _write_csv([header, *rows]))
-    _atomically(out / "per_object.csv", _write_csv(evaluation.per_object_rows(benchmark, results)))
-    markdown = [about, "", *_markdown_table(report.header, report.rows)]
-    tables = [Table("Metrics", report.header, report.rows)]
-    figures = {}
-    curves_title = f"{benchmark.model_name or args.model}, {args.benchmark}"
-    curves = viz.plot_curves(report.curves, title=curves_title)
-    _atomically(out / "deletion_insertion.png", lambda path: viz.save(curves, path))
-    figures["Deletion and insertion curves (means)"] = viz.plot_curves(report.curves, title=curves_title)
-    written = "evaluation.csv, evaluation.md, per_object.csv, deletion_insertion.png"
-    if sanity is not None:
-        markdown += ["", "## Randomisation sanity check", "", sanity.about, ""]
-        markdown += _markdown_table(sanity.header(), sanity.rows("spearman"))
-        for measure in ("ssim", "hog"):
-            markdown += ["", f"### {MEASURE_NAMES[measure]}", ""]
-            markdown += _markdown_table(sanity.header(), sanity.rows(measure))
-            tables.append(
-                Table(f"Randomisation sanity check: {MEASURE_NAMES[measure]}", sanity.header(), sanity.rows(measure))
-            )
-        tables.insert(1, Table("Randomisation sanity check: Spearman rank correlation", sanity.header(), sanity.rows()))
-        figure = _cascade_figure(sanity)
-        _atomically(out / "sanity_check.png", lambda path: viz.save(figure, path))
-        figures["Randomisation sanity check: the maps of one input along the cascade"] = _cascade_figure(sanity)
-        written += ", sanity_check.png"
-    _atomically(out / "evaluation.md", lambda path: path.write_text("\n".join(markdown) + "\n"))
-    page = Report(
-        "torchcam-ops evaluate",
-        argv=args.command_line,
-        notes=[about] + ([sanity.about] if sanity else []),
-        tables=tables,
-        figures=figures,
+    written = render.write_evaluation(
+        run, out, args.command_line, f"{benchmark.model_name or args.model}, {args.benchmark}"
     )
-    _atomically(out / "report.html", page.write)
-    print(about)
-    _print_table(report.header, report.rows)
-    if sanity is not None:
+    print(run.about)
+    _print_table(run.summary.header, run.summary.rows)
+    if run.sanity is not None:
         print()
-        print(sanity.about)
-        _print_table(sanity.header(), sanity.rows())
-    print(f"\nwrote {written} and report.html in {out}/")
-
-
-MEASURE_NAMES = {"spearman": "Spearman rank correlation", "ssim": "SSIM", "hog": "HOG correlation"}
-
-
-def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+        print(run.sanity.about)
+        _print_table(run.sanity.header(), run.sanity.rows())
+    print(f"\nwrote {', '.join(written)} and report.html in {out}/")
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
@@ -477,22 +326,6 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-
-
-def _cascade_figure(sanity):
-    """One row per method: the input, then its map from the trained model and after each stage."""
-    from torchcam_ops import viz
-
-    image = sanity.image
-    if image.shape[0] == 3:  # a normalised photo: back to [0, 1] for display
-        image = (image - image.amin()) / (image.amax() - image.amin()).clamp_min(1e-12)
-    picture = image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image[0].numpy()
-    columns = sanity.figure_maps()
-    return viz.grid(
-        [picture] * len(sanity.results),
-        {title: [m.float().cpu().numpy() for m in maps] for title, maps in columns.items()},
-        titles=list(sanity.results),
-    )
 
 
 def _add_layout_options(parser: argparse.ArgumentParser) -> None:

