@@ -12,6 +12,7 @@ from torch import nn
 
 from tests.helpers import small_cnn
 from torchcam_ops.methods import GIGCAM, AbsCAM, ScoreCAM
+from torchcam_ops.methods import layout as layout_module
 from torchcam_ops.methods import masking as masking_module
 from torchcam_ops.methods.graphs import compiler_traces_autograd
 from torchcam_ops.methods.layout import (
@@ -65,10 +66,6 @@ def record_layouts(model: nn.Module) -> Iterator[list[bool]]:
         handle.remove()
 
 
-def without_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(masking_module, "computes_same_channels_last", lambda *args: False)
-
-
 @pytest.fixture(autouse=True)
 def trial_from_two_forwards(monkeypatch: pytest.MonkeyPatch) -> None:
     """The small models here have few channels: the trial runs from 2 forwards instead of 16."""
@@ -119,11 +116,10 @@ def test_scorecam_forwards_channels_last_images_to_a_model_that_computes_the_sam
         maps = ScoreCAM(model, ["3"], variant=variant, masks_per_forward=2)(x, [1, 4])
     # per image: the batch-1 forward, the first chunk, its channels-last trial, then channels-last chunks
     assert seen.count(True) > len(seen) // 2, seen
-    without_channels_last(monkeypatch)
     seen.clear()
     handle = model.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
     try:
-        contiguous = ScoreCAM(model, ["3"], variant=variant, masks_per_forward=2)(x, [1, 4])
+        contiguous = ScoreCAM(model, ["3"], variant=variant, masks_per_forward=2, cpu_channels_last=False)(x, [1, 4])
     finally:
         handle.remove()
     assert all(seen)
@@ -135,10 +131,8 @@ def test_scorecam_keeps_contiguous_images_for_a_model_that_depends_on_the_layout
     model, x = model_class().eval(), images()
     with record_layouts(model) as seen:
         maps = ScoreCAM(model, ["features.2"], masks_per_forward=2)(x, [0, 3])
-    trials = seen.count(True)
-    assert trials == x.shape[0]  # one trial per image, then contiguous images only
-    without_channels_last(monkeypatch)
-    expected = ScoreCAM(model, ["features.2"], masks_per_forward=2)(x, [0, 3])
+    assert seen.count(True) == 1  # one trial per call, then contiguous images only
+    expected = ScoreCAM(model, ["features.2"], masks_per_forward=2, cpu_channels_last=False)(x, [0, 3])
     torch.testing.assert_close(maps, expected, rtol=0, atol=0)
 
 
@@ -156,7 +150,7 @@ def test_no_channels_last_trial_in_training_mode_for_few_forwards_or_a_channels_
         seen.clear()
         # the caller's channels-last images stay channels-last, without a trial
         monkeypatch.setattr(masking_module, "CHANNELS_LAST_MIN_FORWARDS", 2)
-        monkeypatch.setattr(masking_module, "computes_same_channels_last", lambda *args: pytest.fail("a trial"))
+        monkeypatch.setattr(layout_module, "computes_same_channels_last", lambda *args: pytest.fail("a trial"))
         ScoreCAM(model, ["3"], masks_per_forward=1)(x.contiguous(memory_format=torch.channels_last), 1)
         assert all(seen)
 
@@ -184,8 +178,7 @@ def test_abscam_phase_two_takes_channels_last_images_only_where_the_model_comput
     with record_layouts(model) as seen:
         maps = AbsCAM(model, [layer], masks_per_forward=2)(images(1), 2)
     assert (seen.count(True) > 1) is same, seen
-    without_channels_last(monkeypatch)
-    expected = AbsCAM(model, [layer], masks_per_forward=2)(images(1), 2)
+    expected = AbsCAM(model, [layer], masks_per_forward=2, cpu_channels_last=False)(images(1), 2)
     torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -203,8 +196,44 @@ def test_gig_cam_walks_channels_last_images_for_a_model_that_computes_the_same(m
     with record_layouts(model) as seen:
         maps = GIGCAM(model, ["3"], steps=4)(x, [1, 2])
     assert seen.count(True) > len(seen) // 2, seen
-    monkeypatch.setattr(GIGCAM, "_computes_same_channels_last", lambda self, x: False)
     with record_layouts(model) as seen:
-        contiguous = GIGCAM(model, ["3"], steps=4)(x, [1, 2])
+        contiguous = GIGCAM(model, ["3"], steps=4, cpu_channels_last=False)(x, [1, 2])
     assert not any(seen)
     torch.testing.assert_close(maps, contiguous, rtol=0, atol=3e-3)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda model, **o: ScoreCAM(model, ["3"], masks_per_forward=2, **o),
+        lambda model, **o: AbsCAM(model, ["3"], masks_per_forward=2, **o),
+        lambda model, **o: GIGCAM(model, ["3"], steps=3, **o),
+    ],
+    ids=["scorecam", "abscam", "gig_cam"],
+)
+def test_the_forward_plan_is_explicit_and_overridable(monkeypatch, make):
+    # True: channels-last without a trial (the user vouches for the model); False: never, no trial;
+    # anything else refused by name.
+    model, x = small_cnn().eval(), images(1)
+    monkeypatch.setattr(layout_module, "computes_same_channels_last", lambda *args: pytest.fail("a trial"))
+    with record_layouts(model) as seen:
+        forced = make(model, cpu_channels_last=True)(x, 1)
+    assert seen.count(True) >= len(seen) // 2 and any(seen), seen
+    with record_layouts(model) as seen:
+        contiguous = make(model, cpu_channels_last=False)(x, 1)
+    assert not any(seen)
+    torch.testing.assert_close(forced, contiguous, rtol=0, atol=3e-3)
+    with pytest.raises(ValueError, match="cpu_channels_last: expected True, False or 'auto', got 'yes'"):
+        make(model, cpu_channels_last="yes")
+
+
+def test_a_trial_propagates_errors_that_are_not_about_the_layout():
+    class Broken(nn.Module):
+        def forward(self, x):
+            if x.is_contiguous():
+                return x.mean((2, 3))
+            raise KeyError("not a layout error")
+
+    x = images(1)
+    with pytest.raises(KeyError):
+        computes_same_channels_last(Broken(), x, Broken()(x))

@@ -445,16 +445,15 @@ def test_masked_images_per_forward_by_default_follow_the_image_size_on_the_cpu()
 
 def test_abscam_phase_two_on_the_cpu_scores_four_masked_images_of_224_px_per_forward_by_default(monkeypatch):
     # without the channels-last trial forward (tests/test_layout.py), whose images would count here
-    monkeypatch.setattr(masking_module, "computes_same_channels_last", lambda *args: False)
     model = small_cnn()
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     images_per_forward = []
     handle = model.register_forward_pre_hook(lambda m, args: images_per_forward.append(args[0].shape[0]))
     try:
-        by_default = AbsCAM(model, ["3"])(x, 2)
+        by_default = AbsCAM(model, ["3"], cpu_channels_last=False)(x, 2)
         live = images_per_forward[1:]
         images_per_forward.clear()
-        all_at_once = AbsCAM(model, ["3"], masks_per_forward=None)(x, 2)
+        all_at_once = AbsCAM(model, ["3"], masks_per_forward=None, cpu_channels_last=False)(x, 2)
     finally:
         handle.remove()
     assert sum(live) > 4 and max(live) == 4 and all(n == 4 for n in live[:-1])

@@ -11,7 +11,7 @@ from torchcam_ops.methods.calls import check_on_device
 from torchcam_ops.methods.capture import capture_outputs
 from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
 from torchcam_ops.methods.layers import LayerSpec, Reshape
-from torchcam_ops.methods.layout import agree_to_rounding
+from torchcam_ops.methods.layout import LAYOUT_ERRORS, agree_to_rounding
 from torchcam_ops.methods.masking import (
     CPU_MASKS_PER_FORWARD,
     MasksPerForward,
@@ -174,7 +174,7 @@ class AblationCAM(GradientFreeCAM):
         one mask per copy; batch statistics differ between batch sizes)."""
         try:
             scores = self._forward_ablating(image, activations, classes, chunk, prefix_once=True)
-        except Exception:  # any failure of the shortcut means: use the batch of copies
+        except LAYOUT_ERRORS:  # a mismatched concatenation or reshape: the batch of copies then
             return None
         if scores.shape[0] != chunk.shape[0]:  # agree_to_rounding compares the rest of the shape
             return None

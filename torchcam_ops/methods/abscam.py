@@ -7,9 +7,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from torchcam_ops.methods import masking
 from torchcam_ops.methods.base import BaseCAM
 from torchcam_ops.methods.calls import map_dtype
 from torchcam_ops.methods.layers import LayerSpec, Reshape
+from torchcam_ops.methods.layout import ChannelsLast, ForwardPlan, check_channels_last
 from torchcam_ops.methods.masking import (
     MasksPerForward,
     channel_chunks,
@@ -35,8 +37,9 @@ class AbsCAM(BaseCAM):
     and class run in forwards of ``masks_per_forward`` masked images (``"auto"``: as Score-CAM's;
     None: all at once), without gradients; channels whose :math:`M_k` is all zeros (a constant
     :math:`w_k A_k`, e.g. a dead channel) add nothing to the sum and, on the CPU, are not scored; there
-    an eager model in eval mode gets the masked images channels-last after the first forward if a trial
-    of it computes the same, where they take 16 forwards or more (:mod:`~torchcam_ops.methods.layout`).
+    an eager model in eval mode gets the masked images channels-last as ``cpu_channels_last`` says (True,
+    False, or ``"auto"``: where the call takes 16 forwards or more and a trial on its first forward
+    computes the same; :class:`~torchcam_ops.methods.layout.ForwardPlan`).
     ``batch_size`` bounds the images explained at once, as for every CAM explainer (64 here).
     """
 
@@ -49,6 +52,7 @@ class AbsCAM(BaseCAM):
         *,
         phase: int = 2,
         masks_per_forward: MasksPerForward = "auto",
+        cpu_channels_last: ChannelsLast = "auto",
         batch_size: int | None = 64,
         reshape: Reshape = None,
         grid: tuple[int, int] | None = None,
@@ -59,6 +63,8 @@ class AbsCAM(BaseCAM):
         super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
         self.phase = phase
         self.masks_per_forward = masks_per_forward
+        check_channels_last(cpu_channels_last)
+        self.cpu_channels_last = cpu_channels_last
 
     def _compiles_with_model(self) -> bool:
         return self.phase == 1  # phase 2: K masked forward passes per image and class, compiled one by one
@@ -89,6 +95,8 @@ class AbsCAM(BaseCAM):
         activations, gradients, multi, indices = self._activations_and_gradients(x, targets)
         with torch.no_grad():
             batch, count = indices.shape
+            forwards = batch * count * sum(-(-a.shape[1] // self._per_forward(x, a.shape[1])) for a in activations)
+            plan = self._forward_plan(x.device, forwards, masking.CHANNELS_LAST_MIN_FORWARDS)
             layer_maps = []
             for a, grads in zip(activations, gradients):
                 maps = torch.empty(batch, count, *size, device=x.device, dtype=map_dtype(x.dtype))
@@ -96,7 +104,7 @@ class AbsCAM(BaseCAM):
                     weights = g.to(maps.dtype).abs().mean((2, 3))  # [n, K]
                     for n in range(batch):
                         maps[n, t] = self._refine(
-                            x[n], a[n].to(maps.dtype) * weights[n, :, None, None], indices[n, t : t + 1], size
+                            x[n], a[n].to(maps.dtype) * weights[n, :, None, None], indices[n, t : t + 1], size, plan
                         )
                 layer_maps.append(maps)
             if len(layer_maps) == 1:
@@ -104,11 +112,16 @@ class AbsCAM(BaseCAM):
             mean = torch.stack(layer_maps).mean(0).reshape(batch * count, *size)
             return cam_postprocess(mean, size, relu=False).reshape(batch, count, *size), multi
 
-    def _refine(self, image: Tensor, weighted: Tensor, target: Tensor, size: tuple[int, int]) -> Tensor:
+    def _per_forward(self, x: Tensor, channels: int) -> int:
+        return resolve_masks_per_forward(self.masks_per_forward, x.device, channels, x[0, 0].numel())
+
+    def _refine(
+        self, image: Tensor, weighted: Tensor, target: Tensor, size: tuple[int, int], plan: ForwardPlan
+    ) -> Tensor:
         """L for one image ``[C, H, W]`` and class (a LongTensor ``[1]`` on the image's device, never
-        read on the host) from its weighted activations ``[K, h, w]``."""
+        read on the host) from its weighted activations ``[K, h, w]``, forwarded as ``plan`` says."""
         pixels = image[0].numel()
-        per_forward = resolve_masks_per_forward(self.masks_per_forward, image.device, weighted.shape[0], pixels)
+        per_forward = self._per_forward(image[None], weighted.shape[0])
         combined = None
         for start, stop in channel_chunks(weighted.shape[0], pixels, per_forward):
             # M_k at the input size
@@ -121,7 +134,7 @@ class AbsCAM(BaseCAM):
                 masks,
                 lambda logits, dtype=masks.dtype: torch.softmax(logits.to(dtype), dim=1).index_select(1, target)[:, 0],
                 per_forward,
-                try_channels_last=self._model_forward_may_try_channels_last(image.device),
+                plan=plan,
             )
             part = torch.einsum("k,khw->hw", scores, masks)
             combined = part if combined is None else combined + part

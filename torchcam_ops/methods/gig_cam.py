@@ -15,7 +15,7 @@ from torchcam_ops.methods.base import BaseCAM
 from torchcam_ops.methods.calls import expanded_baseline, map_dtype, preserve_buffers
 from torchcam_ops.methods.graphs import explainer_call
 from torchcam_ops.methods.layers import LayerSpec, Reshape
-from torchcam_ops.methods.layout import computes_same_channels_last
+from torchcam_ops.methods.layout import ChannelsLast, check_channels_last
 from torchcam_ops.methods.masking import check_masks_per_forward
 from torchcam_ops.methods.targeting import Targets, slice_targets
 from torchcam_ops.ops import cam_postprocess
@@ -115,8 +115,9 @@ class GIGCAM(BaseCAM):
     takes at least a ``fraction`` of all pixels to the upper edge, so that always ends a step),
     with no host synchronisation. Deviation from the published Guided IG: the attribution
     accumulated is the guide itself (GIG-CAM), and pixels, not input features, are the units. On the
-    CPU an eager model in eval mode walks channels-last images where a trial forward computes the same
-    on them (faster; the rounding may move a few pixels' steps: maps within 3e-3 on EfficientNet-Lite0).
+    CPU an eager model in eval mode walks channels-last images as ``cpu_channels_last`` says (True, False,
+    or ``"auto"``: where a trial forward computes the same on them), faster; the rounding may move a few
+    pixels' steps (maps within 3e-3 on EfficientNet-Lite0).
 
     ``scales`` (e.g. ``(224, 324, 424, 524, 624, 724, 824)``) computes GIG-CAM with the input resized
     to each size and fuses the maps with :func:`multiscale_fusion` (GIG-CAM+M); None explains at
@@ -136,6 +137,7 @@ class GIGCAM(BaseCAM):
         baseline: Tensor | float = 0.0,
         scales: Sequence[int] | None = None,
         batch_size: int | Literal["auto"] | None = "auto",
+        cpu_channels_last: ChannelsLast = "auto",
         reshape: Reshape = None,
         grid: tuple[int, int] | None = None,
     ) -> None:
@@ -159,6 +161,8 @@ class GIGCAM(BaseCAM):
         super().__init__(model, target_layers, batch_size=fixed_batch, reshape=reshape, grid=grid)
         self.batch_size: int | Literal["auto"] | None = batch_size
         self.steps, self.fraction, self.max_dist = steps, fraction, max_dist
+        check_channels_last(cpu_channels_last)
+        self.cpu_channels_last = cpu_channels_last
         self.baseline = baseline
         self.scales = tuple(scales) if scales is not None else None
 
@@ -232,18 +236,20 @@ class GIGCAM(BaseCAM):
         return maps, PathDiagnostics(path_ends, unfinished)
 
     def _computes_same_channels_last(self, x: Tensor) -> bool:
-        """Whether the paths walk channels-last images: on the CPU, where oneDNN's convolutions run
-        channels-last activations faster (GIG-CAM on two EfficientNet-Lite0 photos: 4.05 -> 3.54 s, maps
-        within 3e-3: rounding moves a few pixels' steps), for an eager model in eval mode whose forward
+        """Whether the paths walk channels-last images (the call's :class:`ForwardPlan`): on the CPU,
+        where oneDNN's convolutions run channels-last activations faster (GIG-CAM on two
+        EfficientNet-Lite0 photos: 4.05 -> 3.54 s, maps within 3e-3: rounding moves a few pixels'
+        steps), for an eager model in eval mode; with ``cpu_channels_last="auto"`` where its forward
         computes the same on them (tried on the first image; a model that flattens with ``.view`` raises
         on them). The guides' gradients are not tried: a backward that depends on the layout but a
         forward that does not would take a custom autograd function."""
-        if not self._model_forward_may_try_channels_last(x.device):
+        plan = self._forward_plan(x.device, forwards=self.steps)
+        if not plan.applies:
             return False
         first = x[:1].contiguous()
         with torch.no_grad():
-            expected = self.model(first)
-        return computes_same_channels_last(self.model, first, expected)
+            expected = self.model(first) if plan.choice == "auto" else None
+        return plan.channels_last(self.model, first, expected)
 
     def _explain_chunk(
         self, x: Tensor, targets: Targets, create_graph: bool, channels_last: bool = False

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torchcam_ops import _compat
 from torchcam_ops.methods.calls import check_input
 from torchcam_ops.methods.capture import hook_held
-from torchcam_ops.methods.layout import may_try_channels_last
+from torchcam_ops.methods.layout import ChannelsLast, ForwardPlan, may_try_channels_last
 
 Call = TypeVar("Call", bound=Callable[..., Any])
 
@@ -275,6 +275,8 @@ class Graphable:
 
     model: nn.Module
     _model_compile_options: dict[str, Any] | None = None
+    #: The layout of the images of the many forwards of a call on the CPU (:class:`ForwardPlan`).
+    cpu_channels_last: ChannelsLast = "auto"
     #: The compiled form of each function that :meth:`_call_compiled` compiled, by that function.
     _compiled_calls: dict[Callable[..., Any], Callable[..., Any]]
     _compiled_forward: Callable[..., Any] | None = None
@@ -310,6 +312,13 @@ class Graphable:
                 model = self.model
                 self._compiled_forward = torch.compile(_own_code(lambda x: model(x)), **self._model_compile_options)
             return self._compiled_forward
+
+    def _forward_plan(self, device: torch.device, forwards: int, min_forwards: int = 1) -> ForwardPlan:
+        """The layout plan of one call's ``forwards`` forwards on ``device`` (``cpu_channels_last``;
+        "auto" tries channels-last only from ``min_forwards`` forwards)."""
+        return ForwardPlan(
+            self.cpu_channels_last, self._model_forward_may_try_channels_last(device), forwards, min_forwards
+        )
 
     def _model_forward_may_try_channels_last(self, device: torch.device) -> bool:
         """Whether :meth:`_model_forward` may be tried on channels-last images on ``device``

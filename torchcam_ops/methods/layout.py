@@ -9,7 +9,7 @@ on one batch of the real images and kept only where the outputs agree to roundin
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -68,16 +68,61 @@ def may_try_channels_last(model: nn.Module, device: torch.device) -> bool:
     )
 
 
+#: What a forward that depends on its input's memory format or batch raises (``.view`` of a channels-last
+#: tensor, a concatenation or reshape to the input's batch size, a custom kernel's contiguity check, a
+#: model's own assertion): a trial that meets one of them is refused. Other errors propagate (pass
+#: ``cpu_channels_last=False`` to skip the layout trial).
+LAYOUT_ERRORS = (RuntimeError, ValueError, AssertionError, NotImplementedError)
+
+
 def computes_same_channels_last(forward: Callable[[Tensor], Any], batch: Tensor, expected: Any) -> bool:
     """Whether ``forward`` gives ``expected`` (its output on the 4-D contiguous ``batch``), to
-    rounding, on a channels-last copy of ``batch``; False when that forward raises (the model's own
-    error, which the contiguous forward did not meet). The trial draws nothing from the user's random
-    stream (a stochastic model then disagrees with itself); the model's forward hooks see it."""
+    rounding, on a channels-last copy of ``batch``; False when that forward raises one of
+    :data:`LAYOUT_ERRORS` (the model's own error, which the contiguous forward did not meet). The trial
+    draws nothing from the user's random stream (a stochastic model then disagrees with itself); the
+    model's forward hooks see it."""
     if batch.dim() != 4:
         return False
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             trial = forward(batch.contiguous(memory_format=torch.channels_last))
-    except Exception:  # whatever the channels-last forward fails on, the contiguous one ran
+    except LAYOUT_ERRORS:  # what a model that depends on its input's layout raises; the contiguous one ran
         return False
     return outputs_agree(trial, expected, batch.dtype)
+
+
+#: How a call lays out the images of its many forwards on the CPU: True (channels-last), False
+#: (contiguous), or "auto" (channels-last where a trial on the call's first batch agrees to rounding).
+ChannelsLast = bool | Literal["auto"]
+
+
+def check_channels_last(value: object) -> None:
+    if not (value is True or value is False or value == "auto"):
+        raise ValueError(f"cpu_channels_last: expected True, False or 'auto', got {value!r}")
+
+
+class ForwardPlan:
+    """How the forwards of one explainer call (masked images, path points) lay out their images: decided
+    once per call, on its first batch, and the same for every later forward of the call.
+
+    Channels-last applies on the CPU only, for an eager model in eval mode (a compiled model would
+    recompile for the new strides; in training mode dropout makes a trial disagree, and it would move
+    batch statistics once more). There ``choice`` True forces it, False never takes it, and "auto" tries
+    it where the call has at least ``min_forwards`` forwards (the trial costs one forward and saves 7-20%
+    of each later one): kept only where the trial's output agrees to rounding with the contiguous one.
+    """
+
+    def __init__(self, choice: ChannelsLast, applies: bool, forwards: int, min_forwards: int = 1) -> None:
+        check_channels_last(choice)
+        self.choice = choice
+        self.applies = applies and (choice is True or (choice == "auto" and forwards >= min_forwards))
+        self._decided: bool | None = None if self.applies else False
+
+    def channels_last(self, forward: Callable[[Tensor], Any], batch: Tensor, expected: Any) -> bool:
+        """Whether the call's forwards take channels-last images, decided on its first ``batch`` (whose
+        contiguous forward gave ``expected``) and kept for the rest of the call."""
+        if self._decided is None:
+            self._decided = (
+                self.choice is True or is_channels_last(batch) or computes_same_channels_last(forward, batch, expected)
+            )
+        return self._decided

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from torchcam_ops.methods.layout import computes_same_channels_last, is_channels_last
+from torchcam_ops.methods.layout import ForwardPlan
 
 MasksPerForward = int | Literal["auto"] | None
 
@@ -68,7 +68,7 @@ def masked_scores(
     per_forward: int,
     *,
     score_empty: bool = False,
-    try_channels_last: bool = False,
+    plan: ForwardPlan | None = None,
 ) -> Tensor:
     """``score(forward(image * masks[k]))`` for every mask, in forwards of ``per_forward`` masked images.
 
@@ -85,10 +85,9 @@ def masked_scores(
         score: what to keep of each forward's logits ``[B, classes]``, returning ``[B, ...]``.
         per_forward: masked images per forward (a positive int).
         score_empty: whether all-zero masks get the score of the zero image (default: 0).
-        try_channels_last: whether to forward the masked images channels-last (faster on the CPU)
-            after the first forward, if that forward's output agrees to rounding with a channels-last
-            trial of it (:mod:`~torchcam_ops.methods.layout`), where there are 16 forwards or more;
-            default False.
+        plan: the call's :class:`~torchcam_ops.methods.layout.ForwardPlan`, which decides on the first
+            forward of the call whether the masked images go channels-last (faster on the CPU); None
+            (default) for contiguous images.
 
     Returns:
         The scores of the K masked images, ``[K, ...]``.
@@ -101,7 +100,7 @@ def masked_scores(
         empty = (~live).nonzero()[:1, 0]  # one all-zero mask, when there is one
         if score_empty or chosen.numel() == 0:
             chosen = torch.cat([chosen, empty])
-        scored = _forward_in_chunks(forward, image, masks[chosen], score, per_forward, try_channels_last)
+        scored = _forward_in_chunks(forward, image, masks[chosen], score, per_forward, plan)
         scores = scored.new_zeros((masks.shape[0], *scored.shape[1:]))
         if score_empty and empty.numel():
             scores[~live] = scored[-1]
@@ -117,17 +116,16 @@ def _forward_in_chunks(
     masks: Tensor,
     score: Callable[[Tensor], Tensor],
     per_forward: int,
-    try_channels_last: bool = False,
+    plan: ForwardPlan | None = None,
 ) -> Tensor:
-    channels_last = False
+    channels_last = None
     scores = []
     for start in range(0, masks.shape[0], per_forward):
         batch = image[None] * masks[start : start + per_forward, None].to(image.dtype)
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         output = forward(batch)
-        if start == 0 and try_channels_last and masks.shape[0] >= CHANNELS_LAST_MIN_FORWARDS * per_forward:
-            # a batch that is channels-last already (the caller's layout) has nothing to try
-            channels_last = is_channels_last(batch) or computes_same_channels_last(forward, batch, output)
+        if channels_last is None:
+            channels_last = plan is not None and plan.channels_last(forward, batch, output)
         scores.append(score(output))
     return torch.cat(scores)

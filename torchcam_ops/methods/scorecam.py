@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchcam_ops.methods import masking
 from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
 from torchcam_ops.methods.layers import LayerSpec, Reshape
+from torchcam_ops.methods.layout import ChannelsLast, check_channels_last
 from torchcam_ops.methods.masking import (
     MasksPerForward,
     channel_chunks,
@@ -48,9 +50,9 @@ class ScoreCAM(GradientFreeCAM):
     once), without gradients, every requested class scored by the same
     forwards. On the CPU, all-zero masks are not forwarded (their score is known: 0 in the original,
     the zero image's logit, forwarded once, in pytorch-grad-cam's variant), and an eager model in eval
-    mode gets them channels-last after the first forward if a trial of it computes the same, where an
-    image takes 16 forwards or more (:mod:`~torchcam_ops.methods.layout`: oneDNN's convolutions run
-    them faster). A model in training mode
+    mode gets them channels-last (oneDNN's convolutions run them faster) as ``cpu_channels_last`` says:
+    True always, False never, ``"auto"`` (default) where the call takes 16 forwards or more and a trial
+    on its first forward computes the same (:class:`~torchcam_ops.methods.layout.ForwardPlan`). A model in training mode
     scores each forward's masked images with their batch statistics, so its maps depend on
     ``masks_per_forward``: explain models in eval mode.
     """
@@ -62,6 +64,7 @@ class ScoreCAM(GradientFreeCAM):
         *,
         variant: ScoreCAMVariant = "original",
         masks_per_forward: MasksPerForward = "auto",
+        cpu_channels_last: ChannelsLast = "auto",
         batch_size: int | None = None,
         reshape: Reshape = None,
         grid: tuple[int, int] | None = None,
@@ -72,6 +75,8 @@ class ScoreCAM(GradientFreeCAM):
         super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
         self.variant = variant
         self.masks_per_forward = masks_per_forward
+        check_channels_last(cpu_channels_last)
+        self.cpu_channels_last = cpu_channels_last
 
     def _classes(self, output: Any, targets: Targets, batch: int) -> tuple[Tensor, bool]:
         indices, multi = super()._classes(output, targets, batch)
@@ -92,11 +97,12 @@ class ScoreCAM(GradientFreeCAM):
 
     def _layer_maps_of(self, x: Tensor, activations: LayerActivations, indices: Tensor, logits: Tensor) -> Tensor:
         forward = self._model_forward()
-        try_channels_last = self._model_forward_may_try_channels_last(x.device)
-        size = tuple(x.shape[-2:])
+        channels, size = activations.maps.shape[1], tuple(x.shape[-2:])
+        per_forward = resolve_masks_per_forward(self.masks_per_forward, x.device, channels, x[0, 0].numel())
+        forwards = x.shape[0] * -(-channels // per_forward)
+        plan = self._forward_plan(x.device, forwards, masking.CHANNELS_LAST_MIN_FORWARDS)
         maps = []
         for image, a, classes in zip(x, activations.maps, indices):
-            per_forward = resolve_masks_per_forward(self.masks_per_forward, x.device, a.shape[0], image[0].numel())
 
             def score(logits: Tensor, classes: Tensor = classes, dtype: torch.dtype = a.dtype) -> Tensor:
                 if self.variant == "original":
@@ -112,7 +118,7 @@ class ScoreCAM(GradientFreeCAM):
                         score,
                         per_forward,
                         score_empty=self.variant != "original",
-                        try_channels_last=try_channels_last,
+                        plan=plan,
                     )
                     for start, stop in channel_chunks(a.shape[0], image[0].numel(), per_forward)
                 ]
