@@ -29,6 +29,14 @@ needs_compiled_autograd = pytest.mark.skipif(
 )
 
 
+# torch 2.6's compiler cannot trace the rules' TorchFunctionMode (its lookups in frozensets of functions):
+# a model compiled by the user inside nn.tsgb() or nn.guided() needs torch 2.11 or newer.
+needs_traced_rules = pytest.mark.skipif(
+    not compiler_traces_autograd(),
+    reason=f"torch {torch.__version__}'s compiler cannot trace the rules' TorchFunctionMode",
+)
+
+
 def small_cnn(classes: int = 7) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(

@@ -78,8 +78,11 @@ def test_the_compiler_names_are_those_of_this_torch():
     compiled = torch.compile(model, backend="eager", dynamic=True)
     assert _compat.is_compiled_module(compiled)
     module, options, unreadable = _compat.compiled_module_parts(compiled)
-    assert module is model and unreadable is None
-    assert options["dynamic"] is True and options["backend"] is not None
+    assert module is model
+    if _compat.compiler_traces_autograd():  # torch 2.11+: the options are read
+        assert unreadable is None and options["dynamic"] is True and options["backend"] is not None
+    else:  # torch 2.6 keeps them elsewhere; its compiled models are explained eagerly anyway
+        assert options is None and "innermost_backend" in unreadable
 
 
 def test_trees_and_device_assertions():

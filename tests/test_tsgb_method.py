@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tests.helpers import assert_same_state, count_hooks, model_state
+from tests.helpers import assert_same_state, count_hooks, model_state, needs_traced_rules
 from torchcam_ops.methods import TSGB, GradCAM, GuidedBackprop, GuidedGradCAM
 from torchcam_ops.nn import find_classifier, guided, tsgb
 from torchcam_ops.reference import reference_tsgb_maps
@@ -101,6 +101,7 @@ def test_training_mode_batch_norm_is_a_clear_error():
     assert model.training
 
 
+@needs_traced_rules
 def test_compiled_converted_model_gives_eager_gradients():
     torch._dynamo.reset()
     torch.manual_seed(0)
