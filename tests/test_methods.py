@@ -136,6 +136,9 @@ def test_target_forms():
     # a callable on the output: models returning dicts, or any score
     dict_model = DictOutput(model)
     torch.testing.assert_close(GradCAM(dict_model, "net.2")(x, lambda out: out["logits"][:, 3]), cam(x, 3))
+    # class indices index a dict's "logits" (as a Hugging Face ModelOutput's); any other output needs a callable
+    torch.testing.assert_close(GradCAM(dict_model, "net.2")(x, 3), cam(x, 3))
+    dict_model.key = "out"
     with pytest.raises(TypeError, match="not \\[N, classes\\] logits; pass targets as a callable"):
         GradCAM(dict_model, "net.2")(x)
 
@@ -145,8 +148,10 @@ class DictOutput(nn.Module):
         super().__init__()
         self.net = net
 
+    key = "logits"
+
     def forward(self, x):
-        return {"logits": self.net(x)}
+        return {self.key: self.net(x)}
 
 
 def test_functional_form_matches_class():

@@ -3,13 +3,15 @@ SemanticSegmentationTarget) and BoxTarget (against scores computed by hand from 
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 from tests.helpers import small_cnn
-from torchcam_ops.methods import METHODS, AbsCAM, GradCAM
+from torchcam_ops.methods import METHODS, AbsCAM, GradCAM, make_explainer
 from torchcam_ops.targets import BoxTarget, ClassTarget, SegmentationTarget
 
 
@@ -154,3 +156,47 @@ def test_box_target_refuses_bad_boxes():
         BoxTarget([1], torch.zeros(1, 4))(torch.zeros(1, 5))
     with pytest.raises(ValueError, match="targets:.*needs class indices, not a callable"):
         AbsCAM(small_cnn(), ["3"])(torch.rand(1, 3, 8, 8), BoxTarget([1], torch.zeros(1, 4)))
+
+
+class _ModelOutput(collections.OrderedDict):
+    """What Hugging Face models return: a dict whose keys are attributes too."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class _ReturnsModelOutput(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return _ModelOutput(logits=self.model(pixel_values), hidden_states=None)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_class_indices_explain_the_logits_of_a_hugging_face_style_output(method):
+    # Every method takes int targets on a model returning a ModelOutput, with the maps of the bare model.
+    torch.manual_seed(0)
+    bare = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    ).eval()
+    wrapped = _ReturnsModelOutput(bare)
+    x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    options = {"gig_cam": {"steps": 3}, "gig_cam+m": {"steps": 2}, "integrated_gradcam": {"steps": 4}}.get(method, {})
+    with make_explainer(method, bare, ["2"], input_size=12, **options) as explainer:
+        expected = explainer(x, [1, 3])
+    with make_explainer(method, wrapped, ["model.2"], input_size=12, **options) as explainer:
+        torch.testing.assert_close(explainer(x, [1, 3]), expected)
+        if method not in ("tsgb", "gig_cam", "gig_cam+m", "abscam", "scorecam", "ablationcam", "eigencam", "cam"):
+            # a callable target still gets the output as the model returned it
+            torch.testing.assert_close(explainer(x, lambda out: out.logits[:, 1]), explainer(x, 1))

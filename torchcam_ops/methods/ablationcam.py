@@ -18,6 +18,7 @@ from torchcam_ops.methods.masking import (
     check_masks_per_forward,
     resolve_masks_per_forward,
 )
+from torchcam_ops.methods.targeting import model_logits
 
 # Elements of the ablated copies of the layer's output per forward when the layers before it run once
 # (16 MB of float32: ResNet-50's layer4 at 224 px, 2048 x 7 x 7 per copy, gives 41 copies). The layers
@@ -161,7 +162,7 @@ class AblationCAM(GradientFreeCAM):
         with capture_outputs([layer], {id(layer.module): ablate}):
             # the eager module: the substitute must run as a forward hook, outside any compiled graph
             out = self.model(inputs)
-        return out.to(activations.maps.dtype).index_select(1, classes)
+        return model_logits(out).to(activations.maps.dtype).index_select(1, classes)
 
     def _shortcut_scores(
         self, image: Tensor, activations: LayerActivations, classes: Tensor, chunk: Tensor, expected: Tensor

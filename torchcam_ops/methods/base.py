@@ -26,7 +26,7 @@ from torchcam_ops.methods.calls import check_input, check_positive_or_none, map_
 from torchcam_ops.methods.capture import capture_outputs
 from torchcam_ops.methods.graphs import Graphable, explainer_call, graph_input
 from torchcam_ops.methods.layers import LayerSpec, Reshape, TargetLayer, channel_maps, check_reshape, resolve_layers
-from torchcam_ops.methods.targeting import Targets, class_indices, resolve_targets, slice_targets
+from torchcam_ops.methods.targeting import Targets, class_indices, model_logits, resolve_targets, slice_targets
 from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce, check_output_size
 
 
@@ -329,7 +329,7 @@ class BaseCAM(Graphable):
         if callable(targets) and not isinstance(targets, Tensor):
             return targets, None
         with torch.no_grad():
-            logits = self.model(x) if targets is None else None
+            logits = model_logits(self.model(x)) if targets is None else None
         if logits is not None and (not isinstance(logits, Tensor) or logits.dim() != 2):
             described = f"shape {list(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
             raise TypeError(

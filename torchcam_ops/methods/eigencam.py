@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
-from torchcam_ops.methods.targeting import Targets, class_indices
+from torchcam_ops.methods.targeting import Targets, class_indices, model_logits
 
 
 class EigenCAM(GradientFreeCAM):
@@ -39,7 +39,8 @@ class EigenCAM(GradientFreeCAM):
             return torch.zeros(batch, 1, dtype=torch.long), False
         # The classes do not change the map, but a class the model does not have is still a mistake:
         # checked against [N, classes] logits (any other output: the form only).
-        classes = output.shape[1] if isinstance(output, Tensor) and output.dim() == 2 else None
+        logits = model_logits(output)
+        classes = logits.shape[1] if isinstance(logits, Tensor) and logits.dim() == 2 else None
         return class_indices(targets, batch, classes)
 
     def _layer_maps_of(self, x: Tensor, activations: LayerActivations, indices: Tensor, logits: Tensor) -> Tensor:

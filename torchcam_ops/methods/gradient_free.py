@@ -12,7 +12,7 @@ from torchcam_ops.methods.base import BaseCAM
 from torchcam_ops.methods.calls import map_dtype
 from torchcam_ops.methods.capture import capture_outputs
 from torchcam_ops.methods.layers import TargetLayer
-from torchcam_ops.methods.targeting import Targets, resolve_targets, slice_targets
+from torchcam_ops.methods.targeting import Targets, model_logits, resolve_targets, slice_targets
 from torchcam_ops.ops import cam_postprocess
 
 
@@ -76,7 +76,8 @@ class GradientFreeCAM(BaseCAM):
     def _classes(self, output: Any, targets: Targets, batch: int) -> tuple[Tensor, bool]:
         """The class indices ``[n, T]`` the maps are for, and whether T classes per image were asked
         for, from the model's output on the chunk."""
-        if not isinstance(output, Tensor) or output.dim() != 2:
+        logits = model_logits(output)
+        if not isinstance(logits, Tensor) or logits.dim() != 2:
             described = f"shape {list(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
             raise TypeError(
                 f"the model output ({described}) is not [N, classes] logits; {type(self).__name__} weighs "
@@ -98,5 +99,5 @@ class GradientFreeCAM(BaseCAM):
             activations = LayerActivations(
                 layer, self._channel_maps(out, layer.name).to(dtype), len(captured[id(layer.module)])
             )
-            maps.append(self._layer_maps_of(x, activations, indices, output).to(dtype))
+            maps.append(self._layer_maps_of(x, activations, indices, model_logits(output)).to(dtype))
         return maps, multi

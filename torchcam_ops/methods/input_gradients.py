@@ -15,7 +15,7 @@ from torchcam_ops.methods.calls import check_input, map_dtype, preserve_buffers
 from torchcam_ops.methods.gradcam import GradCAM
 from torchcam_ops.methods.graphs import Graphable, explainer_call, graph_input
 from torchcam_ops.methods.layers import LayerSpec
-from torchcam_ops.methods.targeting import Targets, check_finite_scores, class_indices
+from torchcam_ops.methods.targeting import Targets, check_finite_scores, class_indices, model_logits
 from torchcam_ops.nn.convert import find_classifier
 from torchcam_ops.nn.rules import guided_rules, tsgb_rules, uncompilable_rule
 
@@ -55,7 +55,7 @@ class _InputGradientExplainer(Graphable):
             )
         with preserve_buffers(self.model), self._rules(), torch.enable_grad():
             leaf = graph_input(x)
-            logits = self.model(leaf)
+            logits = model_logits(self.model(leaf))
             if not isinstance(logits, Tensor) or logits.dim() != 2:
                 raise TypeError("the model output is not [N, classes] logits")
             indices, multi = class_indices(targets, x.shape[0], logits.shape[1], logits)

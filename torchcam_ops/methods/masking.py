@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from torchcam_ops.methods.layout import ForwardPlan
+from torchcam_ops.methods.targeting import model_logits
 
 MasksPerForward = int | Literal["auto"] | None
 
@@ -127,5 +128,5 @@ def _forward_in_chunks(
         output = forward(batch)
         if channels_last is None:
             channels_last = plan is not None and plan.channels_last(forward, batch, output)
-        scores.append(score(output))
+        scores.append(score(model_logits(output)))
     return torch.cat(scores)

@@ -20,7 +20,7 @@ from torchcam_ops.methods.masking import (
     masked_scores,
     resolve_masks_per_forward,
 )
-from torchcam_ops.methods.targeting import Targets, check_finite_scores
+from torchcam_ops.methods.targeting import Targets, check_finite_scores, model_logits
 from torchcam_ops.ops import cam_postprocess
 
 ScoreCAMVariant = Literal["original", "pytorch-grad-cam"]
@@ -81,7 +81,7 @@ class ScoreCAM(GradientFreeCAM):
     def _classes(self, output: Any, targets: Targets, batch: int) -> tuple[Tensor, bool]:
         indices, multi = super()._classes(output, targets, batch)
         # the scores are softmax probabilities over every class: one NaN logit makes all of them NaN
-        check_finite_scores(output)
+        check_finite_scores(model_logits(output))
         return indices, multi
 
     def _relu_at_input_size(self) -> bool:

@@ -4,7 +4,7 @@ the batch and the model's classes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -30,9 +30,21 @@ class ResolvedTargets(NamedTuple):
     indices: Tensor | None
 
 
+def model_logits(output: Any) -> Any:
+    """The class logits in a model's output: the output itself when it is a tensor, else its ``logits``
+    tensor where it has one (a Hugging Face ``ModelOutput``, torchvision's GoogLeNet and Inception
+    outputs in training mode, any mapping with a ``"logits"`` key); any other output as it is (a
+    segmentation model's ``{"out": ...}``, explained through a callable target)."""
+    if isinstance(output, Tensor):
+        return output
+    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    return logits if isinstance(logits, Tensor) else output
+
+
 def resolve_targets(output: Any, targets: Targets, batch: int) -> ResolvedTargets:
     """The scores, multiplicity and class indices of ``targets`` on the model ``output`` of a batch of
-    ``batch`` images: the one place where every method turns targets into what it explains."""
+    ``batch`` images: the one place where every method turns targets into what it explains. A callable
+    target gets the output as the model returned it; class indices index its logits (:func:`model_logits`)."""
     if callable(targets) and not isinstance(targets, Tensor):
         scores = targets(output)
         if (
@@ -56,6 +68,7 @@ def resolve_targets(output: Any, targets: Targets, batch: int) -> ResolvedTarget
         return (
             ResolvedTargets(scores[:, None], False, None) if scores.dim() == 1 else ResolvedTargets(scores, True, None)
         )
+    output = model_logits(output)
     if not isinstance(output, Tensor) or output.dim() != 2:
         described = f"shape {list(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
         raise TypeError(
