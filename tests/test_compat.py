@@ -3,6 +3,7 @@ on the newest torch and, in ``./run oldest``, on the oldest supported one)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
@@ -55,7 +56,8 @@ class _CountingMode(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_grad_in_current_modes_is_autograd_grad_with_the_mode_active_in_the_backward():
+@pytest.mark.parametrize("call", ["grad", "backward", "tensor_backward"])
+def test_autograd_calls_run_with_the_mode_active_in_the_backward(call):
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, 3)
     x = torch.rand(1, 3, 6, 6, requires_grad=True)
@@ -64,9 +66,25 @@ def test_grad_in_current_modes_is_autograd_grad_with_the_mode_active_in_the_back
     mode = _CountingMode()
     with mode:
         y = torch.utils.checkpoint.checkpoint(conv, x, use_reentrant=False)
-        (grad,) = _compat.grad_in_current_modes([y], [x], [seed], retain_graph=False)
-    torch.testing.assert_close(grad, expected)
+    func, args, kwargs = {
+        "grad": (torch.autograd.grad, (y, x, seed), {}),
+        "backward": (torch.autograd.backward, (y,), {"grad_tensors": seed, "inputs": [x]}),
+        "tensor_backward": (torch.Tensor.backward, (y, seed), {"inputs": (x,)}),
+    }[call]
+    with mode:
+        result = _compat.run_autograd_in_modes(func, args, kwargs)
+    gradient = result[0] if call == "grad" else x.grad
+    torch.testing.assert_close(gradient, expected)
     assert mode.convs == 2  # the forward, and its recomputation during the backward
+    assert _compat.is_autograd_call(func) and not _compat.is_autograd_call(torch.conv2d)
+
+
+def test_implicit_gradients_only_for_scalar_outputs():
+    x = torch.rand(3, requires_grad=True)
+    _compat.run_autograd_in_modes(torch.Tensor.backward, ((x * 2).sum(),), {})
+    torch.testing.assert_close(x.grad, torch.full((3,), 2.0))
+    with pytest.raises(RuntimeError, match="only for scalar outputs"):
+        _compat.run_autograd_in_modes(torch.autograd.grad, (x * 2, x), {})
 
 
 def test_the_compiler_names_are_those_of_this_torch():

@@ -562,3 +562,25 @@ def test_each_function_the_explainer_compiles_has_its_own_compiled_code():
         torch.testing.assert_close(cam._call_compiled(doubled, x), plain * 2)
         torch.testing.assert_close(cam._call_compiled(tripled, x), plain * 3)
         torch.testing.assert_close(cam._call_compiled(doubled, x), plain * 2)
+
+
+@needs_compiled_autograd
+def test_a_module_named_twice_in_the_users_own_torch_compile_gives_both_maps():
+    # the torch.func route adds a zero to each named call of the shared module, not only the last one
+    torch._dynamo.reset()
+    relu = nn.ReLU()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        relu,
+        nn.Conv2d(4, 4, 3, padding=1),
+        relu,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 5),
+    ).eval()
+    x = torch.rand(2, 3, 8, 8)
+    with GradCAM(model, ["1@0", "1@-1"]) as cam:
+        function = torch.compile(lambda x, t: cam(x, t, raw=True), fullgraph=True, backend="aot_eager")
+        for compiled, eager in zip(function(x, torch.tensor([1, 2])), cam(x, torch.tensor([1, 2]), raw=True)):
+            torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+            assert eager.abs().max() > 0

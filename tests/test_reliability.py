@@ -310,22 +310,40 @@ class _AliasingTap(nn.Module):
         return self.head(tapped)
 
 
-def test_a_target_layer_that_aliases_its_input_keeps_the_forward_pass_as_it_is():
+def test_a_target_layer_that_aliases_its_input_is_refused_when_the_model_changes_that_tensor_in_place():
+    # An nn.Identity tap whose input the model then changes in place: the layers after the tap would
+    # have seen the change through the alias, but received a copy: the forward was not the model's own.
     x = torch.rand(2, 3, 8, 8)
     model = _AliasingTap(in_place_after=False).eval()
     with GradCAM(model, ["tap"]) as cam:
         maps = cam(x, [1, 2])
     with GradCAM(model, ["conv"]) as cam:
         torch.testing.assert_close(maps, cam(x, [1, 2]))  # the tap is the conv's own output
-
     model = _AliasingTap(in_place_after=True).eval()
-    with torch.no_grad():
-        logits = model(x)
-    seen = []
     with GradCAM(model, ["tap"]) as cam:
         with pytest.raises(ValueError, match=r"target layer 'tap' returns \(a view of\) its input.*in place"):
-            cam(x, lambda out: seen.append(out.detach().clone()) or out[:, 1])
-    torch.testing.assert_close(seen[0], logits, rtol=0, atol=0)  # the forward pass was the model's own
+            cam(x, [1, 2])
+
+
+def test_an_identity_layer_whose_own_output_is_changed_in_place_afterwards_is_explained():
+    # ConvNeXt's and EfficientNet's stochastic depth in eval mode: `result = sd(result); result += input`
+    # changes the layer's returned tensor (the copy the layers after it received), never the original.
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.depth = nn.Identity()
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 4))
+
+        def forward(self, x):
+            result = self.depth(self.conv(x))
+            result += x
+            return self.head(result)
+
+    model, x = Residual().eval(), torch.rand(2, 3, 8, 8)
+    with GradCAM(model, ["depth"]) as cam, GradCAM(model, ["conv"]) as by_conv:
+        torch.testing.assert_close(cam(x, [1, 2]), by_conv(x, [1, 2]))
 
 
 def test_rules_mode_is_thread_local_and_leaves_no_mode_behind():
@@ -893,3 +911,26 @@ def test_score_cam_and_abs_cam_make_their_masks_a_chunk_of_channels_at_a_time(mo
                 torch.testing.assert_close(explainer(x, [1, 2]), expected[name], rtol=1e-5, atol=1e-6)
     finally:
         ops.set_max_output_elements(previous)
+
+
+def test_the_users_own_tsgb_block_holds_under_activation_checkpointing_and_loss_backward():
+    from torchcam_ops.nn import tsgb
+
+    x = torch.rand(2, 3, 12, 12)
+    with TSGB(CheckpointedCnn(False).eval()) as explainer:
+        expected = explainer(x, [1, 3], raw=True)
+    model = CheckpointedCnn(True).eval()
+    leaf = x.clone().requires_grad_()
+    with tsgb(model):
+        model(leaf).gather(1, torch.tensor([[1], [3]])).sum().backward()
+    torch.testing.assert_close((leaf * leaf.grad).sum(1), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_explaining_a_checkpointed_model_in_training_mode_writes_none_of_its_buffers():
+    # The recomputed batch norm of the backward writes the shield's copies, as the forward did.
+    model = CheckpointedCnn(True).train()
+    buffers = {name: (b.clone(), b._version) for name, b in model.named_buffers()}
+    with GradCAM(model, ["head.0"]) as cam:
+        cam(torch.rand(2, 3, 12, 12), [1, 3])
+    for name, b in model.named_buffers():
+        assert torch.equal(b, buffers[name][0]) and b._version == buffers[name][1], name

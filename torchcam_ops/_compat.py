@@ -38,29 +38,6 @@ def version(tensor: Tensor) -> int:
     return tensor._version
 
 
-def grad_in_current_modes(
-    outputs: Sequence[Tensor],
-    inputs: Sequence[Tensor],
-    grad_outputs: Sequence[Tensor],
-    retain_graph: bool,
-) -> tuple[Tensor, ...]:
-    """``torch.autograd.grad`` without passing through the torch-function modes of the calling thread.
-
-    ``torch.autograd.grad`` hands itself to the innermost ``TorchFunctionMode``, which runs it with the
-    mode switched off; a non-reentrant activation checkpoint then recomputes its forward pass during
-    the backward without the mode's rules. Running the engine directly keeps every mode active for the
-    recomputation (``torch.autograd.graph._engine_run_backward``, torch 2.6-2.15)."""
-    return torch.autograd.graph._engine_run_backward(
-        tuple(outputs),
-        tuple(grad_outputs),
-        retain_graph,
-        False,  # create_graph
-        tuple(inputs),
-        False,  # allow_unused
-        accumulate_grad=False,
-    )
-
-
 # -- torch.compile ------------------------------------------------------------------------------
 
 
@@ -134,3 +111,73 @@ def map_tensors(function: Callable[[Tensor], Tensor], tree: Any) -> Any:
 def assert_async(ok: Tensor, message: str) -> None:
     """Raises ``RuntimeError(message)`` on the device when ``ok`` is False, without a host read."""
     torch._assert_async(ok, message)
+
+
+# -- autograd with the calling thread's torch-function modes kept active -------------------------
+
+_AUTOGRAD_CALLS: tuple[Callable[..., Any], ...] = (torch.autograd.grad, torch.autograd.backward, Tensor.backward)
+
+
+def is_autograd_call(func: Any) -> bool:
+    """Whether ``func`` is ``torch.autograd.grad``, ``torch.autograd.backward`` or ``Tensor.backward``."""
+    return any(func is call for call in _AUTOGRAD_CALLS)
+
+
+def _as_tuple(value: Any) -> tuple:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, Tensor) else tuple(value)
+
+
+def _implicit_grads(outputs: tuple, grads: tuple) -> tuple:
+    if not grads:
+        grads = (None,) * len(outputs)
+    if len(grads) != len(outputs):
+        raise RuntimeError(f"grad can be implicitly created only for scalar outputs: {len(grads)} for {len(outputs)}")
+    made = []
+    for output, grad in zip(outputs, grads):
+        if grad is None:
+            if output.numel() != 1:
+                raise RuntimeError("grad can be implicitly created only for scalar outputs")
+            grad = torch.ones_like(output, memory_format=torch.preserve_format)
+        made.append(grad)
+    return tuple(made)
+
+
+def run_autograd_in_modes(func: Callable[..., Any], args: tuple, kwargs: dict | None) -> Any:
+    """``func(*args, **kwargs)`` for one of :func:`is_autograd_call`'s functions, run by autograd's engine
+    directly so that the calling thread's torch-function modes stay active during the backward: a
+    ``TorchFunctionMode`` is handed these calls with itself switched off, and a non-reentrant activation
+    checkpoint recomputes its forward pass during the backward (``torch.autograd.graph._engine_run_backward``,
+    torch 2.6-2.15). The options training code passes are supported (gradients, ``retain_graph``,
+    ``create_graph``, ``inputs``, ``allow_unused``); calls with others (``is_grads_batched``,
+    ``materialize_grads``, gradient edges) run as they are."""
+    import inspect
+
+    bound = inspect.signature(func).bind(*args, **(kwargs or {}))
+    bound.apply_defaults()
+    a = bound.arguments
+    if func is Tensor.backward:
+        outputs, grads, inputs = (a["self"],), _as_tuple(a["gradient"]), _as_tuple(a["inputs"])
+    elif func is torch.autograd.backward:
+        if a.get("grad_variables") is not None:
+            return func(*args, **(kwargs or {}))
+        outputs, grads, inputs = _as_tuple(a["tensors"]), _as_tuple(a["grad_tensors"]), _as_tuple(a["inputs"])
+    else:
+        if a.get("is_grads_batched") or a.get("materialize_grads"):
+            return func(*args, **(kwargs or {}))
+        outputs, grads, inputs = _as_tuple(a["outputs"]), _as_tuple(a["grad_outputs"]), _as_tuple(a["inputs"])
+    if not all(isinstance(t, Tensor) for t in (*outputs, *inputs)):
+        return func(*args, **(kwargs or {}))
+    create_graph = bool(a["create_graph"])
+    retain_graph = create_graph if a["retain_graph"] is None else a["retain_graph"]
+    grads = _implicit_grads(outputs, grads)
+    if func is torch.autograd.grad:
+        allow_unused = bool(a.get("allow_unused") or False)
+        return torch.autograd.graph._engine_run_backward(
+            outputs, grads, retain_graph, create_graph, inputs, allow_unused, accumulate_grad=False
+        )
+    torch.autograd.graph._engine_run_backward(
+        outputs, grads, retain_graph, create_graph, inputs, allow_unreachable=True, accumulate_grad=True
+    )
+    return None

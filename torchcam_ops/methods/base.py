@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torchcam_ops import _compat
 from torchcam_ops._extension import assert_has_ops
 from torchcam_ops.methods.calls import check_input, check_positive_or_none, map_dtype, preserve_buffers
-from torchcam_ops.methods.capture import capture_outputs
+from torchcam_ops.methods.capture import capture_outputs, check_aliases
 from torchcam_ops.methods.graphs import Graphable, explainer_call, graph_input
 from torchcam_ops.methods.layers import LayerSpec, Reshape, TargetLayer, channel_maps, check_reshape, resolve_layers
 from torchcam_ops.methods.targeting import Targets, class_indices, model_logits, resolve_targets, slice_targets
@@ -43,11 +43,13 @@ class LayerGradients(NamedTuple):
     indices: Tensor | None
 
 
-def _adding_at_call(delta: Tensor, index: int) -> Callable[[Tensor, int], Tensor]:
-    """A capture substitute: the layer's output plus ``delta`` at call ``index``, a copy at the others."""
+def _adding_at_calls(deltas: dict[int, Tensor]) -> Callable[[Tensor, int], Tensor]:
+    """A capture substitute: the layer's output plus ``deltas[call]`` at the calls it names, a copy at
+    the others."""
 
     def substitute(output: Tensor, call: int) -> Tensor:
-        return output + delta if call == index else output.clone()
+        delta = deltas.get(call)
+        return output.clone() if delta is None else output + delta
 
     return substitute
 
@@ -230,6 +232,7 @@ class BaseCAM(Graphable):
             return self._functional_activations_and_gradients(x, targets, create_graph)
         with capture_outputs(self.layers) as captured, torch.enable_grad():
             output = self.model(graph_input(x))
+            check_aliases()
             scores, multi, indices = resolve_targets(output, targets, x.shape[0])
             outputs = [self._layer_output(layer, captured[id(layer.module)]) for layer in self.layers]
             activations = [self._channel_maps(out, name) for (name, _, _), out in zip(self.layers, outputs)]
@@ -275,9 +278,10 @@ class BaseCAM(Graphable):
         asked_for_several: list[bool] = []
 
         def scores_of(deltas: list[Tensor]) -> tuple[Tensor, tuple[list[Tensor], Tensor | None]]:
-            substitutes = {
-                id(layer.module): _adding_at_call(delta, call) for layer, delta, call in zip(self.layers, deltas, calls)
-            }
+            at_calls: dict[int, dict[int, Tensor]] = {}  # module -> call -> delta (a module may be named twice)
+            for layer, delta, call in zip(self.layers, deltas, calls):
+                at_calls.setdefault(id(layer.module), {})[call] = delta
+            substitutes = {key: _adding_at_calls(deltas_by_call) for key, deltas_by_call in at_calls.items()}
             with capture_outputs(self.layers, substitutes) as captured:
                 output = self.model(x)
                 scores, multi, indices = resolve_targets(output, targets, x.shape[0])

@@ -13,8 +13,8 @@ What is recorded is the layer's own output, every time the layer runs in the cal
 it receive a copy, so an in-place operation downstream (``nn.ReLU(inplace=True)``, DenseNet's
 ``F.relu(..., inplace=True)``) changes the copy, never the recorded activations or the tensor the
 gradient is taken with respect to. An output that aliases the layer's input (``nn.Identity``, a
-reshape) is handed on as it is, so the forward pass stays the model's own; if the model then changes
-it in place, the call is refused (the map would describe values the layer never output).
+reshape) is copied too; if the model then changes the original in place (which the layers after it
+would have seen through the alias), the call is refused: its forward pass was not the model's own.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ class _Capture:
             return substitute(output, len(outputs) - 1)
         if not torch.compiler.is_compiling() and _compat.aliases(output, inputs):
             self.aliased.append((name, output, _compat.version(output)))
-            return None
         return output.clone()
 
     def check_aliases_unchanged(self) -> None:
@@ -62,8 +61,9 @@ class _Capture:
             if _compat.version(output) != version:
                 raise ValueError(
                     f"target layer {name!r} returns (a view of) its input, which the model changes in place "
-                    "later in the forward pass: its recorded output would not be what the layer returned. "
-                    "Choose the layer that computes this tensor, or one after the in-place change"
+                    "later in the forward pass: the layers after it received a copy taken before the change, "
+                    "so the forward pass was not the model's own. Choose the layer that computes this tensor, "
+                    "or one after the in-place change"
                 )
 
 
@@ -105,15 +105,28 @@ def hook_is_registered() -> bool:
     return _HOOK_KEY in _compat.global_forward_hooks()
 
 
+def check_aliases() -> None:
+    """Refuses, naming the layer, a call of the calling thread whose target layer returned (a view of)
+    its input which the model then changed in place (see the module's docstring). Called right after
+    the forward pass, so that this, not a missing gradient it causes, is the error; the end of
+    :func:`capture_outputs` checks again."""
+    capture = getattr(_thread_state, "capture", None)
+    if capture is not None and not torch.compiler.is_compiling():
+        capture.check_aliases_unchanged()
+
+
 @contextlib.contextmanager
 def hook_held() -> Iterator[None]:
     """The capture hook present while the block runs (for the eager code around a compiled call, so
     that the compiled code is traced with it)."""
-    _acquire_hook()
+    acquired = False
     try:
+        _acquire_hook()
+        acquired = True
         yield
     finally:
-        _release_hook()
+        if acquired:
+            _release_hook()
 
 
 @contextlib.contextmanager
@@ -154,11 +167,14 @@ def capture_outputs(
             _traced_capture = previous
         return
     previous = getattr(_thread_state, "capture", None)
-    _acquire_hook()
-    _thread_state.capture = capture
+    acquired = False
     try:
+        _acquire_hook()
+        acquired = True
+        _thread_state.capture = capture
         yield recorded
     finally:
         _thread_state.capture = previous
-        _release_hook()
+        if acquired:
+            _release_hook()
     capture.check_aliases_unchanged()

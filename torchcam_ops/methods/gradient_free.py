@@ -10,7 +10,7 @@ from torch import Tensor
 
 from torchcam_ops.methods.base import BaseCAM
 from torchcam_ops.methods.calls import map_dtype
-from torchcam_ops.methods.capture import capture_outputs
+from torchcam_ops.methods.capture import capture_outputs, check_aliases
 from torchcam_ops.methods.layers import TargetLayer
 from torchcam_ops.methods.targeting import Targets, model_logits, resolve_targets, slice_targets
 from torchcam_ops.ops import cam_postprocess
@@ -91,6 +91,7 @@ class GradientFreeCAM(BaseCAM):
             raise ValueError(f"targets: {type(self).__name__} needs class indices, not a callable")
         with capture_outputs(self.layers) as captured:
             output = self.model(x)
+            check_aliases()
             outputs = [self._layer_output(layer, captured[id(layer.module)]) for layer in self.layers]
         indices, multi = self._classes(output, targets, x.shape[0])
         dtype = map_dtype(x.dtype)

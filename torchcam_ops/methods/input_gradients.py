@@ -67,18 +67,10 @@ class _InputGradientExplainer(Graphable):
             grads = []
             for t in range(count):
                 seed = torch.zeros_like(logits).scatter_(1, indices[:, t : t + 1], 1.0)
-                (grad,) = rules_grad(logits, leaf, seed, retain_graph=t + 1 < count)
+                # the rules' mode keeps itself active during this backward (checkpointed layers recompute)
+                (grad,) = torch.autograd.grad(logits, leaf, seed, retain_graph=t + 1 < count)
                 grads.append(grad)
         return leaf.detach(), torch.stack(grads), multi
-
-
-def rules_grad(output: Tensor, leaf: Tensor, seed: Tensor, retain_graph: bool) -> tuple[Tensor]:
-    """The gradient of ``output`` (seeded with ``seed``) to ``leaf`` with the backward rules still
-    active while the backward runs: activation checkpointing (non-reentrant) recomputes its forward
-    pass there, and that pass must take the rules as the first did."""
-    if torch.compiler.is_compiling():
-        return torch.autograd.grad(output, leaf, seed, retain_graph=retain_graph)
-    return _compat.grad_in_current_modes([output], [leaf], [seed], retain_graph)
 
 
 class TSGB(_InputGradientExplainer):

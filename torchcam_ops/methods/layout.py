@@ -118,6 +118,11 @@ class ForwardPlan:
         self.applies = applies and (choice is True or (choice == "auto" and forwards >= min_forwards))
         self._decided: bool | None = None if self.applies else False
 
+    @property
+    def decided(self) -> bool | None:
+        """The layout decided for the call so far: True, False, or None before its first forward."""
+        return self._decided
+
     def channels_last(self, forward: Callable[[Tensor], Any], batch: Tensor, expected: Any) -> bool:
         """Whether the call's forwards take channels-last images, decided on its first ``batch`` (whose
         contiguous forward gave ``expected``) and kept for the rest of the call."""

@@ -119,7 +119,7 @@ def _forward_in_chunks(
     per_forward: int,
     plan: ForwardPlan | None = None,
 ) -> Tensor:
-    channels_last = None
+    channels_last = None if plan is None else plan.decided  # later chunks of the call: as decided
     scores = []
     for start in range(0, masks.shape[0], per_forward):
         batch = image[None] * masks[start : start + per_forward, None].to(image.dtype)

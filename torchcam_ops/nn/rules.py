@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrize import ParametrizationList
 from torch.overrides import TorchFunctionMode
 
-from torchcam_ops import ops
+from torchcam_ops import _compat, ops
 
 _CONV2D_ARGUMENTS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _LINEAR_ARGUMENTS = ("input", "weight", "bias")
@@ -89,6 +89,17 @@ _PASS_THROUGH_NORMS = frozenset({F.layer_norm, F.group_norm, F.instance_norm, F.
 # goes to the signal x, not to the gate s.
 _PRODUCTS = frozenset({torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__})
 _IN_PLACE_PRODUCTS = frozenset({torch.Tensor.mul_, torch.Tensor.__imul__})
+
+
+def _backward_keeping(mode: TorchFunctionMode, func, args, kwargs):
+    """An autograd call handed to ``mode`` (with ``mode`` switched off, as every call a mode handles):
+    run with the mode active again, so that layers recomputed during the backward (non-reentrant
+    activation checkpointing) take the same rules as in the forward pass. While torch.compile traces,
+    the call as it is (the compiled graph holds no recomputation)."""
+    if torch.compiler.is_compiling():
+        return func(*args, **(kwargs or {}))
+    with mode:
+        return _compat.run_autograd_in_modes(func, args, kwargs)
 
 
 def submodules(model: nn.Module) -> list[nn.Module]:
@@ -207,6 +218,8 @@ class TSGBRules(TorchFunctionMode):
         return bool(torch.equal(weight, self._classifier_weight))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if _compat.is_autograd_call(func):
+            return _backward_keeping(self, func, args, kwargs)
         if func is torch.conv2d:
             # every convolution of the forward pass, also those whose weight is computed per call
             # (weight norm, spectral norm, parametrizations, weight standardisation)
@@ -299,6 +312,8 @@ class RectifiedReLURules(TorchFunctionMode):
         self._mode = mode
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if _compat.is_autograd_call(func):
+            return _backward_keeping(self, func, args, kwargs)
         if func in _RELU_CALLS:
             x = args[0] if args else kwargs["input"]
             return ops.rectified_relu(x, self._mode)
@@ -358,6 +373,8 @@ class BufferShield(TorchFunctionMode):
         return value
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if _compat.is_autograd_call(func):  # a recomputed batch norm writes the copies as well
+            return _backward_keeping(self, func, args, kwargs)
         kwargs = dict(kwargs or {})
         if self._copies:
             # reads of a buffer already written in this block see the written copy
