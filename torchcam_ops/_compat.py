@@ -120,7 +120,7 @@ _AUTOGRAD_CALLS: tuple[Callable[..., Any], ...] = (torch.autograd.grad, torch.au
 
 def is_autograd_call(func: Any) -> bool:
     """Whether ``func`` is ``torch.autograd.grad``, ``torch.autograd.backward`` or ``Tensor.backward``."""
-    return any(func is call for call in _AUTOGRAD_CALLS)
+    return func in _AUTOGRAD_CALLS  # every op a rules mode sees asks this first: a tuple test, no loop
 
 
 def _as_tuple(value: Any) -> tuple:
@@ -133,7 +133,7 @@ def _implicit_grads(outputs: tuple, grads: tuple) -> tuple:
     if not grads:
         grads = (None,) * len(outputs)
     if len(grads) != len(outputs):
-        raise RuntimeError(f"grad can be implicitly created only for scalar outputs: {len(grads)} for {len(outputs)}")
+        raise RuntimeError(f"expected one gradient per output, got {len(grads)} for {len(outputs)} outputs")
     made = []
     for output, grad in zip(outputs, grads):
         if grad is None:

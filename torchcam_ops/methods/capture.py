@@ -35,8 +35,8 @@ Substitute = Callable[[Tensor, int], Tensor]
 
 
 class _Capture:
-    """What one call records: per module id, the layer name, its outputs, the substitute, and the
-    outputs handed on as they are (aliases of the layer's input) with their version counters."""
+    """What one call records: per module id, the layer name, its outputs and the substitute; and the
+    outputs that alias the layer's input, with their version counters then."""
 
     def __init__(self, layers: Sequence[tuple[str, nn.Module, Any]], substitutes: dict[int, Substitute]) -> None:
         self.layers = {id(layer[1]): (layer[0], [], substitutes.get(id(layer[1]))) for layer in layers}
@@ -167,14 +167,10 @@ def capture_outputs(
             _traced_capture = previous
         return
     previous = getattr(_thread_state, "capture", None)
-    acquired = False
-    try:
-        _acquire_hook()
-        acquired = True
+    with hook_held():
         _thread_state.capture = capture
-        yield recorded
-    finally:
-        _thread_state.capture = previous
-        if acquired:
-            _release_hook()
+        try:
+            yield recorded
+        finally:
+            _thread_state.capture = previous
     capture.check_aliases_unchanged()
