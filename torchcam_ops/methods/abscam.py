@@ -7,8 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchcam_ops.methods import masking
-from torchcam_ops.methods.base import BaseCAM
+from torchcam_ops.methods.base import BaseCAM, LayerEvidence
 from torchcam_ops.methods.calls import map_dtype
 from torchcam_ops.methods.layers import LayerSpec, Reshape
 from torchcam_ops.methods.layout import ChannelsLast, ForwardPlan, check_channels_last
@@ -17,9 +16,7 @@ from torchcam_ops.methods.masking import (
     channel_chunks,
     check_masks_per_forward,
     masked_scores,
-    resolve_masks_per_forward,
 )
-from torchcam_ops.methods.targeting import Targets, slice_targets
 from torchcam_ops.ops import cam_postprocess
 
 
@@ -40,10 +37,12 @@ class AbsCAM(BaseCAM):
     an eager model in eval mode gets the masked images channels-last as ``cpu_channels_last`` says (True,
     False, or ``"auto"``: where the call takes 16 forwards or more and a trial on its first forward
     computes the same; :class:`~torchcam_ops.methods.layout.ForwardPlan`).
-    ``batch_size`` bounds the images explained at once, as for every CAM explainer (64 here).
+    ``batch_size`` bounds the images explained at once, as for every CAM explainer (64 here). With
+    ``raw=True``, phase 1 gives the layer-resolution maps before ReLU, phase 2
+    :math:`\sum_k s_k M_k` at the input's resolution.
     """
 
-    method = "abscam"
+    reduction = "abscam"
 
     def __init__(
         self,
@@ -62,66 +61,45 @@ class AbsCAM(BaseCAM):
         check_masks_per_forward(masks_per_forward)
         super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
         self.phase = phase
-        self.masks_per_forward = masks_per_forward
+        self.images_per_forward = masks_per_forward
         check_channels_last(cpu_channels_last)
         self.cpu_channels_last = cpu_channels_last
-
-    def _compiles_with_model(self) -> bool:
-        return self.phase == 1  # phase 2: K masked forward passes per image and class, compiled one by one
-
-    def _explain(
-        self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool
-    ) -> Tensor | list[Tensor]:
-        if self.phase == 1 or raw:
-            return super()._explain(x, targets, raw, size, create_graph)
-        if create_graph:
-            raise ValueError(
-                "create_graph: Abs-CAM phase 2 weights channels by the scores of masked images, "
-                "computed without gradients; use phase=1 for maps that carry gradients"
+        if phase == 2:
+            self.needs_class_indices = True
+            self.no_create_graph = (
+                "Abs-CAM phase 2 weights channels by the scores of masked images, computed without gradients; "
+                "use phase=1 for maps that carry gradients"
             )
-        maps = [
-            self._phase_two(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), size)
-            for start, stop in self._chunks(x.shape[0])
-        ]
-        multi = maps[0][1]
-        fused = torch.cat([m for m, _ in maps])
-        return fused if multi else fused[:, 0]
+            # K masked forward passes per image and class: compiled one by one
+            self.compiles_whole_call = False
 
-    def _phase_two(self, x: Tensor, targets: Targets, size: tuple[int, int]) -> tuple[Tensor, bool]:
-        if callable(targets) and not isinstance(targets, Tensor):
-            raise ValueError(
-                "targets: Abs-CAM phase 2 scores masked images by class, so it needs class indices, not a callable"
-            )
-        activations, gradients, multi, indices = self._activations_and_gradients(x, targets)
+    @property
+    def masks_per_forward(self) -> MasksPerForward:
+        """Masked images per forward in phase 2 (the call's forward plan resolves "auto")."""
+        return self.images_per_forward
+
+    def layer_maps(self, evidence: LayerEvidence) -> Tensor:
+        if self.phase == 1:
+            return super().layer_maps(evidence)
+        x, plan = evidence.x, evidence.plan
+        dtype = map_dtype(x.dtype)
+        channels, pixels = evidence.activations.shape[1], x[0, 0].numel()
+        per_forward = plan.per_forward(x.device, channels, pixels)
+        plan.expect(x.shape[0] * evidence.targets * -(-channels // per_forward))
         with torch.no_grad():
-            batch, count = indices.shape
-            forwards = batch * count * sum(-(-a.shape[1] // self._per_forward(x, a.shape[1])) for a in activations)
-            plan = self._forward_plan(x.device, forwards, masking.CHANNELS_LAST_MIN_FORWARDS)
-            layer_maps = []
-            for a, grads in zip(activations, gradients):
-                maps = torch.empty(batch, count, *size, device=x.device, dtype=map_dtype(x.dtype))
-                for t, g in enumerate(grads):
-                    weights = g.to(maps.dtype).abs().mean((2, 3))  # [n, K]
-                    for n in range(batch):
-                        maps[n, t] = self._refine(
-                            x[n], a[n].to(maps.dtype) * weights[n, :, None, None], indices[n, t : t + 1], size, plan
-                        )
-                layer_maps.append(maps)
-            if len(layer_maps) == 1:
-                return layer_maps[0], multi
-            mean = torch.stack(layer_maps).mean(0).reshape(batch * count, *size)
-            return cam_postprocess(mean, size, relu=False).reshape(batch, count, *size), multi
+            maps = torch.empty(x.shape[0], evidence.targets, *x.shape[-2:], device=x.device, dtype=dtype)
+            for t, g in enumerate(evidence.gradients):
+                weights = g.to(dtype).abs().mean((2, 3))  # [n, K]
+                for n in range(x.shape[0]):
+                    weighted = evidence.activations[n].to(dtype) * weights[n, :, None, None]
+                    maps[n, t] = self._refine(x[n], weighted, evidence.indices[n, t : t + 1], per_forward, plan)
+        return maps
 
-    def _per_forward(self, x: Tensor, channels: int) -> int:
-        return resolve_masks_per_forward(self.masks_per_forward, x.device, channels, x[0, 0].numel())
-
-    def _refine(
-        self, image: Tensor, weighted: Tensor, target: Tensor, size: tuple[int, int], plan: ForwardPlan
-    ) -> Tensor:
-        """L for one image ``[C, H, W]`` and class (a LongTensor ``[1]`` on the image's device, never
-        read on the host) from its weighted activations ``[K, h, w]``, forwarded as ``plan`` says."""
+    def _refine(self, image: Tensor, weighted: Tensor, target: Tensor, per_forward: int, plan: ForwardPlan) -> Tensor:
+        r""":math:`\sum_k s_k M_k` ``[H, W]`` (before ReLU) for one image ``[C, H, W]`` and class (a
+        LongTensor ``[1]`` on the image's device, never read on the host) from its weighted activations
+        ``[K, h, w]``, forwarded as ``plan`` says."""
         pixels = image[0].numel()
-        per_forward = self._per_forward(image[None], weighted.shape[0])
         combined = None
         for start, stop in channel_chunks(weighted.shape[0], pixels, per_forward):
             # M_k at the input size
@@ -138,4 +116,4 @@ class AbsCAM(BaseCAM):
             )
             part = torch.einsum("k,khw->hw", scores, masks)
             combined = part if combined is None else combined + part
-        return cam_postprocess(combined[None], size)[0]
+        return combined

@@ -1,4 +1,11 @@
-"""The shared base of the gradient-weighted CAM explainers.
+"""The shared base of the CAM explainers: one pipeline, one override point.
+
+A call checks its input, splits the batch into chunks of ``batch_size`` images, gathers the
+:class:`LayerEvidence` of each chunk from one forward pass (the target layers' outputs and, for
+methods that declare ``needs_gradients``, the gradients of the target scores to them), asks the
+method for the raw maps of each layer (:meth:`BaseCAM.layer_maps`, the one override point), and
+post-processes them alike for every method (ReLU, Up, norm; several layers averaged and normalised
+again). A method file is its formula and its declared traits.
 
 One forward pass records the target layers' outputs for the calling thread (``capture.py``: no hook
 on the user's modules, downstream in-place ops never reach the recorded outputs), one
@@ -14,33 +21,63 @@ graph capture and under ``torch.compile``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from torchcam_ops import _compat
 from torchcam_ops._extension import assert_has_ops
+from torchcam_ops.methods import masking
 from torchcam_ops.methods.calls import check_input, check_positive_or_none, map_dtype, preserve_buffers
 from torchcam_ops.methods.capture import capture_outputs, check_aliases
 from torchcam_ops.methods.graphs import Graphable, explainer_call, graph_input
 from torchcam_ops.methods.layers import LayerSpec, Reshape, TargetLayer, channel_maps, check_reshape, resolve_layers
+from torchcam_ops.methods.layout import ChannelsLast, ForwardPlan, ImagesPerForward
 from torchcam_ops.methods.targeting import Targets, class_indices, model_logits, resolve_targets, slice_targets
 from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce, check_output_size
 
 
-class LayerGradients(NamedTuple):
-    """What one forward pass and its gradients give a CAM, per target layer."""
+class LayerEvidence(NamedTuple):
+    """What one forward pass of a chunk of images tells a method about one target layer: the input
+    of :meth:`BaseCAM.layer_maps`."""
 
-    #: the layer outputs as channel maps ``[n, K, h, w]`` (detached unless ``create_graph``)
-    activations: list[Tensor]
-    #: per layer, the gradients ``[n, K, h, w]`` of each of the T targets' scores
-    gradients: list[list[Tensor]]
-    #: whether T targets per image were asked for
-    multi: bool
+    #: the chunk's images ``[n, C, H, W]``
+    x: Tensor
+    #: the target layer (name, module, call index)
+    layer: TargetLayer
+    #: the layer's output as channel maps ``[n, K, h, w]`` (after ``reshape``); detached unless
+    #: ``create_graph``. In the model's dtype for methods that need gradients (``cam_reduce``
+    #: accumulates half precision in float32), in the maps' dtype (float32 or float64) for the others.
+    activations: Tensor
+    #: per target t, the gradient of its score to the layer's output, ``[n, K, h, w]`` like the
+    #: activations; empty for methods that declare ``needs_gradients = False``
+    gradients: list[Tensor]
     #: the class indices ``[n, T]``; None for a callable target
     indices: Tensor | None
+    #: the model's logits ``[n, classes]`` on ``x`` (detached); None when its output holds none
+    logits: Tensor | None
+    #: how many times the layer's module ran in the forward pass
+    calls: int
+    #: the call's :class:`~torchcam_ops.methods.layout.ForwardPlan`, for methods that run more forwards
+    #: (masked images, ablated copies); None in a single forward pass of a path method
+    plan: ForwardPlan | None
+
+    @property
+    def targets(self) -> int:
+        """T, the number of targets per image."""
+        return len(self.gradients) if self.gradients else int(self.indices.shape[1])
+
+
+class ChunkMaps(NamedTuple):
+    """The raw maps of one chunk of images."""
+
+    #: per target layer, the raw maps ``[n, T, h, w]`` (before ReLU), in the maps' dtype
+    per_layer: list[Tensor]
+    #: whether T targets per image were asked for (``[N, T, ...]`` maps), not one
+    multi: bool
 
 
 def _adding_at_calls(deltas: dict[int, Tensor]) -> Callable[[Tensor, int], Tensor]:
@@ -55,7 +92,8 @@ def _adding_at_calls(deltas: dict[int, Tensor]) -> Callable[[Tensor, int], Tenso
 
 
 class BaseCAM(Graphable):
-    """A gradient-weighted class activation map explainer; subclasses name a ``cam_reduce`` method.
+    """A class activation map explainer: one pipeline for every CAM method, which a method shapes by
+    its formula (:meth:`layer_maps`, the one override point) and its declared traits.
 
     ``with GradCAM(model, target_layers=[model.layer4]) as cam: maps = cam(x, targets)`` returns
     ``[N, H, W]`` maps in [0, 1] (or ``[N, T, H, W]`` for T targets per image) on x's device, float32
@@ -69,12 +107,39 @@ class BaseCAM(Graphable):
     Outputs are recorded for the calling thread only, by a process-wide forward hook present only
     while explainer calls run (``capture.py``); ``close()`` or the end of a ``with`` block ends the
     explainer (later calls raise). One explainer may be called from several threads at once.
+
+    ``batch_size`` is, for every CAM explainer, how many of the call's images are explained at once
+    (None: all); how many images go in each of the further forwards a method runs per image
+    (masked images, ablated copies, path points) is its own option (``masks_per_forward``...).
+
+    Adding a method (``docs/design.md`` walks through it): subclass, write the formula in the
+    docstring, declare the traits below that differ from the defaults, and either name a
+    ``cam_reduce`` formula in ``reduction`` or override :meth:`layer_maps`.
     """
 
-    method: ClassVar[str] = ""
-    #: Whether the maps come from ``cam_reduce`` of activations and gradients (``method`` names its
-    #: formula); the gradient-free CAMs weight the channels themselves.
-    reduces_gradients: ClassVar[bool] = True
+    # -- declared traits (class attributes; a method whose trait depends on an option sets it in __init__)
+
+    #: The ``cam_reduce`` formula of the default :meth:`layer_maps` (``"gradcam"``, ``"layercam"``...).
+    reduction: ClassVar[str] = ""
+    #: Whether a call computes the gradients of the target scores to the target layers (False: one
+    #: forward pass without gradients).
+    needs_gradients: ClassVar[bool] = True
+    #: Whether the maps depend on the class; False: targets only set how many maps per image are
+    #: returned, and the model's output may be anything (Eigen-CAM).
+    class_specific: ClassVar[bool] = True
+    #: Whether targets must be class indices (the method scores classes itself): a callable is refused.
+    needs_class_indices: bool = False
+    #: Whether ReLU applies at the input's resolution (the raw maps are resized first, Score-CAM)
+    #: instead of the layer's.
+    relu_at_input_size: bool = False
+    #: Why the maps carry no gradient to the model's parameters, ``{name}`` standing for the class
+    #: name; ``create_graph=True`` is refused with it. None: they carry them.
+    no_create_graph: str | None = None
+    #: How the call's further forwards lay out their images on the CPU and how many go in each
+    #: (:class:`~torchcam_ops.methods.layout.ForwardPlan`); methods that run such forwards take them
+    #: as options.
+    cpu_channels_last: ChannelsLast = "auto"
+    images_per_forward: ImagesPerForward = "auto"
 
     def __init__(
         self,
@@ -86,8 +151,8 @@ class BaseCAM(Graphable):
         grid: tuple[int, int] | None = None,
     ) -> None:
         assert_has_ops()  # the build error, not a misleading one about the method, without an extension
-        if self.reduces_gradients and self.method not in CAM_METHODS:
-            raise TypeError(f"{type(self).__name__} names no cam_reduce method")
+        if type(self).layer_maps is BaseCAM.layer_maps and self.reduction not in CAM_METHODS:
+            raise TypeError(f"{type(self).__name__} names no cam_reduce formula and overrides no layer_maps")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         check_positive_or_none("batch_size", batch_size)
@@ -97,6 +162,13 @@ class BaseCAM(Graphable):
         self.batch_size = batch_size
         self.reshape, self.grid = reshape, (tuple(grid) if grid is not None else None)
         self._closed = False
+
+    def layer_maps(self, evidence: LayerEvidence) -> Tensor:
+        """The method's formula: the raw maps ``[n, T, h, w]`` (before ReLU, at the layer's resolution,
+        or at the input's with ``relu_at_input_size``) of one target layer for a chunk of images, from
+        what one forward pass told about it (:class:`LayerEvidence`). The default reduces activations
+        and gradients with the ``cam_reduce`` formula named by ``reduction``."""
+        return torch.stack([cam_reduce(evidence.activations, g, self.reduction) for g in evidence.gradients], dim=1)
 
     def __enter__(self) -> BaseCAM:
         return self
@@ -170,22 +242,55 @@ class BaseCAM(Graphable):
     def _explain(
         self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool
     ) -> Tensor | list[Tensor]:
-        raws = [
-            self._layer_maps(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), create_graph)
-            for start, stop in self._chunks(x.shape[0])
-        ]
-        per_layer, multi = self._joined(raws)
+        """The pipeline: chunks of ``batch_size`` images, their raw maps (:meth:`_chunk_maps`), then
+        the raw maps or the post-processed ones."""
+        if create_graph and self.no_create_graph is not None:
+            raise ValueError("create_graph: " + self.no_create_graph.format(name=type(self).__name__))
+        if self.needs_class_indices and callable(targets) and not isinstance(targets, Tensor):
+            raise ValueError(
+                f"targets: {type(self).__name__} scores classes itself, so it needs class indices, not a callable"
+            )
+        plan = self._forward_plan(x.device)
+        with contextlib.nullcontext() if self.needs_gradients else torch.no_grad():
+            chunks = [
+                self._chunk_maps(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), create_graph, plan)
+                for start, stop in self._chunks(x.shape[0])
+            ]
+        per_layer = [torch.cat([chunk.per_layer[i] for chunk in chunks]) for i in range(len(self.layers))]
+        multi = chunks[0].multi
         if raw:
             return self._raw_output(per_layer, multi)
+        if self.relu_at_input_size:
+            input_size = tuple(x.shape[-2:])
+            per_layer = [
+                cam_postprocess(m.flatten(0, 1), input_size, relu=False, normalize=False).reshape(
+                    *m.shape[:2], *input_size
+                )
+                for m in per_layer
+            ]
         return self._fuse(per_layer, size, multi)
 
-    # -- pieces shared by the subclasses ------------------------------------------------------
+    def _chunk_maps(
+        self, x: Tensor, targets: Targets, create_graph: bool = False, plan: ForwardPlan | None = None
+    ) -> ChunkMaps:
+        """The raw maps of a chunk of images from one forward pass: :meth:`layer_maps` of each layer's
+        evidence. Path methods, which run many forward passes per chunk, override this."""
+        evidence, multi = self._evidence(x, targets, create_graph, plan)
+        dtype = map_dtype(x.dtype)
+        return ChunkMaps([self.layer_maps(layer).to(dtype) for layer in evidence], multi)
 
-    def _joined(self, chunks: list[tuple[list[Tensor], bool]]) -> tuple[list[Tensor], bool]:
-        """Per layer, the raw maps ``[N, T, h, w]`` of all chunks, and whether T classes per image were
-        asked for, from each chunk's ``(maps per layer, multi)``."""
-        per_layer = [torch.cat([chunk[0][i] for chunk in chunks]) for i in range(len(self.layers))]
-        return per_layer, chunks[0][1]
+    def _forward_plan(self, device: torch.device, forwards: int = 0, min_forwards: int | None = None) -> ForwardPlan:
+        """The plan of one call's further forwards on ``device`` (``cpu_channels_last``,
+        ``images_per_forward``; "auto" tries channels-last from ``min_forwards`` expected forwards)."""
+        return ForwardPlan(
+            self.cpu_channels_last,
+            self._model_forward_may_try_channels_last(device),
+            forwards,
+            masking.CHANNELS_LAST_MIN_FORWARDS if min_forwards is None else min_forwards,
+            self.images_per_forward,
+        )
+
+    # -- pieces shared by the subclasses ------------------------------------------------------
 
     @staticmethod
     def _raw_output(per_layer: list[Tensor], multi: bool) -> Tensor | list[Tensor]:
@@ -209,32 +314,28 @@ class BaseCAM(Graphable):
             raise ValueError(f"output_size: expected a positive int or (height, width), got {output_size!r}")
         return tuple(output_size)
 
-    def _layer_maps(self, x: Tensor, targets: Targets, create_graph: bool = False) -> tuple[list[Tensor], bool]:
-        """Raw maps ``[n, T, h, w]`` (float32, before ReLU) of each layer for one chunk."""
-        activations, gradients, multi, _ = self._activations_and_gradients(x, targets, create_graph)
-        maps = []
-        for a, grads in zip(activations, gradients):
-            maps.append(torch.stack([cam_reduce(a, g, self.method) for g in grads], dim=1).to(map_dtype(x.dtype)))
-        return maps, multi
-
-    def _forward_maps(self, x: Tensor, targets: Targets, create_graph: bool = False) -> tuple[list[Tensor], bool]:
-        """:meth:`_layer_maps` of one forward pass, for explainers that run many of them per call
-        (path points): compiled, one forward pass at a time, when the model was given compiled."""
+    def _forward_maps(self, x: Tensor, targets: Targets, create_graph: bool = False) -> ChunkMaps:
+        """The raw maps of one forward pass (:meth:`BaseCAM._chunk_maps`), for path methods that run
+        many of them per call: compiled, one forward pass at a time, when the model was given compiled."""
         if self._model_compile_options is None or torch.compiler.is_compiling():
-            return BaseCAM._layer_maps(self, x, targets, create_graph)
-        return self._call_compiled(BaseCAM._layer_maps, x, targets, create_graph)
+            return BaseCAM._chunk_maps(self, x, targets, create_graph)
+        return self._call_compiled(BaseCAM._chunk_maps, x, targets, create_graph)
 
-    def _activations_and_gradients(self, x: Tensor, targets: Targets, create_graph: bool = False) -> LayerGradients:
-        """Layer outputs (detached unless ``create_graph``); per layer, their gradients for each of
-        the T targets; whether T targets per image were asked for; the class indices [N, T] (None
-        for callable targets)."""
+    def _evidence(
+        self, x: Tensor, targets: Targets, create_graph: bool, plan: ForwardPlan | None
+    ) -> tuple[list[LayerEvidence], bool]:
+        """Per target layer, what one forward pass of ``x`` tells about it, and whether T targets per
+        image were asked for."""
+        if not self.needs_gradients:
+            return self._evidence_without_gradients(x, targets, plan)
         if torch.compiler.is_compiling() and not _compat.autograd_is_traced():
-            return self._functional_activations_and_gradients(x, targets, create_graph)
+            return self._functional_evidence(x, targets, create_graph, plan)
         with capture_outputs(self.layers) as captured, torch.enable_grad():
             output = self.model(graph_input(x))
             check_aliases()
             scores, multi, indices = resolve_targets(output, targets, x.shape[0])
             outputs = [self._layer_output(layer, captured[id(layer.module)]) for layer in self.layers]
+            calls = [len(captured[id(layer.module)]) for layer in self.layers]
             activations = [self._channel_maps(out, name) for (name, _, _), out in zip(self.layers, outputs)]
             for (name, _, _), out in zip(self.layers, outputs):
                 if not out.requires_grad or not scores.requires_grad:
@@ -257,27 +358,81 @@ class BaseCAM(Graphable):
                         raise ValueError(f"target layer {name!r}: the model output has no gradient to this layer")
                 per_target.append([self._channel_maps(g, name) for (name, _, _), g in zip(self.layers, grads)])
         activations = [a if create_graph else a.detach() for a in activations]
-        gradients = [[per_target[t][i] for t in range(count)] for i in range(len(self.layers))]
-        return LayerGradients(activations, gradients, multi, indices)
+        return self._per_layer(x, activations, per_target, indices, output, calls, plan), multi
 
-    def _functional_activations_and_gradients(self, x: Tensor, targets: Targets, create_graph: bool) -> LayerGradients:
-        """:meth:`_activations_and_gradients` in code that torch.compile traces without tracing
-        ``torch.autograd.grad`` (a user's own ``torch.compile``): the gradient to a layer's output is
-        the gradient of the scores to a zero added to it, taken by ``torch.func.vjp``. A first forward
-        pass without gradients gives the outputs' shapes; nothing uses its results, so the compiled
-        code drops it."""
+    def _per_layer(
+        self,
+        x: Tensor,
+        activations: list[Tensor],
+        per_target: list[list[Tensor]],
+        indices: Tensor | None,
+        output: Any,
+        calls: list[int],
+        plan: ForwardPlan | None,
+    ) -> list[LayerEvidence]:
+        """:class:`LayerEvidence` per layer from per-layer activations and per-target gradients."""
+        logits = model_logits(output)
+        logits = logits.detach() if isinstance(logits, Tensor) and logits.dim() == 2 else None
+        return [
+            LayerEvidence(x, layer, a, [grads[i] for grads in per_target], indices, logits, count, plan)
+            for i, (layer, a, count) in enumerate(zip(self.layers, activations, calls))
+        ]
+
+    def _evidence_without_gradients(
+        self, x: Tensor, targets: Targets, plan: ForwardPlan | None
+    ) -> tuple[list[LayerEvidence], bool]:
+        """:meth:`_evidence` of a forward pass without gradients, for methods that weight the channels
+        by forward passes (or by nothing but the activations)."""
+        with capture_outputs(self.layers) as captured:
+            output = self.model(x)
+            check_aliases()
+            outputs = [self._layer_output(layer, captured[id(layer.module)]) for layer in self.layers]
+        indices, multi = self._class_indices(output, targets, x.shape[0])
+        dtype = map_dtype(x.dtype)
+        activations = [self._channel_maps(out, layer.name).to(dtype) for layer, out in zip(self.layers, outputs)]
+        calls = [len(captured[id(layer.module)]) for layer in self.layers]
+        return self._per_layer(x, activations, [], indices, output, calls, plan), multi
+
+    def _class_indices(self, output: Any, targets: Targets, batch: int) -> tuple[Tensor, bool]:
+        """The class indices ``[n, T]`` a forward pass without gradients explains, and whether T classes
+        per image were asked for, from the model's output on the chunk."""
+        logits = model_logits(output)
+        if not self.class_specific:
+            if targets is None or (callable(targets) and not isinstance(targets, Tensor)):
+                return torch.zeros(batch, 1, dtype=torch.long), False
+            # The classes do not change the map, but a class the model does not have is still a
+            # mistake: checked against [N, classes] logits (any other output: the form only).
+            classes = logits.shape[1] if isinstance(logits, Tensor) and logits.dim() == 2 else None
+            return class_indices(targets, batch, classes)
+        if not isinstance(logits, Tensor) or logits.dim() != 2:
+            described = f"shape {list(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
+            raise TypeError(
+                f"the model output ({described}) is not [N, classes] logits; {type(self).__name__} weighs "
+                "channels by class scores, so it explains classifiers"
+            )
+        _, multi, indices = resolve_targets(output, targets, batch)
+        return indices, multi
+
+    def _functional_evidence(
+        self, x: Tensor, targets: Targets, create_graph: bool, plan: ForwardPlan | None
+    ) -> tuple[list[LayerEvidence], bool]:
+        """:meth:`_evidence` in code that torch.compile traces without tracing ``torch.autograd.grad``
+        (a user's own ``torch.compile``): the gradient to a layer's output is the gradient of the
+        scores to a zero added to it, taken by ``torch.func.vjp``. A first forward pass without
+        gradients gives the outputs' shapes; nothing uses its results, so the compiled code drops it."""
         x = x.detach()
         with torch.no_grad(), capture_outputs(self.layers) as probe:
             self.model(x)
-        calls = []
+        calls, counts = [], []
         for layer in self.layers:
             outputs = probe[id(layer.module)]
             self._layer_output(layer, outputs)  # the layer ran, and the call exists
             calls.append(0 if layer.call is None else layer.call % len(outputs))
+            counts.append(len(outputs))
         zeros = [torch.zeros_like(probe[id(layer.module)][call]) for layer, call in zip(self.layers, calls)]
         asked_for_several: list[bool] = []
 
-        def scores_of(deltas: list[Tensor]) -> tuple[Tensor, tuple[list[Tensor], Tensor | None]]:
+        def scores_of(deltas: list[Tensor]) -> tuple[Tensor, tuple[list[Tensor], Tensor | None, Any]]:
             at_calls: dict[int, dict[int, Tensor]] = {}  # module -> call -> delta (a module may be named twice)
             for layer, delta, call in zip(self.layers, deltas, calls):
                 at_calls.setdefault(id(layer.module), {})[call] = delta
@@ -286,10 +441,13 @@ class BaseCAM(Graphable):
                 output = self.model(x)
                 scores, multi, indices = resolve_targets(output, targets, x.shape[0])
             asked_for_several.append(multi)
-            return scores, ([captured[id(layer.module)][call] for layer, call in zip(self.layers, calls)], indices)
+            logits = model_logits(output)
+            logits = logits if isinstance(logits, Tensor) else None
+            layer_outputs = [captured[id(layer.module)][call] for layer, call in zip(self.layers, calls)]
+            return scores, (layer_outputs, indices, logits)
 
         with torch.enable_grad():
-            scores, vjp, (outputs, indices) = torch.func.vjp(scores_of, zeros, has_aux=True)
+            scores, vjp, (outputs, indices, logits) = torch.func.vjp(scores_of, zeros, has_aux=True)
             count = int(scores.shape[1])
             per_target = []
             for t in range(count):
@@ -300,8 +458,7 @@ class BaseCAM(Graphable):
         if not create_graph:
             activations = [a.detach() for a in activations]
             per_target = [[g.detach() for g in grads] for grads in per_target]
-        gradients = [[per_target[t][i] for t in range(count)] for i in range(len(self.layers))]
-        return LayerGradients(activations, gradients, asked_for_several[0], indices)
+        return self._per_layer(x, activations, per_target, indices, logits, counts, plan), asked_for_several[0]
 
     def _channel_maps(self, out: Tensor, name: str) -> Tensor:
         return channel_maps(out, self.reshape, self.grid, name)

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
+from torchcam_ops.methods.base import LayerEvidence
+from torchcam_ops.methods.gradient_free import GradientFreeCAM
 from torchcam_ops.methods.layers import LayerSpec, Reshape
 from torchcam_ops.nn.convert import find_classifier
 
@@ -37,15 +38,15 @@ class CAM(GradientFreeCAM):
         super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
         self.fc = _classifier(self.model, fc)
 
-    def _layer_maps_of(self, x: Tensor, layer: LayerActivations, indices: Tensor, logits: Tensor) -> Tensor:
-        activations = layer.maps
+    def layer_maps(self, evidence: LayerEvidence) -> Tensor:
+        activations = evidence.activations
         weight = self.fc.weight
         if weight.shape[1] != activations.shape[1]:
             raise ValueError(
                 f"fc: the classifier takes {weight.shape[1]} features, but the target layer has "
                 f"{activations.shape[1]} channels (CAM needs the layer that is pooled into the classifier)"
             )
-        rows = weight.detach().to(device=activations.device, dtype=activations.dtype)[indices]  # [n, T, K]
+        rows = weight.detach().to(device=activations.device, dtype=activations.dtype)[evidence.indices]  # [n, T, K]
         return torch.einsum("ntk,nkhw->nthw", rows, activations)
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
-from torchcam_ops.methods.targeting import Targets, class_indices, model_logits
+from torchcam_ops.methods.base import LayerEvidence
+from torchcam_ops.methods.gradient_free import GradientFreeCAM
 
 
 class EigenCAM(GradientFreeCAM):
@@ -31,27 +29,24 @@ class EigenCAM(GradientFreeCAM):
     synchronises, and it cannot be captured in a CUDA graph.
     """
 
-    def _needs_classes(self) -> bool:
-        return False
+    needs_class_indices = False
+    class_specific = False
 
-    def _classes(self, output: Any, targets: Targets, batch: int) -> tuple[Tensor, bool]:
-        if targets is None or (callable(targets) and not isinstance(targets, Tensor)):
-            return torch.zeros(batch, 1, dtype=torch.long), False
-        # The classes do not change the map, but a class the model does not have is still a mistake:
-        # checked against [N, classes] logits (any other output: the form only).
-        logits = model_logits(output)
-        classes = logits.shape[1] if isinstance(logits, Tensor) and logits.dim() == 2 else None
-        return class_indices(targets, batch, classes)
+    def layer_maps(self, evidence: LayerEvidence) -> Tensor:
+        maps = first_component(evidence.activations)[:, None]
+        return maps.expand(-1, evidence.targets, -1, -1)
 
-    def _layer_maps_of(self, x: Tensor, activations: LayerActivations, indices: Tensor, logits: Tensor) -> Tensor:
-        channel_maps = activations.maps
-        pixels = channel_maps.flatten(2).transpose(1, 2)  # [n, hw, K]
-        centred = pixels - pixels.mean(1, keepdim=True)
-        _, _, right = torch.linalg.svd(centred, full_matrices=False)
-        projection = (centred @ right[:, 0, :, None])[..., 0]  # [n, hw]
-        mean_activation = pixels.mean(2)
-        correlation = (projection * (mean_activation - mean_activation.mean(1, keepdim=True))).sum(1)
-        largest = projection.gather(1, projection.abs().argmax(1, keepdim=True))[:, 0]
-        sign = torch.where(correlation != 0, correlation.sign(), largest.sign())
-        maps = (projection * sign[:, None]).reshape(channel_maps.shape[0], 1, *channel_maps.shape[2:])
-        return maps.expand(-1, indices.shape[1], -1, -1)
+
+def first_component(channel_maps: Tensor) -> Tensor:
+    """The channel maps ``[n, K, h, w]`` of each image projected on their first principal component,
+    ``[n, h, w]``, with the sign of the projection that correlates positively with the channels' mean
+    (the first entry of largest magnitude positive when that correlation is 0); see :class:`EigenCAM`."""
+    pixels = channel_maps.flatten(2).transpose(1, 2)  # [n, hw, K]
+    centred = pixels - pixels.mean(1, keepdim=True)
+    _, _, right = torch.linalg.svd(centred, full_matrices=False)
+    projection = (centred @ right[:, 0, :, None])[..., 0]  # [n, hw]
+    mean_activation = pixels.mean(2)
+    correlation = (projection * (mean_activation - mean_activation.mean(1, keepdim=True))).sum(1)
+    largest = projection.gather(1, projection.abs().argmax(1, keepdim=True))[:, 0]
+    sign = torch.where(correlation != 0, correlation.sign(), largest.sign())
+    return (projection * sign[:, None]).reshape(channel_maps.shape[0], *channel_maps.shape[2:])

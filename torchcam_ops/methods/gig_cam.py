@@ -124,7 +124,10 @@ class GIGCAM(BaseCAM):
     the input size only.
     """
 
-    method = "gradcam"
+    #: the guide at each path point is Grad-CAM's map
+    reduction = "gradcam"
+    # steps (x scales) forward and backward passes per call: compiled one by one
+    compiles_whole_call = False
 
     def __init__(
         self,
@@ -211,9 +214,6 @@ class GIGCAM(BaseCAM):
             maps, path_diagnostics = self._walk(x, targets, raw, size, create_graph)
         return (maps, path_diagnostics) if diagnostics else maps
 
-    def _compiles_with_model(self) -> bool:
-        return False  # steps (x scales) forward and backward passes per call: compiled one by one
-
     def _walk(
         self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool
     ) -> tuple[Tensor, PathDiagnostics]:
@@ -243,7 +243,7 @@ class GIGCAM(BaseCAM):
         computes the same on them (tried on the first image; a model that flattens with ``.view`` raises
         on them). The guides' gradients are not tried: a backward that depends on the layout but a
         forward that does not would take a custom autograd function."""
-        plan = self._forward_plan(x.device, forwards=self.steps)
+        plan = self._forward_plan(x.device, forwards=self.steps, min_forwards=1)
         if not plan.applies:
             return False
         first = x[:1].contiguous()

@@ -12,4 +12,4 @@ class GradCAM(BaseCAM):
               M = \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(\textstyle\sum_k w_k A_k)))
     """
 
-    method = "gradcam"
+    reduction = "gradcam"

@@ -11,4 +11,4 @@ class GradCAMElementWise(BaseCAM):
     .. math:: M = \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(\textstyle\sum_k \mathrm{ReLU}(G_k \odot A_k))))
     """
 
-    method = "gradcam_elementwise"
+    reduction = "gradcam_elementwise"

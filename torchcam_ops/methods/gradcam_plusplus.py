@@ -13,4 +13,4 @@ class GradCAMPlusPlus(BaseCAM):
               \qquad M = \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(\textstyle\sum_k w_k A_k)))
     """
 
-    method = "gradcam++"
+    reduction = "gradcam++"

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torchcam_ops import _compat
 from torchcam_ops.methods.calls import check_input
 from torchcam_ops.methods.capture import hook_held
-from torchcam_ops.methods.layout import ChannelsLast, ForwardPlan, may_try_channels_last
+from torchcam_ops.methods.layout import may_try_channels_last
 
 Call = TypeVar("Call", bound=Callable[..., Any])
 
@@ -192,7 +192,7 @@ def explainer_call(call: Call) -> Call:
 
     @functools.wraps(call)
     def dispatch(self: Graphable, *args: Any, **kwargs: Any) -> Any:
-        if self._model_compile_options is None or torch.compiler.is_compiling() or not self._compiles_with_model():
+        if self._model_compile_options is None or torch.compiler.is_compiling() or not self.compiles_whole_call:
             return call(self, *args, **kwargs)
         if args:  # bad input is refused before compiling, with the eager call's errors
             check_input(args[0])
@@ -275,15 +275,18 @@ class Graphable:
 
     model: nn.Module
     _model_compile_options: dict[str, Any] | None = None
-    #: The layout of the images of the many forwards of a call on the CPU (:class:`ForwardPlan`).
-    cpu_channels_last: ChannelsLast = "auto"
     #: The compiled form of each function that :meth:`_call_compiled` compiled, by that function.
     _compiled_calls: dict[Callable[..., Any], Callable[..., Any]]
     _compiled_forward: Callable[..., Any] | None = None
+    #: A declared trait: whether a whole call compiles with a compiled model. Explainers that run many
+    #: forward passes per call (path points, masked images) say no: one graph of all of them takes
+    #: minutes to compile and recompiles for every batch size, so they compile one forward pass at a
+    #: time (:meth:`BaseCAM._forward_maps`, :meth:`_model_forward`).
+    compiles_whole_call: bool = True
 
     def _bind_model(self, model: nn.Module) -> None:
         """``self.model``: the eager module; a compiled model's compile options are kept (see
-        :meth:`_compiles_with_model` for what they compile)."""
+        :attr:`compiles_whole_call` for what they compile)."""
         if isinstance(model, torch.jit.ScriptModule):
             raise TypeError(
                 "model: a TorchScript module runs its forward in TorchScript, where layer outputs cannot be "
@@ -292,13 +295,6 @@ class Graphable:
         self.model, self._model_compile_options = split_compiled(model)
         self._compiled_calls, self._compiled_forward = {}, None
         self._compile_lock = threading.Lock()
-
-    def _compiles_with_model(self) -> bool:
-        """Whether a whole call compiles with a compiled model. Explainers that run many forward
-        passes per call (path points, masked images) say no: one graph of all of them takes minutes to
-        compile and recompiles for every batch size, so they compile one forward pass at a time
-        (:meth:`BaseCAM._forward_maps`, :meth:`_model_forward`)."""
-        return True
 
     def _model_forward(self) -> Callable[..., Any]:
         """The model's forward for plain forward passes that take no layer output (Abs-CAM's masked
@@ -312,13 +308,6 @@ class Graphable:
                 model = self.model
                 self._compiled_forward = torch.compile(_own_code(lambda x: model(x)), **self._model_compile_options)
             return self._compiled_forward
-
-    def _forward_plan(self, device: torch.device, forwards: int, min_forwards: int = 1) -> ForwardPlan:
-        """The layout plan of one call's ``forwards`` forwards on ``device`` (``cpu_channels_last``;
-        "auto" tries channels-last only from ``min_forwards`` forwards)."""
-        return ForwardPlan(
-            self.cpu_channels_last, self._model_forward_may_try_channels_last(device), forwards, min_forwards
-        )
 
     def _model_forward_may_try_channels_last(self, device: torch.device) -> bool:
         """Whether :meth:`_model_forward` may be tried on channels-last images on ``device``

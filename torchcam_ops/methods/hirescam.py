@@ -11,4 +11,4 @@ class HiResCAM(BaseCAM):
     .. math:: M = \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(\textstyle\sum_k G_k \odot A_k)))
     """
 
-    method = "hirescam"
+    reduction = "hirescam"

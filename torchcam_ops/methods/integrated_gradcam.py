@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchcam_ops.methods.base import BaseCAM
+from torchcam_ops.methods.base import BaseCAM, ChunkMaps
 from torchcam_ops.methods.calls import check_positive_or_none, expanded_baseline
 from torchcam_ops.methods.layers import LayerSpec, Reshape
+from torchcam_ops.methods.layout import ForwardPlan
 from torchcam_ops.methods.targeting import Targets
 
 
@@ -27,7 +28,10 @@ class IntegratedGradCAM(BaseCAM):
     points of 8 images, ``steps`` x 8 of them, are held at once).
     """
 
-    method = "gradcam"
+    #: each path point's map is Grad-CAM's
+    reduction = "gradcam"
+    # steps x N / points_per_forward forward passes per call: compiled one by one
+    compiles_whole_call = False
 
     def __init__(
         self,
@@ -45,14 +49,18 @@ class IntegratedGradCAM(BaseCAM):
             raise ValueError(f"steps: expected a positive int, got {steps!r}")
         check_positive_or_none("points_per_forward", points_per_forward)
         super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
-        self.points_per_forward = points_per_forward
+        self.images_per_forward = points_per_forward
         self.steps = steps
         self.baseline = baseline
 
-    def _compiles_with_model(self) -> bool:
-        return False  # steps x N / points_per_forward forward passes per call: compiled one by one
+    @property
+    def points_per_forward(self) -> int | None:
+        """Path points per forward."""
+        return self.images_per_forward
 
-    def _layer_maps(self, x: Tensor, targets: Targets, create_graph: bool = False) -> tuple[list[Tensor], bool]:
+    def _chunk_maps(
+        self, x: Tensor, targets: Targets, create_graph: bool = False, plan: ForwardPlan | None = None
+    ) -> ChunkMaps:
         path_targets, multi = self._fixed_targets(x, targets)
         if isinstance(path_targets, Tensor):
             path_targets = path_targets.repeat(self.steps, 1)  # path point m of image n at row m * N + n
@@ -60,14 +68,14 @@ class IntegratedGradCAM(BaseCAM):
         alphas = torch.arange(self.steps, dtype=x.dtype, device=x.device) / self.steps
         path = (baseline[None] + alphas[:, None, None, None, None] * (x - baseline)[None]).flatten(0, 1)
         sums: list[Tensor] | None = None
-        step = self.points_per_forward or path.shape[0]
+        step = plan.per_forward(x.device, path.shape[0], x[0, 0].numel())
         for start in range(0, path.shape[0], step):
             chunk_targets = path_targets[start : start + step] if isinstance(path_targets, Tensor) else path_targets
             maps, chunk_multi = self._forward_maps(path[start : start + step], chunk_targets, create_graph)
             multi = chunk_multi if multi is None else multi
             contributions = [self._sum_over_path(m.relu(), start, x.shape[0]) for m in maps]
             sums = contributions if sums is None else [s + c for s, c in zip(sums, contributions)]
-        return sums, bool(multi)
+        return ChunkMaps(sums, bool(multi))
 
     def _sum_over_path(self, maps: Tensor, start: int, batch: int) -> Tensor:
         """Adds rows of path points [start, start + len(maps)) into per-image sums ``[N, ...]``."""

@@ -11,4 +11,4 @@ class LayerCAM(BaseCAM):
     .. math:: M = \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(\textstyle\sum_k \mathrm{ReLU}(G_k) \odot A_k)))
     """
 
-    method = "layercam"
+    reduction = "layercam"

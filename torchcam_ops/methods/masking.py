@@ -4,26 +4,21 @@ phase 2, Score-CAM)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-from torchcam_ops.methods.layout import ForwardPlan
+from torchcam_ops.methods.layout import (
+    CPU_IMAGES_PER_FORWARD,
+    ForwardPlan,
+    ImagesPerForward,
+    check_images_per_forward,
+    resolve_images_per_forward,
+)
 from torchcam_ops.methods.targeting import model_logits
 
-MasksPerForward = int | Literal["auto"] | None
-
-# On a 2-core CPU, EfficientNet-Lite0 scores the masked images of a photo in 14-16 s in forwards of 4,
-# 17-18 s of 8, 27-29 s of 16 (the activations of a small batch stay in cache). Smaller images want more
-# per forward, to fill the matrix products of the last layers: at 128 px, channels-last, EfficientNet-Lite0
-# runs 94 images/s in forwards of 4 and 122 of 8, ResNet-50 23 and 28. So the CPU's forwards hold about
-# 2^17 pixels (4 images of 224 px or more, 8 of 128 px), at most 64 images; a GPU needs large batches to
-# fill.
-CPU_MASKS_PER_FORWARD = 4
-CPU_MAX_MASKS_PER_FORWARD = 64
-CPU_PIXELS_PER_FORWARD = 1 << 17
-GPU_MASKS_PER_FORWARD = 64
+MasksPerForward = ImagesPerForward
+CPU_MASKS_PER_FORWARD = CPU_IMAGES_PER_FORWARD
 
 # The channels-last trial costs one forward and saves 7-20% of each later one: it pays from about 16 forwards.
 CHANNELS_LAST_MIN_FORWARDS = 16
@@ -42,23 +37,12 @@ def channel_chunks(channels: int, pixels: int, per_forward: int) -> list[tuple[i
 
 
 def check_masks_per_forward(value: object, name: str = "masks_per_forward") -> None:
-    """A count of images per forward: a positive int, "auto" (by device) or None (all at once)."""
-    if value == "auto" or value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, 'auto' or None, got {value!r}")
+    """A count of masked images per forward: see :func:`~torchcam_ops.methods.layout.check_images_per_forward`."""
+    check_images_per_forward(value, name)
 
 
-def resolve_masks_per_forward(value: MasksPerForward, device: torch.device, masks: int, pixels: int) -> int:
-    """Masked images per forward: ``value``, all ``masks`` for None, and for "auto" a size chosen by
-    device type (the GPU's while ``torch.compile`` traces: a traced graph holds every forward, and
-    K / 4 of them would make its compile time and size grow accordingly) and, on the CPU, by the
-    images' ``pixels`` (H * W)."""
-    if value == "auto":
-        if device.type != "cpu" or torch.compiler.is_compiling():
-            return GPU_MASKS_PER_FORWARD
-        return max(CPU_MASKS_PER_FORWARD, min(CPU_MAX_MASKS_PER_FORWARD, CPU_PIXELS_PER_FORWARD // max(1, pixels)))
-    return value or max(1, masks)
+#: Masked images per forward: :func:`~torchcam_ops.methods.layout.resolve_images_per_forward`.
+resolve_masks_per_forward = resolve_images_per_forward
 
 
 def masked_scores(

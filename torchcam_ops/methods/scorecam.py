@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchcam_ops.methods import masking
-from torchcam_ops.methods.gradient_free import GradientFreeCAM, LayerActivations
+from torchcam_ops.methods.base import LayerEvidence
+from torchcam_ops.methods.gradient_free import GradientFreeCAM
 from torchcam_ops.methods.layers import LayerSpec, Reshape
 from torchcam_ops.methods.layout import ChannelsLast, check_channels_last
 from torchcam_ops.methods.masking import (
@@ -18,9 +18,8 @@ from torchcam_ops.methods.masking import (
     channel_chunks,
     check_masks_per_forward,
     masked_scores,
-    resolve_masks_per_forward,
 )
-from torchcam_ops.methods.targeting import Targets, check_finite_scores, model_logits
+from torchcam_ops.methods.targeting import check_finite_scores
 from torchcam_ops.ops import cam_postprocess
 
 ScoreCAMVariant = Literal["original", "pytorch-grad-cam"]
@@ -74,18 +73,15 @@ class ScoreCAM(GradientFreeCAM):
         check_masks_per_forward(masks_per_forward)
         super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
         self.variant = variant
-        self.masks_per_forward = masks_per_forward
+        self.relu_at_input_size = variant == "original"
+        self.images_per_forward = masks_per_forward
         check_channels_last(cpu_channels_last)
         self.cpu_channels_last = cpu_channels_last
 
-    def _classes(self, output: Any, targets: Targets, batch: int) -> tuple[Tensor, bool]:
-        indices, multi = super()._classes(output, targets, batch)
-        # the scores are softmax probabilities over every class: one NaN logit makes all of them NaN
-        check_finite_scores(model_logits(output))
-        return indices, multi
-
-    def _relu_at_input_size(self) -> bool:
-        return self.variant == "original"
+    @property
+    def masks_per_forward(self) -> MasksPerForward:
+        """Masked images per forward (the call's forward plan resolves "auto")."""
+        return self.images_per_forward
 
     def _masks(self, activations: Tensor, size: tuple[int, int]) -> Tensor:
         if self.variant == "original":
@@ -95,14 +91,15 @@ class ScoreCAM(GradientFreeCAM):
         high = upsampled.flatten(1).max(1).values[:, None, None]
         return (upsampled - low) / (high - low + 1e-8)
 
-    def _layer_maps_of(self, x: Tensor, activations: LayerActivations, indices: Tensor, logits: Tensor) -> Tensor:
-        forward = self._model_forward()
-        channels, size = activations.maps.shape[1], tuple(x.shape[-2:])
-        per_forward = resolve_masks_per_forward(self.masks_per_forward, x.device, channels, x[0, 0].numel())
-        forwards = x.shape[0] * -(-channels // per_forward)
-        plan = self._forward_plan(x.device, forwards, masking.CHANNELS_LAST_MIN_FORWARDS)
+    def layer_maps(self, evidence: LayerEvidence) -> Tensor:
+        # the scores are softmax probabilities over every class: one NaN logit makes all of them NaN
+        check_finite_scores(evidence.logits)
+        x, plan, forward = evidence.x, evidence.plan, self._model_forward()
+        channels, size = evidence.activations.shape[1], tuple(x.shape[-2:])
+        per_forward = plan.per_forward(x.device, channels, x[0, 0].numel())
+        plan.expect(x.shape[0] * -(-channels // per_forward))
         maps = []
-        for image, a, classes in zip(x, activations.maps, indices):
+        for image, a, classes in zip(x, evidence.activations, evidence.indices):
 
             def score(logits: Tensor, classes: Tensor = classes, dtype: torch.dtype = a.dtype) -> Tensor:
                 if self.variant == "original":

@@ -12,4 +12,4 @@ class XGradCAM(BaseCAM):
               M = \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(\textstyle\sum_k w_k A_k)))
     """
 
-    method = "xgradcam"
+    reduction = "xgradcam"
