@@ -16,11 +16,13 @@ from torch import nn
 from tests.helpers import needs_compiled_autograd
 from torchcam_ops.methods import (
     CAM,
+    FEM,
     GIGCAM,
     TSGB,
     AblationCAM,
     AbsCAM,
     EigenCAM,
+    EigenGradCAM,
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
@@ -76,6 +78,8 @@ EXPLAINERS = {
     "ablationcam": lambda m: AblationCAM(m, ["5"], ablations_per_forward=5),
     "eigencam": lambda m: EigenCAM(m, ["5"]),
     "cam": lambda m: CAM(m, ["5"]),
+    "eigengradcam": lambda m: EigenGradCAM(m, ["5"]),
+    "fem": lambda m: FEM(m, ["5"]),
 }
 
 

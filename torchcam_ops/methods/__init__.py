@@ -11,7 +11,9 @@ from torchcam_ops.methods.ablationcam import AblationCAM
 from torchcam_ops.methods.abscam import AbsCAM
 from torchcam_ops.methods.base import BaseCAM
 from torchcam_ops.methods.cam import CAM
+from torchcam_ops.methods.eigen_gradcam import EigenGradCAM
 from torchcam_ops.methods.eigencam import EigenCAM
+from torchcam_ops.methods.fem import FEM
 from torchcam_ops.methods.gig_cam import GIGCAM, PathDiagnostics, multiscale_fusion
 from torchcam_ops.methods.gradcam import GradCAM
 from torchcam_ops.methods.gradcam_elementwise import GradCAMElementWise
@@ -21,6 +23,7 @@ from torchcam_ops.methods.input_gradients import TSGB, GuidedBackprop, GuidedGra
 from torchcam_ops.methods.integrated_gradcam import IntegratedGradCAM
 from torchcam_ops.methods.layercam import LayerCAM
 from torchcam_ops.methods.layers import LayerSpec, Reshape
+from torchcam_ops.methods.random_cam import RandomCAM
 from torchcam_ops.methods.scorecam import ScoreCAM
 from torchcam_ops.methods.targeting import Targets
 from torchcam_ops.methods.xgradcam import XGradCAM
@@ -83,6 +86,9 @@ METHODS: dict[str, Callable[..., Any]] = {
     "ablationcam": _class_factory(AblationCAM),
     "eigencam": _class_factory(EigenCAM),
     "cam": _class_factory(CAM),
+    "eigengradcam": _class_factory(EigenGradCAM),
+    "fem": _class_factory(FEM),
+    "randomcam": _class_factory(RandomCAM),
 }
 
 
@@ -178,6 +184,9 @@ __all__ = [
     "BaseCAM",
     "CAM",
     "EigenCAM",
+    "EigenGradCAM",
+    "FEM",
+    "RandomCAM",
     "Reshape",
     "ScoreCAM",
     "GradCAM",

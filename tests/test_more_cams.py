@@ -1,0 +1,188 @@
+"""Eigen-Grad-CAM, FEM and Random-CAM: each against its formula computed independently in float64,
+and against pytorch-grad-cam's implementation on resnet18 and a small CNN (random weights)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from tests.helpers import small_cnn
+from torchcam_ops import cam_postprocess
+from torchcam_ops.methods import FEM, METHODS, EigenGradCAM, RandomCAM
+from torchcam_ops.reference import reference_normalize
+
+
+def norm_up(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """norm(Up(ReLU(raw))) for raw maps [N, h, w], in float64."""
+    up = F.interpolate(raw.relu()[:, None].double(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    return reference_normalize(up, torch.float64)
+
+
+def activations_and_gradients(model, layer, x, classes):
+    """The layer's output and the gradient of each image's class logit to it, in float64."""
+    model = model.double()
+    captured = {}
+    handle = layer.register_forward_hook(lambda module, inputs, output: captured.update(a=output))
+    try:
+        logits = model(x.double())
+    finally:
+        handle.remove()
+    (gradient,) = torch.autograd.grad(logits.gather(1, torch.tensor(classes)[:, None]).sum(), captured["a"])
+    return captured["a"].detach(), gradient
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=10).eval()
+
+
+def cases(resnet18):
+    cnn = small_cnn()
+    return {
+        "resnet18": (resnet18, resnet18.layer3, torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))),
+        "small_cnn": (cnn, cnn[5], torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))),
+    }
+
+
+@pytest.mark.parametrize("architecture", ["resnet18", "small_cnn"])
+def test_eigen_gradcam_is_the_first_component_of_activations_times_gradients(resnet18, architecture):
+    model, layer, x = cases(resnet18)[architecture]
+    classes = [3, 5]
+    name = next(n for n, m in model.named_modules() if m is layer)
+    with EigenGradCAM(model, [name]) as cam:
+        maps, raw = cam(x, classes), cam(x, classes, raw=True)
+    reference = copy.deepcopy(model)
+    a, g = activations_and_gradients(reference, dict(reference.named_modules())[name], x, classes)
+    product = (a * g).flatten(2).transpose(1, 2)  # [n, hw, K]
+    for n in range(2):
+        centred = product[n] - product[n].mean(0)
+        _, vectors = torch.linalg.eigh(centred.T @ centred)  # the principal direction, not by SVD
+        projection = centred @ vectors[:, -1]
+        mean = product[n].mean(1)
+        if (projection * (mean - mean.mean())).sum() < 0:
+            projection = -projection
+        scale = float(projection.abs().max())
+        torch.testing.assert_close(raw[n].flatten().double(), projection, rtol=1e-3, atol=1e-4 * scale)
+    expected = norm_up(raw.double(), tuple(x.shape[-2:]))
+    torch.testing.assert_close(maps.double(), expected, rtol=1e-5, atol=1e-5)
+    assert float(maps.std()) > 0.05
+    # a class-specific map: another class gives another one
+    assert float((EigenGradCAM(model, [name])(x, [4, 1]) - maps).abs().max()) > 0.05
+
+
+@pytest.mark.parametrize("architecture", ["resnet18", "small_cnn"])
+def test_fem_weights_each_channel_by_its_share_above_k_sigma(resnet18, architecture):
+    model, layer, x = cases(resnet18)[architecture]
+    name = next(n for n, m in model.named_modules() if m is layer)
+    for k in (2.0, 0.5):
+        with FEM(model, [name], k=k) as cam:
+            maps = cam(x)
+            several = cam(x, torch.tensor([[1, 2, 3]] * 2))
+        captured = {}
+        handle = layer.register_forward_hook(lambda module, inputs, output: captured.update(a=output.double()))
+        with torch.no_grad():
+            model(x)
+        handle.remove()
+        a = captured["a"]
+        mean, std = a.mean((2, 3), keepdim=True), a.std((2, 3), correction=0, keepdim=True)
+        weights = (a > mean + k * std).double().mean((2, 3))
+        expected = norm_up((weights[:, :, None, None] * a).sum(1), tuple(x.shape[-2:]))
+        torch.testing.assert_close(maps.double(), expected, rtol=1e-5, atol=1e-5)
+        assert float(maps.std()) > 0.05
+        assert several.shape == (2, 3, *x.shape[-2:])
+        for t in range(3):  # class-agnostic: T copies of the map
+            torch.testing.assert_close(several[:, t], maps, rtol=0, atol=0)
+
+
+def test_random_cam_is_reproducible_with_a_generator_and_weighs_channels_uniformly():
+    model, x = small_cnn(), torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    first = RandomCAM(model, ["5"], generator=torch.Generator().manual_seed(11))(x)
+    again = RandomCAM(model, ["5"], generator=torch.Generator().manual_seed(11))(x)
+    other = RandomCAM(model, ["5"], generator=torch.Generator().manual_seed(12))(x)
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert float((first - other).abs().max()) > 0.05
+    weights = torch.rand(3, 1, 12, generator=torch.Generator().manual_seed(11)) * 2 - 1
+    captured = {}
+    handle = model[5].register_forward_hook(lambda module, inputs, output: captured.update(a=output))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    expected = norm_up(torch.einsum("ntk,nkhw->nthw", weights, captured["a"])[:, 0], (16, 16))
+    torch.testing.assert_close(first.double(), expected, rtol=1e-5, atol=1e-5)
+    # T targets per image: independent draws, [N, T, H, W]
+    assert RandomCAM(model, ["5"], generator=torch.Generator().manual_seed(1))(x, torch.zeros(3, 2).long()).shape == (
+        3,
+        2,
+        16,
+        16,
+    )
+    with pytest.raises(TypeError, match="generator: expected a torch.Generator or None, got int"):
+        RandomCAM(model, ["5"], generator=3)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "2", True])
+def test_fem_refuses_a_k_that_is_not_a_finite_number(bad):
+    with pytest.raises(ValueError, match="k: expected a finite number"):
+        FEM(small_cnn(), ["5"], k=bad)
+
+
+def test_the_new_methods_are_registered_and_run_on_the_meta_device():
+    model = small_cnn().to("meta")
+    x = torch.empty(2, 3, 12, 12, device="meta")
+    for name, cls in (("eigengradcam", EigenGradCAM), ("fem", FEM), ("randomcam", RandomCAM)):
+        with METHODS[name](model, ["5"]) as explainer:
+            assert type(explainer) is cls
+            assert explainer(x, torch.tensor([1, 4], device="meta")).shape == (2, 12, 12)
+
+
+class TestAgainstPytorchGradCam:
+    pgc = pytest.importorskip("pytorch_grad_cam")
+
+    @staticmethod
+    def theirs(cls, model, layer, x, classes, **options):
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        with cls(model=model, target_layers=[layer], **options) as cam:
+            return torch.from_numpy(cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes]))
+
+    @pytest.mark.parametrize("architecture", ["resnet18", "small_cnn"])
+    def test_eigen_gradcam_agrees_up_to_the_sign(self, resnet18, architecture):
+        model, layer, x = cases(resnet18)[architecture]
+        with EigenGradCAM(model, [layer]) as cam:
+            ours, raw = cam(x, [3, 5]), cam(x, [3, 5], raw=True)
+        flipped = cam_postprocess(-raw, tuple(x.shape[-2:]))
+        expected = self.theirs(self.pgc.EigenGradCAM, model, layer, x, [3, 5])
+        for n in range(2):
+            assert float(expected[n].std()) > 0.05
+            same, opposite = (ours[n] - expected[n]).abs().max(), (flipped[n] - expected[n]).abs().max()
+            assert min(same, opposite) <= 1e-4, (float(same), float(opposite))
+
+    @pytest.mark.parametrize("architecture", ["resnet18", "small_cnn"])
+    def test_fem_agrees(self, resnet18, architecture):
+        model, layer, x = cases(resnet18)[architecture]
+        ours = FEM(model, [layer])(x, [3, 5])
+        expected = self.theirs(self.pgc.FEM, model, layer, x, [3, 5])
+        assert float(expected.std(dim=(1, 2)).min()) > 0.05
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
+
+    @pytest.mark.parametrize("architecture", ["resnet18", "small_cnn"])
+    def test_random_cam_agrees_given_the_same_draws(self, resnet18, architecture, monkeypatch):
+        model, layer, x = cases(resnet18)[architecture]
+        ours = RandomCAM(model, [layer], generator=torch.Generator().manual_seed(5))(x, [3, 5])
+        captured = {}
+        handle = layer.register_forward_hook(lambda module, inputs, output: captured.update(k=output.shape[1]))
+        with torch.no_grad():
+            model(x)
+        handle.remove()
+        draws = (torch.rand(2, 1, captured["k"], generator=torch.Generator().manual_seed(5)) * 2 - 1)[:, 0]
+        monkeypatch.setattr(np.random, "uniform", lambda low, high, size: draws.double().numpy().reshape(size))
+        expected = self.theirs(self.pgc.RandomCAM, model, layer, x, [3, 5])
+        # a random weighting may leave one image's map flat (a ReLU of a negative sum); not both
+        assert float(expected.std(dim=(1, 2)).max()) > 0.05
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
