@@ -237,3 +237,49 @@ def test_a_trial_propagates_errors_that_are_not_about_the_layout():
     x = images(1)
     with pytest.raises(KeyError):
         computes_same_channels_last(Broken(), x, Broken()(x))
+
+
+def test_one_forward_plan_per_call_tries_the_layout_once_whatever_the_chunks(monkeypatch):
+    # batch_size=1 splits the call into 3 chunks and 2 layers: the plan is the call's, so one trial
+    trials = []
+    real = layout_module.computes_same_channels_last
+    monkeypatch.setattr(layout_module, "computes_same_channels_last", lambda *a: trials.append(1) or real(*a))
+    model = small_cnn().eval()
+    with ScoreCAM(model, ["3", "5"], masks_per_forward=1, batch_size=1) as cam, record_layouts(model) as seen:
+        chunked = cam(images(3), 1)
+    assert len(trials) == 1
+    # contiguous: the 3 chunks' own forwards and the masked forward before the trial; the rest channels-last
+    assert seen.count(False) == 3 + 1, seen
+    expected = ScoreCAM(model, ["3", "5"], masks_per_forward=1, cpu_channels_last=False)(images(3), 1)
+    torch.testing.assert_close(chunked, expected, rtol=0, atol=3e-3)
+
+
+def test_the_prefix_once_shortcut_is_checked_once_per_call_and_layer(monkeypatch):
+    from torchcam_ops.methods import AblationCAM
+
+    checks = []
+    real = AblationCAM._shortcut_scores
+    monkeypatch.setattr(AblationCAM, "_shortcut_scores", lambda self, *a: checks.append(1) or real(self, *a))
+    model = small_cnn().eval()
+    with AblationCAM(model, ["3", "5"], batch_size=2) as cam:
+        maps = cam(images(4), [1, 2, 3, 4])
+    assert len(checks) == 2  # one per target layer, for 4 images in 2 chunks
+    copies_only = AblationCAM(model, ["3", "5"], ablations_per_forward=None)(images(4), [1, 2, 3, 4])
+    torch.testing.assert_close(maps, copies_only, rtol=0, atol=1e-4)
+
+
+def test_a_forward_plan_counts_the_forwards_it_expects_before_it_decides():
+    plan = layout_module.ForwardPlan("auto", True, forwards=1, min_forwards=4, images_per_forward="auto")
+    assert not plan.applies and plan.decided is False  # too few forwards for a trial, so far
+    plan.expect(3)
+    assert plan.applies and plan.decided is None
+    model, batch = small_cnn().eval(), images(2)
+    with torch.no_grad():
+        expected = model(batch)
+    assert plan.channels_last(model, batch, expected) is True
+    plan.expect(100)
+    assert plan.decided is True  # kept for the rest of the call
+    never = layout_module.ForwardPlan(False, True, forwards=100)
+    assert not never.applies and never.channels_last(model, batch, expected) is False
+    assert plan.per_forward(torch.device("cpu"), 100, 224 * 224) == 4
+    assert layout_module.ForwardPlan("auto", True, images_per_forward=None).per_forward(torch.device("cpu"), 9, 1) == 9
