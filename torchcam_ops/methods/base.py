@@ -256,7 +256,11 @@ class BaseCAM(Graphable):
                 self._chunk_maps(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), create_graph, plan)
                 for start, stop in self._chunks(x.shape[0])
             ]
-        per_layer = [torch.cat([chunk.per_layer[i] for chunk in chunks]) for i in range(len(self.layers))]
+        per_layer = (
+            chunks[0].per_layer
+            if len(chunks) == 1
+            else [torch.cat([chunk.per_layer[i] for chunk in chunks]) for i in range(len(self.layers))]
+        )
         multi = chunks[0].multi
         if raw:
             return self._raw_output(per_layer, multi)
@@ -284,7 +288,7 @@ class BaseCAM(Graphable):
         ``images_per_forward``; "auto" tries channels-last from ``min_forwards`` expected forwards)."""
         return ForwardPlan(
             self.cpu_channels_last,
-            self._model_forward_may_try_channels_last(device),
+            lambda: self._model_forward_may_try_channels_last(device),
             forwards,
             masking.CHANNELS_LAST_MIN_FORWARDS if min_forwards is None else min_forwards,
             self.images_per_forward,

@@ -157,7 +157,7 @@ class ForwardPlan:
     def __init__(
         self,
         choice: ChannelsLast,
-        applies: bool,
+        applies: bool | Callable[[], bool],
         forwards: int = 0,
         min_forwards: int = 1,
         images_per_forward: ImagesPerForward = "auto",
@@ -166,9 +166,11 @@ class ForwardPlan:
         self.choice = choice
         self.images_per_forward = images_per_forward
         self.min_forwards = min_forwards
-        self._may_apply = applies and choice is not False
+        # ``applies`` may be a function, asked only when a forward first needs it: a call that runs
+        # no further forward (Grad-CAM) pays nothing for the walk over the model it may take.
+        self._applies_to_model = applies
         self.forwards = 0
-        self._decided: bool | None = None if self._may_apply else False
+        self._decided: bool | None = False if choice is False else None
         #: Per target layer (its name, with ``@k`` for a call), whether Ablation-CAM's shortcut holds
         #: for this call: absent until its first check.
         self.prefix_once: dict[str, bool] = {}
@@ -181,7 +183,11 @@ class ForwardPlan:
     @property
     def applies(self) -> bool:
         """Whether channels-last images may be taken (tried, with "auto") for this call's forwards."""
-        return self._may_apply and (self.choice is True or self.forwards >= self.min_forwards)
+        if self.choice is False or (self.choice == "auto" and self.forwards < self.min_forwards):
+            return False
+        if callable(self._applies_to_model):
+            self._applies_to_model = bool(self._applies_to_model())
+        return self._applies_to_model
 
     @property
     def decided(self) -> bool | None:

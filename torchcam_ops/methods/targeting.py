@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from torchcam_ops.methods.calls import check_on_device
+from torchcam_ops.methods.calls import check_finite, check_on_device
 
 #: What ``targets`` may be: ``None`` (each image's top class), a class index, one index per image,
 #: a LongTensor ``[N]`` or ``[N, T]`` (T classes per image, one forward pass), or a callable that maps
@@ -85,8 +85,8 @@ def resolve_targets(output: Any, targets: Targets, batch: int) -> ResolvedTarget
 def check_finite_scores(scores: Tensor) -> None:
     """A NaN or infinite target score has no meaningful gradient: refused (on the CPU; see
     :func:`check_on_device`) rather than turned into a NaN or an all-zero map."""
-    check_on_device(
-        torch.isfinite(scores.detach()).all(),
+    check_finite(
+        scores,
         "the model output: a target score is NaN or infinite, so no map can be computed "
         "(check the input and the model's weights)",
     )
