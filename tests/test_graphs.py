@@ -18,6 +18,7 @@ from torchcam_ops.methods import (
     CAM,
     FEM,
     GIGCAM,
+    KPCACAM,
     TSGB,
     AblationCAM,
     AbsCAM,
@@ -80,6 +81,7 @@ EXPLAINERS = {
     "cam": lambda m: CAM(m, ["5"]),
     "eigengradcam": lambda m: EigenGradCAM(m, ["5"]),
     "fem": lambda m: FEM(m, ["5"]),
+    "kpcacam": lambda m: KPCACAM(m, ["5"]),
 }
 
 

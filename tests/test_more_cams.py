@@ -1,4 +1,4 @@
-"""Eigen-Grad-CAM, FEM and Random-CAM: each against its formula computed independently in float64,
+"""Eigen-Grad-CAM, FEM, Random-CAM and KPCA-CAM: each against its formula computed independently in float64,
 and against pytorch-grad-cam's implementation on resnet18 and a small CNN (random weights)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torchvision
 
 from tests.helpers import small_cnn
 from torchcam_ops import cam_postprocess
-from torchcam_ops.methods import FEM, METHODS, EigenGradCAM, RandomCAM
+from torchcam_ops.methods import FEM, KPCACAM, METHODS, EigenGradCAM, RandomCAM
 from torchcam_ops.reference import reference_normalize
 
 
@@ -126,6 +126,67 @@ def test_random_cam_is_reproducible_with_a_generator_and_weighs_channels_uniform
         RandomCAM(model, ["5"], generator=3)
 
 
+def kernel_pca_projection(pixels: np.ndarray, kernel: str, gamma: float) -> np.ndarray:
+    """The first kernel principal component of the rows ``[hw, K]`` scaled by the root of its
+    eigenvalue, from the kernel's definition with numpy in float64 (no scikit-learn)."""
+    x = pixels - pixels.mean(0)
+    inner = x @ x.T
+    if kernel == "sigmoid":
+        matrix = np.tanh(gamma * inner + 1)
+    elif kernel == "rbf":
+        matrix = np.exp(-gamma * ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    elif kernel == "poly":
+        matrix = (gamma * inner + 1) ** 3
+    elif kernel == "cosine":
+        norms = np.linalg.norm(x, axis=1)
+        matrix = inner / np.outer(norms, norms)
+    else:
+        matrix = inner
+    centre = np.eye(len(x)) - 1 / len(x)
+    values, vectors = np.linalg.eigh(centre @ matrix @ centre)
+    projection = vectors[:, -1] * np.sqrt(max(values[-1], 0))
+    mean = pixels.mean(1)
+    return projection if (projection * (mean - mean.mean())).sum() >= 0 else -projection
+
+
+@pytest.mark.parametrize("kernel", ["sigmoid", "rbf", "poly", "linear", "cosine"])
+def test_kpca_cam_is_the_first_kernel_principal_component(kernel):
+    model, x = small_cnn(), torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    gamma = None if kernel != "rbf" else 0.5
+    model64 = copy.deepcopy(model).double()
+    with KPCACAM(model64, ["3"], kernel=kernel, gamma=gamma) as cam:
+        raw, maps = cam(x.double(), 0, raw=True), cam(x.double(), 0)
+    captured = {}
+    handle = model64[3].register_forward_hook(lambda module, inputs, output: captured.update(a=output))
+    with torch.no_grad():
+        model64(x.double())
+    handle.remove()
+    a = captured["a"]
+    for n in range(2):
+        pixels = a[n].flatten(1).T.numpy()
+        expected = kernel_pca_projection(pixels, kernel, gamma or 1 / pixels.shape[1])
+        torch.testing.assert_close(raw[n].flatten(), torch.from_numpy(expected), rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(maps, norm_up(raw, (16, 16)), rtol=1e-9, atol=1e-9)
+    assert float(maps.std()) > 0.05
+    # the linear kernel is Eigen-CAM
+    if kernel == "linear":
+        eigen = METHODS["eigencam"](model64, ["3"])(x.double(), 0, raw=True)
+        torch.testing.assert_close(raw, eigen, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"kernel": "laplacian"}, "kernel: expected one of"),
+        ({"gamma": 0}, "gamma: expected a positive finite number or None"),
+        ({"gamma": float("nan")}, "gamma: expected a positive finite number or None"),
+    ],
+)
+def test_kpca_cam_refuses_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        KPCACAM(small_cnn(), ["5"], **options)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), "2", True])
 def test_fem_refuses_a_k_that_is_not_a_finite_number(bad):
     with pytest.raises(ValueError, match="k: expected a finite number"):
@@ -135,7 +196,7 @@ def test_fem_refuses_a_k_that_is_not_a_finite_number(bad):
 def test_the_new_methods_are_registered_and_run_on_the_meta_device():
     model = small_cnn().to("meta")
     x = torch.empty(2, 3, 12, 12, device="meta")
-    for name, cls in (("eigengradcam", EigenGradCAM), ("fem", FEM), ("randomcam", RandomCAM)):
+    for name, cls in (("eigengradcam", EigenGradCAM), ("fem", FEM), ("randomcam", RandomCAM), ("kpcacam", KPCACAM)):
         with METHODS[name](model, ["5"]) as explainer:
             assert type(explainer) is cls
             assert explainer(x, torch.tensor([1, 4], device="meta")).shape == (2, 12, 12)
@@ -186,3 +247,20 @@ class TestAgainstPytorchGradCam:
         # a random weighting may leave one image's map flat (a ReLU of a negative sum); not both
         assert float(expected.std(dim=(1, 2)).max()) > 0.05
         torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
+
+    @pytest.mark.parametrize("architecture", ["resnet18", "small_cnn"])
+    @pytest.mark.parametrize("kernel", ["sigmoid", "rbf"])
+    def test_kpca_cam_agrees_up_to_the_sign(self, resnet18, architecture, kernel):
+        # in float64: scikit-learn decomposes a float32 kernel matrix in float32, good to ~2e-4 of the map
+        model, layer, x = cases(resnet18)[architecture]
+        name = next(n for n, m in model.named_modules() if m is layer)
+        model = copy.deepcopy(model).double()
+        layer, x = dict(model.named_modules())[name], x.double()
+        with KPCACAM(model, [layer], kernel=kernel) as cam:
+            ours, raw = cam(x, [3, 5]), cam(x, [3, 5], raw=True)
+        flipped = cam_postprocess(-raw, tuple(x.shape[-2:]))
+        expected = self.theirs(self.pgc.KPCA_CAM, model, layer, x, [3, 5], kernel=kernel)
+        for n in range(2):
+            assert float(expected[n].std()) > 0.05
+            same, opposite = (ours[n] - expected[n]).abs().max(), (flipped[n] - expected[n]).abs().max()
+            assert min(same, opposite) <= 1e-4, (float(same), float(opposite))

@@ -21,6 +21,7 @@ from torchcam_ops.methods.gradcam_plusplus import GradCAMPlusPlus
 from torchcam_ops.methods.hirescam import HiResCAM
 from torchcam_ops.methods.input_gradients import TSGB, GuidedBackprop, GuidedGradCAM
 from torchcam_ops.methods.integrated_gradcam import IntegratedGradCAM
+from torchcam_ops.methods.kpca_cam import KPCACAM
 from torchcam_ops.methods.layercam import LayerCAM
 from torchcam_ops.methods.layers import LayerSpec, Reshape
 from torchcam_ops.methods.random_cam import RandomCAM
@@ -89,6 +90,7 @@ METHODS: dict[str, Callable[..., Any]] = {
     "eigengradcam": _class_factory(EigenGradCAM),
     "fem": _class_factory(FEM),
     "randomcam": _class_factory(RandomCAM),
+    "kpcacam": _class_factory(KPCACAM),
 }
 
 
@@ -186,6 +188,7 @@ __all__ = [
     "EigenCAM",
     "EigenGradCAM",
     "FEM",
+    "KPCACAM",
     "RandomCAM",
     "Reshape",
     "ScoreCAM",

@@ -45,8 +45,15 @@ def first_component(channel_maps: Tensor) -> Tensor:
     centred = pixels - pixels.mean(1, keepdim=True)
     _, _, right = torch.linalg.svd(centred, full_matrices=False)
     projection = (centred @ right[:, 0, :, None])[..., 0]  # [n, hw]
+    return oriented(projection, pixels).reshape(channel_maps.shape[0], *channel_maps.shape[2:])
+
+
+def oriented(projection: Tensor, pixels: Tensor) -> Tensor:
+    """A projection ``[n, hw]`` whose sign is arbitrary (a principal component's), turned so that it
+    correlates positively with the channels' mean of ``pixels`` ``[n, hw, K]``; where that correlation
+    is 0, so that its first entry of largest magnitude is positive."""
     mean_activation = pixels.mean(2)
     correlation = (projection * (mean_activation - mean_activation.mean(1, keepdim=True))).sum(1)
     largest = projection.gather(1, projection.abs().argmax(1, keepdim=True))[:, 0]
     sign = torch.where(correlation != 0, correlation.sign(), largest.sign())
-    return (projection * sign[:, None]).reshape(channel_maps.shape[0], *channel_maps.shape[2:])
+    return projection * sign[:, None]
