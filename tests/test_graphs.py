@@ -33,6 +33,7 @@ from torchcam_ops.methods import (
     IntegratedGradCAM,
     LayerCAM,
     ScoreCAM,
+    ShapleyCAM,
     XGradCAM,
     graphs,
 )
@@ -82,6 +83,7 @@ EXPLAINERS = {
     "eigengradcam": lambda m: EigenGradCAM(m, ["5"]),
     "fem": lambda m: FEM(m, ["5"]),
     "kpcacam": lambda m: KPCACAM(m, ["5"]),
+    "shapleycam": lambda m: ShapleyCAM(m, ["5"]),
 }
 
 
@@ -138,7 +140,8 @@ def test_every_explainer_traces_in_the_users_own_torch_compile_without_private_f
     x = torch.rand(2, 3, 16, 16)
     with EXPLAINERS[name](model) as explainer:
         function = torch.compile(lambda x, t: explainer(x, t), fullgraph=True, backend=BACKENDS.get(name, "aot_eager"))
-        if name in RULE_EXPLAINERS:  # their rules' ops cannot run under torch.func: a clear refusal
+        # the rules' ops cannot run under torch.func, nor Shapley-CAM's second-order gradients: a clear refusal
+        if name in (*RULE_EXPLAINERS, "shapleycam"):
             with pytest.raises(
                 Exception, match=r"cannot be traced inside your own torch.compile; use explainer.compiled"
             ):

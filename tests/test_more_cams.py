@@ -1,5 +1,5 @@
-"""Eigen-Grad-CAM, FEM, Random-CAM and KPCA-CAM: each against its formula computed independently in float64,
-and against pytorch-grad-cam's implementation on resnet18 and a small CNN (random weights)."""
+"""Eigen-Grad-CAM, FEM, Random-CAM, KPCA-CAM and Shapley-CAM: each against its formula computed independently
+in float64, and against pytorch-grad-cam's implementation on resnet18 and a small CNN (random weights)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from torch import nn
 
 from tests.helpers import small_cnn
 from torchcam_ops import cam_postprocess
-from torchcam_ops.methods import FEM, KPCACAM, METHODS, EigenGradCAM, RandomCAM
+from torchcam_ops.methods import FEM, KPCACAM, METHODS, EigenGradCAM, RandomCAM, ShapleyCAM
 from torchcam_ops.reference import reference_normalize
 
 
@@ -202,6 +203,98 @@ def test_the_new_methods_are_registered_and_run_on_the_meta_device():
             assert explainer(x, torch.tensor([1, 4], device="meta")).shape == (2, 12, 12)
 
 
+def smooth_cnn() -> nn.Module:
+    """A small CNN with SiLU activations: the class score is not piecewise linear in a layer's output."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.SiLU(),
+        nn.Conv2d(6, 8, 3, stride=2, padding=1),
+        nn.SiLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.SiLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    ).eval()
+
+
+def test_shapley_cam_corrects_the_gradient_by_half_the_exact_hessian_times_the_activations():
+    # The Hessian of the class score in the layer's output, built whole by torch.autograd.functional
+    # in float64 (independent of the Hessian-vector product the method takes), applied to A.
+    model = smooth_cnn().double()
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    classes = [1, 3]
+    with ShapleyCAM(model, ["3"]) as cam:
+        maps, raw = cam(x, classes), cam(x, classes, raw=True)
+    head, tail = model[:4], model[4:]
+    for n in range(2):
+        a = head(x[n : n + 1]).detach()  # [1, 8, 4, 4]
+
+        def score(activations, n=n):
+            return tail(activations)[0, classes[n]]
+
+        g = torch.autograd.functional.jacobian(score, a)
+        hessian = torch.autograd.functional.hessian(score, a).reshape(a.numel(), a.numel())
+        hvp = (hessian @ a.flatten()).reshape(a.shape)
+        weights = (g - 0.5 * hvp).mean((2, 3))
+        expected = (weights[:, :, None, None] * a).sum(1)[0]
+        assert float(hvp.abs().max()) > 0.01 * float(g.abs().max()), (hvp.abs().max(), g.abs().max())
+        torch.testing.assert_close(raw[n], expected, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(maps, norm_up(raw, (16, 16)), rtol=1e-9, atol=1e-9)
+    # with class logits on a ReLU network the Hessian is zero: Grad-CAM's map
+    relu_model, relu_x = small_cnn(), torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(
+        ShapleyCAM(relu_model, ["3"])(relu_x, [1, 2]), METHODS["gradcam"](relu_model, ["3"])(relu_x, [1, 2])
+    )
+
+
+def test_shapley_cam_maps_carry_gradients_only_when_asked():
+    model, x = smooth_cnn(), torch.rand(1, 3, 16, 16)
+    with ShapleyCAM(model, ["3"]) as cam:
+        assert not cam(x, 1).requires_grad
+        maps = cam(x, 1, create_graph=True)
+    assert maps.requires_grad
+    (gradient,) = torch.autograd.grad(maps.square().sum(), model[0].weight)
+    assert float(gradient.abs().max()) > 0
+
+
+class TinyAttention(nn.Module):
+    """Patch tokens, one attention layer (fused, or written out as softmax(QK^T/sqrt(d))V), a head."""
+
+    def __init__(self, fused: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fused = fused
+        self.patches = nn.Conv2d(3, 8, 4, stride=4)
+        self.qkv = nn.Linear(8, 24)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patches(x).flatten(2).transpose(1, 2)  # [N, 16, 8]
+        q, k, v = self.qkv(tokens).chunk(3, dim=-1)
+        if self.fused:
+            attended = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attended = torch.softmax(q @ k.transpose(1, 2) / 8**0.5, dim=-1) @ v
+        return self.head(self.norm(tokens + attended).mean(1))
+
+
+def test_shapley_cam_differentiates_fused_attention_twice_and_restores_the_backend():
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    fused, written_out = TinyAttention(True).eval(), TinyAttention(False).eval()
+    flash_before = torch.backends.cuda.flash_sdp_enabled()
+    # the patch embedding: attention and the norm after it are not linear in it
+    maps = ShapleyCAM(fused, ["patches"])(x, [1, 2])
+    assert torch.backends.cuda.flash_sdp_enabled() == flash_before
+    expected = ShapleyCAM(written_out, ["patches"])(x, [1, 2])
+    torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-4)
+    # the correction is there: the map is not Grad-CAM's
+    gradcam = METHODS["gradcam"](fused, ["patches"])(x, [1, 2])
+    assert float((maps - gradcam).abs().max()) > 1e-3
+
+
 class TestAgainstPytorchGradCam:
     pgc = pytest.importorskip("pytorch_grad_cam")
 
@@ -264,3 +357,17 @@ class TestAgainstPytorchGradCam:
             assert float(expected[n].std()) > 0.05
             same, opposite = (ours[n] - expected[n]).abs().max(), (flipped[n] - expected[n]).abs().max()
             assert min(same, opposite) <= 1e-4, (float(same), float(opposite))
+
+    @pytest.mark.parametrize("architecture", ["resnet18", "smooth_cnn"])
+    def test_shapley_cam_agrees(self, resnet18, architecture):
+        if architecture == "smooth_cnn":
+            model = smooth_cnn()
+            layer, x = model[3], torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+        else:
+            model, layer, x = cases(resnet18)["resnet18"]
+        classes = [3, 5] if architecture == "resnet18" else [3, 4]
+        ours = ShapleyCAM(model, [layer])(x, classes)
+        expected = self.theirs(self.pgc.ShapleyCAM, model, layer, x, classes)
+        # one of resnet18's maps is flat (every corrected weight negative); the other is not
+        assert float(expected.std(dim=(1, 2)).max()) > 0.05
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)

@@ -26,6 +26,7 @@ from torchcam_ops.methods.layercam import LayerCAM
 from torchcam_ops.methods.layers import LayerSpec, Reshape
 from torchcam_ops.methods.random_cam import RandomCAM
 from torchcam_ops.methods.scorecam import ScoreCAM
+from torchcam_ops.methods.shapley_cam import ShapleyCAM
 from torchcam_ops.methods.targeting import Targets
 from torchcam_ops.methods.xgradcam import XGradCAM
 
@@ -91,6 +92,7 @@ METHODS: dict[str, Callable[..., Any]] = {
     "fem": _class_factory(FEM),
     "randomcam": _class_factory(RandomCAM),
     "kpcacam": _class_factory(KPCACAM),
+    "shapleycam": _class_factory(ShapleyCAM),
 }
 
 
@@ -192,6 +194,7 @@ __all__ = [
     "RandomCAM",
     "Reshape",
     "ScoreCAM",
+    "ShapleyCAM",
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torchcam_ops import _compat
 from torchcam_ops._extension import assert_has_ops
 from torchcam_ops.methods import masking
+from torchcam_ops.methods.attention import twice_differentiable_attention
 from torchcam_ops.methods.calls import check_input, check_positive_or_none, map_dtype, preserve_buffers
 from torchcam_ops.methods.capture import capture_outputs, check_aliases
 from torchcam_ops.methods.graphs import Graphable, explainer_call, graph_input
@@ -64,6 +65,9 @@ class LayerEvidence(NamedTuple):
     #: the call's :class:`~torchcam_ops.methods.layout.ForwardPlan`, for methods that run more forwards
     #: (masked images, ablated copies); None in a single forward pass of a path method
     plan: ForwardPlan | None
+    #: for methods that declare ``second_order``: the layer's own output, which the gradients (then
+    #: differentiable) were taken with respect to; None otherwise
+    output: Tensor | None = None
 
     @property
     def targets(self) -> int:
@@ -124,6 +128,10 @@ class BaseCAM(Graphable):
     #: Whether a call computes the gradients of the target scores to the target layers (False: one
     #: forward pass without gradients).
     needs_gradients: ClassVar[bool] = True
+    #: Whether :meth:`layer_maps` differentiates the gradients again (Hessian-vector products): the
+    #: evidence then keeps the graph and the layer's own ``output``, and the forward pass computes
+    #: attention with its math kernel (``methods/attention.py``: fused kernels have no second derivative).
+    second_order: ClassVar[bool] = False
     #: Whether the maps depend on the class; False: targets only set how many maps per image are
     #: returned, and the model's output may be anything (Eigen-CAM).
     class_specific: ClassVar[bool] = True
@@ -281,7 +289,10 @@ class BaseCAM(Graphable):
         evidence. Path methods, which run many forward passes per chunk, override this."""
         evidence, multi = self._evidence(x, targets, create_graph, plan)
         dtype = map_dtype(x.dtype)
-        return ChunkMaps([self.layer_maps(layer).to(dtype) for layer in evidence], multi)
+        maps = [self.layer_maps(layer).to(dtype) for layer in evidence]
+        if self.second_order and not create_graph:
+            maps = [m.detach() for m in maps]
+        return ChunkMaps(maps, multi)
 
     def _forward_plan(self, device: torch.device, forwards: int = 0, min_forwards: int | None = None) -> ForwardPlan:
         """The plan of one call's further forwards on ``device`` (``cpu_channels_last``,
@@ -334,8 +345,10 @@ class BaseCAM(Graphable):
             return self._evidence_without_gradients(x, targets, plan)
         if torch.compiler.is_compiling() and not _compat.autograd_is_traced():
             return self._functional_evidence(x, targets, create_graph, plan)
+        attention = twice_differentiable_attention() if self.second_order else contextlib.nullcontext()
         with capture_outputs(self.layers) as captured, torch.enable_grad():
-            output = self.model(graph_input(x))
+            with attention:  # fused attention kernels have no second derivative
+                output = self.model(graph_input(x))
             check_aliases()
             scores, multi, indices = resolve_targets(output, targets, x.shape[0])
             outputs = [self._layer_output(layer, captured[id(layer.module)]) for layer in self.layers]
@@ -348,21 +361,26 @@ class BaseCAM(Graphable):
                         "(is its output detached, or computed without grad?)"
                     )
             count = int(scores.shape[1])  # a Python int: the compiler specialises on it, no symbolic bool
+            # second-order methods differentiate the gradients again in layer_maps
+            keep_graph = create_graph or self.second_order
             per_target = []
             for t in range(count):
                 grads = torch.autograd.grad(
                     scores[:, t].sum(),
                     outputs,
-                    retain_graph=create_graph or t + 1 < count,
-                    create_graph=create_graph,
+                    retain_graph=keep_graph or t + 1 < count,
+                    create_graph=keep_graph,
                     allow_unused=True,
                 )
                 for (name, _, _), g in zip(self.layers, grads):
                     if g is None:
                         raise ValueError(f"target layer {name!r}: the model output has no gradient to this layer")
                 per_target.append([self._channel_maps(g, name) for (name, _, _), g in zip(self.layers, grads)])
-        activations = [a if create_graph else a.detach() for a in activations]
-        return self._per_layer(x, activations, per_target, indices, output, calls, plan), multi
+        activations = [a if keep_graph else a.detach() for a in activations]
+        evidence = self._per_layer(x, activations, per_target, indices, output, calls, plan)
+        if self.second_order:
+            evidence = [layer._replace(output=out) for layer, out in zip(evidence, outputs)]
+        return evidence, multi
 
     def _per_layer(
         self,
@@ -424,6 +442,11 @@ class BaseCAM(Graphable):
         (a user's own ``torch.compile``): the gradient to a layer's output is the gradient of the
         scores to a zero added to it, taken by ``torch.func.vjp``. A first forward pass without
         gradients gives the outputs' shapes; nothing uses its results, so the compiled code drops it."""
+        if self.second_order:
+            raise RuntimeError(
+                f"{type(self).__name__}: its second-order gradients cannot be traced inside your own "
+                "torch.compile; use explainer.compiled() (or call it outside the compiled region)"
+            )
         x = x.detach()
         with torch.no_grad(), capture_outputs(self.layers) as probe:
             self.model(x)
