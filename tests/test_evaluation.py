@@ -70,6 +70,9 @@ def test_summary_row_from_per_object_values():
         "masked": torch.tensor([0.25, 0.9, 0.1, 0.2]),
         "hit": torch.tensor([1.0, 0.0, 1.0, 0.0]),
         "energy": torch.tensor([0.2, 0.4, 0.6, 0.8]),
+        "road_morf": torch.tensor([-1.0, -2.0, 0.0, -1.0]),
+        "road_lerf": torch.tensor([0.5, 0.0, 0.0, 0.5]),
+        "road_combined": torch.tensor([0.75, 1.0, 0.0, 0.75]),
         "other_hit": torch.tensor([0.0, 0.0, 0.0, 1.0]),
         "other_energy": torch.tensor([0.1, 0.1, 0.1, 0.1]),
         "seconds": torch.tensor([0.002, 0.006], dtype=torch.float64),
@@ -77,7 +80,24 @@ def test_summary_row_from_per_object_values():
     report = evaluation.summarize(benchmark, {"m": tables})
     assert report.header[-1] == "ms / object" and "points at other object" in report.header
     # drop: (0.5 + 0 + 0.75 + 0) / 4 = 31.25 %; increase: 1 of 4; pointing: class 0 hits 1/2, classes 1, 2: 1 and 0
-    assert report.rows == [["m", "0.2500", "0.6000", "31.25", "25.00", "0.500", "0.500", "0.250", "0.100", "2.0"]]
+    # ROAD: the means of MoRF -1, LeRF 0.25 and combined 0.625
+    assert report.rows == [
+        [
+            "m",
+            "0.2500",
+            "0.6000",
+            "31.25",
+            "25.00",
+            "0.500",
+            "0.500",
+            "-1.0000",
+            "0.2500",
+            "0.6250",
+            "0.250",
+            "0.100",
+            "2.0",
+        ]
+    ]
     fractions, deletion_mean, _ = report.curves["m"]
     np.testing.assert_allclose(fractions, [0, 0.25, 0.5, 0.75, 1.0])
     np.testing.assert_allclose(deletion_mean, [1, 0, 0, 0, 0])

@@ -95,7 +95,10 @@ def test_explain_command_errors(tmp_path):
 
 
 def test_evaluate_command_writes_tables_and_plot(tmp_path, capsys):
-    cli.main(["evaluate", "--methods", "gradcam,layercam", "--step", str(224 * 56), "--out", str(tmp_path)])
+    cli.main(
+        ["evaluate", "--methods", "gradcam,layercam", "--step", str(224 * 56), "--road-percentiles", "50"]
+        + ["--out", str(tmp_path)]
+    )
     out = capsys.readouterr().out
     assert "deletion AUC" in out
     try:
@@ -106,10 +109,16 @@ def test_evaluate_command_writes_tables_and_plot(tmp_path, capsys):
         assert "5 annotated objects in 4 photos" in out
     rows = (tmp_path / "evaluation.csv").read_text().strip().splitlines()
     assert rows[0].startswith("method,deletion AUC") and len(rows) == 3
+    assert "ROAD MoRF,ROAD LeRF,ROAD combined" in rows[0]
     assert (tmp_path / "evaluation.md").read_text().count("| gradcam |") == 1
     assert (tmp_path / "deletion_insertion.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="unknown benchmark"):
         cli.main(["evaluate", "--benchmark", "imagenet", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--road-percentiles", "0,50", "--out", str(tmp_path)])
+    assert "--road-percentiles: expected comma-separated numbers in (0, 100) or 'none', got '0,50'" in (
+        capsys.readouterr().err
+    )
 
 
 def test_photos_benchmark_takes_voc_objects_from_the_dataset_masks():

@@ -3,6 +3,8 @@ against numpy's percentiles, and the scores against pytorch-grad-cam's ROAD on r
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -17,8 +19,11 @@ WEIGHTS |= {(1, 0): 1 / 6, (1, 1): 1 / 12}
 
 
 def smooth_maps(n: int, size: int, seed: int) -> torch.Tensor:
-    coarse = torch.rand(n, 1, size // 4, size // 4, generator=torch.Generator().manual_seed(seed))
-    return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    """Smooth maps in [0, 1] without ties (an upsampled map repeats its border values: a little noise)."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 1, size // 4, size // 4, generator=generator)
+    smooth = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return (smooth + 1e-3 * torch.rand(n, size, size, generator=generator)) / 1.001
 
 
 @pytest.mark.parametrize("solver", ["direct", "cg"])
@@ -63,6 +68,25 @@ def test_removal_masks_follow_numpys_percentiles():
             assert np.array_equal(most[n, k].numpy(), ~(values < np.percentile(values, p)))
             assert np.array_equal(least[n, k].numpy(), ~((1 - values) < np.percentile(1 - values, p)))
             assert abs(float(most[n, k].float().mean()) - (1 - p / 100)) < 0.01
+
+
+def test_ties_are_ranked_by_position_where_the_peers_threshold_removes_every_pixel():
+    # A map that is 0 on 30% of the image (a ReLU'd CAM): at p = 10 the 10th percentile is 0, and
+    # "at or above it" is every pixel, which leaves the imputation nothing to start from. Ranked
+    # removal takes the 90% most relevant: all of the positive pixels and the first zeros by position.
+    maps = smooth_maps(1, 20, 10) + 0.1
+    maps[0, 14:] = 0  # 6 of 20 rows
+    most = removal_masks(maps, (10, 50), "most")[0]
+    values = maps[0].numpy()
+    assert bool((values >= np.percentile(values, 10)).all())  # the peer's rule: everything removed
+    assert int(most[0].sum()) == 400 - math.ceil(0.1 * 399) == 360
+    assert bool(most[0][:14].all()) and int(most[0][14:].sum()) == 80  # the first 80 zeros, row-major
+    assert bool(most[0][14:].flatten()[:80].all())
+    # at p = 50 there are no ties at the threshold: the peer's pixels
+    assert np.array_equal(most[1].numpy(), values >= np.percentile(values, 50))
+    # and the scores are defined
+    result = road(small_cnn(), torch.rand(1, 3, 20, 20), maps, 1, noise=0.0)
+    assert bool(result.most_relevant_first.isfinite().all() & result.least_relevant_first.isfinite().all())
 
 
 def test_road_refuses_bad_input():

@@ -26,6 +26,7 @@ from torchcam_ops import models, render, runs
 from torchcam_ops.methods import METHODS
 from torchcam_ops.methods.layers import resolve_layers
 from torchcam_ops.methods.targeting import check_class_indices
+from torchcam_ops.metrics import PERCENTILES
 
 DEFAULT_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
@@ -166,6 +167,21 @@ def _parse_targets(text: str, images: int, classes: int) -> torch.Tensor:
     return torch.tensor(targets).expand(images) if len(targets) == 1 else torch.tensor(targets)
 
 
+def _percentiles(text: str) -> tuple[float, ...]:
+    """``--road-percentiles``: comma-separated numbers in (0, 100), or "none"."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers in (0, 100) or 'none', got {text!r}"
+        ) from None
+    if not all(0 < value < 100 for value in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in (0, 100) or 'none', got {text!r}")
+    return values
+
+
 def _check_writable(command: str, path: str) -> None:
     """Refuses an output folder that could not be created or written, before any work is done."""
     existing = Path(path).absolute()
@@ -296,6 +312,7 @@ def evaluate(args: argparse.Namespace) -> None:
                 raise SystemExit(f"evaluate: {err}") from None
         if args.step:
             benchmark.step = args.step
+        benchmark.road_percentiles = args.road_percentiles
         benchmark.layout = layout
         benchmark.model.to(processes.device)
         try:
@@ -383,6 +400,14 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=0,
         help="pixels changed per deletion/insertion step (default: 8 rows of a photo, 4 of a canvas)",
+    )
+    evaluate_parser.add_argument(
+        "--road-percentiles",
+        type=_percentiles,
+        default=PERCENTILES,
+        metavar="P,P,...",
+        help="percentiles of ROAD's removals, comma-separated in (0, 100), or 'none' for no ROAD columns "
+        "(default: 10,20,...,90; each costs one imputation and one forward pass per object and order)",
     )
     evaluate_parser.add_argument("--count", type=int, default=200, help="canvases of the localization benchmark")
     evaluate_parser.add_argument(

