@@ -24,6 +24,7 @@ from torchcam_ops.methods import (
     AbsCAM,
     EigenCAM,
     EigenGradCAM,
+    FinerCAM,
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
@@ -33,6 +34,7 @@ from torchcam_ops.methods import (
     IntegratedGradCAM,
     LayerCAM,
     ScoreCAM,
+    SegEigenCAM,
     ShapleyCAM,
     XGradCAM,
     graphs,
@@ -84,6 +86,8 @@ EXPLAINERS = {
     "fem": lambda m: FEM(m, ["5"]),
     "kpcacam": lambda m: KPCACAM(m, ["5"]),
     "shapleycam": lambda m: ShapleyCAM(m, ["5"]),
+    "segeigencam": lambda m: SegEigenCAM(m, ["5"]),
+    "finercam": lambda m: FinerCAM(m, ["5"]),
 }
 
 

@@ -1,5 +1,6 @@
-"""Eigen-Grad-CAM, FEM, Random-CAM, KPCA-CAM and Shapley-CAM: each against its formula computed independently
-in float64, and against pytorch-grad-cam's implementation on resnet18 and a small CNN (random weights)."""
+"""Eigen-Grad-CAM, FEM, Random-CAM, KPCA-CAM, Shapley-CAM, Seg-Eigen-CAM and Finer-CAM: each against its
+formula computed independently in float64, and against pytorch-grad-cam's implementation on resnet18 and a
+small CNN (random weights)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,19 @@ from torch import nn
 
 from tests.helpers import small_cnn
 from torchcam_ops import cam_postprocess
-from torchcam_ops.methods import FEM, KPCACAM, METHODS, EigenGradCAM, RandomCAM, ShapleyCAM
+from torchcam_ops.methods import (
+    FEM,
+    KPCACAM,
+    METHODS,
+    EigenGradCAM,
+    FinerCAM,
+    GradCAMPlusPlus,
+    RandomCAM,
+    SegEigenCAM,
+    ShapleyCAM,
+)
 from torchcam_ops.reference import reference_normalize
+from torchcam_ops.targets import FinerTarget
 
 
 def norm_up(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -295,6 +307,60 @@ def test_shapley_cam_differentiates_fused_attention_twice_and_restores_the_backe
     assert float((maps - gradcam).abs().max()) > 1e-3
 
 
+def test_seg_eigen_cam_is_the_first_component_of_abs_gradients_times_activations_with_its_largest_side_up():
+    model = copy.deepcopy(small_cnn()).double()
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    raw = SegEigenCAM(model, ["3"])(x, [2, 5], raw=True)
+    a, g = activations_and_gradients(model, model[3], x, [2, 5])
+    for n in range(2):
+        rows = (g[n].abs() * a[n]).flatten(1).T
+        centred = rows - rows.mean(0)
+        _, vectors = torch.linalg.eigh(centred.T @ centred)
+        projection = centred @ vectors[:, -1]
+        if projection.min().abs() > projection.max().abs():
+            projection = -projection
+        torch.testing.assert_close(raw[n].flatten(), projection, rtol=1e-7, atol=1e-9)
+
+
+def test_finer_target_is_the_weighted_difference_to_the_closest_classes():
+    logits = torch.tensor([[2.0, 1.9, -1.0, 0.5, 1.0, 3.0], [0.0, 0.1, 0.2, -0.3, 5.0, 0.15]], dtype=torch.float64)
+    for classes, alpha, comparisons in ((None, 1.0, (1, 2, 3)), (torch.tensor([0, 2]), 0.5, (1, 2)), (3, 1.0, (2, 9))):
+        scores = FinerTarget(classes, alpha, comparisons)(logits)
+        for n in range(2):
+            row = logits[n].tolist()
+            c = (
+                max(range(6), key=row.__getitem__)
+                if classes is None
+                else int(torch.as_tensor(classes).reshape(-1)[n])
+                if isinstance(classes, torch.Tensor)
+                else classes
+            )
+            by_distance = sorted(range(6), key=lambda j: abs(row[j] - row[c]))
+            similar = [by_distance[k] for k in comparisons if k < 6]
+            p = torch.softmax(logits[n], 0)
+            expected = sum(p[j] * (row[c] - alpha * row[j]) for j in similar) / (sum(p[j] for j in similar) + 1e-9)
+            torch.testing.assert_close(scores[n], expected, rtol=1e-12, atol=1e-12)
+    # T classes per image: T scores, and any gradient method takes the score as its target
+    assert FinerTarget(torch.tensor([[0, 1], [2, 3]]))(logits).shape == (2, 2)
+    model, x = small_cnn(), torch.rand(2, 3, 16, 16)
+    assert GradCAMPlusPlus(model, ["3"])(x, FinerTarget(torch.tensor([1, 2]))).shape == (2, 16, 16)
+    with pytest.raises(ValueError, match="targets: a class index is out of range for a model with 7 outputs"):
+        FinerCAM(model, ["3"])(x, [1, 7])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"base": "eigencam"}, "base: expected a cam_reduce method"),
+        ({"alpha": float("nan")}, "alpha: expected a finite number"),
+        ({"comparisons": (0, 1)}, "comparisons: expected positions >= 1"),
+    ],
+)
+def test_finer_cam_refuses_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        FinerCAM(small_cnn(), ["3"], **options)
+
+
 class TestAgainstPytorchGradCam:
     pgc = pytest.importorskip("pytorch_grad_cam")
 
@@ -369,5 +435,25 @@ class TestAgainstPytorchGradCam:
         ours = ShapleyCAM(model, [layer])(x, classes)
         expected = self.theirs(self.pgc.ShapleyCAM, model, layer, x, classes)
         # one of resnet18's maps is flat (every corrected weight negative); the other is not
+        assert float(expected.std(dim=(1, 2)).max()) > 0.05
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
+
+    @pytest.mark.parametrize("architecture", ["resnet18", "small_cnn"])
+    def test_seg_eigen_cam_agrees(self, resnet18, architecture):
+        model, layer, x = cases(resnet18)[architecture]
+        ours = SegEigenCAM(model, [layer])(x, [3, 5])
+        expected = self.theirs(self.pgc.SegEigenCAM, model, layer, x, [3, 5])
+        assert float(expected.std(dim=(1, 2)).min()) > 0.05
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
+
+    @pytest.mark.parametrize("architecture", ["resnet18", "small_cnn"])
+    @pytest.mark.parametrize(("alpha", "comparisons"), [(1.0, (1, 2, 3)), (0.5, (1, 2))])
+    def test_finer_cam_agrees(self, resnet18, architecture, alpha, comparisons):
+        model, layer, x = cases(resnet18)[architecture]
+        ours = FinerCAM(model, [layer], alpha=alpha, comparisons=comparisons)(x)
+        with self.pgc.FinerCAM(model, [layer]) as cam:
+            expected = torch.from_numpy(
+                cam(input_tensor=x, targets=None, alpha=alpha, comparison_categories=list(comparisons))
+            )
         assert float(expected.std(dim=(1, 2)).max()) > 0.05
         torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)

@@ -17,6 +17,19 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from torchcam_ops import _compat
+
+
+def model_logits(output: Any) -> Any:
+    """The class logits in a model's output: the output itself when it is a tensor, else its ``logits``
+    tensor where it has one (a Hugging Face ``ModelOutput``, torchvision's GoogLeNet and Inception
+    outputs in training mode, any mapping with a ``"logits"`` key); any other output as it is (a
+    segmentation model's ``{"out": ...}``, explained through a callable target)."""
+    if isinstance(output, Tensor):
+        return output
+    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    return logits if isinstance(logits, Tensor) else output
+
 
 class ClassTarget(int):
     """The logit of one class, as a plain int target is: ``ClassTarget(281)`` is ``281``."""
@@ -129,3 +142,71 @@ class BoxTarget:
             match = (overlap >= self.iou) & (labels[:, None] == detections["labels"][None])
             scores.append((match.to(detections["scores"].dtype) * detections["scores"][None]).sum())
         return torch.stack(scores)
+
+
+class FinerTarget:
+    r"""A class against the classes the model finds most like it (Finer-CAM, Zhang et al. 2025):
+
+    .. math:: s_n = \frac{\sum_{j \in S} p_j \, (y_c - \alpha\, y_j)}{\sum_{j \in S} p_j + 10^{-9}}
+
+    with :math:`y` the logits of image n, :math:`p = \operatorname{softmax}(y)`, :math:`c` the class
+    explained and :math:`S` the classes at positions ``comparisons`` (default 1, 2, 3; position 0 is
+    the class itself) when all classes are ranked by :math:`|y_j - y_c|`, closest first (positions
+    beyond the last class are left out). The map then shows what tells c apart from its look-alikes;
+    ``alpha`` = 0 is the plain class score weighted alike. As pytorch-grad-cam's ``FinerWeightedTarget``
+    with its ``FinerCAM`` ranking, gradients flow through the softmax weights too.
+
+    Args:
+        classes: the class c of each image: None (each image's top class), an int, or a LongTensor
+            ``[N]`` or ``[N, T]`` (T classes per image, T scores).
+        alpha: how much of the look-alikes' logits is subtracted (default 1).
+        comparisons: the positions of the look-alikes in the ranking (default ``(1, 2, 3)``).
+    """
+
+    def __init__(
+        self, classes: Tensor | int | None = None, alpha: float = 1.0, comparisons: Sequence[int] = (1, 2, 3)
+    ) -> None:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not abs(alpha) < float("inf"):
+            raise ValueError(f"alpha: expected a finite number, got {alpha!r}")
+        if not comparisons or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in comparisons):
+            raise ValueError(f"comparisons: expected positions >= 1 in the similarity ranking, got {comparisons!r}")
+        if classes is not None and not isinstance(classes, (int, Tensor)):
+            raise TypeError(f"classes: expected None, an int or a LongTensor, got {type(classes).__name__}")
+        self.classes, self.alpha, self.comparisons = classes, float(alpha), tuple(comparisons)
+
+    def __call__(self, output: Any) -> Tensor:
+        logits = model_logits(output)
+        if not isinstance(logits, Tensor) or logits.dim() != 2:
+            raise ValueError("FinerTarget: expected the model's logits [N, classes]")
+        batch, count = logits.shape
+        detached = logits.detach()
+        out_of_range = f"targets: a class index is out of range for a model with {count} outputs"
+        if self.classes is None:
+            classes = detached.argmax(1, keepdim=True)
+        elif isinstance(self.classes, int):
+            if not 0 <= self.classes < count:
+                raise ValueError(out_of_range)
+            classes = torch.full((batch, 1), self.classes, dtype=torch.long, device=logits.device)
+        else:
+            if self.classes.shape[0] != batch or self.classes.dim() not in (1, 2):
+                raise ValueError(f"targets: expected class indices [N] or [N, T] with N = {batch}")
+            classes = self.classes.to(logits.device).long().reshape(batch, -1)
+            in_range = ((classes >= 0) & (classes < count)).all()
+            if classes.device.type == "cpu" and not torch.compiler.is_compiling():
+                if not bool(in_range):
+                    raise ValueError(out_of_range)
+            else:
+                _compat.assert_async(in_range, out_of_range)
+        positions = [k for k in self.comparisons if k < count]
+        if not positions:
+            raise ValueError(f"FinerTarget: a model with {count} classes has no class at positions {self.comparisons}")
+        main = logits.gather(1, classes)  # [N, T]
+        distance = (detached[:, None, :] - detached.gather(1, classes)[:, :, None]).abs()  # [N, T, classes]
+        ranked = torch.argsort(distance, dim=2, stable=True)
+        similar = ranked[:, :, positions]  # [N, T, S]
+        probabilities = torch.softmax(logits, dim=1)
+        weights = probabilities.gather(1, similar.flatten(1)).view_as(similar)
+        others = logits.gather(1, similar.flatten(1)).view_as(similar)
+        scores = (weights * (main[:, :, None] - self.alpha * others)).sum(2) / (weights.sum(2) + 1e-9)
+        single = self.classes is None or isinstance(self.classes, int) or self.classes.dim() == 1
+        return scores[:, 0] if single else scores

@@ -14,6 +14,7 @@ from torchcam_ops.methods.cam import CAM
 from torchcam_ops.methods.eigen_gradcam import EigenGradCAM
 from torchcam_ops.methods.eigencam import EigenCAM
 from torchcam_ops.methods.fem import FEM
+from torchcam_ops.methods.finer_cam import FinerCAM
 from torchcam_ops.methods.gig_cam import GIGCAM, PathDiagnostics, multiscale_fusion
 from torchcam_ops.methods.gradcam import GradCAM
 from torchcam_ops.methods.gradcam_elementwise import GradCAMElementWise
@@ -26,6 +27,7 @@ from torchcam_ops.methods.layercam import LayerCAM
 from torchcam_ops.methods.layers import LayerSpec, Reshape
 from torchcam_ops.methods.random_cam import RandomCAM
 from torchcam_ops.methods.scorecam import ScoreCAM
+from torchcam_ops.methods.seg_eigen_cam import SegEigenCAM
 from torchcam_ops.methods.shapley_cam import ShapleyCAM
 from torchcam_ops.methods.targeting import Targets
 from torchcam_ops.methods.xgradcam import XGradCAM
@@ -93,6 +95,8 @@ METHODS: dict[str, Callable[..., Any]] = {
     "randomcam": _class_factory(RandomCAM),
     "kpcacam": _class_factory(KPCACAM),
     "shapleycam": _class_factory(ShapleyCAM),
+    "segeigencam": _class_factory(SegEigenCAM),
+    "finercam": _class_factory(FinerCAM),
 }
 
 
@@ -190,10 +194,12 @@ __all__ = [
     "EigenCAM",
     "EigenGradCAM",
     "FEM",
+    "FinerCAM",
     "KPCACAM",
     "RandomCAM",
     "Reshape",
     "ScoreCAM",
+    "SegEigenCAM",
     "ShapleyCAM",
     "GradCAM",
     "GradCAMElementWise",

@@ -471,10 +471,14 @@ class BaseCAM(Graphable):
             logits = model_logits(output)
             logits = logits if isinstance(logits, Tensor) else None
             layer_outputs = [captured[id(layer.module)][call] for layer, call in zip(self.layers, calls)]
-            return scores, (layer_outputs, indices, logits)
+            # torch.func's auxiliary outputs are tensors: an empty one stands for None (a callable target)
+            empty = scores.new_zeros(0)
+            return scores, (layer_outputs, empty if indices is None else indices, empty if logits is None else logits)
 
         with torch.enable_grad():
             scores, vjp, (outputs, indices, logits) = torch.func.vjp(scores_of, zeros, has_aux=True)
+            indices = None if indices.numel() == 0 else indices
+            logits = None if logits.numel() == 0 else logits
             count = int(scores.shape[1])
             per_target = []
             for t in range(count):

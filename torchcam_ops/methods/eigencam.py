@@ -42,10 +42,17 @@ def first_component(channel_maps: Tensor) -> Tensor:
     ``[n, h, w]``, with the sign of the projection that correlates positively with the channels' mean
     (the first entry of largest magnitude positive when that correlation is 0); see :class:`EigenCAM`."""
     pixels = channel_maps.flatten(2).transpose(1, 2)  # [n, hw, K]
+    return oriented(projection_on_first_component(pixels), pixels).reshape(
+        channel_maps.shape[0], *channel_maps.shape[2:]
+    )
+
+
+def projection_on_first_component(pixels: Tensor) -> Tensor:
+    """The rows ``[n, hw, K]`` of each image, centred per column, projected on their first right
+    singular vector: ``[n, hw]``, of arbitrary sign."""
     centred = pixels - pixels.mean(1, keepdim=True)
     _, _, right = torch.linalg.svd(centred, full_matrices=False)
-    projection = (centred @ right[:, 0, :, None])[..., 0]  # [n, hw]
-    return oriented(projection, pixels).reshape(channel_maps.shape[0], *channel_maps.shape[2:])
+    return (centred @ right[:, 0, :, None])[..., 0]
 
 
 def oriented(projection: Tensor, pixels: Tensor) -> Tensor:

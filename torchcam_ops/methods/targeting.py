@@ -4,13 +4,14 @@ the batch and the model's classes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from torchcam_ops.methods.calls import check_finite, check_on_device
+from torchcam_ops.targets import model_logits
 
 #: What ``targets`` may be: ``None`` (each image's top class), a class index, one index per image,
 #: a LongTensor ``[N]`` or ``[N, T]`` (T classes per image, one forward pass), or a callable that maps
@@ -28,17 +29,6 @@ class ResolvedTargets(NamedTuple):
     multi: bool
     #: the class indices ``[N, T]``; None for a callable target
     indices: Tensor | None
-
-
-def model_logits(output: Any) -> Any:
-    """The class logits in a model's output: the output itself when it is a tensor, else its ``logits``
-    tensor where it has one (a Hugging Face ``ModelOutput``, torchvision's GoogLeNet and Inception
-    outputs in training mode, any mapping with a ``"logits"`` key); any other output as it is (a
-    segmentation model's ``{"out": ...}``, explained through a callable target)."""
-    if isinstance(output, Tensor):
-        return output
-    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
-    return logits if isinstance(logits, Tensor) else output
 
 
 def resolve_targets(output: Any, targets: Targets, batch: int) -> ResolvedTargets:
