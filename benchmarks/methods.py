@@ -4,7 +4,9 @@ one call vs T calls, and GIG-CAM batched vs a straightforward per-image referenc
     python benchmarks/methods.py [--device cpu] [--batch 16] [--gig-batch 8] [--steps-ig 50]
 
 Random weights change nothing about the cost. Abs-CAM phase 2 runs K = 2048 masked forwards per
-image on layer4; it is timed on one image with --abscam-phase2. --gradient-free times only Score-CAM
+image on layer4; it is timed on one image with --abscam-phase2. --peer-methods times the methods that
+pytorch-grad-cam also has and that were added here (Eigen-Grad-CAM, FEM, KPCA-CAM, Shapley-CAM, Seg-Eigen-CAM,
+Finer-CAM, Random-CAM) and ROAD, ours against theirs. --gradient-free times only Score-CAM
 (both variants) and Ablation-CAM (K = 2048 masked or ablated forwards per image) on one image, next to
 pytorch-grad-cam's ScoreCAM and AblationCAM when it is installed (pip install ".[bench]"), in
 alternation, --repeats calls each.
@@ -20,6 +22,7 @@ import torchvision
 from _timing import median_seconds, print_table
 
 from torchcam_ops.methods import GIGCAM, METHODS, GradCAM
+from torchcam_ops.metrics import road
 from torchcam_ops.reference import reference_gig_cam
 
 
@@ -101,6 +104,64 @@ def gradient_free_table(model, x, repeats: int) -> None:
     )
 
 
+#: The methods pytorch-grad-cam also has, by our name: its class, and its call's extra arguments.
+NEW_METHOD_PEERS = {
+    "eigengradcam": ("EigenGradCAM", {}),
+    "fem": ("FEM", {}),
+    "kpcacam": ("KPCA_CAM", {}),
+    "shapleycam": ("ShapleyCAM", {}),
+    "segeigencam": ("SegEigenCAM", {}),
+    "finercam": ("FinerCAM", {}),
+    "randomcam": ("RandomCAM", {}),
+}
+
+
+def peer_methods_table(x, repeats: int) -> None:
+    """The methods of pytorch-grad-cam 1.5.x that we added, and ROAD, on one image of ResNet-50's
+    layer4: ours and theirs in alternation (one warm-up call each, medians of ``repeats``)."""
+    try:
+        import pytorch_grad_cam as pgc
+        from pytorch_grad_cam.metrics.road import ROADCombined
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError:
+        print("pytorch-grad-cam is not installed: pip install '.[bench]'")
+        return
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).eval().to(x.device)  # parameters with gradients, for theirs
+    with torch.no_grad():
+        classes = model(x).argmax(1)
+    targets = [ClassifierOutputTarget(int(c)) for c in classes]
+    rows = []
+    for name, (peer_name, call_options) in NEW_METHOD_PEERS.items():
+        ours, theirs = [], []
+        for _ in range(repeats):
+            with METHODS[name](model, [model.layer4]) as explainer:
+                ours.append(median_seconds(lambda explainer=explainer: explainer(x, classes), x.device, 1, warmup=1))
+            with getattr(pgc, peer_name)(model=model, target_layers=[model.layer4]) as cam:
+                peer_targets = None if name == "finercam" else targets
+                theirs.append(
+                    median_seconds(lambda cam=cam: cam(input_tensor=x, targets=peer_targets), x.device, 1, warmup=1)
+                )
+        rows.append(_ratio_row(name, ours, theirs))
+    with METHODS["gradcam"](model, [model.layer4]) as explainer:
+        maps = explainer(x, classes)
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(median_seconds(lambda: road(model, x, maps, classes), x.device, 1, warmup=0))
+        theirs.append(
+            median_seconds(lambda: ROADCombined()(x, maps.cpu().numpy(), targets, model), x.device, 1, warmup=0)
+        )
+    rows.append(_ratio_row("ROAD (both orders, 9 percentiles)", ours, theirs))
+    print(f"\nMethods pytorch-grad-cam also has, one image, medians of {repeats} alternated calls")
+    print_table(["method", "ours s", "pytorch-grad-cam s", "ours faster by", "each call: ours | theirs"], rows)
+
+
+def _ratio_row(label: str, ours: list[float], theirs: list[float]) -> list[str]:
+    mine, peer = statistics.median(ours), statistics.median(theirs)
+    calls = " ".join(f"{t:.3f}" for t in ours) + " | " + " ".join(f"{t:.3f}" for t in theirs)
+    return [label, f"{mine:.3f}", f"{peer:.3f}", f"{peer / mine:.2f}x", calls]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -114,6 +175,9 @@ def main() -> None:
     parser.add_argument("--gig-steps", type=int, default=30)
     parser.add_argument("--abscam-phase2", action="store_true")
     parser.add_argument("--gradient-free", action="store_true")
+    parser.add_argument(
+        "--peer-methods", action="store_true", help="the methods pytorch-grad-cam also has, and ROAD, against it"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="alternated calls per library with --gradient-free")
     args = parser.parse_args()
 
@@ -136,6 +200,9 @@ def main() -> None:
 
     if args.gradient_free:
         gradient_free_table(model, x[:1], args.repeats)
+        return
+    if args.peer_methods:
+        peer_methods_table(x[:1], args.repeats)
         return
     rows = []
     for name in ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam_elementwise", "abscam"):
