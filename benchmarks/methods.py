@@ -104,15 +104,15 @@ def gradient_free_table(model, x, repeats: int) -> None:
     )
 
 
-#: The methods pytorch-grad-cam also has, by our name: its class, and its call's extra arguments.
+#: The added methods that pytorch-grad-cam also has: our name -> its class.
 NEW_METHOD_PEERS = {
-    "eigengradcam": ("EigenGradCAM", {}),
-    "fem": ("FEM", {}),
-    "kpcacam": ("KPCA_CAM", {}),
-    "shapleycam": ("ShapleyCAM", {}),
-    "segeigencam": ("SegEigenCAM", {}),
-    "finercam": ("FinerCAM", {}),
-    "randomcam": ("RandomCAM", {}),
+    "eigengradcam": "EigenGradCAM",
+    "fem": "FEM",
+    "kpcacam": "KPCA_CAM",
+    "shapleycam": "ShapleyCAM",
+    "segeigencam": "SegEigenCAM",
+    "finercam": "FinerCAM",
+    "randomcam": "RandomCAM",
 }
 
 
@@ -132,7 +132,7 @@ def peer_methods_table(x, repeats: int) -> None:
         classes = model(x).argmax(1)
     targets = [ClassifierOutputTarget(int(c)) for c in classes]
     rows = []
-    for name, (peer_name, call_options) in NEW_METHOD_PEERS.items():
+    for name, peer_name in NEW_METHOD_PEERS.items():
         ours, theirs = [], []
         for _ in range(repeats):
             with METHODS[name](model, [model.layer4]) as explainer:
