@@ -457,3 +457,121 @@ class TestAgainstPytorchGradCam:
             )
         assert float(expected.std(dim=(1, 2)).max()) > 0.05
         torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
+
+
+def test_overlapping_shapley_calls_share_the_math_attention_switch_and_restore_it():
+    import threading
+
+    from torchcam_ops.methods.attention import twice_differentiable_attention
+
+    flash_before = torch.backends.cuda.flash_sdp_enabled()
+    with twice_differentiable_attention():
+        with twice_differentiable_attention():
+            assert not torch.backends.cuda.flash_sdp_enabled()
+        assert not torch.backends.cuda.flash_sdp_enabled()  # the first holder still runs: still math
+    assert torch.backends.cuda.flash_sdp_enabled() == flash_before
+    model, x = TinyAttention(True).eval(), torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    expected = ShapleyCAM(model, ["patches"])(x, [1, 2])
+    results, errors = [], []
+
+    def explain() -> None:
+        try:
+            for _ in range(5):
+                results.append(ShapleyCAM(model, ["patches"])(x, [1, 2]))
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=explain) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for maps in results:
+        torch.testing.assert_close(maps, expected)
+    assert torch.backends.cuda.flash_sdp_enabled() == flash_before
+
+
+def test_shapley_cam_on_a_linear_frozen_tail_is_gradcam():
+    # resnet18's layer4 -> pooling -> fc with frozen parameters: the gradient has no graph, H A = 0
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval().requires_grad_(False)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(
+        ShapleyCAM(model, ["layer4"])(x, [1, 2]), METHODS["gradcam"](model, ["layer4"])(x, [1, 2])
+    )
+
+
+class TokensWithClassToken(nn.Module):
+    """Patch tokens and a class token, mixed by a smooth attention-like step; the head reads the class token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.patches = nn.Conv2d(3, 4, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 4))
+        self.tokens = nn.Identity()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = self.patches(x).flatten(2).transpose(1, 2)  # [N, 4, 4]
+        tokens = self.tokens(torch.cat([self.cls.expand(x.shape[0], -1, -1), patches], 1))  # [N, 5, 4]
+        return self.head(self.tail(tokens))
+
+    @staticmethod
+    def tail(tokens: torch.Tensor) -> torch.Tensor:
+        mixed = torch.softmax(tokens @ tokens.transpose(1, 2), dim=-1) @ tokens
+        return torch.tanh(mixed[:, 0])
+
+
+def test_shapley_cam_applies_the_hessian_to_the_whole_output_class_token_included():
+    model = TokensWithClassToken().double()
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    raw = ShapleyCAM(model, ["tokens"], reshape="tokens")(x, [2], raw=True)
+    with torch.no_grad():
+        patches = model.patches(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([model.cls.expand(1, -1, -1), patches], 1)
+
+    def score(t):
+        return model.head(model.tail(t))[0, 2]
+
+    g = torch.autograd.functional.jacobian(score, tokens)
+    hessian = torch.autograd.functional.hessian(score, tokens).reshape(tokens.numel(), tokens.numel())
+    hvp = (hessian @ tokens.flatten()).reshape(tokens.shape)
+    corrected = (g - 0.5 * hvp)[0, 1:]  # [4 patches, 4 channels], the class token dropped after H A
+    weights = corrected.mean(0)
+    expected = (tokens[0, 1:] @ weights).reshape(2, 2)
+    torch.testing.assert_close(raw[0], expected, rtol=1e-9, atol=1e-10)
+
+
+def test_kpca_cam_cosine_kernel_of_a_dead_pixel_is_not_nan():
+    model = small_cnn()
+    with torch.no_grad():
+        model[2].bias.fill_(-1e3)  # layer 3 (after the ReLU) is all zeros: every pixel row is 0
+    maps = KPCACAM(model, ["3"], kernel="cosine")(torch.rand(1, 3, 16, 16), 0)
+    assert bool(maps.isfinite().all())
+
+
+def test_finer_target_checks_its_classes_and_follows_chunks_and_half_precision():
+    with pytest.raises(TypeError, match="classes: expected an integer tensor"):
+        FinerTarget(torch.tensor([1.0, 2.0]))
+    with pytest.raises(TypeError, match="classes: expected None, an int or a LongTensor, got bool"):
+        FinerTarget(True)
+    model, x = small_cnn(), torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    assert FinerTarget(torch.tensor(3))(model(x)).shape == (4,)
+    classes = torch.tensor([1, 2, 3, 4])
+    whole = METHODS["gradcam"](model, ["3"])(x, FinerTarget(classes))
+    chunked = METHODS["gradcam"](model, ["3"], batch_size=1)(x, FinerTarget(classes))
+    torch.testing.assert_close(chunked, whole)
+    logits = torch.tensor([[20.0, -20.0, -21.0, -22.0, -30.0]], dtype=torch.float16)
+    assert bool(FinerTarget(4)(logits).isfinite().all())  # the look-alikes' softmax underflows in half
+
+
+def test_a_subclass_naming_its_formula_method_still_works_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="'method' is now 'reduction'"):
+
+        class Old(METHODS["gradcam"](small_cnn(), ["3"]).__class__.__mro__[1]):  # BaseCAM
+            method = "hirescam"
+
+    x = torch.rand(1, 3, 16, 16)
+    torch.testing.assert_close(Old(small_cnn(), ["3"])(x, 1), METHODS["hirescam"](small_cnn(), ["3"])(x, 1))

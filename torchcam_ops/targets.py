@@ -1,11 +1,12 @@
-"""What to explain beyond a class index: segmentation masks and detected boxes.
+"""What to explain beyond a class index: segmentation masks, detected boxes, a class against its look-alikes.
 
-:class:`ClassTarget` is an int, the class index every explainer takes. :class:`SegmentationTarget` and
-:class:`BoxTarget` are callables that map the model's output for a batch to one score per image, so
-they work with the explainers that take callable targets: the gradient-weighted CAMs (Grad-CAM and its
-variants, HiResCAM, Abs-CAM phase 1) and IG-CAM. The explainers that seed class logits or score
-classes on other inputs (TSGB, guided backprop, Abs-CAM phase 2, GIG-CAM, Score-CAM, Ablation-CAM,
-CAM) need class indices and refuse them with an error; Eigen-CAM ignores targets.
+:class:`ClassTarget` is an int, the class index every explainer takes. :class:`SegmentationTarget`,
+:class:`BoxTarget` and :class:`FinerTarget` are callables that map the model's output for a batch to one
+score per image, so they work with the explainers that take callable targets: the gradient-weighted
+CAMs (Grad-CAM and its variants, HiResCAM, Abs-CAM phase 1, Eigen-Grad-CAM, Shapley-CAM,
+Seg-Eigen-CAM) and IG-CAM. The explainers that seed class logits or score classes on other inputs
+(TSGB, guided backprop, Abs-CAM phase 2, GIG-CAM, Score-CAM, Ablation-CAM, CAM, Finer-CAM) need class
+indices and refuse them with an error; Eigen-CAM, KPCA-CAM, FEM and Random-CAM ignore targets.
 """
 
 from __future__ import annotations
@@ -158,7 +159,9 @@ class FinerTarget:
 
     Args:
         classes: the class c of each image: None (each image's top class), an int, or a LongTensor
-            ``[N]`` or ``[N, T]`` (T classes per image, T scores).
+            ``[N]`` or ``[N, T]`` (T classes per image, T scores). Per-image classes follow a batch that
+            an explainer explains in chunks (``batch_size``); IG-CAM, whose forwards hold path points
+            instead of images, takes None or an int.
         alpha: how much of the look-alikes' logits is subtracted (default 1).
         comparisons: the positions of the look-alikes in the ranking (default ``(1, 2, 3)``).
     """
@@ -170,9 +173,25 @@ class FinerTarget:
             raise ValueError(f"alpha: expected a finite number, got {alpha!r}")
         if not comparisons or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in comparisons):
             raise ValueError(f"comparisons: expected positions >= 1 in the similarity ranking, got {comparisons!r}")
-        if classes is not None and not isinstance(classes, (int, Tensor)):
+        if isinstance(classes, bool) or (classes is not None and not isinstance(classes, (int, Tensor))):
             raise TypeError(f"classes: expected None, an int or a LongTensor, got {type(classes).__name__}")
+        if isinstance(classes, Tensor):
+            if classes.is_floating_point() or classes.is_complex() or classes.dtype == torch.bool:
+                raise TypeError(f"classes: expected an integer tensor of class indices, got {classes.dtype}")
+            if classes.dim() > 2:
+                raise ValueError(f"classes: expected class indices [N] or [N, T], got shape {list(classes.shape)}")
+            if classes.dim() == 0:
+                classes = int(classes)
+        if isinstance(classes, int) and classes < 0:
+            raise ValueError(f"classes: class index {classes} is out of range (class indices are non-negative)")
         self.classes, self.alpha, self.comparisons = classes, float(alpha), tuple(comparisons)
+
+    def sliced(self, start: int, stop: int) -> FinerTarget:
+        """The target of images [start, stop) of the batch (an explainer that explains a batch in chunks
+        hands each chunk its own rows of per-image classes)."""
+        if not isinstance(self.classes, Tensor):
+            return self
+        return FinerTarget(self.classes[start:stop], self.alpha, self.comparisons)
 
     def __call__(self, output: Any) -> Tensor:
         logits = model_logits(output)
@@ -200,6 +219,7 @@ class FinerTarget:
         positions = [k for k in self.comparisons if k < count]
         if not positions:
             raise ValueError(f"FinerTarget: a model with {count} classes has no class at positions {self.comparisons}")
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # 1e-9 and small p_j in half
         main = logits.gather(1, classes)  # [N, T]
         distance = (detached[:, None, :] - detached.gather(1, classes)[:, :, None]).abs()  # [N, T, classes]
         ranked = torch.argsort(distance, dim=2, stable=True)

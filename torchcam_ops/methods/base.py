@@ -22,6 +22,7 @@ graph capture and under ``torch.compile``.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 
@@ -68,6 +69,9 @@ class LayerEvidence(NamedTuple):
     #: for methods that declare ``second_order``: the layer's own output, which the gradients (then
     #: differentiable) were taken with respect to; None otherwise
     output: Tensor | None = None
+    #: for methods that declare ``second_order``: per target, the gradient to ``output`` in its own
+    #: layout (before ``reshape``, a ViT's class token included); None otherwise
+    output_gradients: list[Tensor] | None = None
 
     @property
     def targets(self) -> int:
@@ -149,6 +153,16 @@ class BaseCAM(Graphable):
     cpu_channels_last: ChannelsLast = "auto"
     images_per_forward: ImagesPerForward = "auto"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "method" in cls.__dict__ and "reduction" not in cls.__dict__:
+            warnings.warn(
+                f"{cls.__name__}: the class attribute 'method' is now 'reduction' (the cam_reduce formula)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            cls.reduction = cls.__dict__["method"]
+
     def __init__(
         self,
         model: nn.Module,
@@ -211,7 +225,8 @@ class BaseCAM(Graphable):
             targets: the classes to explain (see ``Targets``): None (default: each image's top class), a
                 class index, one index per image, a LongTensor ``[N]`` or ``[N, T]``, or a callable that
                 maps the model output to scores ``[N]`` or ``[N, T]``.
-            raw: whether to return the raw layer-resolution maps (default False).
+            raw: whether to return the raw maps, before ReLU (default False): at the layer's resolution
+                (Abs-CAM phase 2: at the input's).
             output_size: the maps' size, a positive int or ``(height, width)``; None (default) for the
                 input's ``(H, W)``.
             create_graph: whether the maps carry gradients to the model's parameters (default False).
@@ -363,7 +378,7 @@ class BaseCAM(Graphable):
             count = int(scores.shape[1])  # a Python int: the compiler specialises on it, no symbolic bool
             # second-order methods differentiate the gradients again in layer_maps
             keep_graph = create_graph or self.second_order
-            per_target = []
+            per_target, raw_per_target = [], []
             for t in range(count):
                 grads = torch.autograd.grad(
                     scores[:, t].sum(),
@@ -376,10 +391,14 @@ class BaseCAM(Graphable):
                     if g is None:
                         raise ValueError(f"target layer {name!r}: the model output has no gradient to this layer")
                 per_target.append([self._channel_maps(g, name) for (name, _, _), g in zip(self.layers, grads)])
+                raw_per_target.append(grads)
         activations = [a if keep_graph else a.detach() for a in activations]
         evidence = self._per_layer(x, activations, per_target, indices, output, calls, plan)
         if self.second_order:
-            evidence = [layer._replace(output=out) for layer, out in zip(evidence, outputs)]
+            evidence = [
+                layer._replace(output=out, output_gradients=[grads[i] for grads in raw_per_target])
+                for i, (layer, out) in enumerate(zip(evidence, outputs))
+            ]
         return evidence, multi
 
     def _per_layer(

@@ -4,7 +4,7 @@ An explainer call reads no device data on the host and changes no shared state, 
 forward pass, gradients and map arithmetic, can be traced by ``torch.compile(fullgraph=True)`` and
 captured in a CUDA graph. :func:`compiled` has the compiler trace ``torch.autograd.grad`` for the calls it
 makes (``_compat.tracing_autograd``); in a user's own ``torch.compile``, which does not, the CAMs take
-their gradients with ``torch.func`` while tracing (``BaseCAM._functional_activations_and_gradients``).
+their gradients with ``torch.func`` while tracing (``BaseCAM._functional_evidence``).
 """
 
 from __future__ import annotations

@@ -90,5 +90,6 @@ class KPCACAM(GradientFreeCAM):
         if self.kernel == "rbf":
             squared = rows.square().sum(-1)
             return torch.exp(-gamma * (squared[:, :, None] + squared[:, None, :] - 2 * inner).clamp_min(0))
-        norms = rows.norm(dim=-1).clamp_min(torch.finfo(rows.dtype).tiny)  # cosine
-        return inner / (norms[:, :, None] * norms[:, None, :])
+        # cosine: rows made unit first, so that a zero row (a dead layer's pixel) gives 0, not 0 / 0
+        unit = rows / rows.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)
+        return unit @ unit.transpose(1, 2)

@@ -20,8 +20,9 @@ class RandomCAM(GradientFreeCAM):
 
     drawn independently per image, target and layer. ``generator`` (a ``torch.Generator``) makes the
     draws reproducible: the weights of a layer are ``torch.rand(n, T, K, generator=generator) * 2 - 1``
-    on the generator's device, drawn layer after layer and chunk after chunk of ``batch_size``
-    images; None draws from torch's global generator. The weights do not depend on the class:
+    in the maps' dtype (float32, float64 for float64 inputs) on the generator's device, drawn chunk
+    after chunk of ``batch_size`` images and, within a chunk, layer after layer; None draws from
+    torch's global generator. The weights do not depend on the class:
     ``targets`` only sets how many maps per image are returned, and the model's output may be anything.
     """
 

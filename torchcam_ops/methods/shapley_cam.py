@@ -33,17 +33,21 @@ class ShapleyCAM(BaseCAM):
 
     def layer_maps(self, evidence: LayerEvidence) -> Tensor:
         maps = []
-        for gradient in evidence.gradients:
-            (product,) = torch.autograd.grad(
-                gradient,
-                evidence.output,
-                grad_outputs=evidence.activations.detach(),
-                retain_graph=True,
-                create_graph=True,
-                allow_unused=True,
-            )
-            corrected = (
-                gradient if product is None else gradient - 0.5 * self._channel_maps(product, evidence.layer.name)
-            )
-            maps.append(cam_reduce(evidence.activations, corrected, "gradcam"))
+        for gradient, output_gradient in zip(evidence.gradients, evidence.output_gradients):
+            product = None
+            # a gradient without a graph (the layers after the target are linear and their parameters
+            # frozen) has no second derivative: H A = 0
+            if output_gradient.requires_grad:
+                # in the layer's own layout: H applies to all of A, a ViT's class token included
+                (product,) = torch.autograd.grad(
+                    output_gradient,
+                    evidence.output,
+                    grad_outputs=evidence.output.detach(),
+                    retain_graph=True,
+                    create_graph=True,
+                    allow_unused=True,
+                )
+            if product is not None:
+                gradient = gradient - 0.5 * self._channel_maps(product, evidence.layer.name)
+            maps.append(cam_reduce(evidence.activations, gradient, "gradcam"))
         return torch.stack(maps, dim=1)

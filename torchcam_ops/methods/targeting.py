@@ -143,7 +143,12 @@ def check_class_indices(indices: Sequence[int], num_classes: int | None) -> None
 
 def slice_targets(targets: Targets, start: int, stop: int, batch: int) -> Targets:
     """The targets of images [start, stop) of a batch of ``batch`` images. Per-image targets are
-    checked against the whole batch, so that a chunk never reuses another chunk's targets."""
+    checked against the whole batch, so that a chunk never reuses another chunk's targets; a callable
+    target with per-image state slices itself (a ``sliced(start, stop)`` method, as
+    :class:`~torchcam_ops.targets.FinerTarget` has)."""
+    if callable(targets) and not isinstance(targets, Tensor):
+        sliced = getattr(targets, "sliced", None)
+        return sliced(start, stop) if callable(sliced) and (start, stop) != (0, batch) else targets
     if isinstance(targets, Tensor) and targets.dim() >= 1:
         if targets.shape[0] != batch:
             raise ValueError(

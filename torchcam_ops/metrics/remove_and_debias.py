@@ -281,5 +281,6 @@ def _logits(model: nn.Module, images: Tensor, targets: Tensor, batch_size: int) 
     out = []
     for start in range(0, images.shape[0], batch_size):
         logits = model(images[start : start + batch_size])
-        out.append(logits.float().gather(1, targets[start : start + batch_size, None])[:, 0])
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        out.append(logits.gather(1, targets[start : start + batch_size, None])[:, 0])
     return torch.cat(out)
