@@ -1,4 +1,4 @@
-"""Eigen-Grad-CAM, FEM, Random-CAM, KPCA-CAM, Shapley-CAM, Seg-Eigen-CAM and Finer-CAM: each against its
+"""Eigen-Grad-CAM, FEM, Random-CAM, KPCA-CAM, Shapley-CAM, Seg-Eigen-CAM, Finer-CAM and Sobel-CAM: each against its
 formula computed independently in float64, and against pytorch-grad-cam's implementation on resnet18 and a
 small CNN (random weights)."""
 
@@ -25,6 +25,7 @@ from torchcam_ops.methods import (
     RandomCAM,
     SegEigenCAM,
     ShapleyCAM,
+    SobelCAM,
 )
 from torchcam_ops.reference import reference_normalize
 from torchcam_ops.targets import FinerTarget
@@ -575,3 +576,40 @@ def test_a_subclass_naming_its_formula_method_still_works_with_a_warning():
 
     x = torch.rand(1, 3, 16, 16)
     torch.testing.assert_close(Old(small_cnn(), ["3"])(x, 1), METHODS["hirescam"](small_cnn(), ["3"])(x, 1))
+
+
+def test_sobel_cam_is_the_luminances_edge_map():
+    cv2 = pytest.importorskip("cv2")
+    x = torch.rand(2, 3, 12, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with METHODS["sobelcam"](small_cnn(), ["3"], reshape=None) as cam:
+        raw, maps = cam(x, raw=True), cam(x)
+        several = cam(x, torch.tensor([[1, 2, 3]] * 2), output_size=(6, 8))
+    for n in range(2):
+        luminance = (0.299 * x[n, 0] + 0.587 * x[n, 1] + 0.114 * x[n, 2]).numpy()
+        gx = cv2.Sobel(luminance, cv2.CV_64F, 1, 0, ksize=3)  # BORDER_REFLECT_101
+        gy = cv2.Sobel(luminance, cv2.CV_64F, 0, 1, ksize=3)
+        torch.testing.assert_close(
+            raw[n], torch.from_numpy(0.5 * np.abs(gx) + 0.5 * np.abs(gy)), rtol=1e-12, atol=1e-12
+        )
+    torch.testing.assert_close(maps, norm_up(raw, (12, 16)), rtol=1e-9, atol=1e-9)
+    assert several.shape == (2, 3, 6, 8)
+    with pytest.raises(ValueError, match="variant: expected 'float' or 'pytorch-grad-cam'"):
+        METHODS["sobelcam"](None, variant="canny")
+    assert METHODS["sobelcam"](None)(torch.empty(2, 3, 8, 8, device="meta")).device.type == "meta"
+
+
+class TestSobelAgainstPytorchGradCam:
+    pgc_sobel = pytest.importorskip("pytorch_grad_cam.sobel_cam")
+
+    def test_the_pytorch_grad_cam_variant_is_its_sobel_cam_exactly(self):
+        rng = np.random.default_rng(0)
+        noise = rng.integers(0, 256, size=(32, 40, 3), dtype=np.uint8)
+        blocks = np.kron(rng.integers(0, 256, size=(8, 10, 3)), np.ones((4, 4, 1))).astype(np.uint8)
+        for image in (noise, blocks):
+            theirs = torch.from_numpy(self.pgc_sobel.sobel_cam(image).astype(np.float32))
+            x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+            cam = SobelCAM(variant="pytorch-grad-cam")
+            torch.testing.assert_close(cam(x, raw=True)[0], theirs, rtol=0, atol=0)
+            torch.testing.assert_close(cam(x)[0], (theirs - theirs.min()) / (theirs.max() - theirs.min()))
+        with pytest.raises(ValueError, match="x: the pytorch-grad-cam variant takes RGB images"):
+            SobelCAM(variant="pytorch-grad-cam")(torch.rand(1, 1, 8, 8))

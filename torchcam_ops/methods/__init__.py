@@ -29,6 +29,7 @@ from torchcam_ops.methods.random_cam import RandomCAM
 from torchcam_ops.methods.scorecam import ScoreCAM
 from torchcam_ops.methods.seg_eigen_cam import SegEigenCAM
 from torchcam_ops.methods.shapley_cam import ShapleyCAM
+from torchcam_ops.methods.sobel_cam import SobelCAM
 from torchcam_ops.methods.targeting import Targets
 from torchcam_ops.methods.xgradcam import XGradCAM
 
@@ -61,6 +62,18 @@ def _tsgb(
     **options: Any,
 ) -> TSGB:
     return TSGB(model, **options)  # input gradients: no target layer, so no layout to reshape
+
+
+def _sobel_cam(
+    model: nn.Module,
+    target_layers: Any = None,
+    *,
+    input_size: int | None = None,
+    reshape: Reshape = None,
+    grid: tuple[int, int] | None = None,
+    **options: Any,
+) -> SobelCAM:
+    return SobelCAM(model, **options)  # edges of the image: no layer, no layout
 
 
 def _gig_cam_fused(
@@ -97,6 +110,7 @@ METHODS: dict[str, Callable[..., Any]] = {
     "shapleycam": _class_factory(ShapleyCAM),
     "segeigencam": _class_factory(SegEigenCAM),
     "finercam": _class_factory(FinerCAM),
+    "sobelcam": _sobel_cam,  # a baseline that ignores the model
 }
 
 
@@ -201,6 +215,7 @@ __all__ = [
     "ScoreCAM",
     "SegEigenCAM",
     "ShapleyCAM",
+    "SobelCAM",
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
