@@ -12,11 +12,12 @@ from torchcam_ops.methods.calls import check_on_device
 from torchcam_ops.methods.capture import capture_outputs
 from torchcam_ops.methods.gradient_free import GradientFreeCAM
 from torchcam_ops.methods.layers import LayerSpec, Reshape
-from torchcam_ops.methods.layout import LAYOUT_ERRORS, agree_to_rounding
-from torchcam_ops.methods.masking import (
-    CPU_MASKS_PER_FORWARD,
-    MasksPerForward,
-    check_masks_per_forward,
+from torchcam_ops.methods.layout import (
+    CPU_IMAGES_PER_FORWARD,
+    LAYOUT_ERRORS,
+    ImagesPerForward,
+    agree_to_rounding,
+    check_images_per_forward,
 )
 from torchcam_ops.methods.targeting import model_logits
 
@@ -63,7 +64,7 @@ class AblationCAM(GradientFreeCAM):
         model: nn.Module,
         target_layers: LayerSpec | Sequence[LayerSpec],
         *,
-        ablations_per_forward: MasksPerForward = "auto",
+        ablations_per_forward: ImagesPerForward = "auto",
         batch_size: int | None = None,
         reshape: Reshape = None,
         grid: tuple[int, int] | None = None,
@@ -73,12 +74,12 @@ class AblationCAM(GradientFreeCAM):
                 "reshape: AblationCAM zeroes channels of the layer's own output, so it needs None, 'tokens' "
                 "or 'channels_last', not a callable"
             )
-        check_masks_per_forward(ablations_per_forward, "ablations_per_forward")
+        check_images_per_forward(ablations_per_forward, "ablations_per_forward")
         super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
         self.images_per_forward = ablations_per_forward
 
     @property
-    def ablations_per_forward(self) -> MasksPerForward:
+    def ablations_per_forward(self) -> ImagesPerForward:
         """Ablated copies per forward (the call's forward plan resolves "auto")."""
         return self.images_per_forward
 
@@ -124,7 +125,7 @@ class AblationCAM(GradientFreeCAM):
         scored, rest = [], candidates
         if eager_cpu and layer not in plan.prefix_once:
             # where the shortcut may take over, the first copies only serve as its check's reference: a few do
-            first = candidates[: min(step, CPU_MASKS_PER_FORWARD) if auto else step]
+            first = candidates[: min(step, CPU_IMAGES_PER_FORWARD) if auto else step]
             scored.append(self._forward_ablating(image, evidence, classes, first, prefix_once=False))
             rest = candidates[first.shape[0] :]
             if rest.numel():

@@ -10,13 +10,14 @@ from torch import Tensor, nn
 from torchcam_ops.methods.base import BaseCAM, LayerEvidence
 from torchcam_ops.methods.calls import map_dtype
 from torchcam_ops.methods.layers import LayerSpec, Reshape
-from torchcam_ops.methods.layout import ChannelsLast, ForwardPlan, check_channels_last
-from torchcam_ops.methods.masking import (
-    MasksPerForward,
-    channel_chunks,
-    check_masks_per_forward,
-    masked_scores,
+from torchcam_ops.methods.layout import (
+    ChannelsLast,
+    ForwardPlan,
+    ImagesPerForward,
+    check_channels_last,
+    check_images_per_forward,
 )
+from torchcam_ops.methods.masking import channel_chunks, masked_scores
 from torchcam_ops.ops import cam_postprocess
 
 
@@ -50,7 +51,7 @@ class AbsCAM(BaseCAM):
         target_layers: LayerSpec | Sequence[LayerSpec],
         *,
         phase: int = 2,
-        masks_per_forward: MasksPerForward = "auto",
+        masks_per_forward: ImagesPerForward = "auto",
         cpu_channels_last: ChannelsLast = "auto",
         batch_size: int | None = 64,
         reshape: Reshape = None,
@@ -58,7 +59,7 @@ class AbsCAM(BaseCAM):
     ) -> None:
         if phase not in (1, 2):
             raise ValueError(f"phase: expected 1 or 2, got {phase!r}")
-        check_masks_per_forward(masks_per_forward)
+        check_images_per_forward(masks_per_forward, "masks_per_forward")
         super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
         self.phase = phase
         self.images_per_forward = masks_per_forward
@@ -74,7 +75,7 @@ class AbsCAM(BaseCAM):
             self.compiles_whole_call = False
 
     @property
-    def masks_per_forward(self) -> MasksPerForward:
+    def masks_per_forward(self) -> ImagesPerForward:
         """Masked images per forward in phase 2 (the call's forward plan resolves "auto")."""
         return self.images_per_forward
 

@@ -15,8 +15,7 @@ from torchcam_ops.methods.base import BaseCAM
 from torchcam_ops.methods.calls import expanded_baseline, map_dtype, preserve_buffers
 from torchcam_ops.methods.graphs import explainer_call
 from torchcam_ops.methods.layers import LayerSpec, Reshape
-from torchcam_ops.methods.layout import ChannelsLast, check_channels_last
-from torchcam_ops.methods.masking import check_masks_per_forward
+from torchcam_ops.methods.layout import ChannelsLast, check_channels_last, check_images_per_forward
 from torchcam_ops.methods.targeting import Targets, slice_targets
 from torchcam_ops.ops import cam_postprocess
 
@@ -159,7 +158,7 @@ class GIGCAM(BaseCAM):
                 f"grid: a fixed token grid {tuple(grid)} cannot follow the input through scales {tuple(scales)}; "
                 "leave grid=None (square grids are inferred at each scale) or explain at one scale"
             )
-        check_masks_per_forward(batch_size, "batch_size")  # a positive int, "auto" or None
+        check_images_per_forward(batch_size, "batch_size")  # a positive int, "auto" or None
         fixed_batch = None if batch_size == "auto" else batch_size
         super().__init__(model, target_layers, batch_size=fixed_batch, reshape=reshape, grid=grid)
         self.batch_size: int | Literal["auto"] | None = batch_size

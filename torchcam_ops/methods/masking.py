@@ -8,17 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from torchcam_ops.methods.layout import (
-    CPU_IMAGES_PER_FORWARD,
-    ForwardPlan,
-    ImagesPerForward,
-    check_images_per_forward,
-    resolve_images_per_forward,
-)
+from torchcam_ops.methods.layout import ForwardPlan, resolve_images_per_forward
 from torchcam_ops.methods.targeting import model_logits
-
-MasksPerForward = ImagesPerForward
-CPU_MASKS_PER_FORWARD = CPU_IMAGES_PER_FORWARD
 
 # The channels-last trial costs one forward and saves 7-20% of each later one: it pays from about 16 forwards.
 CHANNELS_LAST_MIN_FORWARDS = 16
@@ -34,11 +25,6 @@ def channel_chunks(channels: int, pixels: int, per_forward: int) -> list[tuple[i
     :data:`MASK_ELEMENTS_PER_CHUNK` elements, a whole number of forwards of ``per_forward`` images."""
     step = max(per_forward, MASK_ELEMENTS_PER_CHUNK // max(1, pixels) // per_forward * per_forward)
     return [(start, min(start + step, channels)) for start in range(0, channels, step)]
-
-
-def check_masks_per_forward(value: object, name: str = "masks_per_forward") -> None:
-    """A count of masked images per forward: see :func:`~torchcam_ops.methods.layout.check_images_per_forward`."""
-    check_images_per_forward(value, name)
 
 
 #: Masked images per forward: :func:`~torchcam_ops.methods.layout.resolve_images_per_forward`.

@@ -12,13 +12,8 @@ from torch import Tensor, nn
 from torchcam_ops.methods.base import LayerEvidence
 from torchcam_ops.methods.gradient_free import GradientFreeCAM
 from torchcam_ops.methods.layers import LayerSpec, Reshape
-from torchcam_ops.methods.layout import ChannelsLast, check_channels_last
-from torchcam_ops.methods.masking import (
-    MasksPerForward,
-    channel_chunks,
-    check_masks_per_forward,
-    masked_scores,
-)
+from torchcam_ops.methods.layout import ChannelsLast, ImagesPerForward, check_channels_last, check_images_per_forward
+from torchcam_ops.methods.masking import channel_chunks, masked_scores
 from torchcam_ops.methods.targeting import check_finite_scores
 from torchcam_ops.ops import cam_postprocess
 
@@ -62,7 +57,7 @@ class ScoreCAM(GradientFreeCAM):
         target_layers: LayerSpec | Sequence[LayerSpec],
         *,
         variant: ScoreCAMVariant = "original",
-        masks_per_forward: MasksPerForward = "auto",
+        masks_per_forward: ImagesPerForward = "auto",
         cpu_channels_last: ChannelsLast = "auto",
         batch_size: int | None = None,
         reshape: Reshape = None,
@@ -70,7 +65,7 @@ class ScoreCAM(GradientFreeCAM):
     ) -> None:
         if variant not in ("original", "pytorch-grad-cam"):
             raise ValueError(f"variant: expected 'original' or 'pytorch-grad-cam', got {variant!r}")
-        check_masks_per_forward(masks_per_forward)
+        check_images_per_forward(masks_per_forward, "masks_per_forward")
         super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
         self.variant = variant
         self.relu_at_input_size = variant == "original"
@@ -79,7 +74,7 @@ class ScoreCAM(GradientFreeCAM):
         self.cpu_channels_last = cpu_channels_last
 
     @property
-    def masks_per_forward(self) -> MasksPerForward:
+    def masks_per_forward(self) -> ImagesPerForward:
         """Masked images per forward (the call's forward plan resolves "auto")."""
         return self.images_per_forward
 

@@ -35,8 +35,25 @@ def check_targets(targets: Tensor | list[int] | int, batch: int, device: torch.d
 @torch.no_grad()
 def class_probabilities(model: nn.Module, images: Tensor, targets: Tensor, batch_size: int) -> Tensor:
     """softmax(model(images))[i, targets[i]], in chunks of ``batch_size`` images."""
+    return class_scores(model, images, targets, batch_size, probabilities=True, dtype=torch.float32)
+
+
+@torch.no_grad()
+def class_scores(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    batch_size: int,
+    *,
+    probabilities: bool = False,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """model(images)[i, targets[i]] (its softmax with ``probabilities``), in chunks of ``batch_size``
+    images, computed in ``dtype`` (default: float32, float64 for a float64 model)."""
     out = []
     for start in range(0, images.shape[0], batch_size):
         logits = model(images[start : start + batch_size])
-        out.append(torch.softmax(logits.float(), dim=1).gather(1, targets[start : start + batch_size, None])[:, 0])
+        logits = logits.to(dtype or torch.promote_types(logits.dtype, torch.float32))
+        scores = torch.softmax(logits, dim=1) if probabilities else logits
+        out.append(scores.gather(1, targets[start : start + batch_size, None])[:, 0])
     return torch.cat(out)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchcam_ops.metrics._common import check_maps, check_targets
+from torchcam_ops.metrics._common import check_maps, check_targets, class_scores
 
 #: The percentiles of the map at which pixels are removed (ROAD's and pytorch-grad-cam's defaults).
 PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
@@ -43,13 +43,12 @@ def noisy_linear_imputation(
     with :math:`s_i` the sum of the weights of the neighbours inside the image. Then ``noise`` times
     standard normal noise is added to the imputed pixels (``generator`` draws it, on its device).
 
-    ``solver``: ``"direct"`` factorises each system (SciPy's sparse LU, on the CPU: 45,000 unknowns
-    in about 0.1 s); ``"cg"`` runs Jacobi-preconditioned conjugate gradients with a 3x3 stencil on
-    x's device, batched over images and channels, until every residual is within ``tolerance`` of its
+    ``solver``: ``"direct"`` factorises each system (SciPy's sparse LU, on the CPU); ``"cg"`` runs
+    Jacobi-preconditioned conjugate gradients with a 3x3 stencil on x's device, batched over images
+    and channels, until every residual is within ``tolerance`` of its
     right-hand side (checked on the host every 16 iterations) or ``max_iterations`` (default
-    ``4 (H + W)``) are done: on a GPU a few hundred stencil passes over the whole batch, on a 2-core
-    CPU 0.15 s per pass at 18 x 224 px; ``"auto"`` (default) is ``"direct"`` on the CPU and ``"cg"``
-    elsewhere.
+    ``4 (H + W)``) are done: a few hundred stencil passes over the whole batch at 224 px, cheap on a
+    GPU and slow on a CPU; ``"auto"`` (default) is ``"direct"`` on the CPU and ``"cg"`` elsewhere.
 
     Args:
         x: images ``[B, C, H, W]``.
@@ -90,8 +89,8 @@ def noisy_linear_imputation(
 
 def _direct_solution(x: Tensor, removed: Tensor) -> Tensor:
     """The imputed values ``[B, C, H, W]`` (meaningful at removed pixels) by a sparse LU per image, the
-    images shared among torch's intra-op threads (SciPy's factorisation releases the GIL: 2 threads
-    solve 18 systems of 224 px in 0.83 s instead of 1.70 s)."""
+    images shared among torch's intra-op threads (SciPy's factorisation releases the GIL, so the
+    threads overlap)."""
     solution = torch.zeros_like(x, dtype=torch.float64, device="cpu")
     images, masks = x.double().cpu().numpy(), removed.cpu().numpy()
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
@@ -265,22 +264,13 @@ def road(
         raise ValueError(f"percentiles: expected numbers in (0, 100), got {list(percentiles)}")
     maps = check_maps(x, maps)
     targets = check_targets(targets, x.shape[0], x.device)
-    before = _logits(model, x, targets, batch_size)
+    before = class_scores(model, x, targets, batch_size)
     count = len(percentiles)
     results = []
     for order in ("most", "least"):
         removed = removal_masks(maps, percentiles, order).flatten(0, 1)  # [N * P, H, W]
         images = x.repeat_interleave(count, 0)
         imputed = noisy_linear_imputation(images, removed, noise=noise, generator=generator, solver=solver)
-        after = _logits(model, imputed, targets.repeat_interleave(count), batch_size).view(-1, count)
+        after = class_scores(model, imputed, targets.repeat_interleave(count), batch_size).view(-1, count)
         results.append(after - before[:, None])
     return ROADResult(tuple(float(p) for p in percentiles), results[0], results[1])
-
-
-def _logits(model: nn.Module, images: Tensor, targets: Tensor, batch_size: int) -> Tensor:
-    out = []
-    for start in range(0, images.shape[0], batch_size):
-        logits = model(images[start : start + batch_size])
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        out.append(logits.gather(1, targets[start : start + batch_size, None])[:, 0])
-    return torch.cat(out)
