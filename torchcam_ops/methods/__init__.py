@@ -156,6 +156,8 @@ def explain(
     targets: Targets = None,
     raw: bool = False,
     output_size: int | tuple[int, int] | None = None,
+    eigen_smooth: bool = False,
+    aug_smooth: bool = False,
     **options: Any,
 ) -> Tensor | list[Tensor]:
     """Functional form: ``explain(model, x, "hirescam", target_layers=["layer4"], targets=...)``.
@@ -174,6 +176,10 @@ def explain(
             scores ``[N]`` or ``[N, T]`` (see ``Targets``).
         raw: whether to return the un-normalised layer-resolution maps instead (default False).
         output_size: the maps' size, an int or ``(height, width)``; None (default) for the input's size.
+        eigen_smooth: whether each map is the first principal component of its per-channel terms
+            (default False; see :meth:`BaseCAM.__call__`).
+        aug_smooth: whether the maps are averaged over flipped and rescaled copies of each image
+            (default False; see :meth:`BaseCAM.__call__`).
         **options: keyword arguments of the explainer class.
 
     Returns:
@@ -189,7 +195,12 @@ def explain(
     # The explainer checks x; its width only sizes methods whose settings scale with the input.
     input_size = int(x.shape[-1]) if isinstance(x, Tensor) and x.dim() == 4 else None
     with make_explainer(method, model, target_layers, input_size=input_size, **options) as explainer:
-        return explainer(x, targets, raw=raw, output_size=output_size)
+        if not (eigen_smooth or aug_smooth):
+            return explainer(x, targets, raw=raw, output_size=output_size)
+        if not isinstance(explainer, BaseCAM):
+            option = "eigen_smooth" if eigen_smooth else "aug_smooth"
+            raise ValueError(f"{option}: {method!r} is not a CAM explainer; the smoothing options are the CAMs'")
+        return explainer(x, targets, raw=raw, output_size=output_size, eigen_smooth=eigen_smooth, aug_smooth=aug_smooth)
 
 
 __all__ = [

@@ -83,19 +83,18 @@ class AblationCAM(GradientFreeCAM):
         """Ablated copies per forward (the call's forward plan resolves "auto")."""
         return self.images_per_forward
 
-    def layer_maps(self, evidence: LayerEvidence) -> Tensor:
+    def channel_weights(self, evidence: LayerEvidence) -> Tensor:
         activations = evidence.activations
         scores = evidence.logits.to(activations.dtype).gather(1, evidence.indices)  # [n, T]
         check_on_device(
             (scores != 0).all(),
             "targets: a class logit is 0, so Ablation-CAM's relative drop (y - y_k) / y is undefined",
         )
-        maps = []
+        per_image = []
         for n in range(activations.shape[0]):
             ablated = self._ablated_scores(evidence, n, scores[n])  # [K, T]
-            weights = (scores[n] - ablated) / scores[n]
-            maps.append(torch.einsum("kt,khw->thw", weights, activations[n]))
-        return torch.stack(maps)
+            per_image.append((scores[n] - ablated) / scores[n])
+        return torch.stack(per_image).transpose(1, 2)
 
     def _channel_dim(self, output: Tensor) -> int:
         return 1 if self.reshape is None else output.dim() - 1

@@ -38,6 +38,14 @@ from torchcam_ops.methods.capture import capture_outputs, check_aliases
 from torchcam_ops.methods.graphs import Graphable, explainer_call, graph_input
 from torchcam_ops.methods.layers import LayerSpec, Reshape, TargetLayer, channel_maps, check_reshape, resolve_layers
 from torchcam_ops.methods.layout import ChannelsLast, ForwardPlan, ImagesPerForward
+from torchcam_ops.methods.smoothing import (
+    augment,
+    average_of_copies,
+    check_smoothing,
+    principal_maps,
+    reduction_terms,
+    targets_of_copies,
+)
 from torchcam_ops.methods.targeting import Targets, class_indices, model_logits, resolve_targets, slice_targets
 from torchcam_ops.ops import CAM_METHODS, cam_postprocess, cam_reduce, check_output_size
 
@@ -173,8 +181,15 @@ class BaseCAM(Graphable):
         grid: tuple[int, int] | None = None,
     ) -> None:
         assert_has_ops()  # the build error, not a misleading one about the method, without an extension
-        if type(self).layer_maps is BaseCAM.layer_maps and self.reduction not in CAM_METHODS:
-            raise TypeError(f"{type(self).__name__} names no cam_reduce formula and overrides no layer_maps")
+        if (
+            not self._weighs_channels()
+            and type(self).layer_maps is BaseCAM.layer_maps
+            and self.reduction not in CAM_METHODS
+        ):
+            raise TypeError(
+                f"{type(self).__name__} names no cam_reduce formula and overrides neither layer_maps "
+                "nor channel_weights"
+            )
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         check_positive_or_none("batch_size", batch_size)
@@ -188,9 +203,48 @@ class BaseCAM(Graphable):
     def layer_maps(self, evidence: LayerEvidence) -> Tensor:
         """The method's formula: the raw maps ``[n, T, h, w]`` (before ReLU, at the layer's resolution,
         or at the input's with ``relu_at_input_size``) of one target layer for a chunk of images, from
-        what one forward pass told about it (:class:`LayerEvidence`). The default reduces activations
-        and gradients with the ``cam_reduce`` formula named by ``reduction``."""
+        what one forward pass told about it (:class:`LayerEvidence`). The default sums the channels
+        weighted by :meth:`channel_weights` where a method defines it, and otherwise reduces
+        activations and gradients with the ``cam_reduce`` formula named by ``reduction``."""
+        if self._weighs_channels():
+            weights = self.channel_weights(evidence)
+            return torch.einsum("ntk,nkhw->nthw", weights, evidence.activations.to(weights.dtype))
         return torch.stack([cam_reduce(evidence.activations, g, self.reduction) for g in evidence.gradients], dim=1)
+
+    def channel_weights(self, evidence: LayerEvidence) -> Tensor:
+        """For a method that weighs whole channels (CAM, Score-CAM, Ablation-CAM...), its formula as the
+        weights ``[n, T, K]`` of one target layer's channels, in the maps' dtype: the default
+        :meth:`layer_maps` sums the weighted channels, and ``eigen_smooth`` takes their first principal
+        component. A method defines this or :meth:`layer_maps`, not both."""
+        raise NotImplementedError(f"{type(self).__name__} does not weigh whole channels")
+
+    def channel_terms(self, evidence: LayerEvidence) -> Tensor:
+        """The per-channel terms ``[n, T, K, h, w]`` whose sum over K is the raw map of
+        :meth:`layer_maps`, in the maps' dtype: what ``eigen_smooth`` projects on its first principal
+        component. Known for the methods that define :meth:`channel_weights` or name a ``reduction``;
+        a method with its own :meth:`layer_maps` may override this too."""
+        if self._weighs_channels():
+            weights = self.channel_weights(evidence)
+            return weights[..., None, None] * evidence.activations.to(weights.dtype)[:, None]
+        if type(self).layer_maps is BaseCAM.layer_maps:
+            return torch.stack(
+                [reduction_terms(evidence.activations, g, self.reduction) for g in evidence.gradients], 1
+            )
+        raise NotImplementedError(f"{type(self).__name__} has no per-channel terms")
+
+    @classmethod
+    def _weighs_channels(cls) -> bool:
+        return cls.channel_weights is not BaseCAM.channel_weights
+
+    def has_channel_terms(self) -> bool:
+        """Whether the method's maps are sums of per-channel terms (:meth:`channel_terms`), which
+        ``eigen_smooth`` needs; path methods, whose maps sum many forward passes, say no."""
+        cls = type(self)
+        return (
+            cls._weighs_channels()
+            or cls.layer_maps is BaseCAM.layer_maps
+            or cls.channel_terms is not BaseCAM.channel_terms
+        )
 
     def __enter__(self) -> BaseCAM:
         return self
@@ -211,6 +265,8 @@ class BaseCAM(Graphable):
         raw: bool = False,
         output_size: int | tuple[int, int] | None = None,
         create_graph: bool = False,
+        eigen_smooth: bool = False,
+        aug_smooth: bool = False,
     ) -> Tensor | list[Tensor]:
         """Maps of ``x`` ``[N, C, H, W]`` for ``targets``.
 
@@ -219,6 +275,17 @@ class BaseCAM(Graphable):
         ``create_graph=True``: the maps carry gradients to the model's parameters (through the
         layers after the target layer too, as second-order terms), for explanation losses in
         training; by default they are detached.
+
+        ``eigen_smooth=True``: each raw map is replaced by the first principal component of the
+        per-channel terms it sums (:meth:`channel_terms`, e.g. :math:`w_k A_k` for Grad-CAM) over the
+        pixels, with the side that correlates positively with the unsmoothed map; pytorch-grad-cam's
+        option, whose SVD leaves that side to chance. ``aug_smooth=True``: the maps of six copies of
+        each image (unflipped and flipped, times 0.9, 1 and 1.1; :data:`~torchcam_ops.methods.smoothing.AUGMENTATIONS`),
+        explained together as one batch of 6N images (``batch_size`` chunks it), flipped back,
+        averaged and normalised again; None targets are each image's top class on the image itself, a
+        callable target scores the copies' output (6N rows, copy-major). pytorch-grad-cam averages the
+        same maps without normalising again (ours are its maps min-max normalised) and takes, for
+        None targets, each copy's own top class.
 
         Args:
             x: the images ``[N, C, H, W]``: a non-empty, floating-point batch without NaN or infinite values.
@@ -230,6 +297,10 @@ class BaseCAM(Graphable):
             output_size: the maps' size, a positive int or ``(height, width)``; None (default) for the
                 input's ``(H, W)``.
             create_graph: whether the maps carry gradients to the model's parameters (default False).
+            eigen_smooth: whether each map is the first principal component of its per-channel terms
+                (default False); for the methods whose maps sum such terms (:meth:`has_channel_terms`).
+            aug_smooth: whether the maps are averaged over the flipped and rescaled copies of each image
+                (default False); not with ``raw=True``.
 
         Returns:
             The maps, ``[N, out_h, out_w]`` in [0, 1] (``[N, T, out_h, out_w]`` for T targets per image) on
@@ -240,18 +311,41 @@ class BaseCAM(Graphable):
         Raises:
             TypeError: ``x`` is not a tensor or not floating point, ``targets`` is of an unsupported type,
                 or the model output is not ``[N, classes]`` logits and ``targets`` is not a callable.
-            ValueError: ``x`` is not a non-empty 4-D batch or holds NaN or infinite values, ``targets``
-                does not fit the batch or the model's classes, ``output_size`` is not positive or the
-                output would exceed :data:`torchcam_ops.ops.MAX_OUTPUT_ELEMENTS` elements, or a target
-                layer did not run, ran several times without a call index, gives no 4-D output or gets
-                no gradient.
+            ValueError: ``eigen_smooth`` for a method whose maps are not sums of per-channel terms, or
+                ``aug_smooth`` with ``raw=True``; ``x`` is not a non-empty 4-D batch or holds NaN or
+                infinite values, ``targets`` does not fit the batch or the model's classes,
+                ``output_size`` is not positive or the output would exceed
+                :data:`torchcam_ops.ops.MAX_OUTPUT_ELEMENTS` elements, or a target layer did not run, ran
+                several times without a call index, gives no 4-D output or gets no gradient.
             RuntimeError: the explainer was closed, or the call runs under ``torch.inference_mode()``;
                 on a device other than the CPU, a failed check of device data (NaN in ``x``, a class
                 index out of range) raises asynchronously, at the latest when the result is read.
         """
         x, size = self._checked_call(x, output_size)
+        self._check_smoothing(eigen_smooth, aug_smooth, raw)
         with preserve_buffers(self.model):
-            return self._explain(x, targets, raw, size, create_graph)
+            if aug_smooth:
+                maps = self._explain(
+                    augment(x), self._targets_of_copies(x, targets), False, size, create_graph, eigen_smooth
+                )
+                return average_of_copies(maps)
+            return self._explain(x, targets, raw, size, create_graph, eigen_smooth)
+
+    def _check_smoothing(self, eigen_smooth: bool, aug_smooth: bool, raw: bool) -> None:
+        check_smoothing(eigen_smooth, aug_smooth, raw)
+        if eigen_smooth and not self.has_channel_terms():
+            raise ValueError(
+                f"eigen_smooth: {type(self).__name__}'s maps are not sums of per-channel terms, so they have no "
+                "principal component to smooth with; call it without eigen_smooth"
+            )
+
+    def _targets_of_copies(self, x: Tensor, targets: Targets) -> Targets:
+        """``targets`` for ``aug_smooth``'s copies of ``x``: None becomes each image's top class on the
+        image itself (the copies explain one class per image)."""
+        if targets is None and self.class_specific:
+            indices, _ = self._fixed_targets(x, None)
+            targets = indices[:, 0]
+        return targets_of_copies(targets, x.shape[0])
 
     def _checked_call(self, x: Tensor, output_size: int | tuple[int, int] | None) -> tuple[Tensor, tuple[int, int]]:
         """The checks every call starts with: the input, the output size, an open explainer."""
@@ -263,7 +357,13 @@ class BaseCAM(Graphable):
         return x, size
 
     def _explain(
-        self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool
+        self,
+        x: Tensor,
+        targets: Targets,
+        raw: bool,
+        size: tuple[int, int],
+        create_graph: bool,
+        eigen_smooth: bool = False,
     ) -> Tensor | list[Tensor]:
         """The pipeline: chunks of ``batch_size`` images, their raw maps (:meth:`_chunk_maps`), then
         the raw maps or the post-processed ones."""
@@ -276,7 +376,13 @@ class BaseCAM(Graphable):
         plan = self._forward_plan(x.device)
         with contextlib.nullcontext() if self.needs_gradients else torch.no_grad():
             chunks = [
-                self._chunk_maps(x[start:stop], slice_targets(targets, start, stop, x.shape[0]), create_graph, plan)
+                self._chunk_maps(
+                    x[start:stop],
+                    slice_targets(targets, start, stop, x.shape[0]),
+                    create_graph,
+                    plan,
+                    eigen_smooth=eigen_smooth,
+                )
                 for start, stop in self._chunks(x.shape[0])
             ]
         per_layer = (
@@ -298,13 +404,21 @@ class BaseCAM(Graphable):
         return self._fuse(per_layer, size, multi)
 
     def _chunk_maps(
-        self, x: Tensor, targets: Targets, create_graph: bool = False, plan: ForwardPlan | None = None
+        self,
+        x: Tensor,
+        targets: Targets,
+        create_graph: bool = False,
+        plan: ForwardPlan | None = None,
+        *,
+        eigen_smooth: bool = False,
     ) -> ChunkMaps:
         """The raw maps of a chunk of images from one forward pass: :meth:`layer_maps` of each layer's
-        evidence. Path methods, which run many forward passes per chunk, override this."""
+        evidence (with ``eigen_smooth``, the principal component of :meth:`channel_terms`). Path
+        methods, which run many forward passes per chunk, override this."""
         evidence, multi = self._evidence(x, targets, create_graph, plan)
         dtype = map_dtype(x.dtype)
-        maps = [self.layer_maps(layer).to(dtype) for layer in evidence]
+        formula = (lambda layer: principal_maps(self.channel_terms(layer))) if eigen_smooth else self.layer_maps
+        maps = [formula(layer).to(dtype) for layer in evidence]
         if self.second_order and not create_graph:
             maps = [m.detach() for m in maps]
         return ChunkMaps(maps, multi)

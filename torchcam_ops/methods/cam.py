@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from torchcam_ops.methods.base import LayerEvidence
@@ -38,7 +37,7 @@ class CAM(GradientFreeCAM):
         super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
         self.fc = _classifier(self.model, fc)
 
-    def layer_maps(self, evidence: LayerEvidence) -> Tensor:
+    def channel_weights(self, evidence: LayerEvidence) -> Tensor:
         activations = evidence.activations
         weight = self.fc.weight
         if weight.shape[1] != activations.shape[1]:
@@ -46,8 +45,7 @@ class CAM(GradientFreeCAM):
                 f"fc: the classifier takes {weight.shape[1]} features, but the target layer has "
                 f"{activations.shape[1]} channels (CAM needs the layer that is pooled into the classifier)"
             )
-        rows = weight.detach().to(device=activations.device, dtype=activations.dtype)[evidence.indices]  # [n, T, K]
-        return torch.einsum("ntk,nkhw->nthw", rows, activations)
+        return weight.detach().to(device=activations.device, dtype=activations.dtype)[evidence.indices]
 
 
 def _classifier(model: nn.Module, fc: str | nn.Linear | None) -> nn.Linear:

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from torchcam_ops.methods.base import BaseCAM, LayerEvidence
 from torchcam_ops.methods.calls import map_dtype
-from torchcam_ops.methods.eigencam import first_component
+from torchcam_ops.methods.principal_component import first_component
 
 
 class EigenGradCAM(BaseCAM):

@@ -51,9 +51,16 @@ class FinerCAM(BaseCAM):
         self.reduction, self.alpha, self.comparisons = base, float(alpha), tuple(comparisons)
 
     def _chunk_maps(
-        self, x: Tensor, targets: Targets, create_graph: bool = False, plan: ForwardPlan | None = None
+        self,
+        x: Tensor,
+        targets: Targets,
+        create_graph: bool = False,
+        plan: ForwardPlan | None = None,
+        *,
+        eigen_smooth: bool = False,
     ) -> ChunkMaps:
         """A chunk's class indices become its Finer score."""
         if isinstance(targets, Sequence) and not isinstance(targets, Tensor):
             targets = x.new_tensor(list(targets), dtype=torch.long)
-        return super()._chunk_maps(x, FinerTarget(targets, self.alpha, self.comparisons), create_graph, plan)
+        finer = FinerTarget(targets, self.alpha, self.comparisons)
+        return super()._chunk_maps(x, finer, create_graph, plan, eigen_smooth=eigen_smooth)

@@ -16,6 +16,7 @@ from torchcam_ops.methods.calls import expanded_baseline, map_dtype, preserve_bu
 from torchcam_ops.methods.graphs import explainer_call
 from torchcam_ops.methods.layers import LayerSpec, Reshape
 from torchcam_ops.methods.layout import ChannelsLast, check_channels_last, check_images_per_forward
+from torchcam_ops.methods.smoothing import augment, average_of_copies
 from torchcam_ops.methods.targeting import Targets, slice_targets
 from torchcam_ops.ops import cam_postprocess
 
@@ -178,6 +179,8 @@ class GIGCAM(BaseCAM):
         output_size: int | tuple[int, int] | None = None,
         create_graph: bool = False,
         diagnostics: bool = False,
+        eigen_smooth: bool = False,
+        aug_smooth: bool = False,
     ) -> Tensor | tuple[Tensor, PathDiagnostics]:
         """Maps as :meth:`BaseCAM.__call__` returns them; with ``diagnostics=True``, a pair
         ``(maps, PathDiagnostics)`` that says how the paths went.
@@ -192,6 +195,10 @@ class GIGCAM(BaseCAM):
             create_graph: whether the maps carry the gradients of the guides to the model's parameters
                 (default False); the path itself is not differentiated.
             diagnostics: whether to return :class:`PathDiagnostics` with the maps (default False).
+            eigen_smooth: refused: a path's map sums the maps of many forward passes, not channel terms.
+            aug_smooth: whether the maps are averaged over flipped and rescaled copies of each image, as
+                :meth:`BaseCAM.__call__` does (default False; not with ``raw=True``); the diagnostics
+                then describe the copies' paths (6N, copy-major).
 
         Returns:
             The maps, ``[N, out_h, out_w]`` in [0, 1] (``[N, T, out_h, out_w]`` for T targets per image)
@@ -209,9 +216,18 @@ class GIGCAM(BaseCAM):
                 asynchronous checks of device data).
         """
         x, size = self._checked_call(x, output_size)
+        self._check_smoothing(eigen_smooth, aug_smooth, raw)
         with preserve_buffers(self.model):
-            maps, path_diagnostics = self._walk(x, targets, raw, size, create_graph)
+            if aug_smooth:
+                copies = self._targets_of_copies(x, targets)
+                maps, path_diagnostics = self._walk(augment(x), copies, False, size, create_graph)
+                maps = average_of_copies(maps)
+            else:
+                maps, path_diagnostics = self._walk(x, targets, raw, size, create_graph)
         return (maps, path_diagnostics) if diagnostics else maps
+
+    def has_channel_terms(self) -> bool:
+        return False
 
     def _walk(
         self, x: Tensor, targets: Targets, raw: bool, size: tuple[int, int], create_graph: bool

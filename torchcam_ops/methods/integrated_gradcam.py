@@ -58,8 +58,17 @@ class IntegratedGradCAM(BaseCAM):
         """Path points per forward."""
         return self.images_per_forward
 
+    def has_channel_terms(self) -> bool:
+        return False
+
     def _chunk_maps(
-        self, x: Tensor, targets: Targets, create_graph: bool = False, plan: ForwardPlan | None = None
+        self,
+        x: Tensor,
+        targets: Targets,
+        create_graph: bool = False,
+        plan: ForwardPlan | None = None,
+        *,
+        eigen_smooth: bool = False,
     ) -> ChunkMaps:
         path_targets, multi = self._fixed_targets(x, targets)
         if isinstance(path_targets, Tensor):

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from torchcam_ops.methods.base import LayerEvidence
-from torchcam_ops.methods.eigencam import oriented
 from torchcam_ops.methods.gradient_free import GradientFreeCAM
 from torchcam_ops.methods.layers import LayerSpec, Reshape
+from torchcam_ops.methods.principal_component import oriented
 
 Kernel = Literal["sigmoid", "rbf", "poly", "linear", "cosine"]
 KERNELS = ("sigmoid", "rbf", "poly", "linear", "cosine")

@@ -44,12 +44,10 @@ class RandomCAM(GradientFreeCAM):
         super().__init__(model, target_layers, batch_size=batch_size, reshape=reshape, grid=grid)
         self.generator = generator
 
-    def layer_maps(self, evidence: LayerEvidence) -> Tensor:
+    def channel_weights(self, evidence: LayerEvidence) -> Tensor:
         activations = evidence.activations
         n, channels = activations.shape[:2]
         device = self.generator.device if self.generator is not None else activations.device
         shape = (n, evidence.targets, channels)
-        weights = (torch.rand(shape, generator=self.generator, device=device, dtype=activations.dtype) * 2 - 1).to(
-            activations.device
-        )
-        return torch.einsum("ntk,nkhw->nthw", weights, activations)
+        weights = torch.rand(shape, generator=self.generator, device=device, dtype=activations.dtype) * 2 - 1
+        return weights.to(activations.device)

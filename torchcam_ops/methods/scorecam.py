@@ -86,14 +86,14 @@ class ScoreCAM(GradientFreeCAM):
         high = upsampled.flatten(1).max(1).values[:, None, None]
         return (upsampled - low) / (high - low + 1e-8)
 
-    def layer_maps(self, evidence: LayerEvidence) -> Tensor:
+    def channel_weights(self, evidence: LayerEvidence) -> Tensor:
         # the scores are softmax probabilities over every class: one NaN logit makes all of them NaN
         check_finite_scores(evidence.logits)
         x, plan, forward = evidence.x, evidence.plan, self._model_forward()
         channels, size = evidence.activations.shape[1], tuple(x.shape[-2:])
         per_forward = plan.per_forward(x.device, channels, x[0, 0].numel())
         plan.expect(x.shape[0] * -(-channels // per_forward))
-        maps = []
+        per_image = []
         for image, a, classes in zip(x, evidence.activations, evidence.indices):
 
             def score(logits: Tensor, classes: Tensor = classes, dtype: torch.dtype = a.dtype) -> Tensor:
@@ -115,6 +115,5 @@ class ScoreCAM(GradientFreeCAM):
                     for start, stop in channel_chunks(a.shape[0], image[0].numel(), per_forward)
                 ]
             )
-            weights = scores if self.variant == "original" else torch.softmax(scores, dim=0)
-            maps.append(torch.einsum("kt,khw->thw", weights, a))
-        return torch.stack(maps)
+            per_image.append(scores if self.variant == "original" else torch.softmax(scores, dim=0))  # [K, T]
+        return torch.stack(per_image).transpose(1, 2)

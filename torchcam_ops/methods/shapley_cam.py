@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from torchcam_ops.methods.base import BaseCAM, LayerEvidence
-from torchcam_ops.ops import cam_reduce
+from torchcam_ops.methods.calls import map_dtype
 
 
 class ShapleyCAM(BaseCAM):
@@ -31,8 +31,9 @@ class ShapleyCAM(BaseCAM):
 
     second_order: ClassVar[bool] = True
 
-    def layer_maps(self, evidence: LayerEvidence) -> Tensor:
-        maps = []
+    def channel_weights(self, evidence: LayerEvidence) -> Tensor:
+        dtype = map_dtype(evidence.x.dtype)
+        weights = []
         for gradient, output_gradient in zip(evidence.gradients, evidence.output_gradients):
             product = None
             # a gradient without a graph (the layers after the target are linear and their parameters
@@ -49,5 +50,5 @@ class ShapleyCAM(BaseCAM):
                 )
             if product is not None:
                 gradient = gradient - 0.5 * self._channel_maps(product, evidence.layer.name)
-            maps.append(cam_reduce(evidence.activations, gradient, "gradcam"))
-        return torch.stack(maps, dim=1)
+            weights.append(gradient.to(dtype).mean((2, 3)))
+        return torch.stack(weights, dim=1)
