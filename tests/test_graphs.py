@@ -18,7 +18,9 @@ from torchcam_ops.methods import (
     CAM,
     FEM,
     GIGCAM,
+    ISCAM,
     KPCACAM,
+    SSCAM,
     TSGB,
     AblationCAM,
     AbsCAM,
@@ -36,6 +38,7 @@ from torchcam_ops.methods import (
     ScoreCAM,
     SegEigenCAM,
     ShapleyCAM,
+    SmoothGradCAMPlusPlus,
     XGradCAM,
     graphs,
 )
@@ -88,6 +91,10 @@ EXPLAINERS = {
     "shapleycam": lambda m: ShapleyCAM(m, ["5"]),
     "segeigencam": lambda m: SegEigenCAM(m, ["5"]),
     "finercam": lambda m: FinerCAM(m, ["5"]),
+    # noise-free: the compiled and eager calls of a random method agree only on the same noise
+    "smoothgradcam++": lambda m: SmoothGradCAMPlusPlus(m, ["5"], num_samples=2, std=0.0),
+    "sscam": lambda m: SSCAM(m, ["5"], num_samples=2, std=0.0, masks_per_forward=5),
+    "iscam": lambda m: ISCAM(m, ["5"], num_samples=2, variant="torchcam", masks_per_forward=5),
 }
 
 

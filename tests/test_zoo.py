@@ -58,7 +58,14 @@ NO_CAM_HEAD = {"alexnet", "vgg11", "squeezenet1_1", "mobilenet_v3_small"}
 # A model that takes one input size only (a ViT's own assertion) refuses GIG-CAM+M's other scales.
 FIXED_SIZE = {"vit_b_16"}
 # The fewest steps that still walk a path: what is checked here is that each runs, not its convergence.
-LIGHT = {"gig_cam": {"steps": 3}, "gig_cam+m": {"steps": 2}, "integrated_gradcam": {"steps": 4}}
+LIGHT = {
+    "gig_cam": {"steps": 3},
+    "gig_cam+m": {"steps": 2},
+    "integrated_gradcam": {"steps": 4},
+    "smoothgradcam++": {"num_samples": 2},
+    "sscam": {"num_samples": 1},
+    "iscam": {"num_samples": 2},
+}
 # TSGB explains the input gradient of the whole model: it takes no target layer and no layout.
 NO_LAYER = {"tsgb"}
 

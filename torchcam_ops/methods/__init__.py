@@ -22,6 +22,7 @@ from torchcam_ops.methods.gradcam_plusplus import GradCAMPlusPlus
 from torchcam_ops.methods.hirescam import HiResCAM
 from torchcam_ops.methods.input_gradients import TSGB, GuidedBackprop, GuidedGradCAM
 from torchcam_ops.methods.integrated_gradcam import IntegratedGradCAM
+from torchcam_ops.methods.iscam import ISCAM
 from torchcam_ops.methods.kpca_cam import KPCACAM
 from torchcam_ops.methods.layercam import LayerCAM
 from torchcam_ops.methods.layers import LayerSpec, Reshape
@@ -29,7 +30,9 @@ from torchcam_ops.methods.random_cam import RandomCAM
 from torchcam_ops.methods.scorecam import ScoreCAM
 from torchcam_ops.methods.seg_eigen_cam import SegEigenCAM
 from torchcam_ops.methods.shapley_cam import ShapleyCAM
+from torchcam_ops.methods.smooth_gradcam_plusplus import SmoothGradCAMPlusPlus
 from torchcam_ops.methods.sobel_cam import SobelCAM
+from torchcam_ops.methods.sscam import SSCAM
 from torchcam_ops.methods.targeting import Targets
 from torchcam_ops.methods.xgradcam import XGradCAM
 
@@ -111,6 +114,9 @@ METHODS: dict[str, Callable[..., Any]] = {
     "segeigencam": _class_factory(SegEigenCAM),
     "finercam": _class_factory(FinerCAM),
     "sobelcam": _sobel_cam,  # a baseline that ignores the model
+    "smoothgradcam++": _class_factory(SmoothGradCAMPlusPlus),
+    "sscam": _class_factory(SSCAM),
+    "iscam": _class_factory(ISCAM),
 }
 
 
@@ -220,12 +226,15 @@ __all__ = [
     "EigenGradCAM",
     "FEM",
     "FinerCAM",
+    "ISCAM",
     "KPCACAM",
     "RandomCAM",
     "Reshape",
     "ScoreCAM",
     "SegEigenCAM",
     "ShapleyCAM",
+    "SmoothGradCAMPlusPlus",
+    "SSCAM",
     "SobelCAM",
     "GradCAM",
     "GradCAMElementWise",
