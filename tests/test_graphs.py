@@ -27,6 +27,7 @@ from torchcam_ops.methods import (
     EigenCAM,
     EigenGradCAM,
     FinerCAM,
+    FullGrad,
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
@@ -95,6 +96,7 @@ EXPLAINERS = {
     "smoothgradcam++": lambda m: SmoothGradCAMPlusPlus(m, ["5"], num_samples=2, std=0.0),
     "sscam": lambda m: SSCAM(m, ["5"], num_samples=2, std=0.0, masks_per_forward=5),
     "iscam": lambda m: ISCAM(m, ["5"], num_samples=2, variant="torchcam", masks_per_forward=5),
+    "fullgrad": lambda m: FullGrad(m),
 }
 
 
@@ -151,8 +153,9 @@ def test_every_explainer_traces_in_the_users_own_torch_compile_without_private_f
     x = torch.rand(2, 3, 16, 16)
     with EXPLAINERS[name](model) as explainer:
         function = torch.compile(lambda x, t: explainer(x, t), fullgraph=True, backend=BACKENDS.get(name, "aot_eager"))
-        # the rules' ops cannot run under torch.func, nor Shapley-CAM's second-order gradients: a clear refusal
-        if name in (*RULE_EXPLAINERS, "shapleycam"):
+        # the rules' ops cannot run under torch.func, nor Shapley-CAM's second-order gradients, nor FullGrad's
+        # gradients to every layer: a clear refusal
+        if name in (*RULE_EXPLAINERS, "shapleycam", "fullgrad"):
             with pytest.raises(
                 Exception, match=r"cannot be traced inside your own torch.compile; use explainer.compiled"
             ):

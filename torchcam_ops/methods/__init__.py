@@ -15,6 +15,7 @@ from torchcam_ops.methods.eigen_gradcam import EigenGradCAM
 from torchcam_ops.methods.eigencam import EigenCAM
 from torchcam_ops.methods.fem import FEM
 from torchcam_ops.methods.finer_cam import FinerCAM
+from torchcam_ops.methods.fullgrad import FullGrad
 from torchcam_ops.methods.gig_cam import GIGCAM, PathDiagnostics, multiscale_fusion
 from torchcam_ops.methods.gradcam import GradCAM
 from torchcam_ops.methods.gradcam_elementwise import GradCAMElementWise
@@ -79,6 +80,18 @@ def _sobel_cam(
     return SobelCAM(model, **options)  # edges of the image: no layer, no layout
 
 
+def _fullgrad(
+    model: nn.Module,
+    target_layers: Any = None,
+    *,
+    input_size: int | None = None,
+    reshape: Reshape = None,
+    grid: tuple[int, int] | None = None,
+    **options: Any,
+) -> FullGrad:
+    return FullGrad(model, **options)  # every bias layer: no target layer, no layout
+
+
 def _gig_cam_fused(
     model: nn.Module, target_layers: LayerSpec | Sequence[LayerSpec], *, input_size: int | None = None, **options: Any
 ) -> GIGCAM:
@@ -117,6 +130,7 @@ METHODS: dict[str, Callable[..., Any]] = {
     "smoothgradcam++": _class_factory(SmoothGradCAMPlusPlus),
     "sscam": _class_factory(SSCAM),
     "iscam": _class_factory(ISCAM),
+    "fullgrad": _fullgrad,  # input and bias gradients of every layer
 }
 
 
@@ -226,6 +240,7 @@ __all__ = [
     "EigenGradCAM",
     "FEM",
     "FinerCAM",
+    "FullGrad",
     "ISCAM",
     "KPCACAM",
     "RandomCAM",
