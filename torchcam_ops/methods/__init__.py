@@ -28,6 +28,7 @@ from torchcam_ops.methods.kpca_cam import KPCACAM
 from torchcam_ops.methods.layercam import LayerCAM
 from torchcam_ops.methods.layers import LayerSpec, Reshape
 from torchcam_ops.methods.random_cam import RandomCAM
+from torchcam_ops.methods.refine_cam import RefineCAM
 from torchcam_ops.methods.scorecam import ScoreCAM
 from torchcam_ops.methods.seg_eigen_cam import SegEigenCAM
 from torchcam_ops.methods.shapley_cam import ShapleyCAM
@@ -131,6 +132,7 @@ METHODS: dict[str, Callable[..., Any]] = {
     "sscam": _class_factory(SSCAM),
     "iscam": _class_factory(ISCAM),
     "fullgrad": _fullgrad,  # input and bias gradients of every layer
+    "refinecam": _class_factory(RefineCAM),  # a base CAM's layers multiplied
 }
 
 
@@ -244,6 +246,7 @@ __all__ = [
     "ISCAM",
     "KPCACAM",
     "RandomCAM",
+    "RefineCAM",
     "Reshape",
     "ScoreCAM",
     "SegEigenCAM",

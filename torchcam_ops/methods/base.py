@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -160,6 +160,9 @@ class BaseCAM(Graphable):
     #: as options.
     cpu_channels_last: ChannelsLast = "auto"
     images_per_forward: ImagesPerForward = "auto"
+    #: How several target layers' normalised maps combine: their ``"mean"``, or their ``"product"``
+    #: (:class:`~torchcam_ops.methods.RefineCAM`: a region must stand out at every layer).
+    layer_fusion: Literal["mean", "product"] = "mean"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -666,13 +669,14 @@ class BaseCAM(Graphable):
         indices, multi = class_indices(targets, x.shape[0], None, logits)
         return indices.to(x.device), multi
 
-    @staticmethod
-    def _fuse(per_layer: list[Tensor], size: tuple[int, int], multi: bool) -> Tensor:
-        """ReLU, Up and norm per layer; with several layers, the mean of those, normalised again."""
+    def _fuse(self, per_layer: list[Tensor], size: tuple[int, int], multi: bool) -> Tensor:
+        """ReLU, Up and norm per layer; with several layers, the mean of those (the product with
+        ``layer_fusion = "product"``), normalised again."""
         batch, count = per_layer[0].shape[:2]
         if multi:
             check_output_size(f"targets ({count} per image)", batch * count, *size)
         maps = [cam_postprocess(m.reshape(batch * count, *m.shape[2:]), size) for m in per_layer]
-        fused = maps[0] if len(maps) == 1 else cam_postprocess(torch.stack(maps).mean(0), size, relu=False)
+        combined = torch.stack(maps).prod(0) if self.layer_fusion == "product" else torch.stack(maps).mean(0)
+        fused = maps[0] if len(maps) == 1 else cam_postprocess(combined, size, relu=False)
         fused = fused.reshape(batch, count, *size)
         return fused if multi else fused[:, 0]
