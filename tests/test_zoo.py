@@ -65,6 +65,7 @@ LIGHT = {
     "smoothgradcam++": {"num_samples": 2},
     "sscam": {"num_samples": 1},
     "iscam": {"num_samples": 2},
+    "sess": {"num_scales": 2},
 }
 # TSGB explains the input gradient of the whole model: it takes no target layer and no layout.
 NO_LAYER = {"tsgb"}

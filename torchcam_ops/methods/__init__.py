@@ -31,6 +31,7 @@ from torchcam_ops.methods.random_cam import RandomCAM
 from torchcam_ops.methods.refine_cam import RefineCAM
 from torchcam_ops.methods.scorecam import ScoreCAM
 from torchcam_ops.methods.seg_eigen_cam import SegEigenCAM
+from torchcam_ops.methods.sess import SESS
 from torchcam_ops.methods.shapley_cam import ShapleyCAM
 from torchcam_ops.methods.smooth_gradcam_plusplus import SmoothGradCAMPlusPlus
 from torchcam_ops.methods.sobel_cam import SobelCAM
@@ -133,6 +134,7 @@ METHODS: dict[str, Callable[..., Any]] = {
     "iscam": _class_factory(ISCAM),
     "fullgrad": _fullgrad,  # input and bias gradients of every layer
     "refinecam": _class_factory(RefineCAM),  # a base CAM's layers multiplied
+    "sess": _class_factory(SESS),  # a base CAM of patches at several scales, fused
 }
 
 
@@ -250,6 +252,7 @@ __all__ = [
     "Reshape",
     "ScoreCAM",
     "SegEigenCAM",
+    "SESS",
     "ShapleyCAM",
     "SmoothGradCAMPlusPlus",
     "SSCAM",
