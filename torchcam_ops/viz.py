@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["grid", "overlay", "plot_curves", "png_bytes", "save"]
+__all__ = ["concepts", "grid", "overlay", "plot_curves", "png_bytes", "save"]
 
 
 #: How to get what the pictures need, as it can really be installed (the package is not on an index).
@@ -143,6 +143,68 @@ def overlay(image: Any, saliency: Any, colormap: str = "jet", alpha: float = 0.5
     colour = _colormap(colormap)(values)[..., :3] * 255
     blended = (1 - alpha) * rgb.astype(np.float64) + alpha * colour
     return Image.fromarray(np.clip(blended, 0, 255).round().astype(np.uint8))
+
+
+def concepts(
+    image: Any,
+    maps: Any,
+    labels: Sequence[str] | None = None,
+    *,
+    colormap: str = "gist_rainbow",
+    alpha: float = 0.5,
+):
+    """Concept maps of one image (e.g. :class:`~torchcam_ops.methods.DeepFeatureFactorization`'s
+    ``maps[n]``) drawn over it, one colour per concept: each pixel takes the colour of the concept
+    whose map is largest there, darkened by that map's value, blended with the image; with
+    ``labels``, a legend of the colours beside it.
+
+    Args:
+        image: a PIL image, an array ``[H, W, 3]`` or a tensor ``[3, H, W]``, as for :func:`overlay`.
+        maps: the concepts' maps ``[C, h, w]`` in [0, 1] (array or tensor), resized to the image.
+        labels: one text per concept (e.g. its top classes), or None for no legend.
+        colormap: the matplotlib colour map the C colours are spaced along.
+        alpha: the weight of the colours, in [0, 1].
+
+    Returns:
+        A PIL RGB image: the image's size, twice as wide with a legend.
+    """
+    from PIL import Image
+
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha: expected a value in [0, 1], got {alpha!r}")
+    array = maps.detach().float().cpu().numpy() if hasattr(maps, "detach") else np.asarray(maps, dtype=np.float32)
+    if array.ndim != 3 or array.shape[0] == 0:
+        raise ValueError(f"maps: expected concept maps [C, h, w], got shape {list(array.shape)}")
+    if labels is not None and len(labels) != array.shape[0]:
+        raise ValueError(f"labels: expected {array.shape[0]} labels (one per concept), got {len(labels)}")
+    rgb = _rgb8(image)
+    height, width = rgb.shape[:2]
+    resized = np.stack([_resized(np.clip(_map2d(m), 0, 1), width, height) for m in array])
+    colours = _colormap(colormap)(np.arange(array.shape[0]) / array.shape[0])[:, :3]
+    strongest = resized.argmax(0)
+    painted = colours[strongest] * np.take_along_axis(resized, strongest[None], 0)[0][..., None] * 255
+    blended = (1 - alpha) * rgb.astype(np.float64) + alpha * painted
+    picture = Image.fromarray(np.clip(blended, 0, 255).round().astype(np.uint8))
+    if labels is None:
+        return picture
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    figure = plt.figure(figsize=(width / 100, height / 100), dpi=100)
+    lines = [Line2D([0], [0], color=colour, lw=max(2.0, height / 50)) for colour in colours]
+    figure.legend(lines, list(labels), loc="center", fontsize=max(6, min(14, height / 20 / max(1, len(labels) / 6))))
+    legend = Image.fromarray(np.asarray(_figure_rgb(figure)))
+    plt.close(figure)
+    combined = Image.new("RGB", (2 * width, height), "white")
+    combined.paste(picture, (0, 0))
+    combined.paste(legend.resize((width, height)), (width, 0))
+    return combined
+
+
+def _figure_rgb(figure: Any) -> np.ndarray:
+    """A matplotlib figure's pixels, ``[H, W, 3]`` uint8."""
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
 
 
 def grid(

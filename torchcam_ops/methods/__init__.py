@@ -13,6 +13,7 @@ from torchcam_ops.methods.base import BaseCAM
 from torchcam_ops.methods.cam import CAM
 from torchcam_ops.methods.eigen_gradcam import EigenGradCAM
 from torchcam_ops.methods.eigencam import EigenCAM
+from torchcam_ops.methods.feature_factorization import DeepFeatureFactorization, Factorization
 from torchcam_ops.methods.fem import FEM
 from torchcam_ops.methods.finer_cam import FinerCAM
 from torchcam_ops.methods.fullgrad import FullGrad
@@ -242,6 +243,8 @@ __all__ = [
     "CAM",
     "EigenCAM",
     "EigenGradCAM",
+    "DeepFeatureFactorization",
+    "Factorization",
     "FEM",
     "FinerCAM",
     "FullGrad",

@@ -1,0 +1,203 @@
+"""Deep Feature Factorization (Collins et al. 2018): a layer's activations factorised into concepts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from torchcam_ops.methods.calls import check_input, map_dtype, preserve_buffers
+from torchcam_ops.methods.capture import capture_outputs, check_aliases
+from torchcam_ops.methods.layers import LayerSpec, Reshape, channel_maps, check_reshape, resolve_layers
+from torchcam_ops.ops import cam_postprocess, check_output_size
+
+
+class Factorization(NamedTuple):
+    """What :class:`DeepFeatureFactorization` finds in a batch."""
+
+    #: the concepts' embeddings in the layer's channel space, ``[C, K]`` (a concept per row)
+    concepts: Tensor
+    #: each image's map of each concept, ``[N, C, H, W]`` in [0, 1]
+    maps: Tensor
+    #: the classifier's output on each concept, ``[C, classes]``; None without a classifier
+    concept_scores: Tensor | None
+
+
+class DeepFeatureFactorization:
+    r"""Deep Feature Factorization: the layer's activations of the whole batch as a non-negative
+    product of C concepts and their maps.
+
+    With the activations as a matrix :math:`A \in \mathbb{R}^{K \times N h w}` (a row per channel),
+    shifted per channel to be non-negative, :math:`\tilde A = A - \min_{\text{row}} A`, non-negative
+    matrix factorisation finds :math:`W \ge 0` (:math:`K \times C`) and :math:`H \ge 0`
+    (:math:`C \times N h w`) minimising :math:`\|\tilde A - W H\|_F^2`; the concepts are the columns
+    of W (shifted back, :math:`W + \min_{\text{row}} A`), each image's map of concept c is its part of
+    row c of H, :math:`\operatorname{norm}(\operatorname{Up}(H_c))`. A ``classifier`` (the model's
+    head, taking channel vectors) scores each concept: ``concept_scores`` says what each concept
+    looks like to the model.
+
+    The factorisation is scikit-learn's coordinate descent (``NMF(init="random", random_state=seed)``:
+    the same initial draws, the same updates, stopping where the projected gradient falls below
+    ``tol`` of its first value or after ``max_iter`` sweeps), so the concepts are pytorch-grad-cam's;
+    on the CPU in NumPy, elsewhere on the device (its stopping test reads one number per sweep, which
+    waits for the device). :func:`~torchcam_ops.viz.concepts` draws the maps on the image, one colour
+    per concept.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayerSpec,
+        *,
+        components: int = 16,
+        classifier: Callable[[Tensor], Tensor] | None = None,
+        seed: int = 0,
+        max_iter: int = 200,
+        tol: float = 1e-4,
+        reshape: Reshape = None,
+        grid: tuple[int, int] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        for name, value in (("components", components), ("max_iter", max_iter)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+            raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
+        if classifier is not None and not callable(classifier):
+            raise TypeError(f"classifier: expected a callable or None, got {type(classifier).__name__}")
+        check_reshape(reshape, grid)
+        layers = resolve_layers(model, target_layer)
+        if len(layers) != 1:
+            raise ValueError(f"target_layer: expected one layer, got {len(layers)}")
+        self.model, self.layer = model, layers[0]
+        self.components, self.classifier, self.seed = components, classifier, seed
+        self.max_iter, self.tol = max_iter, float(tol)
+        self.reshape, self.grid = reshape, (tuple(grid) if grid is not None else None)
+
+    def __enter__(self) -> DeepFeatureFactorization:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to release: the explainer holds nothing between calls."""
+
+    def __call__(self, x: Tensor, *, output_size: int | tuple[int, int] | None = None) -> Factorization:
+        """The factorisation of ``x`` ``[N, C, H, W]``'s activations at the target layer.
+
+        Args:
+            x: the images: a non-empty, floating-point batch without NaN or infinite values.
+            output_size: the maps' size, a positive int or ``(height, width)``; None for the input's.
+
+        Returns:
+            A :class:`Factorization`: concepts ``[C, K]``, maps ``[N, C, H, W]``, the classifier's
+            concept scores ``[C, classes]`` (None without a classifier).
+
+        Raises:
+            TypeError, ValueError: bad ``x`` or ``output_size``; a target layer that did not run once.
+        """
+        x = check_input(x)
+        if isinstance(output_size, int) and not isinstance(output_size, bool):
+            output_size = (output_size, output_size)
+        size = tuple(x.shape[-2:]) if output_size is None else tuple(output_size)
+        if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
+            raise ValueError(f"output_size: expected a positive int or (height, width), got {output_size!r}")
+        check_output_size("output_size", x.shape[0] * self.components, *size)
+        with preserve_buffers(self.model), torch.no_grad(), capture_outputs([self.layer]) as captured:
+            self.model(x)
+            check_aliases()
+            outputs = captured[id(self.layer.module)]
+        if len(outputs) != 1 and self.layer.call is None:
+            raise ValueError(f"target_layer: {self.layer.name!r} ran {len(outputs)} times; name one call ('name@k')")
+        output = outputs[0 if self.layer.call is None else self.layer.call]
+        activations = channel_maps(output, self.reshape, self.grid, self.layer.name).to(map_dtype(x.dtype))
+        batch, channels, height, width = activations.shape
+        rows = activations.transpose(0, 1).reshape(channels, -1)
+        offset = rows.amin(1, keepdim=True)
+        weights, pattern, _ = nonnegative_factorization(
+            rows - offset, self.components, seed=self.seed, max_iter=self.max_iter, tol=self.tol
+        )
+        concepts = (weights + offset).T  # [C, K]
+        per_image = pattern.reshape(self.components, batch, height, width).transpose(0, 1)
+        maps = cam_postprocess(per_image.reshape(-1, height, width), size, relu=False)
+        scores = None
+        if self.classifier is not None:
+            with torch.no_grad():
+                scores = self.classifier(concepts.to(x.dtype))
+        return Factorization(concepts, maps.reshape(batch, self.components, *size), scores)
+
+
+def nonnegative_factorization(
+    x: Tensor, components: int, *, seed: int = 0, max_iter: int = 200, tol: float = 1e-4
+) -> tuple[Tensor, Tensor, int]:
+    """``W [n, C] >= 0`` and ``H [C, m] >= 0`` with ``W H`` close to the non-negative ``x [n, m]``,
+    and the sweeps it took: scikit-learn's ``NMF(n_components=components, init="random",
+    random_state=seed, solver="cd", tol=tol, max_iter=max_iter)``, its initial draws (NumPy's
+    ``RandomState(seed)``) and its coordinate-descent updates, on the CPU in NumPy (scikit-learn's loop
+    is compiled; NumPy's per-call cost is a fifth of torch's) and on other devices in torch."""
+    n, m = x.shape
+    draws = np.random.RandomState(seed)
+    normal_h = draws.standard_normal(size=(components, m))
+    normal_w = draws.standard_normal(size=(n, components))
+    if x.device.type == "cpu":
+        data = x.detach().numpy()
+        scale = np.sqrt(data.mean() / components)
+        w = np.abs(scale * normal_w.astype(data.dtype))
+        ht = np.abs(scale * normal_h.astype(data.dtype)).T.copy()
+        sweeps = _coordinate_descent(data, w, ht, max_iter, tol, np)
+        return torch.from_numpy(w), torch.from_numpy(ht.T.copy()), sweeps
+    scale = torch.sqrt(x.mean() / components)
+    w = (scale * torch.from_numpy(normal_w).to(device=x.device, dtype=x.dtype)).abs()
+    ht = (scale * torch.from_numpy(normal_h).to(device=x.device, dtype=x.dtype)).abs().T.contiguous()
+    sweeps = _coordinate_descent(x.detach(), w, ht, max_iter, tol, torch)
+    return w, ht.T.contiguous(), sweeps
+
+
+def _coordinate_descent(x, w, ht, max_iter: int, tol: float, xp) -> int:  # noqa: ANN001 (NumPy or torch arrays)
+    """scikit-learn's ``_fit_coordinate_descent``: sweeps over W then H, in place, until the summed
+    projected gradient falls to ``tol`` of the first sweep's."""
+    update = _update_factor_numpy if xp is np else _update_factor_torch
+    first = None
+    for sweep in range(1, max_iter + 1):
+        violation = float(update(x, w, ht) + update(x.T, ht, w))
+        if first is None:
+            first = violation
+        if first == 0 or violation / first <= tol:
+            return sweep
+    return max_iter
+
+
+def _update_factor_numpy(x: np.ndarray, w: np.ndarray, ht: np.ndarray) -> float:
+    """One coordinate-descent sweep over the columns of ``w`` (``x ~ w ht.T``), in place; the summed
+    absolute projected gradient. Rows are independent: each column's update is vectorised over them."""
+    gram = ht.T @ ht
+    products = x @ ht
+    violation = 0.0
+    for t in range(w.shape[1]):
+        gradient = w @ gram[t] - products[:, t]
+        column = w[:, t]
+        violation += float(np.abs(np.where(column == 0, np.minimum(gradient, 0), gradient)).sum())
+        if gram[t, t] != 0:
+            w[:, t] = np.maximum(column - gradient / gram[t, t], 0)
+    return violation
+
+
+def _update_factor_torch(x: Tensor, w: Tensor, ht: Tensor) -> Tensor:
+    """:func:`_update_factor_numpy` on a device, without reading device data on the host."""
+    gram = ht.T @ ht
+    products = x @ ht
+    violation = x.new_zeros(())
+    for t in range(w.shape[1]):
+        gradient = w @ gram[t] - products[:, t]
+        column = w[:, t]
+        violation = violation + torch.where(column == 0, gradient.clamp(max=0), gradient).abs().sum()
+        curvature = gram[t, t]
+        moved = (column - gradient / torch.where(curvature != 0, curvature, 1)).clamp(min=0)
+        w[:, t] = torch.where(curvature != 0, moved, column)
+    return violation
