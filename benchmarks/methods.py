@@ -6,7 +6,9 @@ one call vs T calls, and GIG-CAM batched vs a straightforward per-image referenc
 Random weights change nothing about the cost. Abs-CAM phase 2 runs K = 2048 masked forwards per
 image on layer4; it is timed on one image with --abscam-phase2. --peer-methods times the methods that
 pytorch-grad-cam also has and that were added here (Eigen-Grad-CAM, FEM, KPCA-CAM, Shapley-CAM, Seg-Eigen-CAM,
-Finer-CAM, Random-CAM) and ROAD, ours against theirs. --gradient-free times only Score-CAM
+Finer-CAM, Random-CAM, FullGrad, the smoothing options, Refine-CAM, SESS, Deep Feature Factorization) and ROAD,
+ours against theirs; --torchcam-methods times Smooth Grad-CAM++, SS-CAM and IS-CAM against torchcam's.
+--gradient-free times only Score-CAM
 (both variants) and Ablation-CAM (K = 2048 masked or ablated forwards per image) on one image, next to
 pytorch-grad-cam's ScoreCAM and AblationCAM when it is installed (pip install ".[bench]"), in
 alternation, --repeats calls each.
@@ -16,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import warnings
 
 import torch
 import torchvision
 from _timing import median_seconds, print_table
 
-from torchcam_ops.methods import GIGCAM, METHODS, GradCAM
+from torchcam_ops.methods import GIGCAM, METHODS, DeepFeatureFactorization, GradCAM
 from torchcam_ops.metrics import road
 from torchcam_ops.reference import reference_gig_cam
 
@@ -113,12 +116,22 @@ NEW_METHOD_PEERS = {
     "segeigencam": "SegEigenCAM",
     "finercam": "FinerCAM",
     "randomcam": "RandomCAM",
+    "fullgrad": "FullGrad",
 }
 
 
+def _alternated(ours, theirs, device, repeats: int) -> tuple[list[float], list[float]]:
+    """``repeats`` timings of each of two calls, in alternation, each after one warm-up call."""
+    mine, peer = [], []
+    for _ in range(repeats):
+        mine.append(median_seconds(ours, device, 1, warmup=1))
+        peer.append(median_seconds(theirs, device, 1, warmup=1))
+    return mine, peer
+
+
 def peer_methods_table(x, repeats: int) -> None:
-    """The methods of pytorch-grad-cam 1.5.x that we added, and ROAD, on one image of ResNet-50's
-    layer4: ours and theirs in alternation (one warm-up call each, medians of ``repeats``)."""
+    """The methods and options of pytorch-grad-cam 1.5.x that we added, and ROAD, on one image of
+    ResNet-50's layer4: ours and theirs in alternation (one warm-up call each, medians of ``repeats``)."""
     try:
         import pytorch_grad_cam as pgc
         from pytorch_grad_cam.metrics.road import ROADCombined
@@ -131,18 +144,64 @@ def peer_methods_table(x, repeats: int) -> None:
     with torch.no_grad():
         classes = model(x).argmax(1)
     targets = [ClassifierOutputTarget(int(c)) for c in classes]
+    layer4, both = [model.layer4], [model.layer3, model.layer4]
     rows = []
     for name, peer_name in NEW_METHOD_PEERS.items():
-        ours, theirs = [], []
-        for _ in range(repeats):
-            with METHODS[name](model, [model.layer4]) as explainer:
-                ours.append(median_seconds(lambda explainer=explainer: explainer(x, classes), x.device, 1, warmup=1))
-            with getattr(pgc, peer_name)(model=model, target_layers=[model.layer4]) as cam:
-                peer_targets = None if name == "finercam" else targets
-                theirs.append(
-                    median_seconds(lambda cam=cam: cam(input_tensor=x, targets=peer_targets), x.device, 1, warmup=1)
+        peer_targets = None if name == "finercam" else targets
+        peer_layers = [] if name == "fullgrad" else layer4
+        with METHODS[name](model, layer4) as explainer, getattr(pgc, peer_name)(model, peer_layers) as cam:
+            rows.append(
+                _ratio_row(
+                    name,
+                    *_alternated(
+                        lambda: explainer(x, classes),
+                        lambda: cam(input_tensor=x, targets=peer_targets),
+                        x.device,
+                        repeats,
+                    ),
                 )
-        rows.append(_ratio_row(name, ours, theirs))
+            )
+    calls = {
+        "gradcam eigen_smooth": ({"eigen_smooth": True}, {"eigen_smooth": True}),
+        "gradcam aug_smooth": ({"aug_smooth": True}, {"aug_smooth": True}),
+    }
+    with METHODS["gradcam"](model, layer4) as explainer, pgc.GradCAM(model, layer4) as cam:
+        for label, (ours_call, their_call) in calls.items():
+            rows.append(
+                _ratio_row(
+                    label,
+                    *_alternated(
+                        lambda ours_call=ours_call: explainer(x, classes, **ours_call),
+                        lambda their_call=their_call: cam(input_tensor=x, targets=targets, **their_call),
+                        x.device,
+                        repeats,
+                    ),
+                )
+            )
+    refine, their_refine = METHODS["refinecam"](model, both), pgc.RefineCAM(model, both)
+    rows.append(
+        _ratio_row(
+            "refinecam (layer3, layer4)",
+            *_alternated(lambda: refine(x, classes), lambda: their_refine(x, targets), x.device, repeats),
+        )
+    )
+    sess, their_sess = METHODS["sess"](model, layer4), pgc.SESS(model, layer4)
+    rows.append(
+        _ratio_row(
+            "sess (12 scales, 122 patches)",
+            *_alternated(lambda: sess(x, classes), lambda: their_sess(x, targets), x.device, max(1, repeats // 2)),
+        )
+    )
+    dff = DeepFeatureFactorization(model, model.layer4, components=16, classifier=model.fc)
+    their_dff = pgc.DeepFeatureFactorization(model=model, target_layer=model.layer4, computation_on_concepts=model.fc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn's ConvergenceWarning at 200 sweeps
+        rows.append(
+            _ratio_row(
+                "deep feature factorization (16)",
+                *_alternated(lambda: dff(x), lambda: their_dff(x, 16), x.device, repeats),
+            )
+        )
     with METHODS["gradcam"](model, [model.layer4]) as explainer:
         maps = explainer(x, classes)
     ours, theirs = [], []
@@ -152,8 +211,43 @@ def peer_methods_table(x, repeats: int) -> None:
             median_seconds(lambda: ROADCombined()(x, maps.cpu().numpy(), targets, model), x.device, 1, warmup=0)
         )
     rows.append(_ratio_row("ROAD (both orders, 9 percentiles)", ours, theirs))
-    print(f"\nMethods pytorch-grad-cam also has, one image, medians of {repeats} alternated calls")
+    print(f"\nMethods and options pytorch-grad-cam also has, one image, medians of {repeats} alternated calls")
     print_table(["method", "ours s", "pytorch-grad-cam s", "ours faster by", "each call: ours | theirs"], rows)
+
+
+def torchcam_methods_table(device: torch.device, repeats: int) -> None:
+    """torchcam 0.5's Smooth Grad-CAM++, SS-CAM and IS-CAM against ours (their variant, the same
+    work), ResNet-18's layer4 at 112 px, one image: few samples, as each sample of SS-CAM and IS-CAM
+    costs 512 masked forwards."""
+    try:
+        import torchcam.methods as torchcam
+    except ImportError:
+        print("torchcam is not installed: pip install '.[bench]'")
+        return
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval().to(device)
+    x = torch.rand(1, 3, 112, 112, device=device)
+    with torch.no_grad():
+        classes = model(x).argmax(1)
+    rows = []
+    for name, peer_name, options in (
+        ("smoothgradcam++", "SmoothGradCAMpp", {"num_samples": 4}),
+        ("sscam", "SSCAM", {"num_samples": 1}),
+        ("iscam", "ISCAM", {"num_samples": 2}),
+    ):
+        extractor = getattr(torchcam, peer_name)(model, "layer4", input_shape=(3, 112, 112), **options)
+
+        def theirs(extractor=extractor, name=name):
+            with torch.set_grad_enabled(name == "smoothgradcam++"):
+                scores = model(x)
+            return extractor(classes.tolist(), scores)
+
+        with METHODS[name](model, ["layer4"], variant="torchcam", **options) as explainer:
+            mine, peer = _alternated(lambda explainer=explainer: explainer(x, classes), theirs, device, repeats)
+        extractor.remove_hooks()
+        rows.append(_ratio_row(f"{name} ({options['num_samples']} samples)", mine, peer))
+    print(f"\ntorchcam's methods, ResNet-18 layer4, 112 px, one image, medians of {repeats} alternated calls")
+    print_table(["method", "ours s", "torchcam s", "ours faster by", "each call: ours | theirs"], rows)
 
 
 def _ratio_row(label: str, ours: list[float], theirs: list[float]) -> list[str]:
@@ -177,6 +271,9 @@ def main() -> None:
     parser.add_argument("--gradient-free", action="store_true")
     parser.add_argument(
         "--peer-methods", action="store_true", help="the methods pytorch-grad-cam also has, and ROAD, against it"
+    )
+    parser.add_argument(
+        "--torchcam-methods", action="store_true", help="Smooth Grad-CAM++, SS-CAM and IS-CAM against torchcam"
     )
     parser.add_argument("--repeats", type=int, default=3, help="alternated calls per library with --gradient-free")
     args = parser.parse_args()
@@ -203,6 +300,9 @@ def main() -> None:
         return
     if args.peer_methods:
         peer_methods_table(x[:1], args.repeats)
+        return
+    if args.torchcam_methods:
+        torchcam_methods_table(device, args.repeats)
         return
     rows = []
     for name in ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam_elementwise", "abscam"):

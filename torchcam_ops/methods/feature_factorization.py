@@ -148,10 +148,11 @@ def nonnegative_factorization(
     if x.device.type == "cpu":
         data = x.detach().numpy()
         scale = np.sqrt(data.mean() / components)
-        w = np.abs(scale * normal_w.astype(data.dtype))
-        ht = np.abs(scale * normal_h.astype(data.dtype)).T.copy()
-        sweeps = _coordinate_descent(data, w, ht, max_iter, tol, np)
-        return torch.from_numpy(w), torch.from_numpy(ht.T.copy()), sweeps
+        # each factor stored a component per row (W^T, H), so that a component's update is contiguous
+        wt = np.abs(scale * normal_w.astype(data.dtype)).T.copy()
+        h = np.abs(scale * normal_h.astype(data.dtype))
+        sweeps = _coordinate_descent(data, wt, h, max_iter, tol, np)
+        return torch.from_numpy(wt.T.copy()), torch.from_numpy(h), sweeps
     scale = torch.sqrt(x.mean() / components)
     w = (scale * torch.from_numpy(normal_w).to(device=x.device, dtype=x.dtype)).abs()
     ht = (scale * torch.from_numpy(normal_h).to(device=x.device, dtype=x.dtype)).abs().T.contiguous()
@@ -159,13 +160,14 @@ def nonnegative_factorization(
     return w, ht.T.contiguous(), sweeps
 
 
-def _coordinate_descent(x, w, ht, max_iter: int, tol: float, xp) -> int:  # noqa: ANN001 (NumPy or torch arrays)
+def _coordinate_descent(x, first_factor, second_factor, max_iter: int, tol: float, xp) -> int:  # noqa: ANN001
     """scikit-learn's ``_fit_coordinate_descent``: sweeps over W then H, in place, until the summed
-    projected gradient falls to ``tol`` of the first sweep's."""
+    projected gradient falls to ``tol`` of the first sweep's. The factors are laid out as the update
+    of ``xp`` takes them (NumPy: W^T and H; torch: W and H^T)."""
     update = _update_factor_numpy if xp is np else _update_factor_torch
     first = None
     for sweep in range(1, max_iter + 1):
-        violation = float(update(x, w, ht) + update(x.T, ht, w))
+        violation = float(update(x, first_factor, second_factor) + update(x.T, second_factor, first_factor))
         if first is None:
             first = violation
         if first == 0 or violation / first <= tol:
@@ -173,19 +175,23 @@ def _coordinate_descent(x, w, ht, max_iter: int, tol: float, xp) -> int:  # noqa
     return max_iter
 
 
-def _update_factor_numpy(x: np.ndarray, w: np.ndarray, ht: np.ndarray) -> float:
-    """One coordinate-descent sweep over the columns of ``w`` (``x ~ w ht.T``), in place; the summed
-    absolute projected gradient. Rows are independent: each column's update is vectorised over them."""
-    gram = ht.T @ ht
-    products = x @ ht
-    violation = 0.0
-    for t in range(w.shape[1]):
-        gradient = w @ gram[t] - products[:, t]
-        column = w[:, t]
-        violation += float(np.abs(np.where(column == 0, np.minimum(gradient, 0), gradient)).sum())
+def _update_factor_numpy(x: np.ndarray, wt: np.ndarray, h: np.ndarray) -> float:
+    """One coordinate-descent sweep over the components of ``W`` (``x ~ W H``, both given a component
+    per row: ``wt`` = W^T ``[C, n]``, ``h`` ``[C, m]``), in place; the summed absolute projected
+    gradient. Samples are independent: each component's update is vectorised over them."""
+    gram = h @ h.T
+    products = h @ x.T  # [C, n]
+    gradients = np.empty_like(wt)
+    at_zero = np.empty(wt.shape, dtype=bool)
+    for t in range(wt.shape[0]):
+        gradient, row = gradients[t], wt[t]
+        np.dot(gram[t], wt, out=gradient)
+        gradient -= products[t]
+        np.equal(row, 0, out=at_zero[t])  # the projected gradient is taken before the update
         if gram[t, t] != 0:
-            w[:, t] = np.maximum(column - gradient / gram[t, t], 0)
-    return violation
+            row -= gradient / gram[t, t]
+            np.maximum(row, 0, out=row)
+    return float(np.abs(np.where(at_zero, np.minimum(gradients, 0), gradients)).sum())
 
 
 def _update_factor_torch(x: Tensor, w: Tensor, ht: Tensor) -> Tensor:
