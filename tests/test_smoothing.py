@@ -279,3 +279,27 @@ def test_the_functional_form_passes_the_options_and_refuses_them_for_non_cams():
     for method in ("tsgb", "sobelcam"):
         with pytest.raises(ValueError, match=f"aug_smooth: '{method}' is not a CAM explainer"):
             explain(model, x, method, target_layers=None, aug_smooth=True)
+
+
+def test_a_cams_name_may_end_in_the_smoothing_options_for_the_api_the_cli_and_evaluate():
+    model = small_cnn().eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(11))
+    with GradCAM(model, [model[5]]) as cam:
+        expected = cam(x, [1, 2], eigen_smooth=True, aug_smooth=True)
+    with make_explainer("gradcam+eigen_smooth+aug_smooth", model, [model[5]]) as smoothed:
+        torch.testing.assert_close(smoothed(x, [1, 2]), expected, rtol=0, atol=0)
+        assert smoothed.model is model
+    with make_explainer("layercam+aug_smooth", model, [model[5]]) as smoothed:
+        torch.testing.assert_close(smoothed(x, [1, 2]), LayerCAM(model, [model[5]])(x, [1, 2], aug_smooth=True))
+    for name, message in (
+        ("gradcam+blur", "unknown method 'gradcam\\+blur'"),
+        ("eigencam+eigen_smooth", "EigenCAM's maps are not sums of per-channel terms"),
+        ("tsgb+aug_smooth", "the smoothing options are the CAM explainers'"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            make_explainer(name, model, [model[5]])
+    from torchcam_ops.cli import _check_methods
+
+    assert _check_methods("evaluate", "gradcam,scorecam+aug_smooth") == ["gradcam", "scorecam+aug_smooth"]
+    with pytest.raises(SystemExit, match="unknown methods \\['gradcam\\+blur'\\]"):
+        _check_methods("evaluate", "gradcam+blur")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from torchcam_ops import models, render, runs
-from torchcam_ops.methods import METHODS
+from torchcam_ops.methods import METHODS, SMOOTHING_SUFFIXES
 from torchcam_ops.methods.layers import resolve_layers
 from torchcam_ops.methods.targeting import check_class_indices
 from torchcam_ops.metrics import PERCENTILES
@@ -35,10 +35,20 @@ def _check_methods(command: str, names: str) -> list[str]:
     methods = [m.strip() for m in names.split(",") if m.strip()]
     if not methods:
         raise SystemExit(f"{command}: --methods: expected one or more method names, got {names!r}")
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if not _known(m)]
     if unknown:
-        raise SystemExit(f"{command}: --methods: unknown methods {unknown}; expected some of {list(METHODS)}")
+        raise SystemExit(
+            f"{command}: --methods: unknown methods {unknown}; expected some of {list(METHODS)} (a CAM's name may "
+            "end in +eigen_smooth and/or +aug_smooth)"
+        )
     return methods
+
+
+def _known(method: str) -> bool:
+    if method in METHODS:
+        return True
+    name, *suffixes = method.split("+")
+    return name in METHODS and bool(suffixes) and all(suffix in SMOOTHING_SUFFIXES for suffix in suffixes)
 
 
 # The methods this library exists for, with Grad-CAM as the baseline; the other Grad-CAM variants on request.

@@ -150,7 +150,8 @@ def make_explainer(
     """The explainer registered as ``method`` (see :data:`METHODS`).
 
     Args:
-        method: a name in :data:`METHODS`, e.g. ``"gradcam"``, ``"hirescam"``, ``"gig_cam+m"`` or ``"tsgb"``.
+        method: a name in :data:`METHODS`, e.g. ``"gradcam"``, ``"hirescam"``, ``"gig_cam+m"`` or ``"tsgb"``;
+            a CAM's name may end in ``"+eigen_smooth"`` and/or ``"+aug_smooth"`` (:class:`Smoothed`).
         model: the model to explain, an ``nn.Module`` (or ``torch.compile(model)``).
         target_layers: a module of ``model`` or its dotted name (``"layer4"``, ``"_swish@-1"`` for a call
             of a module that runs several times), or a non-empty list of them; ``"tsgb"`` takes none and
@@ -167,9 +168,53 @@ def make_explainer(
         ValueError: ``method`` is not in :data:`METHODS`; the explainer's own ``ValueError`` and
             ``TypeError`` for bad target layers or options.
     """
-    if method not in METHODS:
-        raise ValueError(f"method: unknown method {method!r}; expected one of {sorted(METHODS)}")
-    return METHODS[method](model, target_layers, input_size=input_size, **options)
+    name, *suffixes = method.split("+") if isinstance(method, str) and method not in METHODS else (method,)
+    smoothing = {suffix: True for suffix in suffixes if suffix in SMOOTHING_SUFFIXES}
+    if name not in METHODS or len(smoothing) != len(suffixes):
+        raise ValueError(
+            f"method: unknown method {method!r}; expected one of {sorted(METHODS)}, a CAM's name may end in "
+            "'+eigen_smooth' and/or '+aug_smooth'"
+        )
+    explainer = METHODS[name](model, target_layers, input_size=input_size, **options)
+    return Smoothed(explainer, **smoothing, name=method) if smoothing else explainer
+
+
+#: What a CAM's name in :func:`make_explainer` (the CLI's and ``evaluate``'s ``--methods``) may end in.
+SMOOTHING_SUFFIXES = ("eigen_smooth", "aug_smooth")
+
+
+class Smoothed:
+    """A CAM explainer whose calls smooth (``make_explainer("gradcam+aug_smooth", ...)``): each call
+    passes ``eigen_smooth`` and ``aug_smooth`` (:meth:`BaseCAM.__call__`) to the explainer."""
+
+    def __init__(self, explainer: Any, *, eigen_smooth: bool = False, aug_smooth: bool = False, name: str = "") -> None:
+        if not isinstance(explainer, BaseCAM):
+            explainer.close()
+            raise ValueError(f"method: {name!r}: the smoothing options are the CAM explainers'")
+        if eigen_smooth and not explainer.has_channel_terms():
+            explainer.close()
+            raise ValueError(
+                f"method: {name!r}: {type(explainer).__name__}'s maps are not sums of per-channel terms, so "
+                "eigen_smooth does not apply"
+            )
+        self.explainer, self.smoothing = explainer, {"eigen_smooth": eigen_smooth, "aug_smooth": aug_smooth}
+
+    @property
+    def model(self) -> nn.Module:
+        return self.explainer.model
+
+    def __enter__(self) -> Smoothed:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Ends the explainer."""
+        self.explainer.close()
+
+    def __call__(self, x: Tensor, targets: Targets = None, **call: Any) -> Tensor | list[Tensor]:
+        return self.explainer(x, targets, **{**self.smoothing, **call})
 
 
 def explain(
@@ -232,6 +277,8 @@ __all__ = [
     "FUSION_SCALES",
     "METHODS",
     "make_explainer",
+    "SMOOTHING_SUFFIXES",
+    "Smoothed",
     "TSGB",
     "GuidedBackprop",
     "GuidedGradCAM",
