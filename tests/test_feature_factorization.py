@@ -81,6 +81,8 @@ def test_bad_options_are_refused_by_name():
             DeepFeatureFactorization(model, "5", **options)
     with pytest.raises(ValueError, match="target_layer: expected one layer"):
         DeepFeatureFactorization(model, ["3", "5"])
+    with pytest.raises(ValueError, match="call 3 does not exist"):
+        DeepFeatureFactorization(model.eval(), "5@3")(torch.rand(1, 3, 16, 16))
 
 
 class TestAgainstPytorchGradCam:

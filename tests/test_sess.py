@@ -80,6 +80,10 @@ def test_bad_calls_are_refused_by_name():
     with GradCAM(model, ["5"]), SESS(model, ["5"]) as sess:
         with pytest.raises(ValueError, match="targets: SESS .* needs class indices"):
             sess(x, lambda logits: logits[:, 0])
+        with pytest.raises(ValueError, match="targets: .*out of range for a model with 7 outputs"):
+            sess(x, [99])
+        with pytest.raises(ValueError, match="targets: .*out of range for a model with 7 outputs"):
+            sess(x, torch.tensor([7]))
 
 
 class TestAgainstPytorchGradCam:

@@ -100,7 +100,13 @@ def test_eigen_smooth_is_the_first_component_of_the_methods_terms(resnet18, arch
 
 
 @pytest.mark.parametrize(
-    "method", sorted(name for name in METHODS if name not in ("tsgb", "sobelcam", "fullgrad", "gig_cam+m", "abscam"))
+    "method",
+    sorted(
+        name
+        for name in METHODS
+        # no layer maps of one forward (the wrappers' bases are these same methods)
+        if name not in ("tsgb", "sobelcam", "fullgrad", "gig_cam+m", "abscam", "refinecam", "sess")
+    ),
 )
 def test_channel_terms_sum_to_the_raw_map_of_every_method_that_has_them(method, monkeypatch):
     model = small_cnn().eval()
@@ -277,7 +283,7 @@ def test_the_functional_form_passes_the_options_and_refuses_them_for_non_cams():
     ours = explain(model, x, "gradcam", target_layers=[model[5]], targets=[1, 2], eigen_smooth=True, aug_smooth=True)
     torch.testing.assert_close(ours, expected, rtol=0, atol=0)
     for method in ("tsgb", "sobelcam"):
-        with pytest.raises(ValueError, match=f"aug_smooth: '{method}' is not a CAM explainer"):
+        with pytest.raises(ValueError, match=f"aug_smooth: '{method}' .* takes no aug_smooth"):
             explain(model, x, method, target_layers=None, aug_smooth=True)
 
 
@@ -294,7 +300,8 @@ def test_a_cams_name_may_end_in_the_smoothing_options_for_the_api_the_cli_and_ev
     for name, message in (
         ("gradcam+blur", "unknown method 'gradcam\\+blur'"),
         ("eigencam+eigen_smooth", "EigenCAM's maps are not sums of per-channel terms"),
-        ("tsgb+aug_smooth", "the smoothing options are the CAM explainers'"),
+        ("tsgb+aug_smooth", "TSGB takes no aug_smooth"),
+        ("sess+aug_smooth", "SESS takes no aug_smooth"),
     ):
         with pytest.raises(ValueError, match=message):
             make_explainer(name, model, [model[5]])
@@ -303,3 +310,27 @@ def test_a_cams_name_may_end_in_the_smoothing_options_for_the_api_the_cli_and_ev
     assert _check_methods("evaluate", "gradcam,scorecam+aug_smooth") == ["gradcam", "scorecam+aug_smooth"]
     with pytest.raises(SystemExit, match="unknown methods \\['gradcam\\+blur'\\]"):
         _check_methods("evaluate", "gradcam+blur")
+
+
+def test_wrappers_pass_the_options_to_their_base_and_bad_combinations_are_refused():
+    model = small_cnn().eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(12))
+    with make_explainer("refinecam+eigen_smooth+aug_smooth", model, ["3", "5"], base="gradcam") as refine:
+        expected = GradCAM(model, ["3", "5"])
+        expected.layer_fusion = "product"
+        torch.testing.assert_close(refine(x, [1, 2]), expected(x, [1, 2], eigen_smooth=True, aug_smooth=True))
+    with make_explainer("sess+eigen_smooth", model, ["5"], num_scales=1, smooth=False) as sess:
+        torch.testing.assert_close(
+            sess(x, [1, 2]), GradCAM(model, ["5"])(x, [1, 2], eigen_smooth=True), atol=1e-6, rtol=0
+        )
+    from torchcam_ops.targets import FinerTarget
+
+    with GradCAM(model, ["5"]) as cam:
+        with pytest.raises(ValueError, match="eigen_smooth: .*carry no gradient"):
+            cam(x, [1, 2], eigen_smooth=True, create_graph=True)
+        with pytest.raises(ValueError, match="aug_smooth: the targets hold per-image state"):
+            cam(x, FinerTarget(torch.tensor([1, 2])), aug_smooth=True)
+        with pytest.raises(ValueError, match="aug_smooth \\(6 copies per image\\)"):
+            from torchcam_ops.ops import MAX_OUTPUT_ELEMENTS
+
+            cam(x, [1, 2], aug_smooth=True, output_size=(1, int(MAX_OUTPUT_ELEMENTS // 6 // 2) + 1))

@@ -188,16 +188,17 @@ class Smoothed:
     passes ``eigen_smooth`` and ``aug_smooth`` (:meth:`BaseCAM.__call__`) to the explainer."""
 
     def __init__(self, explainer: Any, *, eigen_smooth: bool = False, aug_smooth: bool = False, name: str = "") -> None:
-        if not isinstance(explainer, BaseCAM):
+        asked = [option for option, on in (("eigen_smooth", eigen_smooth), ("aug_smooth", aug_smooth)) if on]
+        if any(option not in getattr(explainer, "smoothing_options", ()) for option in asked):
             explainer.close()
-            raise ValueError(f"method: {name!r}: the smoothing options are the CAM explainers'")
+            raise ValueError(f"method: {name!r}: {type(explainer).__name__} takes no {' or '.join(asked)}")
         if eigen_smooth and not explainer.has_channel_terms():
             explainer.close()
             raise ValueError(
                 f"method: {name!r}: {type(explainer).__name__}'s maps are not sums of per-channel terms, so "
                 "eigen_smooth does not apply"
             )
-        self.explainer, self.smoothing = explainer, {"eigen_smooth": eigen_smooth, "aug_smooth": aug_smooth}
+        self.explainer, self.smoothing = explainer, dict.fromkeys(asked, True)
 
     @property
     def model(self) -> nn.Module:
@@ -267,10 +268,12 @@ def explain(
     with make_explainer(method, model, target_layers, input_size=input_size, **options) as explainer:
         if not (eigen_smooth or aug_smooth):
             return explainer(x, targets, raw=raw, output_size=output_size)
-        if not isinstance(explainer, BaseCAM):
-            option = "eigen_smooth" if eigen_smooth else "aug_smooth"
-            raise ValueError(f"{option}: {method!r} is not a CAM explainer; the smoothing options are the CAMs'")
-        return explainer(x, targets, raw=raw, output_size=output_size, eigen_smooth=eigen_smooth, aug_smooth=aug_smooth)
+        for option, on in (("eigen_smooth", eigen_smooth), ("aug_smooth", aug_smooth)):
+            if on and option not in getattr(explainer, "smoothing_options", ()):
+                raise ValueError(f"{option}: {method!r} ({type(explainer).__name__}) takes no {option}")
+        smoothing = {"eigen_smooth": eigen_smooth} if eigen_smooth else {}
+        smoothing.update({"aug_smooth": True} if aug_smooth else {})
+        return explainer(x, targets, raw=raw, output_size=output_size, **smoothing)
 
 
 __all__ = [

@@ -1,9 +1,10 @@
-"""The shared base of the CAM explainers: one pipeline, one override point.
+"""The shared base of the CAM explainers: one pipeline, one formula point per method.
 
 A call checks its input, splits the batch into chunks of ``batch_size`` images, gathers the
 :class:`LayerEvidence` of each chunk from one forward pass (the target layers' outputs and, for
 methods that declare ``needs_gradients``, the gradients of the target scores to them), asks the
-method for the raw maps of each layer (:meth:`BaseCAM.layer_maps`, the one override point), and
+method for the raw maps of each layer (:meth:`BaseCAM.layer_maps`, or the channel weights of
+:meth:`BaseCAM.channel_weights` for methods that weigh whole channels), and
 post-processes them alike for every method (ReLU, Up, norm; several layers averaged and normalised
 again). A method file is its formula and its declared traits.
 
@@ -39,6 +40,7 @@ from torchcam_ops.methods.graphs import Graphable, explainer_call, graph_input
 from torchcam_ops.methods.layers import LayerSpec, Reshape, TargetLayer, channel_maps, check_reshape, resolve_layers
 from torchcam_ops.methods.layout import ChannelsLast, ForwardPlan, ImagesPerForward
 from torchcam_ops.methods.smoothing import (
+    AUGMENTATIONS,
     augment,
     average_of_copies,
     check_smoothing,
@@ -109,7 +111,8 @@ def _adding_at_calls(deltas: dict[int, Tensor]) -> Callable[[Tensor, int], Tenso
 
 class BaseCAM(Graphable):
     """A class activation map explainer: one pipeline for every CAM method, which a method shapes by
-    its formula (:meth:`layer_maps`, the one override point) and its declared traits.
+    its formula (:meth:`layer_maps`, or :meth:`channel_weights` for a method that weighs whole channels)
+    and its declared traits.
 
     ``with GradCAM(model, target_layers=[model.layer4]) as cam: maps = cam(x, targets)`` returns
     ``[N, H, W]`` maps in [0, 1] (or ``[N, T, H, W]`` for T targets per image) on x's device, float32
@@ -163,6 +166,8 @@ class BaseCAM(Graphable):
     #: How several target layers' normalised maps combine: their ``"mean"``, or their ``"product"``
     #: (:class:`~torchcam_ops.methods.RefineCAM`: a region must stand out at every layer).
     layer_fusion: Literal["mean", "product"] = "mean"
+    #: The smoothing options a call takes (:meth:`__call__`).
+    smoothing_options: ClassVar[tuple[str, ...]] = ("eigen_smooth", "aug_smooth")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -314,8 +319,9 @@ class BaseCAM(Graphable):
         Raises:
             TypeError: ``x`` is not a tensor or not floating point, ``targets`` is of an unsupported type,
                 or the model output is not ``[N, classes]`` logits and ``targets`` is not a callable.
-            ValueError: ``eigen_smooth`` for a method whose maps are not sums of per-channel terms, or
-                ``aug_smooth`` with ``raw=True``; ``x`` is not a non-empty 4-D batch or holds NaN or
+            ValueError: ``eigen_smooth`` for a method whose maps are not sums of per-channel terms or with
+                ``create_graph=True``, ``aug_smooth`` with ``raw=True`` or with targets that slice
+                themselves; ``x`` is not a non-empty 4-D batch or holds NaN or
                 infinite values, ``targets`` does not fit the batch or the model's classes,
                 ``output_size`` is not positive or the output would exceed
                 :data:`torchcam_ops.ops.MAX_OUTPUT_ELEMENTS` elements, or a target layer did not run, ran
@@ -325,7 +331,11 @@ class BaseCAM(Graphable):
                 index out of range) raises asynchronously, at the latest when the result is read.
         """
         x, size = self._checked_call(x, output_size)
-        self._check_smoothing(eigen_smooth, aug_smooth, raw)
+        self._check_smoothing(eigen_smooth, aug_smooth, raw, create_graph, targets)
+        if aug_smooth:
+            check_output_size(
+                f"aug_smooth ({len(AUGMENTATIONS)} copies per image)", len(AUGMENTATIONS) * x.shape[0], *size
+            )
         with preserve_buffers(self.model):
             if aug_smooth:
                 maps = self._explain(
@@ -334,8 +344,10 @@ class BaseCAM(Graphable):
                 return average_of_copies(maps)
             return self._explain(x, targets, raw, size, create_graph, eigen_smooth)
 
-    def _check_smoothing(self, eigen_smooth: bool, aug_smooth: bool, raw: bool) -> None:
-        check_smoothing(eigen_smooth, aug_smooth, raw)
+    def _check_smoothing(
+        self, eigen_smooth: bool, aug_smooth: bool, raw: bool, create_graph: bool = False, targets: Targets = None
+    ) -> None:
+        check_smoothing(eigen_smooth, aug_smooth, raw, create_graph, targets)
         if eigen_smooth and not self.has_channel_terms():
             raise ValueError(
                 f"eigen_smooth: {type(self).__name__}'s maps are not sums of per-channel terms, so they have no "

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from torchcam_ops.methods.base import BaseCAM
 from torchcam_ops.methods.calls import check_input, map_dtype, preserve_buffers
 from torchcam_ops.methods.capture import capture_outputs, check_aliases
 from torchcam_ops.methods.layers import LayerSpec, Reshape, channel_maps, check_reshape, resolve_layers
@@ -113,9 +114,7 @@ class DeepFeatureFactorization:
             self.model(x)
             check_aliases()
             outputs = captured[id(self.layer.module)]
-        if len(outputs) != 1 and self.layer.call is None:
-            raise ValueError(f"target_layer: {self.layer.name!r} ran {len(outputs)} times; name one call ('name@k')")
-        output = outputs[0 if self.layer.call is None else self.layer.call]
+        output = BaseCAM._layer_output(self.layer, outputs)
         activations = channel_maps(output, self.reshape, self.grid, self.layer.name).to(map_dtype(x.dtype))
         batch, channels, height, width = activations.shape
         rows = activations.transpose(0, 1).reshape(channels, -1)

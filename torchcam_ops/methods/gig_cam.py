@@ -216,7 +216,7 @@ class GIGCAM(BaseCAM):
                 asynchronous checks of device data).
         """
         x, size = self._checked_call(x, output_size)
-        self._check_smoothing(eigen_smooth, aug_smooth, raw)
+        self._check_smoothing(eigen_smooth, aug_smooth, raw, create_graph, targets)
         with preserve_buffers(self.model):
             if aug_smooth:
                 copies = self._targets_of_copies(x, targets)

@@ -19,7 +19,7 @@ class RefineCAM:
     .. math:: L = \operatorname{norm}\Big(\prod_l \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(L_l)))\Big)
 
     with :math:`L_l` the ``base`` method's raw map of layer l (``"gradcam++"`` by default, any CAM
-    registered in :data:`~torchcam_ops.methods.METHODS` but the path methods). A region survives
+    registered in :data:`~torchcam_ops.methods.METHODS` but GIG-CAM, which fuses its own way). A region survives
     where every layer marks it, which keeps an early layer's resolution and drops its noise.
     All layers come from the same forward pass (and, for gradient methods, one backward per target).
     ``options`` go to the base explainer; the call takes the base's arguments (``eigen_smooth``,
@@ -49,6 +49,14 @@ class RefineCAM:
     @property
     def model(self) -> nn.Module:
         return self.base.model
+
+    @property
+    def smoothing_options(self) -> tuple[str, ...]:
+        return self.base.smoothing_options
+
+    def has_channel_terms(self) -> bool:
+        """Whether the base's maps are sums of per-channel terms (``eigen_smooth``)."""
+        return self.base.has_channel_terms()
 
     def __enter__(self) -> RefineCAM:
         return self

@@ -97,9 +97,16 @@ class SESS:
         self.pre_filter_ratio, self.theta, self.pool = float(pre_filter_ratio), float(theta), pool
         self.smooth, self.use_softmax_scores, self.patches_per_forward = smooth, use_softmax_scores, patches_per_forward
 
+    #: ``eigen_smooth`` goes to the base's calls; the patches already vary the scale, so no ``aug_smooth``
+    smoothing_options = ("eigen_smooth",)
+
     @property
     def model(self) -> nn.Module:
         return self.base.model
+
+    def has_channel_terms(self) -> bool:
+        """Whether the base's maps are sums of per-channel terms (``eigen_smooth``)."""
+        return self.base.has_channel_terms()
 
     def __enter__(self) -> SESS:
         return self
@@ -143,7 +150,11 @@ class SESS:
             raise ValueError("targets: SESS weighs patches by class scores, so it needs class indices, not a callable")
         with preserve_buffers(self.model), torch.no_grad():
             logits = model_logits(self.model(x)) if targets is None else None
-        indices, multi = class_indices(targets, x.shape[0], None, logits)
+        with preserve_buffers(self.model), torch.no_grad():
+            classes = model_logits(self.model(x[:1])).shape[-1] if logits is None else logits.shape[1]
+        indices, multi = class_indices(targets, x.shape[0], classes, logits)
+        if not bool(((indices >= 0) & (indices < classes)).all()):  # SESS runs on the host's schedule anyway
+            raise ValueError(f"targets: a class index is out of range for a model with {classes} outputs")
         indices = indices.to(x.device)
         with preserve_buffers(self.model):
             fused = torch.stack(

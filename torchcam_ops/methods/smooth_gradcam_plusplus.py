@@ -49,7 +49,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     """
 
     reduction = "gradcam++"
-    # one forward of (S + 1) n images per chunk, its noise drawn eagerly: compiled one forward at a time
+    # its noise is drawn eagerly, chunk by chunk: a torch.compile'd model is explained with its eager module
     compiles_whole_call = False
 
     def __init__(

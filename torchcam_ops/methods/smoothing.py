@@ -25,11 +25,24 @@ AUGMENTATIONS: tuple[tuple[bool, float], ...] = tuple(
 )
 
 
-def check_smoothing(eigen_smooth: object, aug_smooth: object, raw: bool) -> None:
-    """The smoothing options of a call are bools, and ``aug_smooth`` has no raw maps."""
+def check_smoothing(
+    eigen_smooth: object, aug_smooth: object, raw: bool, create_graph: bool = False, targets: Targets = None
+) -> None:
+    """The smoothing options of a call are bools; ``aug_smooth`` has no raw maps and takes no callable
+    target with per-image state; ``eigen_smooth``'s maps carry no gradient."""
     for name, value in (("eigen_smooth", eigen_smooth), ("aug_smooth", aug_smooth)):
         if not isinstance(value, bool):
             raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    if eigen_smooth and create_graph:
+        raise ValueError(
+            "eigen_smooth: the principal component's derivative is undefined where singular values repeat "
+            "(dead channels), so its maps carry no gradient; call with create_graph=False, or without eigen_smooth"
+        )
+    if aug_smooth and callable(getattr(targets, "sliced", None)):
+        raise ValueError(
+            "aug_smooth: the targets hold per-image state (they slice themselves), which does not follow the "
+            "flipped and rescaled copies; pass class indices, or call without aug_smooth"
+        )
     if aug_smooth and raw:
         raise ValueError(
             "aug_smooth: the maps of the augmented copies are averaged after normalisation, so there are "
@@ -79,7 +92,8 @@ def augment(x: Tensor) -> Tensor:
 
 def targets_of_copies(targets: Targets, batch: int) -> Targets:
     """``targets`` of a batch of ``batch`` images, repeated for its augmented copies (per-image
-    targets copy-major; a class for all images, None and callables unchanged)."""
+    targets copy-major; a class for all images, None and callables unchanged: a callable scores the
+    copies' output, and a spatial one, a mask or a box, is not flipped with them)."""
     copies = len(AUGMENTATIONS)
     if isinstance(targets, Tensor) and targets.dim() >= 1:
         if targets.shape[0] != batch:
