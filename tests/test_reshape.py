@@ -119,8 +119,8 @@ def test_every_cam_explainer_takes_reshape():
         layouts = ("tokens",) if name == "ablationcam" else ("tokens", by_hand)
         maps = []
         for reshape in layouts:
-            if name == "randomcam":  # the same draws for every layout
-                options = {"generator": torch.Generator().manual_seed(0)}
+            if name in ("randomcam", "smoothgradcam++", "sscam"):  # the same draws for every layout
+                options = {**options, "generator": torch.Generator().manual_seed(0)}
             with METHODS[name](model, ["norm"], reshape=reshape, input_size=16, **options) as explainer:
                 maps.append(explainer(x, [1, 3]))
         assert maps[0].shape == (2, 16, 16) and float(maps[0].std()) > 0.01, name

@@ -193,17 +193,19 @@ def test_class_indices_explain_the_logits_of_a_hugging_face_style_output(method)
     wrapped = _ReturnsModelOutput(bare)
     x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(1))
     options = {"gig_cam": {"steps": 3}, "gig_cam+m": {"steps": 2}, "integrated_gradcam": {"steps": 4}}.get(method, {})
-    if method == "randomcam":  # the same draws for both explainers
+    random = method in ("randomcam", "smoothgradcam++", "sscam")
+    if random:  # the same draws for both explainers
         options = {"generator": torch.Generator().manual_seed(0)}
     with make_explainer(method, bare, ["2"], input_size=12, **options) as explainer:
         expected = explainer(x, [1, 3])
-    if method == "randomcam":
+    if random:
         options = {"generator": torch.Generator().manual_seed(0)}
     with make_explainer(method, wrapped, ["model.2"], input_size=12, **options) as explainer:
         torch.testing.assert_close(explainer(x, [1, 3]), expected)
         if method not in (
             *("tsgb", "gig_cam", "gig_cam+m", "abscam", "scorecam", "ablationcam", "finercam"),
             *("eigencam", "cam", "fem", "randomcam"),  # class-agnostic or class-weighted: a callable is not called
+            *("smoothgradcam++", "sscam", "iscam", "sess"),  # random draws, or class indices only
         ):
             # a callable target still gets the output as the model returned it
             torch.testing.assert_close(explainer(x, lambda out: out.logits[:, 1]), explainer(x, 1))
