@@ -104,11 +104,7 @@ class DeepFeatureFactorization:
             TypeError, ValueError: bad ``x`` or ``output_size``; a target layer that did not run once.
         """
         x = check_input(x)
-        if isinstance(output_size, int) and not isinstance(output_size, bool):
-            output_size = (output_size, output_size)
-        size = tuple(x.shape[-2:]) if output_size is None else tuple(output_size)
-        if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
-            raise ValueError(f"output_size: expected a positive int or (height, width), got {output_size!r}")
+        size = BaseCAM._output_size(x, output_size)
         check_output_size("output_size", x.shape[0] * self.components, *size)
         with preserve_buffers(self.model), torch.no_grad(), capture_outputs([self.layer]) as captured:
             self.model(x)

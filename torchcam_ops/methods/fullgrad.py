@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from torchcam_ops import _compat
 from torchcam_ops._extension import assert_has_ops
+from torchcam_ops.methods.base import BaseCAM
 from torchcam_ops.methods.calls import check_input, check_positive_or_none, map_dtype, preserve_buffers
 from torchcam_ops.methods.capture import capture_outputs, check_aliases
 from torchcam_ops.methods.graphs import Graphable, explainer_call
@@ -107,15 +108,7 @@ class FullGrad(Graphable):
             RuntimeError: the explainer was closed.
         """
         x = check_input(x)
-        if isinstance(output_size, int) and not isinstance(output_size, bool):
-            output_size = (output_size, output_size)
-        size = tuple(x.shape[-2:]) if output_size is None else output_size
-        if (
-            not isinstance(size, (tuple, list))
-            or len(size) != 2
-            or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size)
-        ):
-            raise ValueError(f"output_size: expected a positive int or (height, width), got {output_size!r}")
+        size = BaseCAM._output_size(x, output_size)
         check_output_size("output_size", x.shape[0], *size)
         if self._closed:
             raise RuntimeError("FullGrad: the explainer was closed")
