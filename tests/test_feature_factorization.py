@@ -126,10 +126,14 @@ def test_the_concept_picture():
     assert picture.size == (32, 32)
     labelled = viz.concepts(x[0], result.maps[0], [f"concept {c}" for c in range(3)])
     assert labelled.size == (64, 32)
-    # each pixel is coloured by its strongest concept: where every map is 0 the image shows through dimmed
-    pixels = np.asarray(picture).astype(float)
-    dark = (result.maps[0].amax(0) == 0).numpy()
-    if dark.any():
-        np.testing.assert_allclose(pixels[dark], 0.5 * np.asarray(viz._rgb8(x[0]))[dark], atol=1)
+    # each pixel takes its strongest concept's colour times that map's value: where every map is 0 the image
+    # shows through, dimmed by alpha; where one concept is 1, its colour is blended in
+    maps = torch.zeros(2, 8, 8)
+    maps[0, :, :4] = 1.0
+    image = torch.full((3, 8, 8), 0.5)
+    pixels = np.asarray(viz.concepts(image, maps, alpha=0.5)).astype(float)
+    np.testing.assert_allclose(pixels[:, 4:], 0.5 * 128, atol=1)
+    colour = np.asarray(viz._colormap("gist_rainbow")(0.0)[:3]) * 255
+    np.testing.assert_allclose(pixels[:, :4], np.broadcast_to(0.5 * 128 + 0.5 * colour, (8, 4, 3)), atol=1)
     with pytest.raises(ValueError, match="labels: expected 3 labels"):
         viz.concepts(x[0], result.maps[0], ["one"])
