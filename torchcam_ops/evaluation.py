@@ -176,6 +176,11 @@ class TorchrunProcess:
             raise ValueError("device: 'cuda' was asked for, but torch sees no GPU")
         self._dist = dist
         self._owns_group = False
+        # Every tensor handed to a collective stays referenced here until the group is destroyed: gloo's
+        # worker thread may still hold the finished work, and if its reference to the tensor were the last,
+        # freeing it would need the GIL that the main thread holds while it joins that thread in
+        # destroy_process_group (a deadlock, seen on torch 2.6).
+        self._sent: list[Tensor] = []
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and dist.is_available() and not dist.is_initialized():
             backend = "nccl" if device.startswith("cuda") else "gloo"
@@ -198,6 +203,7 @@ class TorchrunProcess:
         if self.distributed:
             names = sorted(tables)
             flat = torch.cat([tables[n].double().flatten() for n in names])
+            self._sent.append(flat)
             self._dist.all_reduce(flat)
             tables = dict(
                 zip(
@@ -213,6 +219,8 @@ class TorchrunProcess:
     def close(self) -> None:
         if self._owns_group:
             self._dist.destroy_process_group()
+            self._owns_group = False
+        self._sent.clear()
 
 
 def evaluate_method(
