@@ -121,6 +121,40 @@ def test_opcheck_cuda():
     torch.library.opcheck(torch.ops.torchcam_ops.cam_postprocess.default, (cam, 9, 7, True, True))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_nmf_sweep_cuda_matches_cpu_without_synchronising(dtype):
+    from tests.test_nmf_sweep import problem
+    from torchcam_ops.ops import nmf_sweep
+
+    factor, gram, products = problem(rows=3000, columns=40, components=16, dtype=dtype)
+    expected, expected_violation = nmf_sweep(factor, gram, products)
+    args = (factor.cuda(), gram.cuda(), products.cuda())
+    torch.library.opcheck(torch.ops.torchcam_ops.nmf_sweep.default, args)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        updated, violation = nmf_sweep(*args)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3}[dtype]
+    torch.testing.assert_close(updated.cpu(), expected, rtol=tol, atol=tol)
+    torch.testing.assert_close(violation.cpu(), expected_violation, rtol=tol, atol=tol)
+
+
+def test_feature_factorization_cuda_matches_cpu():
+    from torchcam_ops.methods import DeepFeatureFactorization
+
+    model = small_cnn().eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with DeepFeatureFactorization(model, "5", components=4) as dff:
+        expected = dff(x)
+    model.cuda()
+    with DeepFeatureFactorization(model, "5", components=4) as dff:
+        ours = dff(x.cuda())
+    torch.testing.assert_close(ours.concepts.cpu(), expected.concepts, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.maps.cpu(), expected.maps, rtol=1e-3, atol=1e-3)
+
+
 def test_compile_cuda_matches_eager():
     torch._dynamo.reset()
 

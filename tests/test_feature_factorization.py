@@ -13,7 +13,7 @@ import torchvision
 from tests.helpers import small_cnn
 from torchcam_ops import viz
 from torchcam_ops.methods import DeepFeatureFactorization
-from torchcam_ops.methods.feature_factorization import _coordinate_descent, nonnegative_factorization
+from torchcam_ops.methods.feature_factorization import nonnegative_factorization
 from torchcam_ops.reference import reference_normalize
 
 
@@ -37,21 +37,6 @@ def test_the_factorisation_is_nonnegative_and_fits_better_than_its_start():
     assert float((x - w @ h).norm() / x.norm()) < 0.02
     w1, h1, _ = nonnegative_factorization(x, 5, max_iter=1)
     assert float((x - w @ h).norm()) < float((x - w1 @ h1).norm())
-
-
-def test_the_device_path_computes_what_the_numpy_path_computes():
-    x = nonnegative_rows(1).double()
-    w, h, sweeps = nonnegative_factorization(x, 4)
-    draws = np.random.RandomState(0)
-    normal_h, normal_w = draws.standard_normal(size=(4, 30)), draws.standard_normal(size=(40, 4))
-    scale = torch.sqrt(x.mean() / 4)
-    w_torch, ht_torch = (
-        (scale * torch.from_numpy(normal_w)).abs(),
-        (scale * torch.from_numpy(normal_h)).abs().T.contiguous(),
-    )
-    assert _coordinate_descent(x, w_torch, ht_torch, 200, 1e-4, torch) == sweeps
-    torch.testing.assert_close(w_torch, w, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(ht_torch.T, h, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -112,6 +112,13 @@ BAD_CALLS = {
     "postprocess_empty_map": ("cam_postprocess", (torch.rand(2, 0, 4), 8, 8, True, True)),
     "postprocess_size": ("cam_postprocess", (torch.rand(2, 3, 4), 0, 8, True, True)),
     "postprocess_integers": ("cam_postprocess", (torch.ones(2, 3, 4, dtype=torch.int64), 8, 8, True, True)),
+    "nmf_integers": ("nmf_sweep", (torch.ones(4, 2, dtype=torch.int64), torch.eye(2), torch.rand(4, 2))),
+    "nmf_1d": ("nmf_sweep", (torch.rand(4), torch.eye(2), torch.rand(4))),
+    "nmf_gram_1d": ("nmf_sweep", (torch.rand(4, 2), torch.ones(2), torch.rand(4, 2))),
+    "nmf_products_shape": ("nmf_sweep", (torch.rand(4, 2), torch.eye(2), torch.rand(4, 3))),
+    "nmf_gram_shape": ("nmf_sweep", (torch.rand(4, 2), torch.eye(3), torch.rand(4, 2))),
+    "nmf_gram_dtype": ("nmf_sweep", (torch.rand(4, 2), torch.eye(2, dtype=torch.float64), torch.rand(4, 2))),
+    "nmf_products_dtype": ("nmf_sweep", (torch.rand(4, 2), torch.eye(2), torch.rand(4, 2, dtype=torch.float64))),
 }
 
 

@@ -2,6 +2,7 @@
 
 #include "../../csrc/kernels/cam_postprocess.h"
 #include "../../csrc/kernels/cam_reduce.h"
+#include "../../csrc/kernels/nmf_sweep.h"
 #include "../../csrc/kernels/tsgb_conv2d.h"
 
 #include <gtest/gtest.h>
@@ -628,4 +629,24 @@ TEST(TSGBPassThrough, ByHand) {
   std::vector<float> out(4);
   tk::tsgb_pass_through_backward_span(g.data(), x.data(), y.data(), out.data(), 4, nullptr);
   EXPECT_EQ(out, (std::vector<float>{1.5f, 0.0f, -0.5f, 0.0f}));
+}
+
+TEST(NmfSweep, GaussSeidelRowByHand) {
+  // row [1, 1], gram [2 1; 1 2], products [4, 1]:
+  //   t = 0: g = 2 * 1 + 1 * 1 - 4 = -1, row[0] = 1 + 1/2 = 1.5;
+  //   t = 1: g = 1 * 1.5 + 2 * 1 - 1 = 2.5 (sees the new row[0]), row[1] = max(1 - 2.5/2, 0) = 0.
+  // violation |-1| + |2.5| = 3.5
+  std::vector<double> row = {1, 1};
+  const std::vector<double> gram = {2, 1, 1, 2}, products = {4, 1};
+  EXPECT_EQ(tk::nmf_sweep_row(row.data(), gram.data(), products.data(), 2), 3.5);
+  EXPECT_EQ(row, (std::vector<double>{1.5, 0.0}));
+}
+
+TEST(NmfSweep, BoundAndFlatComponents) {
+  // t = 0 at the bound with g = 0 * 1 + 3 * 0 + 2 = 2 > 0: stays 0, no violation;
+  // t = 1 with no curvature (gram[1][1] = 0) and g = -5: stays 3, violation 5
+  std::vector<float> row = {0, 3};
+  const std::vector<float> gram = {1, 0, 0, 0}, products = {-2, 5};
+  EXPECT_EQ(tk::nmf_sweep_row(row.data(), gram.data(), products.data(), 2), 5.0f);
+  EXPECT_EQ(row, (std::vector<float>{0.0f, 3.0f}));
 }

@@ -14,7 +14,7 @@ from torchcam_ops.methods.base import BaseCAM
 from torchcam_ops.methods.calls import check_input, map_dtype, preserve_buffers
 from torchcam_ops.methods.capture import capture_outputs, check_aliases
 from torchcam_ops.methods.layers import LayerSpec, Reshape, channel_maps, check_reshape, resolve_layers
-from torchcam_ops.ops import cam_postprocess, check_output_size
+from torchcam_ops.ops import cam_postprocess, check_output_size, nmf_sweep
 
 
 class Factorization(NamedTuple):
@@ -44,8 +44,8 @@ class DeepFeatureFactorization:
     The factorisation is scikit-learn's coordinate descent (``NMF(init="random", random_state=seed)``:
     the same initial draws, the same updates, stopping where the projected gradient falls below
     ``tol`` of its first value or after ``max_iter`` sweeps), so the concepts are pytorch-grad-cam's;
-    on the CPU in NumPy, elsewhere on the device (its stopping test reads one number per sweep, which
-    waits for the device). :func:`~torchcam_ops.viz.concepts` draws the maps on the image, one colour
+    its sweeps are the ``nmf_sweep`` op, on the activations' device (the stopping test reads one number
+    per sweep, which waits for the device). :func:`~torchcam_ops.viz.concepts` draws the maps on the image, one colour
     per concept.
     """
 
@@ -134,71 +134,25 @@ def nonnegative_factorization(
     """``W [n, C] >= 0`` and ``H [C, m] >= 0`` with ``W H`` close to the non-negative ``x [n, m]``,
     and the sweeps it took: scikit-learn's ``NMF(n_components=components, init="random",
     random_state=seed, solver="cd", tol=tol, max_iter=max_iter)``, its initial draws (NumPy's
-    ``RandomState(seed)``) and its coordinate-descent updates, on the CPU in NumPy (scikit-learn's loop
-    is compiled; NumPy's per-call cost is a fifth of torch's) and on other devices in torch."""
+    ``RandomState(seed)``) and its coordinate-descent updates (:func:`~torchcam_ops.ops.nmf_sweep`),
+    on ``x``'s device. The stopping test reads one number per sweep."""
     n, m = x.shape
     draws = np.random.RandomState(seed)
     normal_h = draws.standard_normal(size=(components, m))
     normal_w = draws.standard_normal(size=(n, components))
-    if x.device.type == "cpu":
-        data = x.detach().numpy()
-        scale = np.sqrt(data.mean() / components)
-        # each factor stored a component per row (W^T, H), so that a component's update is contiguous
-        wt = np.abs(scale * normal_w.astype(data.dtype)).T.copy()
-        h = np.abs(scale * normal_h.astype(data.dtype))
-        sweeps = _coordinate_descent(data, wt, h, max_iter, tol, np)
-        return torch.from_numpy(wt.T.copy()), torch.from_numpy(h), sweeps
+    x = x.detach()
     scale = torch.sqrt(x.mean() / components)
-    w = (scale * torch.from_numpy(normal_w).to(device=x.device, dtype=x.dtype)).abs()
-    ht = (scale * torch.from_numpy(normal_h).to(device=x.device, dtype=x.dtype)).abs().T.contiguous()
-    sweeps = _coordinate_descent(x.detach(), w, ht, max_iter, tol, torch)
-    return w, ht.T.contiguous(), sweeps
-
-
-def _coordinate_descent(x, first_factor, second_factor, max_iter: int, tol: float, xp) -> int:  # noqa: ANN001
-    """scikit-learn's ``_fit_coordinate_descent``: sweeps over W then H, in place, until the summed
-    projected gradient falls to ``tol`` of the first sweep's. The factors are laid out as the update
-    of ``xp`` takes them (NumPy: W^T and H; torch: W and H^T)."""
-    update = _update_factor_numpy if xp is np else _update_factor_torch
+    # both factors a row per sample of their side (W and H^T), as the sweep takes them
+    w = (scale * torch.from_numpy(normal_w).to(x)).abs()
+    ht = (scale * torch.from_numpy(normal_h).to(x)).abs().T.contiguous()
+    xt = x.T
     first = None
     for sweep in range(1, max_iter + 1):
-        violation = float(update(x, first_factor, second_factor) + update(x.T, second_factor, first_factor))
+        w, w_violation = nmf_sweep(w, ht.T @ ht, x @ ht)
+        ht, h_violation = nmf_sweep(ht, w.T @ w, xt @ w)
+        violation = float(w_violation + h_violation)
         if first is None:
             first = violation
         if first == 0 or violation / first <= tol:
-            return sweep
-    return max_iter
-
-
-def _update_factor_numpy(x: np.ndarray, wt: np.ndarray, h: np.ndarray) -> float:
-    """One coordinate-descent sweep over the components of ``W`` (``x ~ W H``, both given a component
-    per row: ``wt`` = W^T ``[C, n]``, ``h`` ``[C, m]``), in place; the summed absolute projected
-    gradient. Samples are independent: each component's update is vectorised over them."""
-    gram = h @ h.T
-    products = h @ x.T  # [C, n]
-    gradients = np.empty_like(wt)
-    at_zero = np.empty(wt.shape, dtype=bool)
-    for t in range(wt.shape[0]):
-        gradient, row = gradients[t], wt[t]
-        np.dot(gram[t], wt, out=gradient)
-        gradient -= products[t]
-        np.equal(row, 0, out=at_zero[t])  # the projected gradient is taken before the update
-        if gram[t, t] != 0:
-            row -= gradient / gram[t, t]
-            np.maximum(row, 0, out=row)
-    return float(np.abs(np.where(at_zero, np.minimum(gradients, 0), gradients)).sum())
-
-
-def _update_factor_torch(x: Tensor, w: Tensor, ht: Tensor) -> Tensor:
-    """:func:`_update_factor_numpy` on a device, without reading device data on the host."""
-    gram = ht.T @ ht
-    products = x @ ht
-    violation = x.new_zeros(())
-    for t in range(w.shape[1]):
-        gradient = w @ gram[t] - products[:, t]
-        column = w[:, t]
-        violation = violation + torch.where(column == 0, gradient.clamp(max=0), gradient).abs().sum()
-        curvature = gram[t, t]
-        moved = (column - gradient / torch.where(curvature != 0, curvature, 1)).clamp(min=0)
-        w[:, t] = torch.where(curvature != 0, moved, column)
-    return violation
+            return w, ht.T.contiguous(), sweep
+    return w, ht.T.contiguous(), max_iter

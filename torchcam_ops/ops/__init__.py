@@ -6,11 +6,13 @@ One module per family, each with its wrappers first and its fake kernels after t
 
 - :mod:`torchcam_ops.ops.cam`: ``cam_reduce``, ``cam_postprocess``;
 - :mod:`torchcam_ops.ops.tsgb`: ``rectified_relu`` and the TSGB rules ``tsgb_linear``, ``tsgb_conv2d``,
-  ``tsgb_batch_norm``, ``tsgb_avg_pool2d``, ``tsgb_pass_through``.
+  ``tsgb_batch_norm``, ``tsgb_avg_pool2d``, ``tsgb_pass_through``;
+- :mod:`torchcam_ops.ops.factorization`: ``nmf_sweep`` (Deep Feature Factorization's solver step).
 """
 
 from torchcam_ops.ops._registration import HAS_OPS
 from torchcam_ops.ops.cam import CAM_METHODS, cam_postprocess, cam_reduce, check_output_size, set_max_output_elements
+from torchcam_ops.ops.factorization import nmf_sweep
 from torchcam_ops.ops.tsgb import (
     RELU_MODES,
     int_pair,
@@ -30,6 +32,7 @@ __all__ = [
     "cam_reduce",
     "check_output_size",
     "int_pair",
+    "nmf_sweep",
     "rectified_relu",
     "set_max_output_elements",
     "tsgb_avg_pool2d",

@@ -1,4 +1,4 @@
-"""What the op modules share: the op namespace, fake-kernel registration and argument type checks.
+"""What the op modules share: the op namespace, fake-kernel registration and argument checks.
 
 The ops are defined and implemented in C++ (``csrc/``), autograd included (each forward op's
 backward is an op of its own, called from a C++ autograd kernel: ``csrc/ops/autograd_support.h``
@@ -44,3 +44,25 @@ def require_tensors(op: str, optional: tuple[str, ...] = ("bias",), **values: ob
     for name, value in values.items():
         if value is not None or name not in optional:
             require_tensor(op, name, value)
+
+
+_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def check_floating(op: str, name: str, t: Tensor) -> None:
+    """The C++ ``check_floating`` (``csrc/ops/checks.h``) for the fake kernels: same condition, same message."""
+    torch._check_type(
+        t.dtype in _FLOATING, lambda: f"{op}: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}"
+    )
+
+
+def check_same_dtype_device(op: str, name: str, t: Tensor, other_name: str, other: Tensor) -> None:
+    """The C++ ``check_same_dtype_device`` for the fake kernels."""
+    torch._check_type(
+        t.dtype == other.dtype,
+        lambda: f"{op}: {name} must have the dtype of {other_name} ({other.dtype}), got {t.dtype}",
+    )
+    torch._check_value(
+        t.device == other.device,
+        lambda: f"{op}: {name} must be on the device of {other_name} ({other.device}), got {t.device}",
+    )

@@ -16,7 +16,14 @@ import torch
 from torch import Tensor
 
 from torchcam_ops import _extension
-from torchcam_ops.ops._registration import HAS_OPS, ops, register_fake, require_tensor
+from torchcam_ops.ops._registration import (
+    HAS_OPS,
+    check_floating,
+    check_same_dtype_device,
+    ops,
+    register_fake,
+    require_tensor,
+)
 
 __all__ = ["CAM_METHODS", "cam_postprocess", "cam_reduce", "check_output_size", "set_max_output_elements"]
 
@@ -166,39 +173,20 @@ def cam_postprocess(cam: Tensor, size: int | Sequence[int], *, relu: bool = True
 # ---------------------------------------------------------------------------------------------
 # Fake kernels: the C++ checks' conditions and messages, then the outputs' shapes and dtypes.
 
-_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _check_floating(op: str, name: str, t: Tensor) -> None:
-    torch._check_type(
-        t.dtype in _FLOATING, lambda: f"{op}: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}"
-    )
-
-
-def _check_same_dtype_device(op: str, name: str, t: Tensor, other_name: str, other: Tensor) -> None:
-    torch._check_type(
-        t.dtype == other.dtype,
-        lambda: f"{op}: {name} must have the dtype of {other_name} ({other.dtype}), got {t.dtype}",
-    )
-    torch._check_value(
-        t.device == other.device,
-        lambda: f"{op}: {name} must be on the device of {other_name} ({other.device}), got {t.device}",
-    )
-
 
 def _check_activations_and_gradients(op: str, activations: Tensor, gradients: Tensor) -> None:
     torch._check_value(
         activations.dim() == 4,
         lambda: f"{op}: activations must be a 4-D [N, K, h, w] tensor, got shape {list(activations.shape)}",
     )
-    _check_floating(op, "activations", activations)
+    check_floating(op, "activations", activations)
     torch._check_value(
         activations.shape == gradients.shape,
         lambda: (
             f"{op}: gradients must have the shape of activations {list(activations.shape)}, got {list(gradients.shape)}"
         ),
     )
-    _check_same_dtype_device(op, "gradients", gradients, "activations", activations)
+    check_same_dtype_device(op, "gradients", gradients, "activations", activations)
 
 
 def _check_method(op: str, method: str) -> None:
@@ -211,7 +199,7 @@ def _check_method(op: str, method: str) -> None:
 def _check_cam_postprocess_args(cam: Tensor, out_h: int, out_w: int) -> None:
     op = "cam_postprocess"
     torch._check_value(cam.dim() == 3, lambda: f"{op}: cam must be a 3-D [N, h, w] tensor, got shape {list(cam.shape)}")
-    _check_floating(op, "cam", cam)
+    check_floating(op, "cam", cam)
     torch._check_value(
         cam.shape[1] >= 1 and cam.shape[2] >= 1,
         lambda: f"{op}: cam maps must be at least 1x1, got shape {list(cam.shape)}",
@@ -244,7 +232,7 @@ def _cam_reduce_backward_fake(
         tuple(grad_cam.shape) == (n, h, w),
         lambda: f"{op}: grad_cam must have shape [{n}, {h}, {w}], got {list(grad_cam.shape)}",
     )
-    _check_same_dtype_device(op, "grad_cam", grad_cam, "activations", activations)
+    check_same_dtype_device(op, "grad_cam", grad_cam, "activations", activations)
     return (
         torch.empty_like(activations, memory_format=torch.contiguous_format),
         torch.empty_like(gradients, memory_format=torch.contiguous_format),
@@ -271,5 +259,5 @@ def _cam_postprocess_backward_fake(
         tuple(grad_out.shape) == (cam.shape[0], out_h, out_w),
         lambda: f"{op}: grad_out must have shape [{cam.shape[0]}, {out_h}, {out_w}], got {list(grad_out.shape)}",
     )
-    _check_same_dtype_device(op, "grad_out", grad_out, "cam", cam)
+    check_same_dtype_device(op, "grad_out", grad_out, "cam", cam)
     return torch.empty_like(cam, memory_format=torch.contiguous_format)

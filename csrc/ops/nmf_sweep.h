@@ -1,0 +1,12 @@
+#pragma once
+
+#include "../kernels/nmf_sweep.h"
+
+#include <ATen/core/Tensor.h>
+
+namespace torchcam_ops {
+
+// Checks the arguments of nmf_sweep (shapes, dtypes, devices); the kernels call it first.
+void check_nmf_sweep_args(const at::Tensor& factor, const at::Tensor& gram, const at::Tensor& products);
+
+} // namespace torchcam_ops
