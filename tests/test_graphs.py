@@ -20,6 +20,7 @@ from torchcam_ops.methods import (
     GIGCAM,
     ISCAM,
     KPCACAM,
+    SESS,
     SSCAM,
     TSGB,
     AblationCAM,
@@ -36,6 +37,7 @@ from torchcam_ops.methods import (
     HiResCAM,
     IntegratedGradCAM,
     LayerCAM,
+    RefineCAM,
     ScoreCAM,
     SegEigenCAM,
     ShapleyCAM,
@@ -97,6 +99,8 @@ EXPLAINERS = {
     "sscam": lambda m: SSCAM(m, ["5"], num_samples=2, std=0.0, masks_per_forward=5),
     "iscam": lambda m: ISCAM(m, ["5"], num_samples=2, variant="torchcam", masks_per_forward=5),
     "fullgrad": lambda m: FullGrad(m),
+    "refinecam": lambda m: RefineCAM(m, ["3", "5"]),
+    "sess": lambda m: SESS(m, ["5"], num_scales=2, window_size=8, step_size=4),
 }
 
 

@@ -95,8 +95,9 @@ class TestAgainstPytorchGradCam:
             {"num_scales": 3},
             {"num_scales": 4, "pool": "max", "step_size": 20, "pre_filter_ratio": 0.3},
             {"num_scales": 3, "theta": 0.2, "use_softmax_scores": False, "smooth": False},
+            {"num_scales": 3, "step_size": 20, "pre_filter_ratio": 0.5, "theta": 0.1},
         ],
-        ids=["defaults", "max_overlapping_prefiltered", "theta_logits_unsmoothed"],
+        ids=["defaults", "max_overlapping_prefiltered", "theta_logits_unsmoothed", "mean_prefiltered"],
     )
     @pytest.mark.parametrize("architecture", ["resnet18", "small_cnn"])
     def test_sess_agrees(self, resnet18, architecture, options):

@@ -378,3 +378,21 @@ class Graphable:
         the compiled call on the CPU (see :class:`GraphedExplainer`). ``call_options`` (``raw``,
         ``output_size``...) are fixed too."""
         return GraphedExplainer(self, example_x, targets, **call_options)  # type: ignore[arg-type]
+
+
+class GraphableWrapper:
+    """``compiled()`` and ``graphed()`` for an explainer built on another (``self.base``: Refine-CAM,
+    SESS): the wrapper's whole call is compiled, and what keeps the base from compiling keeps it too."""
+
+    base: Graphable
+
+    def _compile_blocker(self) -> str | None:
+        return self.base._compile_blocker()
+
+    def compiled(self, **compile_options: Any) -> Callable[..., Any]:
+        """This explainer's call through ``torch.compile`` (``fullgraph=True``); see :func:`compiled`."""
+        return compiled(self, **compile_options)  # type: ignore[arg-type]
+
+    def graphed(self, example_x: Tensor, targets: Any = None, **call_options: Any) -> GraphedExplainer:
+        """A replayable call for inputs like ``example_x`` and these targets (see :class:`GraphedExplainer`)."""
+        return GraphedExplainer(self, example_x, targets, **call_options)  # type: ignore[arg-type]

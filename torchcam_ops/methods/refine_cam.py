@@ -9,11 +9,12 @@ from torch import Tensor, nn
 
 from torchcam_ops.methods.base import BaseCAM
 from torchcam_ops.methods.gig_cam import GIGCAM
+from torchcam_ops.methods.graphs import GraphableWrapper
 from torchcam_ops.methods.layers import LayerSpec
 from torchcam_ops.methods.targeting import Targets
 
 
-class RefineCAM:
+class RefineCAM(GraphableWrapper):
     r"""Refine-CAM: a base CAM's maps of several target layers, multiplied.
 
     .. math:: L = \operatorname{norm}\Big(\prod_l \operatorname{norm}(\operatorname{Up}(\mathrm{ReLU}(L_l)))\Big)

@@ -13,12 +13,13 @@ from torch import Tensor, nn
 from torchcam_ops.methods.base import BaseCAM
 from torchcam_ops.methods.calls import check_input, map_dtype, preserve_buffers
 from torchcam_ops.methods.gig_cam import GIGCAM
+from torchcam_ops.methods.graphs import GraphableWrapper
 from torchcam_ops.methods.layers import LayerSpec
 from torchcam_ops.methods.targeting import Targets, class_indices, model_logits
 from torchcam_ops.ops import cam_postprocess, check_output_size
 
 
-class SESS:
+class SESS(GraphableWrapper):
     r"""SESS: a base CAM of patches cut from the image at several scales, weighted by their class
     score, pasted back and fused.
 
@@ -152,9 +153,7 @@ class SESS:
             logits = model_logits(self.model(x)) if targets is None else None
         with preserve_buffers(self.model), torch.no_grad():
             classes = model_logits(self.model(x[:1])).shape[-1] if logits is None else logits.shape[1]
-        indices, multi = class_indices(targets, x.shape[0], classes, logits)
-        if not bool(((indices >= 0) & (indices < classes)).all()):  # SESS runs on the host's schedule anyway
-            raise ValueError(f"targets: a class index is out of range for a model with {classes} outputs")
+        indices, multi = class_indices(targets, x.shape[0], classes, logits)  # checks the range too
         indices = indices.to(x.device)
         with preserve_buffers(self.model):
             fused = torch.stack(
@@ -210,28 +209,33 @@ class SESS:
                     for start in range(0, patches.shape[0], self.patches_per_forward)
                 ]
             ).clamp(min=0)
-        order = torch.sort(scores, stable=True).indices[int(scores.shape[0] * self.pre_filter_ratio) :]
-        best = scores[order[-1]]
-        weights = torch.where(best > 0, scores[order] / torch.where(best > 0, best, 1), torch.ones_like(scores[order]))
+        # the patches kept after the pre-filter: a fixed count, chosen on the device
+        kept = torch.sort(scores, stable=True).indices[int(scores.shape[0] * self.pre_filter_ratio) :]
+        best = scores.amax()  # the last kept
+        weights = torch.where(best > 0, scores[kept] / torch.where(best > 0, best, 1), torch.ones_like(scores[kept]))
         call = {"eigen_smooth": True} if eigen_smooth else {}
-        maps = self.base(patches[order], target.expand(order.shape[0]), **call)  # [P, window, window]
+        maps = self.base(patches[kept], target.expand(kept.shape[0]), **call)  # [kept, window, window]
+        # back in patch order, so that each is pasted where it was cut without reading `kept` on the host;
+        # the filtered ones are 0 and, whatever theta, counted nowhere (`pasted`)
         dtype = map_dtype(image.dtype)
+        weighted = maps.new_zeros(len(places), window, window, dtype=dtype)
+        weighted = weighted.index_copy(0, kept, (maps * weights[:, None, None].to(maps.dtype)).to(dtype))
+        pasted = torch.zeros(len(places), dtype=torch.bool, device=image.device).index_fill(0, kept, True)
         total = torch.zeros(height, width, dtype=dtype, device=image.device)
         counts = torch.zeros_like(total)
-        by_scale: dict[tuple[int, int], list[tuple[int, Tensor]]] = {}
-        for i, weighted in zip(order.tolist(), maps * weights[:, None, None].to(maps.dtype)):
-            x1, y1, scaled_width, scaled_height = places[i]
-            by_scale.setdefault((scaled_height, scaled_width), []).append((i, weighted))
-        for (scaled_height, scaled_width), pasted in by_scale.items():
-            canvases = torch.zeros(len(pasted), scaled_height, scaled_width, dtype=dtype, device=image.device)
-            for canvas, (i, weighted) in zip(canvases, pasted):
+        by_scale: dict[tuple[int, int], list[int]] = {}
+        for i, (_, _, scaled_width, scaled_height) in enumerate(places):
+            by_scale.setdefault((scaled_height, scaled_width), []).append(i)
+        for (scaled_height, scaled_width), members in by_scale.items():
+            canvases = torch.zeros(len(members), scaled_height, scaled_width, dtype=dtype, device=image.device)
+            for canvas, i in zip(canvases, members):
                 x1, y1 = places[i][:2]
-                canvas[y1 : y1 + window, x1 : x1 + window] = weighted
+                canvas[y1 : y1 + window, x1 : x1 + window] = weighted[i]
             back = F.interpolate(canvases[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
             if self.pool == "max":
                 total = torch.maximum(total, back.amax(0))
             else:
-                above = back > self.theta
+                above = (back > self.theta) & pasted[members][:, None, None]
                 total = total + torch.where(above, back, torch.zeros_like(back)).sum(0)
                 counts = counts + above.sum(0)
         if self.pool == "mean":
@@ -243,7 +247,7 @@ class SESS:
         if not isinstance(logits, Tensor) or logits.dim() != 2:
             raise TypeError("the model output is not [N, classes] logits; SESS weighs patches by class scores")
         scores = torch.softmax(logits.float(), dim=1) if self.use_softmax_scores else logits.float()
-        return scores[:, target]
+        return scores.index_select(1, target.reshape(1))[:, 0]  # a 0-d index would be read on the host
 
 
 def _window_starts(length: int, step: int, window: int) -> list[int]:
