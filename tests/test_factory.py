@@ -67,6 +67,10 @@ FACTORIES = textwrap.dedent("""
         return tiny_cnn(), lambda image: np.zeros((3, 8, 8), np.float32), "0"
 
 
+    def no_layer():
+        return tiny_cnn(), transforms.Compose([transforms.Resize((16, 16)), transforms.ToTensor()]), None
+
+
     def foreign_layer():
         return tiny_cnn(), lambda image: torch.zeros(3, 8, 8), torch.nn.Conv2d(3, 3, 1)
 """)
@@ -100,6 +104,12 @@ def test_a_torchvision_compose_with_a_crop_draws_the_maps_on_the_cropped_region(
 def test_torchvision_v2_transforms_get_a_pil_image_and_the_layer_may_be_a_module(photos):
     out = explain(photos, "version_two")
     assert Image.open(out / "wide_gradcam.png").size == (40, 30)  # a plain resize keeps the whole photo
+
+
+def test_a_factory_without_a_layer_gets_the_one_found_on_the_first_photo(photos, capsys):
+    out = explain(photos, "no_layer")
+    assert "target layer: 1 (found: the factory names none" in capsys.readouterr().out
+    assert (out / "wide_gradcam.png").is_file()
 
 
 def test_a_preprocess_for_tensors_gets_a_uint8_tensor(photos):

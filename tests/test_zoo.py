@@ -13,7 +13,8 @@ import torchvision.models as tvm
 from torch import nn
 
 from tests.helpers import assert_same_state, model_state
-from torchcam_ops.methods import METHODS, make_explainer
+from torchcam_ops.methods import METHODS, GradCAM, make_explainer
+from torchcam_ops.methods.layer_search import FoundLayer, find_target_layer
 
 # family: (model with random weights, target layer, input size, explainer options for the layout)
 FAMILIES = {
@@ -134,4 +135,48 @@ def test_every_explainer_runs_on_the_shipped_model(method):
             maps = explainer(x, [281])
     assert maps.shape == (1, 96, 96) and torch.isfinite(maps).all()
     assert maps.min() >= 0 and maps.max() <= 1 and maps.max() >= 1 - 2 * torch.finfo(maps.dtype).eps
+    assert_same_state(before, model_state(model))
+
+
+# The layer find_target_layer picks at each family's zoo size: the zoo's layer or the block whose last
+# child it is (the same output), but for VGG (its features end with the max pooling, pytorch-grad-cam's
+# features[-1]), SqueezeNet (its class convolution's ReLU, a map per class) and Swin (the head's
+# channels-first permute of the zoo's channels-last norm, the same values).
+AUTO_LAYERS = {
+    "alexnet": "features.11",
+    "convnext_tiny": "features",
+    "densenet121": "features",
+    "efficientnet_b0": "features",
+    "efficientnet_v2_s": "features",
+    "googlenet": "inception5b",
+    "inception_v3": "Mixed_7c",
+    "mnasnet0_5": "layers",
+    "mobilenet_v2": "features",
+    "mobilenet_v3_small": "features",
+    "regnet_y_400mf": "trunk_output",
+    "resnet18": "layer4",
+    "resnext50_32x4d": "layer4",
+    "shufflenet_v2_x0_5": "conv5",
+    "squeezenet1_1": "classifier.2",
+    "swin_t": "permute",
+    "vgg11": "features",
+    "vit_b_16": "encoder.layers.encoder_layer_11.ln_1",
+}
+OTHER_OUTPUT = {"vgg11", "squeezenet1_1"}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_target_layer_found_on_every_family_gives_the_zoo_layers_maps(family):
+    _, layer, size, layout = FAMILIES[family]
+    model = _model(family)
+    before = model_state(model)
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(3))
+    found = find_target_layer(model, x[:1])
+    assert found == FoundLayer(AUTO_LAYERS[family], "tokens" if family == "vit_b_16" else None)
+    with GradCAM(model, found.name, reshape=found.reshape) as cam:
+        maps = cam(x, [1, 2])
+    assert maps.shape == (2, size, size) and maps.min() >= 0 and maps.max() <= 1
+    if family not in OTHER_OUTPUT:
+        with GradCAM(model, layer, **layout) as cam:
+            torch.testing.assert_close(maps, cam(x, [1, 2]), rtol=0, atol=1e-5)
     assert_same_state(before, model_state(model))

@@ -21,6 +21,7 @@ import torch
 
 from torchcam_ops import factory, models, render, runs
 from torchcam_ops.methods import METHODS, SMOOTHING_SUFFIXES
+from torchcam_ops.methods.layer_search import find_target_layer
 from torchcam_ops.methods.layers import resolve_layers
 from torchcam_ops.methods.targeting import check_class_indices
 from torchcam_ops.metrics import PERCENTILES
@@ -156,6 +157,15 @@ def _seen_part(preprocess: factory.Preprocess, image: np.ndarray) -> np.ndarray:
     return image[top : top + rows, left : left + columns]
 
 
+def _found_layer(model: torch.nn.Module, example: torch.Tensor, layout: dict) -> tuple[str, dict]:
+    try:
+        found = find_target_layer(model, example)
+    except ValueError as err:
+        raise SystemExit(f"explain: --layer: {err}") from None
+    print(f"target layer: {found.name} (found: the factory names none; --layer names another)")
+    return found.name, {"reshape": found.reshape, **layout} if found.reshape else layout
+
+
 def _check_layer(command: str, model: torch.nn.Module, layer: str) -> str:
     try:
         resolve_layers(model, [layer])
@@ -260,12 +270,14 @@ def explain(args: argparse.Namespace) -> None:
         raise SystemExit(f"explain: --batch-size: expected a positive number of images, got {args.batch_size}")
     device = _device("explain", args.device)
     model, preprocess, layer, categories = _load_model(args.model)
-    layer = _check_layer("explain", model, args.layer or layer)
+    layer = _check_layer("explain", model, args.layer or layer) if args.layer or layer else None
     model = model.to(device)
     if args.max_pixels < 1:
         raise SystemExit(f"explain: --max-pixels: expected a positive number, got {args.max_pixels}")
     images = _load_images(args.images, args.max_pixels)
     x = _preprocessed("explain", preprocess, images).to(device)
+    if layer is None:  # a factory that names none: found on the first image
+        layer, layout = _found_layer(model, x[:1], layout)
     if isinstance(preprocess, factory.Preprocess):  # the overlays cover what the model saw
         images = [(name, _seen_part(preprocess, image)) for name, image in images]
     label = (lambda c: categories[c]) if categories else str

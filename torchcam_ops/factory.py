@@ -10,7 +10,8 @@ A factory is a function without arguments, importable as ``module:function``, th
   ``[3, H, W]`` (``torchvision.transforms.v2``); which one is found on the first photo. Every photo must
   come out at the same size (resize in it);
 - ``target_layer``: the layer's name in ``model.named_modules()`` (``name@k`` for the k-th call of a layer
-  that runs several times), or the module itself.
+  that runs several times), the module itself, or None: the command finds it on the first photo
+  (:func:`~torchcam_ops.methods.layer_search.find_target_layer`) and prints which.
 
 The maps are drawn on the part of each photo the model saw: a torchvision ``Resize`` and ``CenterCrop`` are
 followed; for other transforms that move pixels the whole photo is assumed, with a warning.
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 CONTRACT = (
     "a factory takes no arguments and returns (model, preprocess, target_layer): an nn.Module, a function "
     "from an RGB photo (numpy uint8 [H, W, 3], PIL image or uint8 tensor [3, H, W]) to a float tensor "
-    "[3, H, W], and the layer's name or module"
+    "[3, H, W], and the layer's name or module (or None: found on the first photo)"
 )
 
 
@@ -39,11 +40,12 @@ class FactoryError(ValueError):
     """A factory or what it returned breaks the contract; the message says how."""
 
 
-def load(spec: str) -> tuple[nn.Module, Preprocess, str]:
+def load(spec: str) -> tuple[nn.Module, Preprocess, str | None]:
     """Import ``module:function``, call it and check what it returns.
 
     Returns:
-        The model in eval mode, its preprocess adapted to numpy photos, and the target layer's name.
+        The model in eval mode, its preprocess adapted to numpy photos, and the target layer's name (None
+        when the factory names none: the command finds it).
 
     Raises:
         FactoryError: the factory cannot be imported, raises, or returns something else than the contract.
@@ -67,13 +69,13 @@ def load(spec: str) -> tuple[nn.Module, Preprocess, str]:
     return model.eval(), Preprocess(preprocess), layer_name(model, layer)
 
 
-def layer_name(model: nn.Module, layer: object) -> str:
-    """``layer`` as its name in ``model``: a name is kept, a module is looked up.
+def layer_name(model: nn.Module, layer: object) -> str | None:
+    """``layer`` as its name in ``model``: a name is kept, a module is looked up, None (find it) stays.
 
     Raises:
         FactoryError: a module that is not in ``model``, or neither a name nor a module.
     """
-    if isinstance(layer, str):
+    if layer is None or isinstance(layer, str):
         return layer
     if isinstance(layer, nn.Module):
         for name, module in model.named_modules():

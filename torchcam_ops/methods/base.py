@@ -37,6 +37,7 @@ from torchcam_ops.methods.attention import twice_differentiable_attention
 from torchcam_ops.methods.calls import check_input, check_positive_or_none, map_dtype, preserve_buffers
 from torchcam_ops.methods.capture import capture_outputs, check_aliases
 from torchcam_ops.methods.graphs import Graphable, explainer_call, graph_input
+from torchcam_ops.methods.layer_search import find_target_layer
 from torchcam_ops.methods.layers import LayerSpec, Reshape, TargetLayer, channel_maps, check_reshape, resolve_layers
 from torchcam_ops.methods.layout import ChannelsLast, ForwardPlan, ImagesPerForward
 from torchcam_ops.methods.smoothing import (
@@ -123,6 +124,11 @@ class BaseCAM(Graphable):
     in the model. A target layer that runs several times in one forward pass (a shared block) is
     refused with an error naming it, unless one call is named: ``"name@k"`` (0-based, ``@-1`` the last).
 
+    ``target_layers=None`` finds the layer with one probe forward and backward pass
+    (:func:`~torchcam_ops.methods.layer_search.find_target_layer`: the last spatial layer the class score
+    depends on at most positions; ``reshape="tokens"`` for a transformer's tokens unless given), logs it on
+    the ``torchcam_ops`` logger and names it in ``explainer.layers``.
+
     Outputs are recorded for the calling thread only, by a process-wide forward hook present only
     while explainer calls run (``capture.py``); ``close()`` or the end of a ``with`` block ends the
     explainer (later calls raise). One explainer may be called from several threads at once.
@@ -182,7 +188,7 @@ class BaseCAM(Graphable):
     def __init__(
         self,
         model: nn.Module,
-        target_layers: LayerSpec | Sequence[LayerSpec],
+        target_layers: LayerSpec | Sequence[LayerSpec] | None,
         *,
         batch_size: int | None = None,
         reshape: Reshape = None,
@@ -203,6 +209,10 @@ class BaseCAM(Graphable):
         check_positive_or_none("batch_size", batch_size)
         check_reshape(reshape, grid)
         self._bind_model(model)
+        if target_layers is None:
+            found = find_target_layer(self.model)
+            target_layers = found.name
+            reshape = found.reshape if reshape is None else reshape
         self.layers = resolve_layers(self.model, target_layers)
         self.batch_size = batch_size
         self.reshape, self.grid = reshape, (tuple(grid) if grid is not None else None)
