@@ -389,6 +389,18 @@ def test_graphed_gradcam_replays_bitwise_equal_to_eager():
             graphed(torch.rand(2, 3, 16, 16, device="cuda"))
 
 
+def test_graphed_sess_and_refinecam_replay_equal_to_eager():
+    from torchcam_ops.methods import SESS, RefineCAM
+
+    model = small_cnn().cuda()
+    targets = torch.tensor([1, 2], device="cuda")
+    explainers = (SESS(model, ["4"], num_scales=2, window_size=16, step_size=8), RefineCAM(model, ["2", "4"]))
+    for explainer in explainers:
+        graphed = explainer.graphed(torch.rand(2, 3, 24, 24, device="cuda"), targets)
+        x = torch.rand(2, 3, 24, 24, device="cuda")
+        torch.testing.assert_close(graphed(x), explainer(x, targets), rtol=1e-5, atol=1e-5)
+
+
 def test_compiled_explainers_equal_eager_on_cuda():
 
     model = small_cnn().cuda()

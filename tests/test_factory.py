@@ -71,6 +71,14 @@ FACTORIES = textwrap.dedent("""
         return tiny_cnn(), transforms.Compose([transforms.Resize((16, 16)), transforms.ToTensor()]), None
 
 
+    def plain_no_layer():
+        def preprocess(image):
+            x = torch.tensor(image).permute(2, 0, 1).float() / 255
+            return torch.nn.functional.interpolate(x[None], size=(16, 16))[0]
+
+        return tiny_cnn(), preprocess, None
+
+
     def foreign_layer():
         return tiny_cnn(), lambda image: torch.zeros(3, 8, 8), torch.nn.Conv2d(3, 3, 1)
 """)
@@ -177,7 +185,32 @@ def test_the_kind_found_on_the_first_photo_is_kept():
         warnings.simplefilter("error")
         preprocess(np.zeros((5, 5, 3), np.uint8))
         preprocess(np.zeros((5, 5, 3), np.uint8))
-    assert preprocess.kind == "PIL" and calls == ["ndarray", "Image", "Image"]
+    # every kind on the first photo, the one found on the next
+    assert preprocess.kind == "PIL" and calls == ["ndarray", "Image", "Tensor", "Image"]
+
+
+def test_a_v2_pipeline_wrapped_in_a_function_is_given_the_kind_it_resizes():
+    pipeline = transforms_v2.Compose(
+        [transforms_v2.Resize((20, 20)), transforms_v2.ToImage(), transforms_v2.ToDtype(torch.float32, scale=True)]
+    )
+    preprocess = factory.Preprocess(lambda image: pipeline(image))  # a numpy array passes v2's Resize by
+    assert pipeline(np.zeros((30, 40, 3), np.uint8)).shape == (3, 30, 40)
+    assert preprocess(np.zeros((30, 40, 3), np.uint8)).shape == (3, 20, 20) and preprocess.kind == "PIL"
+
+
+def test_evaluate_takes_a_plain_function_and_finds_a_layer_the_factory_does_not_name(photos, monkeypatch, capsys):
+    from torchcam_ops import evaluation
+
+    seen = {}
+
+    def stop(model, preprocess, layer, name):
+        seen["layer"] = layer
+        raise SystemExit("stopped before the benchmark")
+
+    monkeypatch.setattr(evaluation, "photos_benchmark", stop)
+    with pytest.raises(SystemExit, match="stopped before the benchmark"):
+        cli.main(["evaluate", "--model", "my_factories:plain_no_layer", "--out", str(photos / "evaluate")])
+    assert seen["layer"] == "1" and "target layer: 1 (found" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("command", ["explain", "evaluate"])

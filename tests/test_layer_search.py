@@ -70,3 +70,22 @@ def test_what_cannot_be_found_is_a_clear_error():
         GradCAM(fixed, None)
     assert count_hooks(fixed) == 0
     assert find_target_layer(fixed, torch.rand(1, 3, 8, 8)) == FoundLayer("0", None)
+
+
+def test_a_layer_that_runs_twice_is_named_with_its_call():
+    class SharedActivation(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.first, self.second = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+            self.act = nn.ReLU()
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.act(self.second(self.act(self.first(x)))).mean((2, 3)))
+
+    model = SharedActivation().eval()
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    assert find_target_layer(model, x) == FoundLayer("act@1", None)
+    with GradCAM(model, None) as found, GradCAM(model, "act@1") as named:
+        torch.testing.assert_close(found(x, [0]), named(x, [0]), rtol=0, atol=0)

@@ -157,11 +157,11 @@ def _seen_part(preprocess: factory.Preprocess, image: np.ndarray) -> np.ndarray:
     return image[top : top + rows, left : left + columns]
 
 
-def _found_layer(model: torch.nn.Module, example: torch.Tensor, layout: dict) -> tuple[str, dict]:
+def _found_layer(command: str, model: torch.nn.Module, example: torch.Tensor, layout: dict) -> tuple[str, dict]:
     try:
         found = find_target_layer(model, example)
     except ValueError as err:
-        raise SystemExit(f"explain: --layer: {err}") from None
+        raise SystemExit(f"{command}: --layer: {err}") from None
     print(f"target layer: {found.name} (found: the factory names none; --layer names another)")
     return found.name, {"reshape": found.reshape, **layout} if found.reshape else layout
 
@@ -277,7 +277,7 @@ def explain(args: argparse.Namespace) -> None:
     images = _load_images(args.images, args.max_pixels)
     x = _preprocessed("explain", preprocess, images).to(device)
     if layer is None:  # a factory that names none: found on the first image
-        layer, layout = _found_layer(model, x[:1], layout)
+        layer, layout = _found_layer("explain", model, x[:1], layout)
     if isinstance(preprocess, factory.Preprocess):  # the overlays cover what the model saw
         images = [(name, _seen_part(preprocess, image)) for name, image in images]
     label = (lambda c: categories[c]) if categories else str
@@ -329,12 +329,17 @@ def evaluate(args: argparse.Namespace) -> None:
     try:
         if args.benchmark == "photos":
             model, preprocess, layer, _ = _load_model(args.model, "evaluate")
-            layer = _check_layer("evaluate", model, args.layer or layer)
-            if isinstance(preprocess, factory.Preprocess) and preprocess.seen_region(480, 640) != (0, 0, 480, 640):
+            region = preprocess.seen_region(480, 640) if isinstance(preprocess, factory.Preprocess) else None
+            if region not in (None, (0, 0, 480, 640)):
                 raise SystemExit(
                     "evaluate: --model: the factory's preprocess crops the photo; the photo benchmark's object "
                     "boxes need the whole photo: resize without cropping (e.g. torchvision's Resize((224, 224)))"
                 )
+            if args.layer or layer:
+                layer = _check_layer("evaluate", model, args.layer or layer)
+            else:  # a factory that names none: found on the first photo
+                example = _preprocessed("evaluate", preprocess, _load_images([])[:1])
+                layer, layout = _found_layer("evaluate", model, example, layout)
             try:
                 benchmark = evaluation.photos_benchmark(model, preprocess, layer, args.model)
             except factory.FactoryError as err:
@@ -400,10 +405,20 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Options wrapped to the terminal, the description and the epilog's lines kept as written."""
 
 
-def _method_help(command: str) -> str:
-    return (
-        f"comma-separated method names (default: {DEFAULT_METHODS}); a CAM's name may end in +eigen_smooth "
-        f"and/or +aug_smooth. Methods: {', '.join(METHODS)}"
+def _add_model_and_methods(parser: argparse.ArgumentParser, what_model: str) -> None:
+    parser.add_argument(
+        "--model",
+        default="efficientnet_lite0",
+        metavar="NAME|module:factory",
+        help=f"{what_model}: a shipped model ({', '.join(models.available())}) or a factory of your own (below); "
+        "default: %(default)s",
+    )
+    parser.add_argument(
+        "--methods",
+        default=DEFAULT_METHODS,
+        metavar="M,M,...",
+        help=f"comma-separated method names (default: {DEFAULT_METHODS}); a CAM's name may end in +eigen_smooth "
+        f"and/or +aug_smooth. Methods: {', '.join(METHODS)}",
     )
 
 
@@ -439,7 +454,6 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{explain,evaluate,demo}")
-    shipped = ", ".join(models.available())
     explain_parser = commands.add_parser(
         "explain",
         help="explain images (default: shipped photos and model)",
@@ -451,13 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain_parser.add_argument(
         "images", nargs="*", help="image files (PNG, JPEG, TIFF...; default: four photos shipped with scikit-image)"
     )
-    explain_parser.add_argument(
-        "--model",
-        default="efficientnet_lite0",
-        metavar="NAME|module:factory",
-        help=f"a shipped model ({shipped}) or a factory of your own (below); default: %(default)s",
-    )
-    explain_parser.add_argument("--methods", default=DEFAULT_METHODS, metavar="M,M,...", help=_method_help("explain"))
+    _add_model_and_methods(explain_parser, "the model")
     explain_parser.add_argument(
         "--targets",
         default="",
@@ -501,13 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model; localization: synthetic canvases of two Fashion-MNIST objects with the shipped "
         "LocalizationNet (default: %(default)s)",
     )
-    evaluate_parser.add_argument(
-        "--model",
-        default="efficientnet_lite0",
-        metavar="NAME|module:factory",
-        help=f"the photo benchmark's model: a shipped model ({shipped}) or a factory (below); default: %(default)s",
-    )
-    evaluate_parser.add_argument("--methods", default=DEFAULT_METHODS, metavar="M,M,...", help=_method_help("evaluate"))
+    _add_model_and_methods(evaluate_parser, "the photo benchmark's model")
     evaluate_parser.add_argument(
         "--layer", default="", metavar="NAME[@K]", help="the target layer (default: the model's or the benchmark's)"
     )

@@ -220,7 +220,7 @@ class TorchrunProcess:
         if self._owns_group:
             self._dist.destroy_process_group()
             self._owns_group = False
-        self._sent.clear()
+            self._sent.clear()  # a group of the caller's keeps them: it may be destroyed after this
 
 
 def evaluate_method(

@@ -94,9 +94,10 @@ def _describe(value: object) -> str:
 class Preprocess:
     """A factory's preprocess taking numpy photos, whichever image type it was written for.
 
-    The first photo tries a numpy array, a PIL image and a ``uint8`` tensor ``[3, H, W]``, a torchvision
-    transform a PIL image first (``transforms.v2`` would pass a numpy array through unresized); the first
-    kind that gives a float tensor ``[3, H, W]`` is kept for every photo.
+    The first photo tries a numpy array, a PIL image and a ``uint8`` tensor ``[3, H, W]`` (a torchvision
+    transform a PIL image first); of the kinds that give a float tensor ``[3, H, W]`` the first is kept for
+    every photo, unless their sizes disagree: then the first that is not the photo's size (a
+    ``transforms.v2`` pipeline, even wrapped in a function, passes a numpy array through unresized).
     """
 
     def __init__(self, function: Callable[[Any], Any]) -> None:
@@ -107,22 +108,30 @@ class Preprocess:
     def __call__(self, image: np.ndarray) -> Tensor:
         if self.kind is not None:
             return self._checked(self.function(self._as(self.kind, image)))
-        failures = []
-        for kind in self._kinds:
+        results, failures = [], []
+        for kind in self._kinds:  # each on a copy: a failed try must not change the photo
             try:
-                result = self.function(self._as(kind, image))
+                with warnings.catch_warnings():  # what a kind it was not written for makes it say
+                    warnings.simplefilter("ignore")
+                    result = self.function(self._as(kind, image.copy()))
             except Exception as err:  # the user's code: try the next image type, report all of them
                 failures.append(f"{kind}: {type(err).__name__}: {err}")
                 continue
-            if isinstance(result, Tensor) and result.dim() == 3 and result.is_floating_point():
-                self.kind = kind
-                return result
-            failures.append(f"{kind}: returned {_describe_output(result)}")
-        raise FactoryError(
-            "the factory's preprocess took no kind of photo to a float tensor [3, H, W] ("
-            + "; ".join(failures)
-            + f"); {CONTRACT}"
-        )
+            if _is_input(result):
+                results.append((kind, result))
+            else:
+                failures.append(f"{kind}: returned {_describe_output(result)}")
+        if not results:
+            raise FactoryError(
+                "the factory's preprocess took no kind of photo to a float tensor [3, H, W] ("
+                + "; ".join(failures)
+                + f"); {CONTRACT}"
+            )
+        # Where the kinds disagree, one went through unresized (transforms.v2 passes a numpy array by)
+        if len({tuple(result.shape) for _, result in results}) > 1:
+            results = [r for r in results if tuple(r[1].shape[-2:]) != image.shape[:2]] or results
+        self.kind, result = results[0]
+        return result
 
     @staticmethod
     def _as(kind: str, image: np.ndarray) -> Any:
@@ -135,7 +144,7 @@ class Preprocess:
         return torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous()  # the photo may be read-only
 
     def _checked(self, result: Any) -> Tensor:
-        if not (isinstance(result, Tensor) and result.dim() == 3 and result.is_floating_point()):
+        if not _is_input(result):
             raise FactoryError(f"the factory's preprocess returned {_describe_output(result)} for a photo; {CONTRACT}")
         return result
 
@@ -143,6 +152,12 @@ class Preprocess:
         """The part of a ``height`` x ``width`` photo the model sees, ``(top, left, rows, columns)``, for
         torchvision transforms; None for a plain function (the whole photo is assumed)."""
         return seen_region(self.function, height, width)
+
+
+def _is_input(value: object) -> bool:
+    """A float tensor [3, H, W]: a photo given as the wrong kind may come out of a preprocess as a float
+    tensor of another layout, such as [W, 3, H]."""
+    return isinstance(value, Tensor) and value.dim() == 3 and value.shape[0] == 3 and value.is_floating_point()
 
 
 def _describe_output(value: object) -> str:

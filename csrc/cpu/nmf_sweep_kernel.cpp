@@ -5,7 +5,6 @@
 #include "../ops/nmf_sweep.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/scalar_tensor.h>
@@ -23,14 +22,14 @@ constexpr int64_t kGrainFlops = 32768;
 std::tuple<at::Tensor, at::Tensor> nmf_sweep_cpu(const at::Tensor& factor, const at::Tensor& gram,
                                                  const at::Tensor& products) {
   check_nmf_sweep_args(factor, gram, products);
-  const at::ScalarType compute = at::toOpMathType(factor.scalar_type());
-  at::Tensor updated = factor.to(compute, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
-  const at::Tensor gram_c = gram.to(compute).contiguous();
-  const at::Tensor products_c = products.to(compute).contiguous();
+  const NmfSweepOperands operands = nmf_sweep_operands(factor, gram, products);
+  const at::Tensor& updated = operands.factor;
+  const at::Tensor& gram_c = operands.gram;
+  const at::Tensor& products_c = operands.products;
   const int64_t rows = updated.size(0);
   const int64_t components = updated.size(1);
   double violation = 0;
-  AT_DISPATCH_FLOATING_TYPES(compute, "nmf_sweep_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(updated.scalar_type(), "nmf_sweep_cpu", [&] {
     scalar_t* factor_data = updated.mutable_data_ptr<scalar_t>();
     const scalar_t* gram_data = gram_c.const_data_ptr<scalar_t>();
     const scalar_t* products_data = products_c.const_data_ptr<scalar_t>();

@@ -6,7 +6,6 @@
 #include "cuda_utils.cuh"
 
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/sum.h>
@@ -36,16 +35,16 @@ std::tuple<at::Tensor, at::Tensor> nmf_sweep_cuda(const at::Tensor& factor, cons
                                                   const at::Tensor& products) {
   check_nmf_sweep_args(factor, gram, products);
   const c10::cuda::CUDAGuard guard(factor.device());
-  const at::ScalarType compute = at::toOpMathType(factor.scalar_type());
-  at::Tensor updated = factor.to(compute, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
-  const at::Tensor gram_c = gram.to(compute).contiguous();
-  const at::Tensor products_c = products.to(compute).contiguous();
+  const NmfSweepOperands operands = nmf_sweep_operands(factor, gram, products);
+  const at::Tensor& updated = operands.factor;
+  const at::Tensor& gram_c = operands.gram;
+  const at::Tensor& products_c = operands.products;
   const int64_t rows = updated.size(0);
   const int64_t components = updated.size(1);
   at::Tensor row_violations = at::zeros({rows}, updated.options());
   if (rows > 0) {
     const int64_t blocks = cuda::grid_stride_blocks(rows, kThreads);
-    AT_DISPATCH_FLOATING_TYPES(compute, "nmf_sweep_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES(updated.scalar_type(), "nmf_sweep_cuda", [&] {
       nmf_sweep_kernel<scalar_t><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           updated.mutable_data_ptr<scalar_t>(), gram_c.const_data_ptr<scalar_t>(),
           products_c.const_data_ptr<scalar_t>(), row_violations.mutable_data_ptr<scalar_t>(), rows, components);

@@ -5,6 +5,7 @@
 #include "nmf_sweep.h"
 #include "checks.h"
 
+#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 namespace torchcam_ops {
@@ -21,6 +22,12 @@ void check_nmf_sweep_args(const at::Tensor& factor, const at::Tensor& gram, cons
                     gram.sizes());
   check_same_dtype_device(op, "gram", gram, "factor", factor);
   check_same_dtype_device(op, "products", products, "factor", factor);
+}
+
+NmfSweepOperands nmf_sweep_operands(const at::Tensor& factor, const at::Tensor& gram, const at::Tensor& products) {
+  const at::ScalarType compute = at::toOpMathType(factor.scalar_type());
+  return {factor.to(compute, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous),
+          gram.to(compute).contiguous(), products.to(compute).contiguous()};
 }
 
 TORCH_LIBRARY_FRAGMENT(torchcam_ops, m) {

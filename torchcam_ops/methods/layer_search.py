@@ -43,7 +43,8 @@ def find_target_layer(model: nn.Module, example: Tensor | None = None) -> FoundL
             the first convolution, else 3) in the dtype and on the device of the model's parameters.
 
     Returns:
-        The layer's name in ``model.named_modules()`` and the ``reshape`` its output needs.
+        The layer's name in ``model.named_modules()`` (``name@k`` for the k-th call of a layer that runs
+        several times) and the ``reshape`` its output needs.
 
     Raises:
         ValueError: the model does not run on ``example``, or no layer has such an output.
@@ -51,11 +52,14 @@ def find_target_layer(model: nn.Module, example: Tensor | None = None) -> FoundL
     if example is None:
         example = _probe_input(model)
     outputs: list[tuple[str, nn.Module, Tensor]] = []
+    calls: dict[str, int] = {}  # how many times each layer ran: a shared one is named with its call
 
     def record(name: str):
         def hook(module: nn.Module, args: object, output: object) -> None:
+            call = calls.get(name, 0)
+            calls[name] = call + 1
             if isinstance(output, Tensor) and output.dim() in (3, 4) and output.requires_grad:
-                outputs.append((name, module, output))
+                outputs.append((f"{name}@{call}", module, output))
 
         return hook
 
@@ -80,8 +84,10 @@ def find_target_layer(model: nn.Module, example: Tensor | None = None) -> FoundL
     finally:
         for handle in handles:
             handle.remove()
-    for (name, _, output), grad in zip(reversed(candidates), reversed(grads)):
+    for (name_and_call, _, output), grad in zip(reversed(candidates), reversed(grads)):
         if grad is not None and _mostly_nonzero(grad):
+            name = name_and_call.rpartition("@")[0]
+            name = name_and_call if calls[name] > 1 else name
             found = FoundLayer(name, "tokens" if output.dim() == 3 else None)
             logger.info("target layer: %s (found with target_layers=None)", name)
             return found

@@ -223,19 +223,16 @@ class SESS(GraphableWrapper):
         pasted = torch.zeros(len(places), dtype=torch.bool, device=image.device).index_fill(0, kept, True)
         total = torch.zeros(height, width, dtype=dtype, device=image.device)
         counts = torch.zeros_like(total)
-        by_scale: dict[tuple[int, int], list[int]] = {}
-        for i, (_, _, scaled_width, scaled_height) in enumerate(places):
-            by_scale.setdefault((scaled_height, scaled_width), []).append(i)
-        for (scaled_height, scaled_width), members in by_scale.items():
-            canvases = torch.zeros(len(members), scaled_height, scaled_width, dtype=dtype, device=image.device)
-            for canvas, i in zip(canvases, members):
-                x1, y1 = places[i][:2]
-                canvas[y1 : y1 + window, x1 : x1 + window] = weighted[i]
+        for start, stop in _runs_of_one_size(places):  # slices: no index tensor to copy to the device
+            scaled_width, scaled_height = places[start][2:]
+            canvases = torch.zeros(stop - start, scaled_height, scaled_width, dtype=dtype, device=image.device)
+            for canvas, (x1, y1, _, _), patch_map in zip(canvases, places[start:stop], weighted[start:stop]):
+                canvas[y1 : y1 + window, x1 : x1 + window] = patch_map
             back = F.interpolate(canvases[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
             if self.pool == "max":
                 total = torch.maximum(total, back.amax(0))
             else:
-                above = (back > self.theta) & pasted[members][:, None, None]
+                above = (back > self.theta) & pasted[start:stop, None, None]
                 total = total + torch.where(above, back, torch.zeros_like(back)).sum(0)
                 counts = counts + above.sum(0)
         if self.pool == "mean":
@@ -248,6 +245,17 @@ class SESS(GraphableWrapper):
             raise TypeError("the model output is not [N, classes] logits; SESS weighs patches by class scores")
         scores = torch.softmax(logits.float(), dim=1) if self.use_softmax_scores else logits.float()
         return scores.index_select(1, target.reshape(1))[:, 0]  # a 0-d index would be read on the host
+
+
+def _runs_of_one_size(places: list[tuple[int, int, int, int]]) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each run of consecutive patches cut from the image at one size."""
+    runs = []
+    for i, place in enumerate(places):
+        if runs and places[runs[-1][0]][2:] == place[2:]:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
 
 
 def _window_starts(length: int, step: int, window: int) -> list[int]:
@@ -264,9 +272,9 @@ def _window_starts(length: int, step: int, window: int) -> list[int]:
 def _gaussian_blur(image: Tensor, size: int = 11, sigma: float = 5.0) -> Tensor:
     """An ``[H, W]`` map blurred by a separable Gaussian, borders reflected without the edge
     (OpenCV's default ``BORDER_REFLECT_101``)."""
-    offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    offsets = torch.arange(size, dtype=torch.float64, device=image.device) - (size - 1) / 2  # made there: no copy
     kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).to(device=image.device, dtype=image.dtype)
+    kernel = (kernel / kernel.sum()).to(image.dtype)
     half = size // 2
     padded = F.pad(image[None, None], (half, half, half, half), mode="reflect")
     blurred = F.conv2d(padded, kernel.view(1, 1, 1, size))
