@@ -82,13 +82,36 @@ def test_tokens_of_a_rectangular_grid_need_the_grid():
     maps = GradCAM(model, ["norm"], reshape="tokens", grid=(2, 4))(x, 1)
     torch.testing.assert_close(maps, expected, rtol=1e-9, atol=1e-9)
     # 1 + 8 tokens: 8 is not a square, 9 is (3 x 3 without a class token) but not this grid
-    with pytest.raises(ValueError, match=r"target layer 'norm': 9 tokens do not fit grid=\(3, 2\)"):
-        GradCAM(model, ["norm"], reshape="tokens", grid=(3, 2))(x, 1)
+    with pytest.raises(ValueError, match=r"target layer 'norm': 9 tokens do not fit grid=\(3, 4\)"):
+        GradCAM(model, ["norm"], reshape="tokens", grid=(3, 4))(x, 1)
+
+
+class TinyDistilled(TinyTokens):
+    """DeiT's layout: a class token and a distillation token before the patches."""
+
+    def __init__(self) -> None:
+        super().__init__(True)
+        self.distillation_token = nn.Parameter(torch.randn(1, 1, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        prefix = torch.cat([self.class_token, self.distillation_token], 1).expand(x.shape[0], -1, -1)
+        tokens = self.norm(self.block(torch.cat([prefix, tokens], 1)))
+        return self.head(tokens.mean(1))
+
+
+@pytest.mark.parametrize("grid", [None, (4, 4)])
+def test_class_and_distillation_tokens_are_dropped(grid):
+    model = TinyDistilled().double().eval()
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    expected = gradcam_by_hand(model, model.norm, x, 2, lambda t: t[:, 2:].reshape(1, 4, 4, 6).permute(0, 3, 1, 2))
+    maps = GradCAM(model, ["norm"], reshape="tokens", grid=grid)(x, 2)
+    torch.testing.assert_close(maps, expected, rtol=1e-9, atol=1e-9)
 
 
 def test_tokens_that_are_no_square_grid_ask_for_the_grid():
     model = TinyTokens(False, grid=(2, 4)).eval()
-    with pytest.raises(ValueError, match="8 tokens are neither a square grid of patches nor a class token.*grid="):
+    with pytest.raises(ValueError, match="8 tokens are not a square grid of patches after a few class.*grid="):
         GradCAM(model, ["norm"], reshape="tokens")(torch.rand(1, 3, 8, 16), 1)
 
 
@@ -209,8 +232,8 @@ def test_the_cli_reaches_the_layout_of_a_transformer_layer(token_factory):
             cli.main([*command, "--reshape", "tokens", "--grid", grid, "--out", str(out / "bad")])
     with pytest.raises(SystemExit, match="--grid: only used with --reshape tokens"):
         cli.main([*command, "--grid", "4x4", "--out", str(out / "bad")])
-    with pytest.raises(SystemExit, match=r"17 tokens do not fit grid=\(3, 5\)"):
-        cli.main([*command, "--reshape", "tokens", "--grid", "3x5", "--out", str(out / "bad")])
+    with pytest.raises(SystemExit, match=r"17 tokens do not fit grid=\(3, 6\)"):
+        cli.main([*command, "--reshape", "tokens", "--grid", "3x6", "--out", str(out / "bad")])
     assert not (out / "bad").exists()
 
 

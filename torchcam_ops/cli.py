@@ -427,8 +427,9 @@ def _add_layout_options(parser: argparse.ArgumentParser) -> None:
         "--reshape",
         default="",
         choices=["", "tokens", "channels_last"],
-        help="the target layer's output layout when it is not [N, C, h, w]: tokens ([N, L, C], a ViT's; a "
-        "leading class token is dropped) or channels_last ([N, h, w, C], a Swin or ConvNeXt block's)",
+        help="the target layer's output layout when it is not [N, C, h, w]: tokens ([N, L, C], a ViT's; the "
+        "leading class, distillation or register tokens are dropped) or channels_last ([N, h, w, C], a Swin or "
+        "ConvNeXt block's)",
     )
     parser.add_argument("--grid", default="", help="the token grid HxW for --reshape tokens (default: square)")
 

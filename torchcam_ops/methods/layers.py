@@ -11,9 +11,12 @@ from typing import Any, Literal, NamedTuple
 from torch import Tensor, nn
 
 LayerSpec = str | nn.Module
+#: How many leading tokens (class, distillation, register tokens) ``reshape="tokens"`` drops at most.
+MAX_PREFIX_TOKENS = 16
 #: How a target layer's output becomes channel maps ``[N, K, h, w]``: None (it already is), ``"tokens"``
-#: (``[N, L, C]`` tokens of a vision transformer, a leading class token dropped), ``"channels_last"``
-#: (``[N, h, w, C]``, Swin and ConvNeXt blocks), or a callable returning ``[N, K, h, w]``.
+#: (``[N, L, C]`` tokens of a vision transformer, the leading class, distillation or register tokens
+#: dropped), ``"channels_last"`` (``[N, h, w, C]``, Swin and ConvNeXt blocks), or a callable returning
+#: ``[N, K, h, w]``.
 Reshape = None | Literal["tokens", "channels_last"] | Callable[[Tensor], Tensor]
 
 
@@ -97,9 +100,11 @@ def check_reshape(reshape: Any, grid: Any) -> None:
 def channel_maps(out: Tensor, reshape: Reshape, grid: tuple[int, int] | None, name: str) -> Tensor:
     """A target layer's output (or its gradient) as channel maps ``[N, K, h, w]``.
 
-    ``"tokens"``: ``[N, L, C]`` becomes ``[N, C, h, w]``; with ``grid=(h, w)``, L must be h*w or
-    1 + h*w (a leading class token, dropped); without it, L must be a square s*s (grid s x s) or
-    1 + s*s. ``"channels_last"``: ``[N, h, w, C]`` becomes ``[N, C, h, w]``. A callable's result is
+    ``"tokens"``: ``[N, L, C]`` becomes ``[N, C, h, w]`` from the last h*w tokens: the leading ones
+    (a class token, DeiT's distillation token, register tokens; at most ``MAX_PREFIX_TOKENS``) are
+    dropped. ``grid=(h, w)`` gives the grid; without it the grid is the largest square s*s <= L,
+    after fewer than s leading tokens.
+    ``"channels_last"``: ``[N, h, w, C]`` becomes ``[N, C, h, w]``. A callable's result is
     used as it is. The layout change is linear, so the gradient of the channel maps is the same
     transform of the output's gradient.
 
@@ -115,21 +120,20 @@ def channel_maps(out: Tensor, reshape: Reshape, grid: tuple[int, int] | None, na
         batch, length, channels = out.shape
         if grid is not None:
             height, width = grid
-            if length not in (height * width, height * width + 1):
+            if not 0 <= length - height * width <= MAX_PREFIX_TOKENS:
                 raise ValueError(
-                    f"target layer {name!r}: {length} tokens do not fit grid={tuple(grid)} "
-                    f"(expected {height * width} patch tokens, or 1 class token + {height * width})"
+                    f"target layer {name!r}: {length} tokens do not fit grid={tuple(grid)} (expected "
+                    f"{height * width} patch tokens after at most {MAX_PREFIX_TOKENS} class, distillation or "
+                    "register tokens)"
                 )
         else:
-            side = math.isqrt(length)
-            if side * side != length:
-                side = math.isqrt(length - 1)
-                if side * side != length - 1:
-                    raise ValueError(
-                        f"target layer {name!r}: {length} tokens are neither a square grid of patches nor "
-                        "a class token followed by one; pass grid=(height, width)"
-                    )
-            height = width = side
+            height = width = math.isqrt(length)
+            # fewer leading tokens than a row: more would make small grids ambiguous (8 = 4 + 2 x 2)
+            if length - height * height > min(MAX_PREFIX_TOKENS, height - 1):
+                raise ValueError(
+                    f"target layer {name!r}: {length} tokens are not a square grid of patches after a few class, "
+                    "distillation or register tokens; pass grid=(height, width)"
+                )
         out = out[:, length - height * width :].reshape(batch, height, width, channels).permute(0, 3, 1, 2)
     elif reshape == "channels_last":
         if out.dim() != 4:
