@@ -52,6 +52,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def resnet18():
+    """torchvision's ResNet-18, random weights (seed 0), 10 classes, eval mode: the larger of the two
+    architectures the peer-agreement tests compare on (one per test module: a test may change it)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=10).eval()
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -52,6 +52,29 @@ def small_cnn(classes: int = 7) -> nn.Module:
     ).eval()
 
 
+def peer_cases(
+    resnet18: nn.Module,
+    resnet_layers: object,
+    cnn_layers: object,
+    resnet_size: tuple[int, int] = (64, 64),
+    cnn_size: tuple[int, int] = (32, 32),
+) -> dict[str, tuple[nn.Module, object, torch.Tensor]]:
+    """The two architectures a method is compared with its peer on: (model, target layers, two images)
+    for ResNet-18 (the ``resnet18`` fixture) and :func:`small_cnn`."""
+    return {
+        "resnet18": (
+            resnet18,
+            resnet_layers,
+            torch.rand(2, 3, *resnet_size, generator=torch.Generator().manual_seed(1)),
+        ),
+        "small_cnn": (
+            small_cnn().eval(),
+            cnn_layers,
+            torch.rand(2, 3, *cnn_size, generator=torch.Generator().manual_seed(2)),
+        ),
+    }
+
+
 def count_hooks(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 

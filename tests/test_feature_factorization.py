@@ -8,19 +8,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import torchvision
 
 from tests.helpers import small_cnn
 from torchcam_ops import viz
 from torchcam_ops.methods import DeepFeatureFactorization
 from torchcam_ops.methods.feature_factorization import nonnegative_factorization
 from torchcam_ops.reference import reference_normalize
-
-
-@pytest.fixture(scope="module")
-def resnet18():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(weights=None, num_classes=10).eval()
 
 
 def nonnegative_rows(seed: int = 0) -> torch.Tensor:

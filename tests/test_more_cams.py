@@ -50,12 +50,6 @@ def activations_and_gradients(model, layer, x, classes):
     return captured["a"].detach(), gradient
 
 
-@pytest.fixture(scope="module")
-def resnet18():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(weights=None, num_classes=10).eval()
-
-
 def cases(resnet18):
     cnn = small_cnn()
     return {

@@ -5,29 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 
-from tests.helpers import small_cnn
+from tests.helpers import peer_cases, small_cnn
 from torchcam_ops.methods import METHODS, RefineCAM
 from torchcam_ops.reference import reference_cam, reference_normalize, reference_postprocess
 
 
-@pytest.fixture(scope="module")
-def resnet18():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(weights=None, num_classes=10).eval()
-
-
 def cases(resnet18):
-    cnn = small_cnn().eval()
-    return {
-        "resnet18": (
-            resnet18,
-            ["layer2", "layer3"],
-            torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)),
-        ),
-        "small_cnn": (cnn, ["3", "5"], torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))),
-    }
+    return peer_cases(resnet18, ["layer2", "layer3"], ["3", "5"])
 
 
 @pytest.mark.parametrize("base", ["gradcam++", "layercam"])

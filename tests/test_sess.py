@@ -5,24 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 
-from tests.helpers import assert_same_state, model_state, small_cnn
+from tests.helpers import assert_same_state, model_state, peer_cases, small_cnn
 from torchcam_ops.methods import METHODS, SESS, GradCAM, LayerCAM
 
 
-@pytest.fixture(scope="module")
-def resnet18():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(weights=None, num_classes=10).eval()
-
-
 def cases(resnet18):
-    cnn = small_cnn().eval()
-    return {
-        "resnet18": (resnet18, "layer3", torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(1))),
-        "small_cnn": (cnn, "5", torch.rand(2, 3, 32, 40, generator=torch.Generator().manual_seed(2))),
-    }
+    return peer_cases(resnet18, "layer3", "5", (64, 80), (32, 40))
 
 
 def test_one_patch_of_the_whole_image_is_the_base_map():

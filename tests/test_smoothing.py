@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 
 from tests.helpers import small_cnn
 from torchcam_ops.methods import (
@@ -57,12 +56,6 @@ def principal_projection(terms: np.ndarray) -> np.ndarray:
     if np.dot(projection, total - total.mean()) < 0:
         projection = -projection
     return projection.reshape(terms.shape[1:])
-
-
-@pytest.fixture(scope="module")
-def resnet18():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(weights=None, num_classes=10).eval()
 
 
 def cases(resnet18):
