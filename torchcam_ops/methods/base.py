@@ -194,6 +194,24 @@ class BaseCAM(Graphable):
         reshape: Reshape = None,
         grid: tuple[int, int] | None = None,
     ) -> None:
+        """An explainer of ``model`` at ``target_layers``; ``with`` it or ``close()`` it when done.
+
+        Args:
+            model: the model to explain; it is never changed (modules, modes, buffers, ``requires_grad``).
+            target_layers: a module of ``model``, a dotted name (``"layer4"``, ``"name@k"`` for the k-th call of
+                a layer that runs several times), a non-empty list of them, or None: found with one probe
+                pass (:func:`~torchcam_ops.methods.layer_search.find_target_layer`).
+            batch_size: how many of a call's images are explained at once; None (default) for all.
+            reshape: the target layers' output layout when it is not ``[N, K, h, w]``: ``"tokens"``
+                (``[N, L, C]``, leading class, distillation or register tokens dropped), ``"channels_last"``
+                (``[N, h, w, C]``) or a callable returning ``[N, K, h, w]``; None (default) for none.
+            grid: the token grid ``(h, w)`` for ``reshape="tokens"``; None (default): the largest square.
+
+        Raises:
+            TypeError: ``model`` is not an ``nn.Module``, or a layer is neither a module nor a name.
+            ValueError: a layer the model does not have, a bad ``batch_size``, ``reshape`` or ``grid``, or
+                (``target_layers=None``) a model the probe cannot run or find a spatial layer in.
+        """
         assert_has_ops()  # the build error, not a misleading one about the method, without an extension
         if (
             not self._weighs_channels()
