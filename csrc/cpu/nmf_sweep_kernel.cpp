@@ -38,8 +38,8 @@ std::tuple<at::Tensor, at::Tensor> nmf_sweep_cpu(const at::Tensor& factor, const
     const int64_t grain = std::max<int64_t>(1, kGrainFlops / std::max<int64_t>(1, components * components));
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        row_violation[i] = kernels::nmf_sweep_row(factor_data + i * components, gram_data,
-                                                  products_data + i * components, components);
+        row_violation[i] =
+            kernels::nmf_sweep_row(factor_data + i * components, gram_data, products_data + i * components, components);
       }
     });
     scalar_t total = scalar_t(0);

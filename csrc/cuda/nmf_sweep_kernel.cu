@@ -7,8 +7,8 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/ops/zeros.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -26,8 +26,7 @@ __global__ void nmf_sweep_kernel(T* __restrict__ factor, const T* __restrict__ g
                                  T* __restrict__ row_violation, int64_t rows, int64_t components) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < rows;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    row_violation[i] =
-        kernels::nmf_sweep_row(factor + i * components, gram, products + i * components, components);
+    row_violation[i] = kernels::nmf_sweep_row(factor + i * components, gram, products + i * components, components);
   }
 }
 
