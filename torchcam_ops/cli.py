@@ -401,10 +401,6 @@ FACTORY_HELP = textwrap.fill(
 )
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Options wrapped to the terminal, the description and the epilog's lines kept as written."""
-
-
 def _add_model_and_methods(parser: argparse.ArgumentParser, what_model: str) -> None:
     parser.add_argument(
         "--model",
@@ -461,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Explain each image with each method: the top classes, a grid of maps (explain_grid.png), "
         "one overlay per image and method, report.html, and the time per image of each method.",
         epilog=FACTORY_HELP + "\n\n" + TOP_EXAMPLES,
-        formatter_class=_HelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     explain_parser.add_argument(
         "images", nargs="*", help="image files (PNG, JPEG, TIFF...; default: four photos shipped with scikit-image)"
@@ -500,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluation.md), curves (deletion_insertion.png) and report.html. Run it under torchrun to share the "
         "objects out among processes: the tables are the same.",
         epilog=FACTORY_HELP + "\n\n" + TOP_EXAMPLES,
-        formatter_class=_HelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     evaluate_parser.add_argument(
         "--benchmark",
